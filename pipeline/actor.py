@@ -1,0 +1,92 @@
+"""The actor class of pipeline: Dramatiq's ``Actor`` with a ``priority`` keyword and a bulk send.
+
+Declare actors with :func:`actor` (after :mod:`pipeline.broker` is imported)::
+
+    @actor(queue_name="default", broker_priority=3)
+    def ping(n: int) -> dict: ...
+
+    ping.send(1)                         # the actor's default priority, 3
+    ping.send(1, priority=9)             # jumps ahead of a backlog
+    ping.send_many([{"n": i} for i in range(1000)])   # one confirmation per batch
+
+An actor function therefore cannot take a parameter named ``priority``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import dramatiq
+
+from pipeline.middleware import PRIORITY_OPTION
+
+#: Messages per AMQP transaction in :meth:`PipelineActor.send_many`.
+DEFAULT_BATCH_SIZE = 500
+
+
+class PipelineActor(dramatiq.Actor):
+    """A Dramatiq actor whose ``send`` takes a ``priority`` and which can send in bulk."""
+
+    def send(self, *args: Any, priority: int | None = None, **kwargs: Any) -> dramatiq.Message:
+        """Send a message to this actor.
+
+        Parameters:
+          *args: Positional arguments of the actor.
+          priority: RabbitMQ priority, 0 up to the queue's maximum, higher is sooner; the
+            actor's ``broker_priority`` when omitted.
+          **kwargs: Keyword arguments of the actor.
+
+        Returns:
+          The message; ``message.message_id`` is the job's id for ``AsyncResult``.
+
+        Raises:
+          BrokerUnavailable: RabbitMQ did not take the message.
+          InvalidPriority: ``priority`` does not fit the queue.
+        """
+        options = {} if priority is None else {PRIORITY_OPTION: priority}
+        return self.send_with_options(args=args, kwargs=kwargs, **options)
+
+    def send_many(
+        self,
+        calls: Iterable[Mapping[str, Any] | tuple[Sequence[Any], Mapping[str, Any]]],
+        *,
+        priority: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> list[dramatiq.Message]:
+        """Send many messages to this actor, confirmed by RabbitMQ once per batch.
+
+        Every returned message was taken by RabbitMQ (an AMQP transaction per batch, committed
+        to disk) and has its ``QUEUED`` record, written for the whole batch in one Redis round
+        trip. Much faster than ``send`` in a loop, which waits for a confirm per message.
+
+        Parameters:
+          calls: The keyword arguments of each call, or ``(args, kwargs)`` pairs.
+          priority: RabbitMQ priority of every message; the actor's default when omitted.
+          batch_size: Messages per transaction.
+
+        Returns:
+          The messages, in the order of ``calls``.
+
+        Raises:
+          BrokerUnavailable: RabbitMQ did not take a batch; earlier batches stand.
+          InvalidPriority: ``priority`` does not fit the queue.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+        options = {} if priority is None else {PRIORITY_OPTION: priority}
+        sent: list[dramatiq.Message] = []
+        batch: list[dramatiq.Message] = []
+        for call in calls:
+            args, kwargs = ((), call) if isinstance(call, Mapping) else call
+            batch.append(self.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options))
+            if len(batch) == batch_size:
+                sent += self.broker.enqueue_many(batch)
+                batch = []
+        sent += self.broker.enqueue_many(batch)
+        return sent
+
+
+#: Declares a :class:`PipelineActor`; takes the arguments of ``dramatiq.actor``.
+actor = functools.partial(dramatiq.actor, actor_class=PipelineActor)

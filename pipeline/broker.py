@@ -1,0 +1,199 @@
+"""The RabbitMQ broker of pipeline, built from the settings and set as Dramatiq's global broker.
+
+Importing this module creates the broker (nothing connects until the first send or consume)
+and calls ``dramatiq.set_broker``, so it must be imported before any actor is declared;
+:mod:`pipeline.actors` does that.
+
+What it adds to Dramatiq's ``RabbitmqBroker``:
+
+- each queue gets its own ``x-max-priority`` from ``PIPELINE_QUEUE_PRIORITIES``;
+- publisher confirms are on by default, so a send that returns is a message RabbitMQ has taken;
+- :meth:`PipelineBroker.enqueue_many` publishes a batch in one AMQP transaction: one commit,
+  one disk sync, for the whole batch;
+- pika's failures reach callers as :class:`~pipeline.errors.BrokerUnavailable` naming the URL
+  (password masked), and a queue that exists with other arguments as
+  :class:`~pipeline.errors.QueueMismatch`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import dramatiq
+import pika
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
+from dramatiq.common import q_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import CurrentMessage, Retries, default_middleware
+
+from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
+from pipeline.middleware import BROKER_PRIORITY_OPTION, JobRecords, MessagePriorities, PipelineRetries
+from pipeline.results import get_store
+from pipeline.settings import Settings, get_settings, mask_url
+
+#: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.
+PRECONDITION_FAILED = 406
+#: Delivery mode of a persistent message: written to disk by RabbitMQ.
+PERSISTENT = 2
+
+
+class PipelineBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker with per-queue priorities, batch sends and clear errors.
+
+    Parameters:
+      settings: Gives the URL, the confirm mode and each queue's ``x-max-priority``.
+      middleware: Passed on to Dramatiq; see :func:`build_broker` for pipeline's list.
+    """
+
+    def __init__(self, settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> None:
+        super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
+        self.settings = settings
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        arguments = super()._build_queue_arguments(queue_name)
+        arguments.pop("x-max-priority", None)
+        highest = self.settings.max_priority(q_name(queue_name))
+        if highest:
+            arguments["x-max-priority"] = highest
+        return arguments
+
+    def _declare_queue(self, queue_name: str) -> Any:
+        return self._declare_checked(queue_name, super()._declare_queue)
+
+    def _declare_dq_queue(self, queue_name: str) -> Any:
+        return self._declare_checked(queue_name, super()._declare_dq_queue)
+
+    def _declare_checked(self, queue_name: str, declare: Any) -> Any:
+        try:
+            return declare(queue_name)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            del self.channel
+            raise QueueMismatch(
+                f"queue {queue_name!r} already exists in RabbitMQ with other arguments than "
+                f"{self._build_queue_arguments(queue_name)} ({exc.reply_text}); a queue's arguments are "
+                "fixed when it is created: delete it (and its .DQ and .XQ) once it is drained, or set "
+                "PIPELINE_QUEUE_PRIORITIES to what it was declared with"
+            ) from exc
+
+    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
+
+    def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
+        """Publish ``message`` (after ``delay`` milliseconds); see Dramatiq's ``enqueue``.
+
+        Raises:
+          BrokerUnavailable: RabbitMQ could not be reached or did not confirm the message
+            after the broker's retries.
+          InvalidPriority: The message's priority does not fit its queue.
+        """
+        try:
+            return super().enqueue(message, delay=delay)
+        except ConnectionClosed as exc:
+            raise self._unavailable(exc) from exc
+
+    def enqueue_many(self, messages: Sequence[dramatiq.Message]) -> list[dramatiq.Message]:
+        """Publish messages of one queue in one AMQP transaction.
+
+        RabbitMQ answers the commit once every message of the batch is routed and, the queues
+        being durable and the messages persistent, written to disk: a return means all were
+        taken, at the cost of one confirmation for the whole batch. A batch that fails is
+        published again whole; a message RabbitMQ never saw is not recorded.
+
+        Middleware see ``before_enqueue`` for each message, then ``after_enqueue_batch`` once
+        where they define it (``after_enqueue`` per message where they do not).
+
+        Parameters:
+          messages: Messages built with ``actor.message_with_options``, all for one queue.
+
+        Returns:
+          The messages, as published.
+
+        Raises:
+          BrokerUnavailable: RabbitMQ could not be reached or refused the commit.
+          InvalidPriority: A message's priority does not fit the queue.
+        """
+        if not messages:
+            return []
+        queue_names = {m.queue_name for m in messages}
+        if len(queue_names) != 1:
+            raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
+        (queue_name,) = queue_names
+        for message in messages:
+            self.emit_before("enqueue", message, None)
+        bodies = [(m.encode(), m.options.get(BROKER_PRIORITY_OPTION)) for m in messages]
+        for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
+            try:
+                # Declared again for every batch: a transaction has no mandatory-flag check,
+                # so a queue deleted behind the broker's back would swallow the batch.
+                self.queues_pending.add(queue_name)
+                self.declare_queue(queue_name, ensure=True)
+                self._publish_transaction(queue_name, bodies)
+                break
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as exc:
+                del self.connection
+                if attempt == MAX_ENQUEUE_ATTEMPTS:
+                    raise self._unavailable(exc) from exc
+        for middleware in reversed(self.middleware):
+            batch_hook = getattr(middleware, "after_enqueue_batch", None)
+            try:
+                if batch_hook is not None:
+                    batch_hook(self, messages)
+                else:
+                    for message in messages:
+                        middleware.after_enqueue(self, message, None)
+            except Exception:
+                self.logger.critical("Unexpected failure in after_enqueue of %r.", middleware, exc_info=True)
+        return list(messages)
+
+    def _publish_transaction(self, queue_name: str, bodies: Sequence[tuple[bytes, int | None]]) -> None:
+        channel = self.connection.channel()
+        try:
+            channel.tx_select()
+            for body, priority in bodies:
+                properties = pika.BasicProperties(delivery_mode=PERSISTENT, priority=priority)
+                channel.basic_publish(exchange="", routing_key=queue_name, body=body, properties=properties)
+            channel.tx_commit()
+        finally:
+            if channel.is_open:
+                channel.close()
+
+
+class _ResultsWarningFilter(logging.Filter):
+    """Drops Dramatiq's per-message warning that a returned value is discarded: it looks only
+    for its own ``Results`` middleware, while pipeline's ``JobRecords`` keeps every value.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "haven't added the Results middleware" not in record.getMessage()
+
+
+def build_broker(settings: Settings) -> PipelineBroker:
+    """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
+
+    The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
+    CurrentMessage, MessagePriorities, JobRecords, PipelineRetries (in place of Retries, with
+    the retry count and backoff from the settings).
+    """
+    retries = PipelineRetries(
+        max_retries=settings.max_retries,
+        min_backoff=settings.retry_min_backoff,
+        max_backoff=settings.retry_max_backoff,
+    )
+    middleware = [retries if m is Retries else m() for m in default_middleware]
+    broker = PipelineBroker(settings, middleware=middleware)
+    for extra in (CurrentMessage(), MessagePriorities(settings), JobRecords(get_store(settings))):
+        broker.add_middleware(extra, before=PipelineRetries)
+    worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")
+    if not any(isinstance(f, _ResultsWarningFilter) for f in worker_logger.filters):
+        worker_logger.addFilter(_ResultsWarningFilter())
+    return broker
+
+
+#: The process's broker, set as Dramatiq's global broker on import.
+broker = build_broker(get_settings())
+dramatiq.set_broker(broker)

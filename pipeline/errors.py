@@ -1,0 +1,84 @@
+"""The one exception hierarchy of pipeline.
+
+Everything pipeline raises on purpose derives from :class:`PipelineError`. Beneath it,
+:class:`PermanentError` marks bad input that no retry can fix (the job is failed at once and
+dead-lettered) and :class:`TransientError` marks trouble that may pass (the job is retried
+with backoff). Library exceptions (pika, redis-py, smtplib) are translated into these at the
+edge, so a caller catches one family.
+"""
+
+from __future__ import annotations
+
+from dramatiq.middleware import MiddlewareError
+
+
+class PipelineError(Exception):
+    """Base class of every error pipeline raises."""
+
+
+class PermanentError(PipelineError):
+    """Bad input or a refusal that retrying cannot fix: the job fails at once, never retried."""
+
+
+class TransientError(PipelineError):
+    """A failure that may pass (a service down, a timeout): the job is retried with backoff."""
+
+
+class SettingsError(PermanentError):
+    """A ``PIPELINE_*`` environment variable holds a value that cannot be used.
+
+    Parameters:
+      variable: The environment variable's name.
+      value: The offending value, as read.
+      reason: What is wrong with it.
+    """
+
+    def __init__(self, variable: str, value: str, reason: str) -> None:
+        super().__init__(f"{variable}={value!r}: {reason}")
+        self.variable = variable
+        self.value = value
+
+
+class InvalidPriority(PermanentError, MiddlewareError):
+    """A message's priority is outside what its queue was declared with.
+
+    It derives from Dramatiq's ``MiddlewareError`` too, so it reaches the sender instead of
+    being logged and swallowed by the broker's hook dispatch.
+    """
+
+
+class QueueMismatch(PermanentError):
+    """A queue already exists in RabbitMQ with other arguments than the settings ask for."""
+
+
+class BrokerUnavailable(TransientError):
+    """RabbitMQ could not be reached, or refused the message, after the broker's retries."""
+
+
+class ResultBackendUnavailable(TransientError):
+    """Redis, which holds the job records, could not be reached."""
+
+
+class JobTimeout(PipelineError, TimeoutError):
+    """``AsyncResult.get`` ran out of time before the job finished."""
+
+
+class JobRevoked(PipelineError):
+    """The job was revoked: raised by a running actor that notices it, and by ``get()``."""
+
+
+class JobFailed(PipelineError):
+    """A job ended in ``FAILURE``; raised by ``AsyncResult.get`` when the remote error's type
+    cannot be rebuilt as one of pipeline's own errors.
+
+    Parameters:
+      type_name: The qualified name of the exception raised in the worker.
+      message: Its message.
+      traceback: The worker-side traceback, as text.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback

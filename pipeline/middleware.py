@@ -1,0 +1,208 @@
+"""The Dramatiq middleware pipeline adds to a broker.
+
+- :class:`MessagePriorities` turns a message's priority into RabbitMQ's and checks it.
+- :class:`JobRecords` keeps each message's job record (see :mod:`pipeline.results`).
+- :class:`PipelineRetries` is Dramatiq's ``Retries`` that never retries a permanent error.
+
+``JobRecords`` must stand before ``PipelineRetries`` in the broker's list: Dramatiq runs
+``after_*`` hooks in reverse order, so the record is written once the retry decision is made.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware, Retries, SkipMessage
+
+from pipeline.errors import InvalidPriority, JobRevoked, PermanentError
+from pipeline.results import RecordStore, iso_from_millis, now_iso
+from pipeline.settings import Settings
+from pipeline.states import JobState
+
+#: Message option a sender sets for the AMQP priority (higher is sooner).
+PRIORITY_OPTION = "priority"
+#: Actor option giving an actor's default AMQP priority; also Dramatiq's message option.
+BROKER_PRIORITY_OPTION = "broker_priority"
+
+
+def _is_retry(message: dramatiq.Message) -> bool:
+    """True for a message the Retries middleware is sending again."""
+    return bool(message.options.get("retries"))
+
+
+def error_fields(exception: BaseException) -> dict[str, str]:
+    """The ``error`` of a record: the exception's qualified type, message and traceback."""
+    cls = type(exception)
+    module = "" if cls.__module__ == "builtins" else cls.__module__ + "."
+    return {
+        "type": module + cls.__qualname__,
+        "message": str(exception),
+        "traceback": "".join(traceback.format_exception(exception, limit=30)),
+    }
+
+
+class MessagePriorities(Middleware):
+    """Gives every message its AMQP priority and refuses one its queue cannot hold.
+
+    A sender passes ``priority=N`` (or Dramatiq's ``broker_priority=N``); otherwise the actor's
+    ``broker_priority`` option applies, else 0. Higher numbers are delivered sooner when a
+    queue has a backlog.
+
+    Parameters:
+      settings: Gives each queue's ``x-max-priority``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def actor_options(self) -> set[str]:
+        """Declares ``broker_priority`` so ``@actor(broker_priority=N)`` is accepted."""
+        return {BROKER_PRIORITY_OPTION}
+
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
+        """Check the actor's default priority fits its queue when the actor is declared."""
+        default = actor.options.get(BROKER_PRIORITY_OPTION)
+        if default is not None:
+            self._check(actor.queue_name, default, f"actor {actor.actor_name!r}")
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
+        """Set ``broker_priority`` from the sender's ``priority`` or the actor's default."""
+        options = message.options
+        if PRIORITY_OPTION in options:
+            options[BROKER_PRIORITY_OPTION] = options.pop(PRIORITY_OPTION)
+        if options.get(BROKER_PRIORITY_OPTION) is None:
+            actor = broker.get_actor(message.actor_name)
+            options[BROKER_PRIORITY_OPTION] = actor.options.get(BROKER_PRIORITY_OPTION, 0)
+        self._check(q_name(message.queue_name), options[BROKER_PRIORITY_OPTION], f"message {message.message_id}")
+
+    def _check(self, queue_name: str, priority: Any, owner: str) -> None:
+        highest = self.settings.max_priority(queue_name)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= highest:
+            raise InvalidPriority(
+                f"{owner}: priority {priority!r} is outside 0..{highest}, the range queue "
+                f"{queue_name!r} is declared with (PIPELINE_QUEUE_PRIORITIES)"
+            )
+
+
+class JobRecords(Middleware):
+    """Writes each message's job record through its life.
+
+    ``QUEUED`` once RabbitMQ has taken the message (written by the sender), ``STARTED`` with
+    the attempt number, ``RETRY`` with the error and when the next attempt is due, then
+    ``SUCCESS`` with the return value or ``FAILURE`` with the error. A message whose record is
+    already finished (revoked before it ran, or redelivered after it succeeded) is skipped.
+
+    Parameters:
+      store: Where the records go.
+    """
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+        self._local = threading.local()
+
+    @staticmethod
+    def _describe(message: dramatiq.Message) -> dict[str, Any]:
+        """The fields that say what a job is. Both the sender and the worker write them, since
+        a fast worker's ``STARTED`` can land before the sender's ``QUEUED``, which then yields.
+        """
+        fields = {
+            "message_id": message.message_id,
+            "actor": message.actor_name,
+            "queue": q_name(message.queue_name),
+            "priority": message.options.get(BROKER_PRIORITY_OPTION, 0),
+            "enqueued_at": iso_from_millis(message.message_timestamp),
+        }
+        if "eta" in message.options and not _is_retry(message):
+            fields["eta"] = iso_from_millis(message.options["eta"])
+        return fields
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
+        """Remember when a retry is due, for the ``RETRY`` record written after processing."""
+        if _is_retry(message):
+            self._local.retry_eta = message.options.get("eta")
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
+        """Record a newly sent message as ``QUEUED``."""
+        if not _is_retry(message):
+            self.store.write(message.message_id, JobState.QUEUED, **self._describe(message))
+
+    def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message]) -> None:
+        """Record a batch of newly sent messages as ``QUEUED`` in one Redis round trip."""
+        self.store.write_queued(self._describe(m) for m in messages)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        """Record ``STARTED``, or skip the message when its record is already finished."""
+        attempt = message.options.get("retries", 0) + 1
+        _, state = self.store.write(
+            message.message_id, JobState.STARTED, attempt=attempt, started_at=now_iso(), **self._describe(message)
+        )
+        if state.ready:
+            raise SkipMessage(f"job {message.message_id} is already {state}")
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Record ``SUCCESS``, ``RETRY`` or ``FAILURE`` from the outcome and the retry decision."""
+        attempt = message.options.get("retries", 0)
+        retry_eta = getattr(self._local, "retry_eta", None)
+        self._local.retry_eta = None
+        if isinstance(exception, JobRevoked):
+            return
+        if exception is None and not message.failed:
+            try:
+                self.store.write(message.message_id, JobState.SUCCESS, result=result, finished_at=now_iso())
+            except TypeError as exc:
+                message.fail()
+                error = {"type": "TypeError", "message": f"the result is not JSON-safe: {exc}", "traceback": ""}
+                self.store.write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
+            return
+        error = (
+            error_fields(exception)
+            if exception is not None
+            else {"type": "pipeline.errors.PermanentError", "message": "failed by a middleware before it ran"}
+        )
+        if message.failed:
+            self.store.write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
+        else:
+            due = iso_from_millis(retry_eta) if retry_eta else None
+            self.store.write(message.message_id, JobState.RETRY, attempt=attempt, error=error, next_attempt_at=due)
+
+
+class PipelineRetries(Retries):
+    """Dramatiq's ``Retries``, except that a :class:`~pipeline.errors.PermanentError` is failed
+    at once (and so dead-lettered) and a :class:`~pipeline.errors.JobRevoked` is dropped
+    (acknowledged, neither retried nor dead-lettered).
+    """
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Decide between retrying, failing and dropping a message whose actor raised."""
+        if isinstance(exception, JobRevoked):
+            return
+        if isinstance(exception, PermanentError):
+            self.logger.info("Failing message %r: %s", message.message_id, exception)
+            message.fail()
+            return
+        try:
+            super().after_process_message(broker, message, result=result, exception=exception)
+        except Exception:
+            # The retry could not be sent: dead-letter the message rather than ack and lose it.
+            self.logger.exception("Could not schedule a retry of message %r.", message.message_id)
+            message.fail()

@@ -1,0 +1,392 @@
+"""Job records in Redis and :class:`AsyncResult`, the lookup by message id.
+
+Each message has one record, a Redis hash at ``pipeline:job:<message_id>``, whose fields hold
+JSON values: ``state``, ``actor``, ``queue``, ``priority``, ``attempt``, timestamps, ``result``
+or ``error``, ``progress``. Every write goes through one Lua script that compares the write's
+rank with the record's (see :mod:`pipeline.states`), so states only move forward, and that
+publishes on ``pipeline:job:<message_id>:done`` when the record reaches a finished state;
+:meth:`AsyncResult.get` waits on that channel instead of polling.
+
+This module owns the key layout; nothing else names a Redis key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from dramatiq.middleware import CurrentMessage
+
+from pipeline.errors import (
+    JobFailed,
+    JobRevoked,
+    JobTimeout,
+    PipelineError,
+    ResultBackendUnavailable,
+)
+from pipeline.settings import Settings, get_settings, mask_url
+from pipeline.states import FINAL_RANK, READY_STATES, JobState, rank
+
+#: Prefix of every job record key; the full key is ``<prefix><message_id>``.
+RECORD_PREFIX = "pipeline:job:"
+#: Suffix of the pub/sub channel a record announces its end on.
+DONE_SUFFIX = ":done"
+#: Seconds one wait on the done channel lasts before the record is read again.
+MAX_WAIT_SLICE = 60.0
+#: Modules whose exception types ``get()`` rebuilds from a failed record.
+REBUILDABLE_MODULES = ("builtins", "pipeline")
+
+#: Writes fields unless the record is final or ranks above the write. KEYS: record, channel.
+#: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
+#: Returns {applied (0/1), state JSON or false}.
+_WRITE_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
+local new = tonumber(ARGV[1])
+if new == nil then
+  if current == nil then return {0, false} end
+  new = current
+end
+if current ~= nil and (current >= FINAL_RANK or new < current) then
+  return {0, redis.call('HGET', KEYS[1], 'state')}
+end
+redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if new >= FINAL_RANK and (current == nil or current < FINAL_RANK) then
+  redis.call('PUBLISH', KEYS[2], ARGV[1])
+end
+return {1, redis.call('HGET', KEYS[1], 'state')}
+""".replace("FINAL_RANK", str(FINAL_RANK))
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds, the format of every record timestamp."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def iso_from_millis(millis: int) -> str:
+    """A Unix time in milliseconds (Dramatiq's ``eta``) in the format of :func:`now_iso`."""
+    moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def record_key(message_id: str) -> str:
+    """The Redis key of ``message_id``'s record."""
+    return RECORD_PREFIX + message_id
+
+
+def _done_channel(message_id: str) -> str:
+    return RECORD_PREFIX + message_id + DONE_SUFFIX
+
+
+class RecordStore:
+    """Reads and writes job records in one Redis database.
+
+    Nothing connects until the first call. Redis errors surface as
+    :class:`~pipeline.errors.ResultBackendUnavailable` naming the URL (password masked).
+
+    Parameters:
+      settings: Gives ``redis_url`` and ``result_ttl``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: redis.Redis | None = None
+        self._script: Any = None
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (a connection pool), created on first use."""
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            self._script = self._client.register_script(_WRITE_SCRIPT)
+        return self._client
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ResultBackendUnavailable(
+                f"Redis at {mask_url(self.settings.redis_url)} is unreachable: {exc}"
+            ) from exc
+
+    def _write_args(self, new_rank: int | None, fields: Mapping[str, Any]) -> list[Any]:
+        args: list[Any] = ["" if new_rank is None else new_rank, self.settings.result_ttl]
+        for name, value in fields.items():
+            args += [name, json.dumps(value)]
+        return args
+
+    def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
+        """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.
+
+        Parameters:
+          message_id: The job's message id.
+          state: The state to write.
+          attempt: The attempt number, for ``STARTED`` and ``RETRY``.
+          **fields: JSON-safe record fields to set alongside.
+
+        Returns:
+          Whether the write applied, and the record's state after it.
+
+        Raises:
+          ResultBackendUnavailable: Redis is unreachable.
+        """
+        fields = {"message_id": message_id, "state": state.value, **fields}
+        if attempt:
+            fields["attempt"] = attempt
+        keys = [record_key(message_id), _done_channel(message_id)]
+        with self._translated():
+            self.client  # noqa: B018 - creates the script object on first use
+            applied, stored = self._script(keys=keys, args=self._write_args(rank(state, attempt), fields))
+        return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
+
+    def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Write ``QUEUED`` records for many messages in one round trip.
+
+        Parameters:
+          records: Record fields, each with its ``message_id``.
+
+        Raises:
+          ResultBackendUnavailable: Redis is unreachable.
+        """
+        with self._translated():
+            self.client  # noqa: B018 - creates the script object on first use
+            pipe = self.client.pipeline(transaction=False)
+            for fields in records:
+                message_id = fields["message_id"]
+                fields = {**fields, "state": JobState.QUEUED.value}
+                keys = [record_key(message_id), _done_channel(message_id)]
+                self._script(keys=keys, args=self._write_args(rank(JobState.QUEUED), fields), client=pipe)
+            pipe.execute()
+
+    def update(self, message_id: str, /, **fields: Any) -> bool:
+        """Set ``fields`` on an unfinished record without changing its state.
+
+        Returns:
+          False when there is no record or it is finished (the write is then dropped).
+        """
+        keys = [record_key(message_id), _done_channel(message_id)]
+        with self._translated():
+            self.client  # noqa: B018 - creates the script object on first use
+            applied, _ = self._script(keys=keys, args=self._write_args(None, fields))
+        return bool(applied)
+
+    def read(self, message_id: str) -> dict[str, Any] | None:
+        """The record of ``message_id`` as a dict, or None when there is none."""
+        with self._translated():
+            raw = self.client.hgetall(record_key(message_id))
+        if not raw:
+            return None
+        raw.pop("rank", None)
+        return {name: json.loads(value) for name, value in raw.items()}
+
+    def state(self, message_id: str) -> JobState:
+        """The state of ``message_id``'s record; ``PENDING`` when there is none."""
+        with self._translated():
+            stored = self.client.hget(record_key(message_id), "state")
+        return JobState(json.loads(stored)) if stored else JobState.PENDING
+
+    def delete(self, message_id: str) -> bool:
+        """Remove ``message_id``'s record; True if there was one."""
+        with self._translated():
+            return bool(self.client.delete(record_key(message_id)))
+
+    def wait(self, message_id: str, timeout: float | None) -> dict[str, Any]:
+        """Block until ``message_id``'s record is finished and return it.
+
+        Subscribes to the record's done channel before reading it, so an end that happens
+        between the read and the wait is not missed.
+
+        Raises:
+          JobTimeout: ``timeout`` seconds passed first.
+          ResultBackendUnavailable: Redis is unreachable.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._translated():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(_done_channel(message_id))
+                while True:
+                    record = self.read(message_id)
+                    if record is not None and JobState(record["state"]) in READY_STATES:
+                        return record
+                    remaining = MAX_WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        state = record["state"] if record else JobState.PENDING.value
+                        raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {state})")
+                    pubsub.get_message(timeout=min(remaining, MAX_WAIT_SLICE))
+            finally:
+                pubsub.close()
+
+
+@functools.cache
+def get_store(settings: Settings | None = None) -> RecordStore:
+    """The record store for ``settings`` (the process's settings when omitted), one per settings."""
+    return RecordStore(settings or get_settings())
+
+
+class AsyncResult:
+    """A handle on one job, knowing only its message id.
+
+    It reads the job's record in Redis on every call and needs no actor and no broker, so any
+    service with the settings can use it.
+
+    Parameters:
+      message_id: The id of the message, as returned by ``send()`` (``message.message_id``).
+      settings: Where the records live; the process's settings when omitted.
+
+    Examples:
+      >>> r = AsyncResult(message_id)
+      >>> r.state
+      <JobState.STARTED: 'STARTED'>
+      >>> r.get(timeout=30)
+      {'pong': 1}
+    """
+
+    def __init__(self, message_id: str, settings: Settings | None = None) -> None:
+        self.id = message_id
+        self._store = get_store(settings)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def info(self) -> dict[str, Any] | None:
+        """The whole record as a dict, or None while there is none (``PENDING``)."""
+        return self._store.read(self.id)
+
+    @property
+    def state(self) -> JobState:
+        """Where the job stands; ``PENDING`` when no record exists (unknown id or expired)."""
+        return self._store.state(self.id)
+
+    status = state
+
+    def ready(self) -> bool:
+        """True once the job finished: ``SUCCESS``, ``FAILURE`` or ``REVOKED``."""
+        return self.state in READY_STATES
+
+    def successful(self) -> bool:
+        """True if the job finished in ``SUCCESS``."""
+        return self.state is JobState.SUCCESS
+
+    def failed(self) -> bool:
+        """True if the job finished in ``FAILURE``."""
+        return self.state is JobState.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The actor's return value once ``SUCCESS``; the error dict once ``FAILURE``; else None."""
+        record = self.info() or {}
+        if record.get("state") == JobState.FAILURE.value:
+            return record.get("error")
+        return record.get("result")
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """The last error (``type``, ``message``, ``traceback``) of a failed or retried job."""
+        return (self.info() or {}).get("error")
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        """The last progress report (``done``, ``total``, ``phase``, ``updated_at``), if any."""
+        return (self.info() or {}).get("progress")
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Waits on Redis pub/sub, not a sleep loop: it returns as soon as the record is final.
+
+        Parameters:
+          timeout: Seconds to wait at most; None waits as long as it takes.
+          propagate: Raise the job's error when it failed or was revoked; when False, return
+            the error dict (or None for a revoked job) instead.
+
+        Raises:
+          JobTimeout: The job did not finish in time (also a ``TimeoutError``).
+          JobRevoked: The job was revoked.
+          Exception: The worker's error, rebuilt with its type where that type is a builtin or
+            one of pipeline's, else :class:`~pipeline.errors.JobFailed` carrying type and message.
+        """
+        record = self._store.wait(self.id, timeout)
+        state = JobState(record["state"])
+        if state is JobState.SUCCESS:
+            return record.get("result")
+        if not propagate:
+            return record.get("error")
+        if state is JobState.REVOKED:
+            raise JobRevoked(f"job {self.id} was revoked")
+        raise rebuild_error(record.get("error") or {})
+
+    def revoke(self) -> bool:
+        """Cancel the job: a worker skips it if it has not started, and a running job that
+        checks (:func:`is_revoked`) stops. A finished job is left as it is.
+
+        Returns:
+          True if the record is now ``REVOKED`` by this call.
+        """
+        applied, _ = self._store.write(self.id, JobState.REVOKED, revoked_at=now_iso(), finished_at=now_iso())
+        return applied
+
+    def forget(self) -> bool:
+        """Delete the job's record; afterwards the state reads ``PENDING``. True if one existed."""
+        return self._store.delete(self.id)
+
+
+def rebuild_error(error: Mapping[str, str]) -> BaseException:
+    """The exception a failed record describes, for :meth:`AsyncResult.get` to raise.
+
+    Only builtin and pipeline exception types are rebuilt (a record is data, and importing
+    whatever module it names would run code); any other type becomes ``JobFailed``.
+    """
+    type_name = error.get("type", "Exception")
+    message = error.get("message", "")
+    traceback = error.get("traceback", "")
+    module_name, _, class_name = type_name.rpartition(".")
+    module_name = module_name or "builtins"
+    if module_name.split(".")[0] in REBUILDABLE_MODULES:
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                exc = cls(message)
+                exc.remote_traceback = traceback  # type: ignore[attr-defined]
+                return exc
+        except Exception:  # noqa: BLE001 - any failure to rebuild falls back to JobFailed
+            pass
+    return JobFailed(type_name, message, traceback)
+
+
+def _current_message_id() -> str:
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        raise PipelineError("no job is running in this thread: pass message_id")
+    return message.message_id
+
+
+def report_progress(
+    done: int, total: int | None = None, phase: str | None = None, *, message_id: str | None = None
+) -> bool:
+    """Record a running job's progress, shown as ``AsyncResult.progress``.
+
+    Parameters:
+      done: Units of work done so far.
+      total: Units in all, when known.
+      phase: A short name for what the job is doing now.
+      message_id: The job; the message this worker thread is processing when omitted.
+
+    Returns:
+      False when the record is missing or already finished (the report is dropped).
+    """
+    progress = {"done": done, "total": total, "phase": phase, "updated_at": now_iso()}
+    return get_store().update(message_id or _current_message_id(), progress=progress)
+
+
+def is_revoked(message_id: str | None = None) -> bool:
+    """Whether the job (the one this worker thread runs, when omitted) has been revoked."""
+    return get_store().state(message_id or _current_message_id()) is JobState.REVOKED

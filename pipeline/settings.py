@@ -1,0 +1,176 @@
+"""Every setting of pipeline, read once from ``PIPELINE_*`` environment variables.
+
+A setting named ``result_ttl`` is read from ``PIPELINE_RESULT_TTL``; its type comes from the
+field's annotation and a bad value raises :class:`~pipeline.errors.SettingsError` naming the
+variable and the value. The defaults work against RabbitMQ, Redis and an SMTP server on
+127.0.0.1. No other module reads ``os.environ``: they take a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.errors import SettingsError
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+
+#: Prefix of every environment variable pipeline reads.
+ENV_PREFIX = "PIPELINE_"
+
+#: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
+MAX_QUEUE_PRIORITY = 255
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Settings:
+    """The settings of one process, validated when created.
+
+    Build it with :meth:`from_env`; each field's docstring-comment gives its unit.
+    """
+
+    #: RabbitMQ URL (``amqp://user:password@host:port/vhost``); ``;`` separates several nodes.
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: Redis URL of the job records.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Seconds a job record lives after its last change.
+    result_ttl: int = 86_400
+    #: ``x-max-priority`` of each queue, as ``queue=max,...``; a queue not listed gets none.
+    queue_priorities: dict[str, int] = dataclasses.field(default_factory=lambda: {DEFAULT_QUEUE: 10, SLOW_QUEUE: 5})
+    #: Wait for RabbitMQ's publisher confirm on every send.
+    confirm_delivery: bool = True
+    #: Times a failing job is retried before it is failed and dead-lettered.
+    max_retries: int = 5
+    #: Milliseconds before the first retry; doubles with every attempt.
+    retry_min_backoff: int = 15_000
+    #: Milliseconds a retry waits at most; keep it below RabbitMQ's consumer timeout.
+    retry_max_backoff: int = 600_000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``PIPELINE_*`` variables, defaulting every one not set.
+
+        Parameters:
+          environ: The variables to read; ``os.environ`` when omitted.
+
+        Raises:
+          SettingsError: A variable's value has the wrong type or is out of range.
+        """
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            variable = ENV_PREFIX + field.name.upper()
+            raw = environ.get(variable)
+            if raw is not None:
+                values[field.name] = _parse(variable, raw, hints[field.name])
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        _check_url("PIPELINE_BROKER_URL", self.broker_url, ("amqp", "amqps"))
+        _check_url("PIPELINE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
+        _check_minimum("PIPELINE_MAX_RETRIES", self.max_retries, 0)
+        _check_minimum("PIPELINE_RETRY_MIN_BACKOFF", self.retry_min_backoff, 1)
+        _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff)
+        for queue, priority in self.queue_priorities.items():
+            if not 0 <= priority <= MAX_QUEUE_PRIORITY:
+                raise SettingsError(
+                    "PIPELINE_QUEUE_PRIORITIES",
+                    f"{queue}={priority}",
+                    f"a queue's max priority must be between 0 and {MAX_QUEUE_PRIORITY}",
+                )
+
+    def max_priority(self, queue_name: str) -> int:
+        """The ``x-max-priority`` queue ``queue_name`` is declared with (0: no priorities)."""
+        return self.queue_priorities.get(queue_name, 0)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use and kept."""
+    return Settings.from_env()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs and error messages."""
+    masked = []
+    for part in url.split(";"):
+        split = urlsplit(part)
+        if split.password is None:
+            masked.append(part)
+            continue
+        user = split.username or ""
+        host = split.hostname or ""
+        port = f":{split.port}" if split.port else ""
+        netloc = f"{user}:***@{host}{port}"
+        masked.append(urlunsplit(split._replace(netloc=netloc)))
+    return ";".join(masked)
+
+
+def _parse(variable: str, raw: str, kind: object) -> object:
+    """Turn the text of ``variable`` into a value of the annotated ``kind``."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if raw.strip() == "":
+            return None
+        (kind,) = [arg for arg in args if arg is not type(None)]
+        origin = typing.get_origin(kind)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(variable, raw, "expected a boolean (true/false, 1/0, yes/no, on/off)")
+    if kind is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise SettingsError(variable, raw, "expected a whole number") from None
+    if kind is float:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise SettingsError(variable, raw, "expected a number") from None
+    if kind is Path:
+        return Path(raw).expanduser()
+    if origin is tuple:
+        return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
+    if origin is dict:
+        return _parse_table(variable, raw)
+    return raw
+
+
+def _parse_table(variable: str, raw: str) -> dict[str, int]:
+    """Parse ``name=number,name=number`` into a dict."""
+    table: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, number = item.partition("=")
+        if not sep or not name.strip():
+            raise SettingsError(variable, raw, f"{item!r} is not of the form queue=number")
+        try:
+            table[name.strip()] = int(number)
+        except ValueError:
+            raise SettingsError(variable, raw, f"{number.strip()!r} is not a whole number") from None
+    return table
+
+
+def _check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
+    for part in url.split(";"):
+        scheme = urlsplit(part).scheme
+        if scheme not in schemes:
+            raise SettingsError(
+                variable, mask_url(url), f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
+
+
+def _check_minimum(variable: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise SettingsError(variable, str(value), f"must be at least {minimum}")

@@ -1,0 +1,71 @@
+"""The states of a job and the order they move in.
+
+A job record only moves forward. Forward is measured by a *rank*: ``QUEUED`` is lowest, each
+attempt's ``STARTED`` and ``RETRY`` come after the previous attempt's, and the finished states
+(``SUCCESS``, ``FAILURE``, ``REVOKED``) rank above everything and are never left. The record
+store compares ranks atomically in Redis, so a late or duplicate write cannot turn a record back.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobState(enum.StrEnum):
+    """Where a job stands; the names are Celery's where the meaning is the same."""
+
+    #: No record: the id is unknown, or its record expired.
+    PENDING = "PENDING"
+    #: Taken by RabbitMQ, waiting for a worker.
+    QUEUED = "QUEUED"
+    #: A worker is running it (the record says which attempt).
+    STARTED = "STARTED"
+    #: An attempt failed; another is scheduled.
+    RETRY = "RETRY"
+    #: Finished; the record holds the result.
+    SUCCESS = "SUCCESS"
+    #: Finished with an error that was not retried (or retries ran out).
+    FAILURE = "FAILURE"
+    #: Cancelled before it finished.
+    REVOKED = "REVOKED"
+
+    @property
+    def ready(self) -> bool:
+        """True for the finished states, which no later write changes."""
+        return self in READY_STATES
+
+
+#: States a job ends in; a record in one of them is final.
+READY_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+
+#: The rank of every finished state: above any attempt's.
+FINAL_RANK = 1_000_000
+
+
+def rank(state: JobState, attempt: int = 0) -> int:
+    """The rank of ``state`` at ``attempt`` (1 for the first run); higher ranks win.
+
+    Raises:
+      ValueError: ``PENDING``, which is the absence of a record and is never written, or an
+        attempt below 1 for ``STARTED`` and ``RETRY``.
+    """
+    if state in READY_STATES:
+        return FINAL_RANK
+    if state is JobState.QUEUED:
+        return 0
+    if state is JobState.PENDING:
+        raise ValueError("PENDING is the absence of a record and is never written")
+    if attempt < 1:
+        raise ValueError(f"attempt must be 1 or more, not {attempt}")
+    return 2 * attempt + (1 if state is JobState.RETRY else 0)
+
+
+def may_replace(current_rank: int | None, new_rank: int) -> bool:
+    """Whether a write of ``new_rank`` may replace a record at ``current_rank`` (None: no record).
+
+    This is the rule the Redis script applies; it is spelled out here so it can be read and
+    tested without Redis.
+    """
+    if current_rank is None:
+        return True
+    return current_rank < FINAL_RANK and new_rank >= current_rank

@@ -1,0 +1,95 @@
+"""The ``pipeline`` command against real records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from services import ROOT
+
+from pipeline.actors import ping
+from pipeline.cli import RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, main
+from pipeline.results import AsyncResult, get_store
+from pipeline.states import JobState
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def finished(message_id: str, state: JobState, **fields) -> str:
+    store = get_store()
+    store.write(message_id, JobState.STARTED, attempt=1, actor="ping", queue="default")
+    store.write(message_id, state, **fields)
+    return message_id
+
+
+def test_status_of_a_success_prints_the_result_and_exits_0(clean_redis):
+    message_id = finished(str(uuid.uuid4()), JobState.SUCCESS, result={"rows": 3})
+    out = run_cli("status", message_id)
+    assert out.returncode == RET_OK
+    assert f"job {message_id}: SUCCESS" in out.stdout
+    assert '{"rows": 3}' in out.stdout and "ping" in out.stdout
+
+
+def test_status_of_a_failure_prints_the_error_and_exits_1(clean_redis):
+    error = {"type": "ValueError", "message": "row 17: total 'abc' is not a number", "traceback": "Traceback..."}
+    message_id = finished(str(uuid.uuid4()), JobState.FAILURE, error=error)
+    out = run_cli("status", message_id)
+    assert out.returncode == RET_FAILED
+    assert "ValueError: row 17: total 'abc' is not a number" in out.stdout
+
+
+def test_status_json_is_the_record(clean_redis):
+    message_id = finished(str(uuid.uuid4()), JobState.SUCCESS, result=[1, 2])
+    out = run_cli("status", "--json", message_id)
+    record = json.loads(out.stdout)
+    assert record["state"] == "SUCCESS" and record["result"] == [1, 2] and record["message_id"] == message_id
+
+
+def test_status_of_an_unknown_id_exits_4(clean_redis, capsys):
+    assert main(["status", str(uuid.uuid4())]) == RET_UNKNOWN
+    assert "PENDING" in capsys.readouterr().out
+
+
+def test_status_of_a_running_job_exits_3_and_shows_progress(clean_redis, capsys):
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.STARTED, attempt=1)
+    get_store().update(message_id, progress={"done": 40, "total": 100, "phase": "rows"})
+    assert main(["status", message_id]) == RET_UNFINISHED
+    assert "40/100 (rows)" in capsys.readouterr().out
+
+
+def test_status_wait_waits_for_the_end(start_worker, purge, capsys):
+    purge("default")
+    start_worker(["default"])
+    message = ping.send("w")
+    assert main(["status", "--wait", "20", message.message_id]) == RET_OK
+    assert AsyncResult(message.message_id).successful()
+
+
+def test_check_reports_both_services(amqp, redis_client):
+    out = run_cli("check")
+    assert out.returncode == RET_OK, out.stdout + out.stderr
+    assert "RabbitMQ  ok" in out.stdout and "Redis     ok" in out.stdout
+
+
+def test_check_fails_when_a_service_is_down(amqp):
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PIPELINE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
+    )
+    assert out.returncode == RET_FAILED
+    assert "Redis     DOWN  redis://:***@127.0.0.1:1/0" in out.stdout and "hunter2" not in out.stdout

@@ -1,0 +1,230 @@
+"""A job's life through a real worker, RabbitMQ and Redis: states, retries, failures, revoke."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import sample_actors
+from services import ROOT, WorkerProcess, queue_depth
+
+from pipeline.actors import ping
+from pipeline.broker import broker
+from pipeline.errors import JobRevoked, JobTimeout, PermanentError
+from pipeline.queues import DEFAULT_QUEUE
+from pipeline.results import AsyncResult, report_progress
+from pipeline.states import JobState
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def worker(redis_client, amqp):
+    """One worker on the default queue for the whole module, started on an empty queue."""
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    broker.flush(DEFAULT_QUEUE)
+    process = WorkerProcess([DEFAULT_QUEUE], threads=4, env={}, modules=["pipeline.actors", "sample_actors"])
+    yield process
+    process.stop()
+
+
+def wait_for_state(result: AsyncResult, state: JobState, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = result.info()
+        if record and record["state"] == state.value:
+            return record
+        time.sleep(0.02)
+    raise AssertionError(f"{result.id} never reached {state}: {result.info()}")
+
+
+def runs(redis_client, key: str) -> int:
+    return int(redis_client.get(sample_actors.RUNS_PREFIX + key) or 0)
+
+
+def test_send_then_get_from_a_process_that_never_imported_the_actors(worker):
+    message = ping.send({"order": 17})
+    script = (
+        "import json, sys\n"
+        "from pipeline.results import AsyncResult\n"
+        f"print(json.dumps(AsyncResult({message.message_id!r}).get(timeout=20)))\n"
+        "assert 'pipeline.actors' not in sys.modules and 'pipeline.broker' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"pong": {"order": 17}}
+
+
+def test_a_sent_message_is_queued_before_send_returns(clean_redis):
+    message = ping.message_with_options(args=("held",), delay=60_000)
+    sent = broker.enqueue(message, delay=60_000)
+    record = AsyncResult(sent.message_id).info()
+    assert record["state"] == "QUEUED"
+    assert record["actor"] == "ping" and record["queue"] == DEFAULT_QUEUE and record["priority"] == 0
+    AsyncResult(sent.message_id).revoke()
+
+
+def test_unknown_id_is_pending_not_queued(clean_redis):
+    result = AsyncResult(str(uuid.uuid4()))
+    assert result.state is JobState.PENDING
+    assert result.info() is None and not result.ready()
+
+
+def test_success_record_holds_result_attempt_and_timestamps(worker):
+    message = ping.send("x")
+    result = AsyncResult(message.message_id)
+    assert result.get(timeout=10) == {"pong": "x"}
+    record = result.info()
+    assert record["state"] == "SUCCESS" and record["attempt"] == 1
+    assert record["actor"] == "ping" and record["queue"] == DEFAULT_QUEUE
+    assert record["enqueued_at"] <= record["started_at"] <= record["finished_at"]
+    assert result.ready() and result.successful() and not result.failed()
+
+
+def test_transient_failure_is_retried_then_succeeds(worker, clean_redis):
+    key = str(uuid.uuid4())
+    result = AsyncResult(sample_actors.flaky.send(key, 1).message_id)
+    retry = wait_for_state(result, JobState.RETRY)
+    assert retry["attempt"] == 1
+    assert retry["error"]["type"] == "ConnectionError"
+    assert "fails on purpose" in retry["error"]["message"]
+    assert retry["next_attempt_at"] > retry["started_at"]
+    assert result.get(timeout=20) == 2
+    assert result.info()["attempt"] == 2
+
+
+def test_failure_after_retries_records_error_and_dead_letters(worker, amqp, clean_redis):
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    result = AsyncResult(sample_actors.broken.send("total 'abc' is not a number").message_id)
+    with pytest.raises(ValueError, match="total 'abc' is not a number"):
+        result.get(timeout=20)
+    record = result.info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 2
+    assert record["error"]["type"] == "ValueError"
+    assert "raise ValueError(reason)" in record["error"]["traceback"]
+    assert result.failed() and result.error["message"] == "total 'abc' is not a number"
+    deadline = time.monotonic() + 10
+    while queue_depth(amqp, DEFAULT_QUEUE + ".XQ") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, _, body = amqp.basic_get(DEFAULT_QUEUE + ".XQ", auto_ack=True)
+    assert json.loads(body)["message_id"] == result.id
+
+
+def test_permanent_error_fails_at_once_without_retry(worker, clean_redis):
+    result = AsyncResult(sample_actors.refuses.send("row 3: bad email").message_id)
+    with pytest.raises(PermanentError, match="row 3: bad email"):
+        result.get(timeout=10)
+    assert result.info()["attempt"] == 1
+
+
+def test_get_without_propagate_returns_the_error(worker):
+    result = AsyncResult(sample_actors.refuses.send("nope").message_id)
+    error = result.get(timeout=10, propagate=False)
+    assert error["type"] == "pipeline.errors.PermanentError" and error["message"] == "nope"
+
+
+def test_get_times_out_with_a_timeout_error(clean_redis):
+    sent = broker.enqueue(ping.message_with_options(args=("later",)), delay=60_000)
+    with pytest.raises(TimeoutError):
+        AsyncResult(sent.message_id).get(timeout=0.2)
+    with pytest.raises(JobTimeout, match="QUEUED"):
+        AsyncResult(sent.message_id).get(timeout=0.1)
+    AsyncResult(sent.message_id).revoke()
+
+
+def test_get_returns_within_milliseconds_of_the_end(worker):
+    for _ in range(20):
+        started = time.monotonic()
+        AsyncResult(ping.send(1).message_id).get(timeout=10)
+    # Twenty round trips through RabbitMQ, a worker and Redis; a poll with sleeps would be far slower.
+    assert time.monotonic() - started < 5
+
+
+def test_revoked_before_start_is_skipped(worker, clean_redis):
+    key = str(uuid.uuid4())
+    sent = broker.enqueue(sample_actors.count_runs.message(key), delay=1500)
+    result = AsyncResult(sent.message_id)
+    assert result.revoke()
+    with pytest.raises(JobRevoked):
+        result.get(timeout=10)
+    time.sleep(2.5)
+    assert runs(clean_redis, key) == 0
+    assert result.state is JobState.REVOKED
+    assert "already REVOKED" in worker.log or "was skipped" in worker.log
+
+
+def test_revoke_mid_run_stops_the_job(worker, clean_redis):
+    key = str(uuid.uuid4())
+    result = AsyncResult(sample_actors.steps.send(key, 100, 0.05).message_id)
+    deadline = time.monotonic() + 10
+    while not (result.progress and result.progress["done"] >= 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert result.revoke()
+    time.sleep(0.5)
+    done = runs(clean_redis, key)
+    assert 3 <= done < 100
+    time.sleep(0.3)
+    assert runs(clean_redis, key) == done
+    assert result.state is JobState.REVOKED
+
+
+def test_progress_is_visible_while_running(worker, clean_redis):
+    result = AsyncResult(sample_actors.steps.send(str(uuid.uuid4()), 5, 0.1).message_id)
+    seen = wait_for_state(result, JobState.STARTED)
+    while not seen.get("progress"):
+        seen = result.info()
+    assert seen["progress"]["total"] == 5 and seen["progress"]["phase"] == "stepping"
+    assert result.get(timeout=10) == 5
+    assert result.progress["done"] == 5
+
+
+def test_progress_needs_a_running_job_or_an_id(clean_redis):
+    with pytest.raises(Exception, match="no job is running"):
+        report_progress(1)
+    assert report_progress(1, message_id=str(uuid.uuid4())) is False
+
+
+def test_forget_removes_the_record(worker):
+    result = AsyncResult(ping.send(1).message_id)
+    result.get(timeout=10)
+    assert result.forget()
+    assert result.state is JobState.PENDING
+
+
+def test_a_late_write_never_regresses_a_finished_record(worker):
+    from pipeline.results import get_store
+
+    message = ping.send(1)
+    result = AsyncResult(message.message_id)
+    result.get(timeout=10)
+    store = get_store()
+    assert store.write(message.message_id, JobState.STARTED, attempt=1) == (False, JobState.SUCCESS)
+    assert store.write(message.message_id, JobState.QUEUED) == (False, JobState.SUCCESS)
+    assert store.write(message.message_id, JobState.FAILURE, error={}) == (False, JobState.SUCCESS)
+    assert store.update(message.message_id, progress={"done": 0}) is False
+    assert not result.revoke()
+    assert result.get(timeout=1) == {"pong": 1}
+
+
+def test_a_redelivered_finished_message_is_not_run_again(worker, clean_redis):
+    key = str(uuid.uuid4())
+    message = sample_actors.count_runs.send(key)
+    assert AsyncResult(message.message_id).get(timeout=10) == 1
+    broker.enqueue(message)
+    time.sleep(1)
+    assert runs(clean_redis, key) == 1
+    assert AsyncResult(message.message_id).get(timeout=1) == 1
+
+
+def test_records_expire_after_the_ttl(worker, clean_redis):
+    from pipeline.results import record_key
+    from pipeline.settings import get_settings
+
+    message = ping.send(1)
+    AsyncResult(message.message_id).get(timeout=10)
+    ttl = clean_redis.ttl(record_key(message.message_id))
+    assert 0 < ttl <= get_settings().result_ttl

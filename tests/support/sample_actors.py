@@ -1,0 +1,70 @@
+"""Actors that exist only for the tests: they fail, retry, report progress and record order.
+
+A worker under test imports them beside ``pipeline.actors``. Their side effects go to Redis
+keys under ``pipeline:test:`` in the tests' own database, so a test can see what ran.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pipeline.broker  # noqa: F401 - the global broker comes first
+from pipeline.actor import actor
+from pipeline.errors import JobRevoked, PermanentError
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.results import get_store, is_revoked, report_progress
+
+#: Redis list each ``record_order`` call appends its tag to.
+ORDER_KEY = "pipeline:test:order"
+#: Prefix of the counters ``count_runs`` and ``flaky`` increment.
+RUNS_PREFIX = "pipeline:test:runs:"
+
+
+def _redis():
+    return get_store().client
+
+
+@actor(queue_name=SLOW_QUEUE, max_retries=0)
+def record_order(tag: str) -> str:
+    """Append ``tag`` to the order list: shows the order messages were processed in."""
+    _redis().rpush(ORDER_KEY, tag)
+    return tag
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0)
+def count_runs(key: str) -> int:
+    """Count how many times it ran for ``key``."""
+    return int(_redis().incr(RUNS_PREFIX + key))
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=3, min_backoff=1500, max_backoff=1500)
+def flaky(key: str, failures: int) -> int:
+    """Fail with a transient error ``failures`` times, then succeed with the run count."""
+    runs = int(_redis().incr(RUNS_PREFIX + key))
+    if runs <= failures:
+        raise ConnectionError(f"run {runs} of {key} fails on purpose")
+    return runs
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=1, min_backoff=100, max_backoff=100)
+def broken(reason: str) -> None:
+    """Always raise ``ValueError(reason)``: retried once, then failed."""
+    raise ValueError(reason)
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=5)
+def refuses(reason: str) -> None:
+    """Raise a permanent error: failed at once, never retried."""
+    raise PermanentError(reason)
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0)
+def steps(key: str, count: int, pause: float) -> int:
+    """Do ``count`` steps of ``pause`` seconds, reporting progress and stopping when revoked."""
+    for done in range(count):
+        if is_revoked():
+            raise JobRevoked(f"stopped after {done} of {count} steps")
+        _redis().incr(RUNS_PREFIX + key)
+        report_progress(done + 1, count, phase="stepping")
+        time.sleep(pause)
+    return count

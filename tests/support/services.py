@@ -1,0 +1,155 @@
+"""Fixtures that own the real services: RabbitMQ, Redis, dramatiq worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/15"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: Seconds a worker process gets to say it is ready.
+WORKER_BOOT_TIMEOUT = 30
+
+
+def _require(service: str, check: Callable[[], object]) -> None:
+    try:
+        check()
+    except Exception as exc:  # noqa: BLE001 - any failure means the service is missing
+        reason = f"{service} is not reachable: {exc!r}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI must have it running)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    """A client on the tests' own Redis database; ``pipeline:*`` keys there are removed after."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    _require("Redis", client.ping)
+    yield client
+    _delete_own_keys(client)
+    client.close()
+
+
+def _delete_own_keys(client: redis.Redis) -> None:
+    keys = list(client.scan_iter("pipeline:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
+
+
+@pytest.fixture
+def clean_redis(redis_client: redis.Redis) -> redis.Redis:
+    """The test Redis with no ``pipeline:*`` keys left by an earlier test."""
+    _delete_own_keys(redis_client)
+    return redis_client
+
+
+@pytest.fixture(scope="session")
+def amqp() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    """A channel on the real RabbitMQ, for looking at and purging queues."""
+    _require("RabbitMQ", lambda: pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close())
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    yield connection.channel()
+    connection.close()
+
+
+def queue_depth(amqp: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> int:
+    """Messages ready in ``queue`` (0 when it does not exist)."""
+    try:
+        return amqp.queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        amqp.connection.channel()
+        return 0
+
+
+@pytest.fixture
+def purge(amqp: pika.adapters.blocking_connection.BlockingChannel, clean_redis: redis.Redis) -> Callable[[str], None]:
+    """Empty a queue and its ``.DQ`` and ``.XQ`` (those that exist)."""
+    from pipeline.broker import broker
+
+    def purge_queue(queue: str) -> None:
+        broker.declare_queue(queue, ensure=True)
+        broker.flush(queue)
+
+    return purge_queue
+
+
+class WorkerProcess:
+    """A ``dramatiq`` worker in a subprocess, stopped by PID."""
+
+    def __init__(self, queues: list[str], threads: int, env: dict[str, str], modules: list[str]) -> None:
+        command = [sys.executable, "-m", "dramatiq", *modules, "--processes", "1", "--threads", str(threads)]
+        command += ["--queues", *queues]
+        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])}
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(WORKER_BOOT_TIMEOUT):
+            self.stop()
+            raise RuntimeError("worker did not start:\n" + self.log)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "Worker process is ready" in line:
+                self._ready.set()
+
+    @property
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group: no shutdown, no acks."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Stop the worker as an operator would (SIGTERM), killing it if it hangs."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def start_worker(redis_client: redis.Redis, amqp: object) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start dramatiq workers on the real services; every one started is stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        queues: list[str], threads: int = 2, env: dict[str, str] | None = None, modules: list[str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(queues, threads, env or {}, modules or ["pipeline.actors", "sample_actors"])
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,70 @@
+"""docker-compose.yml, read as Docker would: the services, ports and commands users rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from pipeline.queues import QUEUES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def ports(service: dict) -> set[str]:
+    return {str(p) for p in service.get("ports", [])}
+
+
+def test_rabbitmq_has_amqp_and_the_management_ui(compose):
+    rabbit = compose["services"]["rabbitmq"]
+    assert "management" in rabbit["image"]
+    assert {"5672:5672", "15672:15672"} <= ports(rabbit)
+
+
+def test_rabbitmq_config_it_mounts_exists_and_raises_the_consumer_timeout(compose):
+    mounts = [v.split(":") for v in compose["services"]["rabbitmq"]["volumes"] if v.startswith("./")]
+    (source, target, _) = mounts[0]
+    assert target.startswith("/etc/rabbitmq/conf.d/")
+    text = (ROOT / source).read_text()
+    timeout = int(next(line.split("=")[1] for line in text.splitlines() if line.startswith("consumer_timeout")))
+    assert timeout > 30 * 60 * 1000
+
+
+def test_redis_and_the_smtp_catcher_are_there(compose):
+    assert "6379:6379" in ports(compose["services"]["redis"])
+    mailpit = compose["services"]["mailpit"]
+    assert "mailpit" in mailpit["image"] and {"1025:1025", "8025:8025"} <= ports(mailpit)
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_one_worker_per_queue_runs_the_actors_module(compose, queue):
+    command = compose["services"][f"worker-{queue}"]["command"]
+    assert command[:2] == ["dramatiq", "pipeline.actors"]
+    # --queues takes the rest of the words, so it must come last.
+    assert command[-2:] == ["--queues", queue]
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_workers_reach_the_services_by_their_service_names(compose, queue):
+    worker = compose["services"][f"worker-{queue}"]
+    env = worker["environment"]
+    broker = urlsplit(env["PIPELINE_BROKER_URL"])
+    rabbit_env = compose["services"]["rabbitmq"]["environment"]
+    assert broker.hostname == "rabbitmq" and broker.username == rabbit_env["RABBITMQ_DEFAULT_USER"]
+    assert broker.password == rabbit_env["RABBITMQ_DEFAULT_PASS"]
+    assert urlsplit(env["PIPELINE_REDIS_URL"]).hostname == "redis"
+    assert env["PIPELINE_SMTP_HOST"] == "mailpit" and env["PIPELINE_SMTP_PORT"] == "1025"
+    assert set(worker["depends_on"]) == {"rabbitmq", "redis", "mailpit"}
+    assert (ROOT / worker["build"] / "Dockerfile").is_file()
+
+
+def test_the_image_installs_the_package(compose):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install" in dockerfile and "COPY pipeline" in dockerfile

@@ -1,0 +1,41 @@
+"""Rebuilding a remote error, and the record's error fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import JobFailed, PermanentError
+from pipeline.middleware import error_fields
+from pipeline.results import rebuild_error
+
+
+def test_a_builtin_error_is_rebuilt_with_its_type():
+    error = rebuild_error({"type": "ValueError", "message": "bad total", "traceback": "tb"})
+    assert type(error) is ValueError and str(error) == "bad total"
+    assert error.remote_traceback == "tb"
+
+
+def test_a_pipeline_error_is_rebuilt_with_its_type():
+    error = rebuild_error({"type": "pipeline.errors.PermanentError", "message": "no"})
+    assert type(error) is PermanentError
+
+
+def test_a_foreign_type_is_not_imported_but_reported():
+    error = rebuild_error({"type": "os.system", "message": "rm -rf", "traceback": ""})
+    assert isinstance(error, JobFailed) and error.type_name == "os.system"
+    assert str(error) == "os.system: rm -rf"
+
+
+def test_error_fields_name_the_type_message_and_traceback():
+    try:
+        raise PermanentError("row 17: total 'abc' is not a number")
+    except PermanentError as exc:
+        fields = error_fields(exc)
+    assert fields["type"] == "pipeline.errors.PermanentError"
+    assert fields["message"] == "row 17: total 'abc' is not a number"
+    assert "Traceback" in fields["traceback"]
+
+
+@pytest.mark.parametrize("exc", [KeyError("k"), OSError(2, "gone")])
+def test_builtin_types_are_recorded_without_module(exc):
+    assert "." not in error_fields(exc)["type"]

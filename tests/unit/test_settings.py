@@ -1,0 +1,73 @@
+"""Settings: defaults, parsing, validation that names the variable and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import SettingsError
+from pipeline.settings import Settings, mask_url
+
+
+def test_defaults_point_at_local_services():
+    settings = Settings.from_env({})
+    assert settings.broker_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.queue_priorities == {"default": 10, "slow": 5}
+    assert settings.confirm_delivery is True
+    assert settings.result_ttl == 86_400
+
+
+def test_values_are_read_from_pipeline_variables():
+    settings = Settings.from_env(
+        {
+            "PIPELINE_RESULT_TTL": "60",
+            "PIPELINE_QUEUE_PRIORITIES": "default=9, slow=3, reports=2",
+            "PIPELINE_CONFIRM_DELIVERY": "no",
+            "PIPELINE_REDIS_URL": "redis://cache:6379/2",
+        }
+    )
+    assert settings.result_ttl == 60
+    assert settings.queue_priorities == {"default": 9, "slow": 3, "reports": 2}
+    assert settings.max_priority("reports") == 2 and settings.max_priority("other") == 0
+    assert settings.confirm_delivery is False
+    assert settings.redis_url == "redis://cache:6379/2"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("PIPELINE_RESULT_TTL", "a day", "expected a whole number"),
+        ("PIPELINE_RESULT_TTL", "0", "must be at least 1"),
+        ("PIPELINE_CONFIRM_DELIVERY", "maybe", "expected a boolean"),
+        ("PIPELINE_QUEUE_PRIORITIES", "default:10", "is not of the form queue=number"),
+        ("PIPELINE_QUEUE_PRIORITIES", "default=ten", "'ten' is not a whole number"),
+        ("PIPELINE_QUEUE_PRIORITIES", "default=300", "between 0 and 255"),
+        ("PIPELINE_BROKER_URL", "http://rabbit", "amqp://"),
+        ("PIPELINE_REDIS_URL", "127.0.0.1:6379", "redis://"),
+        ("PIPELINE_RETRY_MAX_BACKOFF", "10", "must be at least 15000"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_value(variable, value, complaint):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({variable: value})
+    assert variable in str(raised.value)
+    assert complaint in str(raised.value)
+
+
+def test_a_bad_url_is_reported_without_its_password():
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"PIPELINE_BROKER_URL": "http://admin:topsecret@rabbit/"})
+    assert "topsecret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp://guest:***@127.0.0.1:5672/%2F"),
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("amqp://a:x@h1/%2F;amqp://a:y@h2/%2F", "amqp://a:***@h1/%2F;amqp://a:***@h2/%2F"),
+    ],
+)
+def test_mask_url_hides_passwords(url, masked):
+    assert mask_url(url) == masked

@@ -1,0 +1,47 @@
+"""The job state machine: ranks only move forward and finished states are final."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.states import FINAL_RANK, READY_STATES, JobState, may_replace, rank
+
+
+def test_attempts_rank_in_order_and_retry_sits_between_them():
+    ladder = [
+        rank(JobState.QUEUED),
+        rank(JobState.STARTED, 1),
+        rank(JobState.RETRY, 1),
+        rank(JobState.STARTED, 2),
+        rank(JobState.RETRY, 2),
+        rank(JobState.SUCCESS),
+    ]
+    assert ladder == sorted(ladder) and len(set(ladder)) == len(ladder)
+
+
+@pytest.mark.parametrize("state", sorted(READY_STATES))
+def test_finished_states_are_final(state):
+    assert rank(state) == FINAL_RANK and state.ready
+    for later in JobState:
+        if later is not JobState.PENDING:
+            assert not may_replace(FINAL_RANK, rank(later, 1))
+
+
+def test_a_late_start_cannot_replace_a_retry_of_a_later_attempt():
+    assert not may_replace(rank(JobState.STARTED, 2), rank(JobState.STARTED, 1))
+    assert not may_replace(rank(JobState.RETRY, 1), rank(JobState.QUEUED))
+
+
+def test_a_duplicate_start_of_the_same_attempt_is_allowed():
+    assert may_replace(rank(JobState.STARTED, 1), rank(JobState.STARTED, 1))
+
+
+def test_anything_may_create_a_record():
+    assert may_replace(None, rank(JobState.QUEUED))
+
+
+def test_pending_is_never_written():
+    with pytest.raises(ValueError, match="never written"):
+        rank(JobState.PENDING)
+    with pytest.raises(ValueError, match="attempt must be 1 or more"):
+        rank(JobState.STARTED, 0)
