@@ -94,7 +94,22 @@ class PipelineBroker(RabbitmqBroker):
         try:
             return super().enqueue(message, delay=delay)
         except ConnectionClosed as exc:
+            self._emit_optional("after_enqueue_failure", message)
             raise self._unavailable(exc) from exc
+
+    def _emit_optional(self, signal: str, *args: Any) -> None:
+        """Call pipeline's own hook ``signal`` on the middleware that define it, in reverse order.
+
+        Failures are logged, not raised, as Dramatiq's ``emit_after`` does.
+        """
+        for middleware in reversed(self.middleware):
+            hook = getattr(middleware, signal, None)
+            if hook is None:
+                continue
+            try:
+                hook(self, *args)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
 
     def enqueue_many(self, messages: Sequence[dramatiq.Message]) -> list[dramatiq.Message]:
         """Publish messages of one queue in one AMQP transaction.
@@ -104,8 +119,8 @@ class PipelineBroker(RabbitmqBroker):
         taken, at the cost of one confirmation for the whole batch. A batch that fails is
         published again whole; a message RabbitMQ never saw is not recorded.
 
-        Middleware see ``before_enqueue`` for each message, then ``after_enqueue_batch`` once
-        where they define it (``after_enqueue`` per message where they do not).
+        Middleware see ``before_enqueue_batch`` and ``after_enqueue_batch`` once where they
+        define them, ``before_enqueue`` and ``after_enqueue`` per message where they do not.
 
         Parameters:
           messages: Messages built with ``actor.message_with_options``, all for one queue.
@@ -123,8 +138,13 @@ class PipelineBroker(RabbitmqBroker):
         if len(queue_names) != 1:
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
         (queue_name,) = queue_names
-        for message in messages:
-            self.emit_before("enqueue", message, None)
+        for middleware in self.middleware:
+            batch_hook = getattr(middleware, "before_enqueue_batch", None)
+            if batch_hook is not None:
+                batch_hook(self, messages)
+            else:
+                for message in messages:
+                    middleware.before_enqueue(self, message, None)
         bodies = [(m.encode(), m.options.get(BROKER_PRIORITY_OPTION)) for m in messages]
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:

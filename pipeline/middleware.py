@@ -123,14 +123,38 @@ class JobRecords(Middleware):
         return fields
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
-        """Remember when a retry is due, for the ``RETRY`` record written after processing."""
+        """Send a new message's ``QUEUED`` record to Redis, to be confirmed in ``after_enqueue``.
+
+        The answer is read after RabbitMQ's publisher confirm, so the record costs no waiting of
+        its own. For a retry, remember when it is due, for the ``RETRY`` record.
+        """
         if _is_retry(message):
             self._local.retry_eta = message.options.get("eta")
+            return
+        self._drop_pending()
+        self._local.pending = self.store.begin_write(message.message_id, JobState.QUEUED, **self._describe(message))
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
-        """Record a newly sent message as ``QUEUED``."""
-        if not _is_retry(message):
-            self.store.write(message.message_id, JobState.QUEUED, **self._describe(message))
+        """Read the answer to the ``QUEUED`` write sent before publishing."""
+        pending = getattr(self._local, "pending", None)
+        if pending is not None and not _is_retry(message):
+            self._local.pending = None
+            pending.result()
+
+    def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        """RabbitMQ did not take the message: take back its ``QUEUED`` record."""
+        self._drop_pending()
+        if self.store.state(message.message_id) is JobState.QUEUED:
+            self.store.delete(message.message_id)
+
+    def _drop_pending(self) -> None:
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            self._local.pending = None
+            pending.cancel()
+
+    def before_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message]) -> None:
+        """Nothing to do before a batch: its records are written once RabbitMQ committed it."""
 
     def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message]) -> None:
         """Record a batch of newly sent messages as ``QUEUED`` in one Redis round trip."""

@@ -4,21 +4,22 @@ Each message has one record, a Redis hash at ``pipeline:job:<message_id>``, whos
 JSON values: ``state``, ``actor``, ``queue``, ``priority``, ``attempt``, timestamps, ``result``
 or ``error``, ``progress``. Every write goes through one Lua script that compares the write's
 rank with the record's (see :mod:`pipeline.states`), so states only move forward, and that
-publishes on ``pipeline:job:<message_id>:done`` when the record reaches a finished state;
-:meth:`AsyncResult.get` waits on that channel instead of polling.
+pushes a snapshot of the record onto the list ``pipeline:job:<message_id>:done`` when it
+reaches a finished state; :meth:`AsyncResult.get` blocks on that list instead of polling.
 
 This module owns the key layout; nothing else names a Redis key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import importlib
 import json
-import time
+import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -36,15 +37,15 @@ from pipeline.states import FINAL_RANK, READY_STATES, JobState, rank
 
 #: Prefix of every job record key; the full key is ``<prefix><message_id>``.
 RECORD_PREFIX = "pipeline:job:"
-#: Suffix of the pub/sub channel a record announces its end on.
+#: Suffix of the list that receives a snapshot of the record when the job finishes.
 DONE_SUFFIX = ":done"
-#: Seconds one wait on the done channel lasts before the record is read again.
-MAX_WAIT_SLICE = 60.0
 #: Modules whose exception types ``get()`` rebuilds from a failed record.
 REBUILDABLE_MODULES = ("builtins", "pipeline")
 
-#: Writes fields unless the record is final or ranks above the write. KEYS: record, channel.
+#: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
 #: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
+#: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
+#: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
 #: Returns {applied (0/1), state JSON or false}.
 _WRITE_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
@@ -59,7 +60,12 @@ end
 redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if new >= FINAL_RANK and (current == nil or current < FINAL_RANK) then
-  redis.call('PUBLISH', KEYS[2], ARGV[1])
+  local flat = redis.call('HGETALL', KEYS[1])
+  local snapshot = {}
+  for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], cjson.encode(snapshot))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return {1, redis.call('HGET', KEYS[1], 'state')}
 """.replace("FINAL_RANK", str(FINAL_RANK))
@@ -81,7 +87,7 @@ def record_key(message_id: str) -> str:
     return RECORD_PREFIX + message_id
 
 
-def _done_channel(message_id: str) -> str:
+def _done_key(message_id: str) -> str:
     return RECORD_PREFIX + message_id + DONE_SUFFIX
 
 
@@ -99,6 +105,7 @@ class RecordStore:
         self.settings = settings
         self._client: redis.Redis | None = None
         self._script: Any = None
+        self._local = threading.local()
 
     @property
     def client(self) -> redis.Redis:
@@ -108,7 +115,7 @@ class RecordStore:
             self._script = self._client.register_script(_WRITE_SCRIPT)
         return self._client
 
-    @contextmanager
+    @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
         try:
             yield
@@ -117,11 +124,38 @@ class RecordStore:
                 f"Redis at {mask_url(self.settings.redis_url)} is unreachable: {exc}"
             ) from exc
 
-    def _write_args(self, new_rank: int | None, fields: Mapping[str, Any]) -> list[Any]:
-        args: list[Any] = ["" if new_rank is None else new_rank, self.settings.result_ttl]
+    def _write_call(
+        self, message_id: str, state: JobState | None, attempt: int, fields: Mapping[str, Any]
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the write script for one record (state None: keep it)."""
+        if state is not None:
+            fields = {"message_id": message_id, "state": state.value, **fields}
+            if attempt:
+                fields = {**fields, "attempt": attempt}
+        args: list[Any] = ["" if state is None else rank(state, attempt), self.settings.result_ttl]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        return args
+        return [record_key(message_id), _done_key(message_id)], args
+
+    def _send(self, keys: list[str], args: list[Any]) -> PendingWrite:
+        """Send one write on this thread's own connection; the answer is read later."""
+        line = getattr(self._local, "line", None)
+        if line is None or line.pid != os.getpid():
+            self.client  # noqa: B018 - creates the script object on first use
+            line = self._local.line = _WriteLine(self.client)
+        if line.unread is not None:
+            line.unread.settle()
+        with self._translated():
+            try:
+                line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            except (redis.ConnectionError, redis.TimeoutError):
+                line.connection.disconnect()
+                line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        line.unread = PendingWrite(self, line, keys, args)
+        return line.unread
+
+    def _run(self, keys: list[str], args: list[Any]) -> tuple[bool, JobState]:
+        return self._send(keys, args).result()
 
     def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
         """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.
@@ -137,15 +171,21 @@ class RecordStore:
 
         Raises:
           ResultBackendUnavailable: Redis is unreachable.
+          TypeError: A field is not JSON-safe.
         """
-        fields = {"message_id": message_id, "state": state.value, **fields}
-        if attempt:
-            fields["attempt"] = attempt
-        keys = [record_key(message_id), _done_channel(message_id)]
-        with self._translated():
-            self.client  # noqa: B018 - creates the script object on first use
-            applied, stored = self._script(keys=keys, args=self._write_args(rank(state, attempt), fields))
-        return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
+        return self._run(*self._write_call(message_id, state, attempt, fields))
+
+    def begin_write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> PendingWrite:
+        """Send the same write as :meth:`write` without waiting for Redis's answer.
+
+        The caller does other waiting meanwhile (a publisher confirm) and then calls
+        :meth:`PendingWrite.result`, so the Redis round trip costs no time of its own.
+
+        Raises:
+          ResultBackendUnavailable: Redis is unreachable.
+          TypeError: A field is not JSON-safe.
+        """
+        return self._send(*self._write_call(message_id, state, attempt, fields))
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Write ``QUEUED`` records for many messages in one round trip.
@@ -161,9 +201,8 @@ class RecordStore:
             pipe = self.client.pipeline(transaction=False)
             for fields in records:
                 message_id = fields["message_id"]
-                fields = {**fields, "state": JobState.QUEUED.value}
-                keys = [record_key(message_id), _done_channel(message_id)]
-                self._script(keys=keys, args=self._write_args(rank(JobState.QUEUED), fields), client=pipe)
+                keys, args = self._write_call(message_id, JobState.QUEUED, 0, fields)
+                self._script(keys=keys, args=args, client=pipe)
             pipe.execute()
 
     def update(self, message_id: str, /, **fields: Any) -> bool:
@@ -172,20 +211,14 @@ class RecordStore:
         Returns:
           False when there is no record or it is finished (the write is then dropped).
         """
-        keys = [record_key(message_id), _done_channel(message_id)]
-        with self._translated():
-            self.client  # noqa: B018 - creates the script object on first use
-            applied, _ = self._script(keys=keys, args=self._write_args(None, fields))
-        return bool(applied)
+        applied, _ = self._run(*self._write_call(message_id, None, 0, fields))
+        return applied
 
     def read(self, message_id: str) -> dict[str, Any] | None:
         """The record of ``message_id`` as a dict, or None when there is none."""
         with self._translated():
             raw = self.client.hgetall(record_key(message_id))
-        if not raw:
-            return None
-        raw.pop("rank", None)
-        return {name: json.loads(value) for name, value in raw.items()}
+        return _decode(raw) if raw else None
 
     def state(self, message_id: str) -> JobState:
         """The state of ``message_id``'s record; ``PENDING`` when there is none."""
@@ -196,34 +229,92 @@ class RecordStore:
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""
         with self._translated():
-            return bool(self.client.delete(record_key(message_id)))
+            return bool(self.client.delete(record_key(message_id), _done_key(message_id)))
 
     def wait(self, message_id: str, timeout: float | None) -> dict[str, Any]:
         """Block until ``message_id``'s record is finished and return it.
 
-        Subscribes to the record's done channel before reading it, so an end that happens
-        between the read and the wait is not missed.
+        One blocking Redis call on the record's done list: it answers at once when the job has
+        already finished, or the moment it does.
 
         Raises:
           JobTimeout: ``timeout`` seconds passed first.
           ResultBackendUnavailable: Redis is unreachable.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._translated():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            snapshot = self.client.blmove(
+                _done_key(message_id), _done_key(message_id), timeout or 0, src="RIGHT", dest="LEFT"
+            )
+            if snapshot is None:
+                raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {self.state(message_id)})")
+        return _decode(json.loads(snapshot))
+
+
+class _WriteLine:
+    """One thread's own Redis connection for record writes, outside the pool.
+
+    Writes are the hot path of every job; a connection of its own spares them the pool's lock
+    and lets a write be sent now and its answer read later. At most one answer is unread.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool
+        self.connection = pool.connection_class(**pool.connection_kwargs)
+        self.pid = os.getpid()
+        self.unread: PendingWrite | None = None
+
+
+class PendingWrite:
+    """A record write sent to Redis whose answer has not been read yet; see :meth:`result`."""
+
+    def __init__(self, store: RecordStore, line: _WriteLine, keys: list[str], args: list[Any]) -> None:
+        self._store = store
+        self._line = line
+        self._call = (keys, args)
+        self._outcome: tuple[bool, JobState] | None = None
+
+    def settle(self) -> None:
+        """Read the answer off the connection (once), so the connection can carry the next write."""
+        if self._outcome is not None or self._line.unread is not self:
+            return
+        self._line.unread = None
+        connection = self._line.connection
+        with self._store._translated():
             try:
-                pubsub.subscribe(_done_channel(message_id))
-                while True:
-                    record = self.read(message_id)
-                    if record is not None and JobState(record["state"]) in READY_STATES:
-                        return record
-                    remaining = MAX_WAIT_SLICE if deadline is None else deadline - time.monotonic()
-                    if remaining <= 0:
-                        state = record["state"] if record else JobState.PENDING.value
-                        raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {state})")
-                    pubsub.get_message(timeout=min(remaining, MAX_WAIT_SLICE))
-            finally:
-                pubsub.close()
+                self._outcome = _outcome(*connection.read_response())
+                return
+            except redis.exceptions.NoScriptError:
+                # Redis lost its script cache (a restart): load the script and write again.
+                self._store.client.script_load(_WRITE_SCRIPT)
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Sent again on a new connection: the script's rank check makes a repeat harmless.
+                connection.disconnect()
+        self._outcome = self._store._send(*self._call).result()
+
+    def result(self) -> tuple[bool, JobState]:
+        """Wait for Redis's answer: whether the write applied, and the record's state after it.
+
+        Raises:
+          ResultBackendUnavailable: Redis is unreachable.
+        """
+        self.settle()
+        if self._outcome is None:
+            raise ResultBackendUnavailable("the answer to a record write was dropped")
+        return self._outcome
+
+    def cancel(self) -> None:
+        """Stop waiting for the answer: read and drop it (the write stands either way)."""
+        with contextlib.suppress(ResultBackendUnavailable):
+            self.settle()
+
+
+def _outcome(applied: int, stored: str | None) -> tuple[bool, JobState]:
+    return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
+
+
+def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
+    """A record as stored (field to JSON text) as a dict of values, without internal fields."""
+    return {name: json.loads(value) for name, value in raw.items() if name != "rank"}
 
 
 @functools.cache
@@ -301,7 +392,7 @@ class AsyncResult:
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """Wait for the job to finish and return its result.
 
-        Waits on Redis pub/sub, not a sleep loop: it returns as soon as the record is final.
+        Blocks on Redis, not a sleep loop: it returns as soon as the record is final.
 
         Parameters:
           timeout: Seconds to wait at most; None waits as long as it takes.

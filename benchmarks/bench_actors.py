@@ -1,0 +1,42 @@
+"""The no-op actor of the throughput benchmark, on pipeline's broker or on plain Dramatiq.
+
+``BENCH_MODE=pipeline`` (the default) declares it on pipeline's broker, with job records;
+``BENCH_MODE=plain`` on a bare ``RabbitmqBroker`` (confirms on, like pipeline's) with Dramatiq's
+own ``Results`` middleware on a ``RedisBackend``: the baseline.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+
+#: The benchmark's own queue, declared without priorities in both modes.
+QUEUE = "bench"
+MODE = os.environ.get("BENCH_MODE", "pipeline")
+
+if MODE == "pipeline":
+    from pipeline.actor import actor as declare
+    from pipeline.broker import broker
+
+    options: dict[str, object] = {}
+else:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    from dramatiq.results import Results
+    from dramatiq.results.backends import RedisBackend
+
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+    broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    backend = RedisBackend(url=settings.redis_url)
+    broker.add_middleware(Results(backend=backend))
+    dramatiq.set_broker(broker)
+    declare = dramatiq.actor
+    options = {"store_results": True}
+
+
+@declare(queue_name=QUEUE, max_retries=0, **options)
+def noop(n: int) -> int:
+    """Return ``n``: all the cost is the system's."""
+    return n
