@@ -21,6 +21,7 @@ from dramatiq.middleware import Middleware, Retries, SkipMessage
 
 from pipeline.errors import InvalidPriority, JobRevoked, PermanentError
 from pipeline.results import RecordStore, iso_from_millis, now_iso
+from pipeline.revocations import RevocationWatcher
 from pipeline.settings import Settings
 from pipeline.states import JobState
 
@@ -104,6 +105,7 @@ class JobRecords(Middleware):
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
+        self.watcher = RevocationWatcher(store.client, store.settings.result_ttl)
         self._local = threading.local()
 
     @staticmethod
@@ -160,12 +162,30 @@ class JobRecords(Middleware):
         """Record a batch of newly sent messages as ``QUEUED`` in one Redis round trip."""
         self.store.write_queued(self._describe(m) for m in messages)
 
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Start watching revocations, so that checking one costs no Redis read."""
+        self.watcher.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Stop watching revocations."""
+        self.watcher.stop()
+
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        """Record ``STARTED``, or skip the message when its record is already finished."""
+        """Record ``STARTED``, or skip the message when it was revoked or already finished.
+
+        A first delivery's record is checked in memory (the revocation watcher) and its
+        ``STARTED`` write is not waited for. A redelivery (a worker died holding it, perhaps
+        after it finished) and any message while the watcher is down wait for the write's
+        answer, which says whether the record was already final.
+        """
         attempt = message.options.get("retries", 0) + 1
-        _, state = self.store.write(
-            message.message_id, JobState.STARTED, attempt=attempt, started_at=now_iso(), **self._describe(message)
-        )
+        fields = {"started_at": now_iso(), **self._describe(message)}
+        if self.watcher.running and not getattr(message, "redelivered", True):
+            if message.message_id in self.watcher:
+                raise SkipMessage(f"job {message.message_id} was revoked")
+            self.store.begin_write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
+            return
+        _, state = self.store.write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
         if state.ready:
             raise SkipMessage(f"job {message.message_id} is already {state}")
 
@@ -183,13 +203,15 @@ class JobRecords(Middleware):
         self._local.retry_eta = None
         if isinstance(exception, JobRevoked):
             return
+        # The final write's answer is read with the thread's next write: the record is in
+        # Redis's hands as soon as it is sent, and the worker need not wait a round trip.
         if exception is None and not message.failed:
             try:
-                self.store.write(message.message_id, JobState.SUCCESS, result=result, finished_at=now_iso())
+                self.store.begin_write(message.message_id, JobState.SUCCESS, result=result, finished_at=now_iso())
             except TypeError as exc:
                 message.fail()
                 error = {"type": "TypeError", "message": f"the result is not JSON-safe: {exc}", "traceback": ""}
-                self.store.write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
+                self.store.begin_write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
             return
         error = (
             error_fields(exception)
@@ -197,10 +219,16 @@ class JobRecords(Middleware):
             else {"type": "pipeline.errors.PermanentError", "message": "failed by a middleware before it ran"}
         )
         if message.failed:
-            self.store.write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
+            self.store.begin_write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
         else:
             due = iso_from_millis(retry_eta) if retry_eta else None
-            self.store.write(message.message_id, JobState.RETRY, attempt=attempt, error=error, next_attempt_at=due)
+            self.store.begin_write(
+                message.message_id, JobState.RETRY, attempt=attempt, error=error, next_attempt_at=due
+            )
+
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
+        """Read the answers the thread's last writes still wait for."""
+        self.store.settle_thread()
 
 
 class PipelineRetries(Retries):

@@ -12,6 +12,7 @@ This module owns the key layout; nothing else names a Redis key.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import functools
@@ -25,6 +26,7 @@ from typing import Any
 import redis
 from dramatiq.middleware import CurrentMessage
 
+from pipeline import revocations
 from pipeline.errors import (
     JobFailed,
     JobRevoked,
@@ -137,22 +139,27 @@ class RecordStore:
             args += [name, json.dumps(value)]
         return [record_key(message_id), _done_key(message_id)], args
 
-    def _send(self, keys: list[str], args: list[Any]) -> PendingWrite:
-        """Send one write on this thread's own connection; the answer is read later."""
+    def _send(self, keys: list[str], args: list[Any], pending: PendingWrite | None = None) -> PendingWrite:
+        """Send one write on this thread's own connection; its answer is read later, in order."""
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
             self.client  # noqa: B018 - creates the script object on first use
             line = self._local.line = _WriteLine(self.client)
-        if line.unread is not None:
-            line.unread.settle()
         with self._translated():
             try:
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
             except (redis.ConnectionError, redis.TimeoutError):
-                line.connection.disconnect()
+                line.drop_connection()
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-        line.unread = PendingWrite(self, line, keys, args)
-        return line.unread
+        pending = pending or PendingWrite(self, line, keys, args)
+        line.unread.append(pending)
+        return pending
+
+    def settle_thread(self) -> None:
+        """Read every answer this thread's writes still wait for (before the thread ends)."""
+        line = getattr(self._local, "line", None)
+        while line is not None and line.unread:
+            line.unread[-1].settle()
 
     def _run(self, keys: list[str], args: list[Any]) -> tuple[bool, JobState]:
         return self._send(keys, args).result()
@@ -254,14 +261,25 @@ class _WriteLine:
     """One thread's own Redis connection for record writes, outside the pool.
 
     Writes are the hot path of every job; a connection of its own spares them the pool's lock
-    and lets a write be sent now and its answer read later. At most one answer is unread.
+    and lets writes be sent now and their answers read later, in order (Redis pipelining).
     """
 
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
         self.connection = pool.connection_class(**pool.connection_kwargs)
         self.pid = os.getpid()
-        self.unread: PendingWrite | None = None
+        self.unread: collections.deque[PendingWrite] = collections.deque()
+
+    def drop_connection(self) -> list[PendingWrite]:
+        """Close the connection (a new one opens on the next write).
+
+        Returns:
+          The writes whose answers were lost with it, oldest first.
+        """
+        lost = list(self.unread)
+        self.unread.clear()
+        self.connection.disconnect()
+        return lost
 
 
 class PendingWrite:
@@ -272,24 +290,38 @@ class PendingWrite:
         self._line = line
         self._call = (keys, args)
         self._outcome: tuple[bool, JobState] | None = None
+        self._resent = False
 
     def settle(self) -> None:
-        """Read the answer off the connection (once), so the connection can carry the next write."""
-        if self._outcome is not None or self._line.unread is not self:
-            return
-        self._line.unread = None
-        connection = self._line.connection
-        with self._store._translated():
-            try:
-                self._outcome = _outcome(*connection.read_response())
-                return
-            except redis.exceptions.NoScriptError:
-                # Redis lost its script cache (a restart): load the script and write again.
-                self._store.client.script_load(_WRITE_SCRIPT)
-            except (redis.ConnectionError, redis.TimeoutError):
-                # Sent again on a new connection: the script's rank check makes a repeat harmless.
-                connection.disconnect()
-        self._outcome = self._store._send(*self._call).result()
+        """Read this write's answer, and those of the writes sent before it on the connection.
+
+        A write whose connection broke is sent again once on a new one: the script's rank check
+        makes a repeat harmless.
+
+        Raises:
+          ResultBackendUnavailable: Redis is unreachable.
+        """
+        line = self._line
+        while self._outcome is None and self in line.unread:
+            oldest = line.unread[0]
+            with self._store._translated():
+                try:
+                    reply = line.connection.read_response()
+                except redis.exceptions.NoScriptError:
+                    # Redis lost its script cache (a restart): load it and send this write again.
+                    line.unread.popleft()
+                    self._store.client.script_load(_WRITE_SCRIPT)
+                    self._store._send(*oldest._call, pending=oldest)
+                    continue
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if self._resent:
+                        raise
+                    self._resent = True
+                    for lost in line.drop_connection():
+                        self._store._send(*lost._call, pending=lost)
+                    continue
+            line.unread.popleft()
+            oldest._outcome = _outcome(*reply)
 
     def result(self) -> tuple[bool, JobState]:
         """Wait for Redis's answer: whether the write applied, and the record's state after it.
@@ -299,7 +331,7 @@ class PendingWrite:
         """
         self.settle()
         if self._outcome is None:
-            raise ResultBackendUnavailable("the answer to a record write was dropped")
+            raise ResultBackendUnavailable("the answer to a record write was lost")
         return self._outcome
 
     def cancel(self) -> None:
@@ -423,6 +455,9 @@ class AsyncResult:
           True if the record is now ``REVOKED`` by this call.
         """
         applied, _ = self._store.write(self.id, JobState.REVOKED, revoked_at=now_iso(), finished_at=now_iso())
+        if applied:
+            with self._store._translated():
+                revocations.announce(self._store.client, self.id, self._store.settings.result_ttl)
         return applied
 
     def forget(self) -> bool:
@@ -479,5 +514,13 @@ def report_progress(
 
 
 def is_revoked(message_id: str | None = None) -> bool:
-    """Whether the job (the one this worker thread runs, when omitted) has been revoked."""
-    return get_store().state(message_id or _current_message_id()) is JobState.REVOKED
+    """Whether the job (the one this worker thread runs, when omitted) has been revoked.
+
+    In a worker process this is a lookup in memory (see :mod:`pipeline.revocations`), cheap
+    enough to call between any two batches of work; elsewhere it reads the record.
+    """
+    message_id = message_id or _current_message_id()
+    watcher = revocations.current_watcher()
+    if watcher is not None:
+        return message_id in watcher
+    return get_store().state(message_id) is JobState.REVOKED

@@ -129,13 +129,15 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Stop the worker as an operator would (SIGTERM), killing it if it hangs."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @pytest.fixture
