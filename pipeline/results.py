@@ -41,6 +41,8 @@ from pipeline.states import FINAL_RANK, READY_STATES, JobState, rank
 RECORD_PREFIX = "pipeline:job:"
 #: Suffix of the list that receives a snapshot of the record when the job finishes.
 DONE_SUFFIX = ":done"
+#: Record writes a thread may have sent without reading their answers yet.
+MAX_UNREAD_WRITES = 2
 #: Modules whose exception types ``get()`` rebuilds from a failed record.
 REBUILDABLE_MODULES = ("builtins", "pipeline")
 
@@ -153,6 +155,10 @@ class RecordStore:
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         pending = pending or PendingWrite(self, line, keys, args)
         line.unread.append(pending)
+        # Answers older than the last few have long arrived: reading them now costs no wait
+        # and keeps unread answers from piling up in the socket.
+        while len(line.unread) > MAX_UNREAD_WRITES:
+            line.unread[0].settle()
         return pending
 
     def settle_thread(self) -> None:
