@@ -19,52 +19,20 @@ rounds and each figure is the median of its rounds. It uses Redis database 14 an
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-REDIS_URL = "redis://127.0.0.1:6379/14"
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from common import REDIS_URL, delete_keys, medians, start_worker, stop_worker  # noqa: E402
+
 os.environ["PIPELINE_REDIS_URL"] = REDIS_URL
-sys.path[:0] = [str(HERE), str(ROOT)]
-
-
-def start_worker(mode: str, threads: int = 8) -> subprocess.Popen:
-    env = {**os.environ, "BENCH_MODE": mode, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
-    command = [sys.executable, "-m", "dramatiq", "bench_actors", "--processes", "1", "--threads", str(threads)]
-    process = subprocess.Popen(
-        [*command, "--queues", "bench"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            if "Worker process is ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(60):
-        raise RuntimeError("worker did not start")
-    return process
-
-
-def stop_worker(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -115,7 +83,7 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     sent = [mode.actors.noop.send(i) for i in range(messages)]
     figures["enqueue_per_s"] = messages / (time.perf_counter() - started)
 
-    worker = start_worker(mode_name)
+    worker = start_worker(["bench_actors"], ["bench"], threads=8, env={"BENCH_MODE": mode_name})
     try:
         started = time.perf_counter()
         mode.wait(sent[-1], timeout=600)
@@ -145,24 +113,17 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
 
 
 def child(mode_name: str, messages: int, round_trips: int) -> None:
-    import json
-
     print(json.dumps(measure(mode_name, messages, round_trips)))
 
 
-def cleanup() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for pattern in ("pipeline:*", "dramatiq-results*"):
-        keys = list(client.scan_iter(pattern, count=5000))
-        for start in range(0, len(keys), 5000):
-            client.delete(*keys[start : start + 5000])
+def run_child(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
+    """One mode's measurements in its own interpreter: the modes set up different global brokers."""
+    command = [sys.executable, __file__, "--child", mode_name, "--messages", str(messages)]
+    out = subprocess.run([*command, "--round-trips", str(round_trips)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--round-trips", type=int, default=300)
@@ -173,23 +134,12 @@ def main() -> None:
         child(args.child, args.messages, args.round_trips)
         return
 
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "pipeline": []}
     try:
-        for _ in range(args.rounds):
-            for mode_name in ("plain", "pipeline"):
-                # Each mode in its own interpreter: the two set up different global brokers.
-                command = [sys.executable, __file__, "--child", mode_name, "--messages", str(args.messages)]
-                out = subprocess.run(
-                    [*command, "--round-trips", str(args.round_trips)], capture_output=True, text=True, check=True
-                )
-                runs[mode_name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results = medians(
+            args.rounds, ("plain", "pipeline"), lambda mode: run_child(mode, args.messages, args.round_trips)
+        )
     finally:
-        cleanup()
-    # The modes alternate and each figure is the median of its rounds: a shared, noisy machine
-    # drifts, and the ratio should not depend on which mode ran while it did.
-    results = {
-        mode: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for mode, rounds in runs.items()
-    }
+        delete_keys()
 
     base, ours = results["plain"], results["pipeline"]
     print(

@@ -20,7 +20,7 @@ from typing import Any
 
 import dramatiq
 
-from pipeline.middleware import PRIORITY_OPTION
+from pipeline.middleware import BULK_PRIORITY_OPTION, PRIORITY_OPTION
 
 #: Messages per AMQP transaction in :meth:`PipelineActor.send_many`.
 DEFAULT_BATCH_SIZE = 500
@@ -63,7 +63,8 @@ class PipelineActor(dramatiq.Actor):
 
         Parameters:
           calls: The keyword arguments of each call, or ``(args, kwargs)`` pairs.
-          priority: RabbitMQ priority of every message; the actor's default when omitted.
+          priority: RabbitMQ priority of every message; when omitted, the actor's
+            ``bulk_priority`` if it declares one, else its default.
           batch_size: Messages per transaction.
 
         Returns:
@@ -75,6 +76,8 @@ class PipelineActor(dramatiq.Actor):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+        if priority is None:
+            priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
         sent: list[dramatiq.Message] = []
         batch: list[dramatiq.Message] = []

@@ -29,6 +29,8 @@ from pipeline.states import JobState
 PRIORITY_OPTION = "priority"
 #: Actor option giving an actor's default AMQP priority; also Dramatiq's message option.
 BROKER_PRIORITY_OPTION = "broker_priority"
+#: Actor option giving the AMQP priority of messages sent with ``send_many``.
+BULK_PRIORITY_OPTION = "bulk_priority"
 
 
 def _is_retry(message: dramatiq.Message) -> bool:
@@ -51,7 +53,8 @@ class MessagePriorities(Middleware):
     """Gives every message its AMQP priority and refuses one its queue cannot hold.
 
     A sender passes ``priority=N`` (or Dramatiq's ``broker_priority=N``); otherwise the actor's
-    ``broker_priority`` option applies, else 0. Higher numbers are delivered sooner when a
+    ``broker_priority`` option applies (a number, or a function of the message's keyword
+    arguments, e.g. to rank mails by template), else 0. Higher numbers are delivered sooner when a
     queue has a backlog.
 
     Parameters:
@@ -63,14 +66,17 @@ class MessagePriorities(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        """Declares ``broker_priority`` so ``@actor(broker_priority=N)`` is accepted."""
-        return {BROKER_PRIORITY_OPTION}
+        """Declares ``broker_priority`` (a number, or a function of the message's keyword
+        arguments) and ``bulk_priority`` (the default of ``send_many``).
+        """
+        return {BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION}
 
     def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
-        """Check the actor's default priority fits its queue when the actor is declared."""
-        default = actor.options.get(BROKER_PRIORITY_OPTION)
-        if default is not None:
-            self._check(actor.queue_name, default, f"actor {actor.actor_name!r}")
+        """Check the actor's default priorities fit its queue when the actor is declared."""
+        for option in (BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION):
+            default = actor.options.get(option)
+            if default is not None and not callable(default):
+                self._check(actor.queue_name, default, f"actor {actor.actor_name!r}")
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
         """Set ``broker_priority`` from the sender's ``priority`` or the actor's default."""
@@ -78,8 +84,8 @@ class MessagePriorities(Middleware):
         if PRIORITY_OPTION in options:
             options[BROKER_PRIORITY_OPTION] = options.pop(PRIORITY_OPTION)
         if options.get(BROKER_PRIORITY_OPTION) is None:
-            actor = broker.get_actor(message.actor_name)
-            options[BROKER_PRIORITY_OPTION] = actor.options.get(BROKER_PRIORITY_OPTION, 0)
+            default = broker.get_actor(message.actor_name).options.get(BROKER_PRIORITY_OPTION, 0)
+            options[BROKER_PRIORITY_OPTION] = default(message.kwargs) if callable(default) else default
         self._check(q_name(message.queue_name), options[BROKER_PRIORITY_OPTION], f"message {message.message_id}")
 
     def _check(self, queue_name: str, priority: Any, owner: str) -> None:

@@ -120,7 +120,8 @@ class RecordStore:
         return self._client
 
     @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
+    def translated(self) -> Iterator[None]:
+        """Turn redis-py's connection errors inside the block into ``ResultBackendUnavailable``."""
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -147,7 +148,7 @@ class RecordStore:
         if line is None or line.pid != os.getpid():
             self.client  # noqa: B018 - creates the script object on first use
             line = self._local.line = _WriteLine(self.client)
-        with self._translated():
+        with self.translated():
             try:
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
             except (redis.ConnectionError, redis.TimeoutError):
@@ -209,7 +210,7 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis is unreachable.
         """
-        with self._translated():
+        with self.translated():
             self.client  # noqa: B018 - creates the script object on first use
             pipe = self.client.pipeline(transaction=False)
             for fields in records:
@@ -229,19 +230,19 @@ class RecordStore:
 
     def read(self, message_id: str) -> dict[str, Any] | None:
         """The record of ``message_id`` as a dict, or None when there is none."""
-        with self._translated():
+        with self.translated():
             raw = self.client.hgetall(record_key(message_id))
         return _decode(raw) if raw else None
 
     def state(self, message_id: str) -> JobState:
         """The state of ``message_id``'s record; ``PENDING`` when there is none."""
-        with self._translated():
+        with self.translated():
             stored = self.client.hget(record_key(message_id), "state")
         return JobState(json.loads(stored)) if stored else JobState.PENDING
 
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""
-        with self._translated():
+        with self.translated():
             return bool(self.client.delete(record_key(message_id), _done_key(message_id)))
 
     def wait(self, message_id: str, timeout: float | None) -> dict[str, Any]:
@@ -254,7 +255,7 @@ class RecordStore:
           JobTimeout: ``timeout`` seconds passed first.
           ResultBackendUnavailable: Redis is unreachable.
         """
-        with self._translated():
+        with self.translated():
             snapshot = self.client.blmove(
                 _done_key(message_id), _done_key(message_id), timeout or 0, src="RIGHT", dest="LEFT"
             )
@@ -310,7 +311,7 @@ class PendingWrite:
         line = self._line
         while self._outcome is None and self in line.unread:
             oldest = line.unread[0]
-            with self._store._translated():
+            with self._store.translated():
                 try:
                     reply = line.connection.read_response()
                 except redis.exceptions.NoScriptError:
@@ -462,7 +463,7 @@ class AsyncResult:
         """
         applied, _ = self._store.write(self.id, JobState.REVOKED, revoked_at=now_iso(), finished_at=now_iso())
         if applied:
-            with self._store._translated():
+            with self._store.translated():
                 revocations.announce(self._store.client, self.id, self._store.settings.result_ttl)
         return applied
 
@@ -494,7 +495,12 @@ def rebuild_error(error: Mapping[str, str]) -> BaseException:
     return JobFailed(type_name, message, traceback)
 
 
-def _current_message_id() -> str:
+def current_message_id() -> str:
+    """The id of the message this worker thread is processing.
+
+    Raises:
+      PipelineError: No message is being processed in this thread.
+    """
     message = CurrentMessage.get_current_message()
     if message is None:
         raise PipelineError("no job is running in this thread: pass message_id")
@@ -516,7 +522,7 @@ def report_progress(
       False when the record is missing or already finished (the report is dropped).
     """
     progress = {"done": done, "total": total, "phase": phase, "updated_at": now_iso()}
-    return get_store().update(message_id or _current_message_id(), progress=progress)
+    return get_store().update(message_id or current_message_id(), progress=progress)
 
 
 def is_revoked(message_id: str | None = None) -> bool:
@@ -525,7 +531,7 @@ def is_revoked(message_id: str | None = None) -> bool:
     In a worker process this is a lookup in memory (see :mod:`pipeline.revocations`), cheap
     enough to call between any two batches of work; elsewhere it reads the record.
     """
-    message_id = message_id or _current_message_id()
+    message_id = message_id or current_message_id()
     watcher = revocations.current_watcher()
     if watcher is not None:
         return message_id in watcher

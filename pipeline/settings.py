@@ -23,6 +23,9 @@ from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 #: Prefix of every environment variable pipeline reads.
 ENV_PREFIX = "PIPELINE_"
 
+#: The ways to secure an SMTP connection (``PIPELINE_SMTP_SECURITY``).
+SMTP_SECURITY = ("none", "starttls", "ssl")
+
 #: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
 MAX_QUEUE_PRIORITY = 255
 
@@ -51,6 +54,29 @@ class Settings:
     #: Milliseconds a retry waits at most; keep it below RabbitMQ's consumer timeout.
     retry_max_backoff: int = 600_000
 
+    #: SMTP server host.
+    smtp_host: str = "127.0.0.1"
+    #: SMTP server port (1025: a local catcher such as Mailpit; 587 with STARTTLS; 465 with SSL).
+    smtp_port: int = 1025
+    #: SMTP user name; no login when unset.
+    smtp_user: str | None = None
+    #: SMTP password; never printed.
+    smtp_password: str | None = dataclasses.field(default=None, repr=False)
+    #: ``none``, ``starttls`` (upgrade a plain connection) or ``ssl`` (implicit TLS).
+    smtp_security: str = "none"
+    #: Seconds an SMTP connection or command may take.
+    smtp_timeout: float = 10.0
+    #: Keep each worker thread's SMTP connection open across mails.
+    smtp_reuse_connection: bool = True
+    #: The From of every mail, ``Name <address>``.
+    mail_sender: str = "Shop <noreply@example.com>"
+    #: Put before every subject, e.g. ``[Shop] ``.
+    mail_subject_prefix: str = ""
+    #: Times a mail that failed for a passing reason (4xx, connection) is retried.
+    mail_max_retries: int = 5
+    #: Template folders searched before the built-in ones, separated by ``:``.
+    template_dirs: tuple[Path, ...] = ()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``PIPELINE_*`` variables, defaulting every one not set.
@@ -78,6 +104,14 @@ class Settings:
         _check_minimum("PIPELINE_MAX_RETRIES", self.max_retries, 0)
         _check_minimum("PIPELINE_RETRY_MIN_BACKOFF", self.retry_min_backoff, 1)
         _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff)
+        _check_minimum("PIPELINE_SMTP_PORT", self.smtp_port, 1)
+        _check_minimum("PIPELINE_MAIL_MAX_RETRIES", self.mail_max_retries, 0)
+        if self.smtp_timeout <= 0:
+            raise SettingsError("PIPELINE_SMTP_TIMEOUT", str(self.smtp_timeout), "must be more than 0")
+        if self.smtp_security not in SMTP_SECURITY:
+            raise SettingsError(
+                "PIPELINE_SMTP_SECURITY", self.smtp_security, f"expected one of {', '.join(SMTP_SECURITY)}"
+            )
         for queue, priority in self.queue_priorities.items():
             if not 0 <= priority <= MAX_QUEUE_PRIORITY:
                 raise SettingsError(
@@ -85,6 +119,14 @@ class Settings:
                     f"{queue}={priority}",
                     f"a queue's max priority must be between 0 and {MAX_QUEUE_PRIORITY}",
                 )
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in dataclasses.fields(self):
+            if field.repr:
+                value = getattr(self, field.name)
+                shown.append(f"{field.name}={mask_url(value) if field.name.endswith('_url') else value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def max_priority(self, queue_name: str) -> int:
         """The ``x-max-priority`` queue ``queue_name`` is declared with (0: no priorities)."""

@@ -21,4 +21,4 @@ os.environ.update(TEST_ENV)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-pytest_plugins = ["services"]
+pytest_plugins = ["services", "smtp"]

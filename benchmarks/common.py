@@ -1,0 +1,78 @@
+"""What the benchmarks share: worker processes, Redis clean-up, medians of alternating rounds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: The benchmarks' own Redis database.
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def start_worker(modules: list[str], queues: list[str], threads: int, env: dict[str, str]) -> subprocess.Popen:
+    """A ``dramatiq`` worker process with one process of ``threads`` threads, once it is ready."""
+    env = {**os.environ, "PIPELINE_REDIS_URL": REDIS_URL, **env}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)])
+    command = [sys.executable, "-m", "dramatiq", *modules, "--processes", "1", "--threads", str(threads)]
+    process = subprocess.Popen(
+        [*command, "--queues", *queues],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            if "Worker process is ready" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(60):
+        stop_worker(process)
+        raise RuntimeError("worker did not start")
+    return process
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """Stop a worker with SIGTERM, SIGKILL if it hangs."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def delete_keys(patterns: tuple[str, ...] = ("pipeline:*", "dramatiq-results*")) -> None:
+    """Remove what the benchmarks wrote to their Redis database."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for pattern in patterns:
+        keys = list(client.scan_iter(pattern, count=5000))
+        for start in range(0, len(keys), 5000):
+            client.delete(*keys[start : start + 5000])
+
+
+def medians(rounds: int, modes: tuple[str, ...], run: Callable[[str], dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Run every mode ``rounds`` times, alternating, and keep each figure's median per mode.
+
+    A shared, noisy machine drifts; alternating keeps the drift from favouring one mode.
+    """
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            runs[mode].append(run(mode))
+    return {
+        mode: {key: statistics.median(r[key] for r in results) for key in results[0]} for mode, results in runs.items()
+    }

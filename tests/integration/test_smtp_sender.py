@@ -1,0 +1,65 @@
+"""SmtpSender against a real SMTP server: connection reuse, reconnection, reply codes."""
+
+from __future__ import annotations
+
+import pytest
+from smtp import free_port
+
+from pipeline.mail import Rendered, SmtpRejected, SmtpSender, SmtpUnavailable, build_message
+from pipeline.settings import Settings
+
+
+def envelope(settings: Settings, to: str = "a@example.com", job: str = "job"):
+    return build_message(Rendered("Hi", "text", "<p>html</p>"), settings=settings, message_id=job, to=to)
+
+
+@pytest.fixture
+def settings(smtp_server) -> Settings:
+    return Settings(smtp_port=smtp_server[1], mail_sender="Shop <shop@example.com>")
+
+
+def test_a_thread_reuses_its_connection(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(settings)
+    for i in range(3):
+        sender.send(envelope(settings, job=str(i)))
+    assert len(inbox.wait_for(3)) == 3 and inbox.connections == 1
+    sender.close()
+
+
+def test_without_reuse_every_mail_opens_a_connection(smtp_server):
+    inbox, port = smtp_server
+    settings = Settings(smtp_port=port, smtp_reuse_connection=False)
+    sender = SmtpSender(settings)
+    for i in range(3):
+        sender.send(envelope(settings, job=str(i)))
+    assert inbox.connections == 3
+
+
+def test_a_connection_the_server_dropped_is_reopened_and_the_mail_sent(smtp_controller, settings):
+    inbox = smtp_controller.handler
+    sender = SmtpSender(settings)
+    sender.send(envelope(settings, job="1"))
+    inbox.drop_connections(smtp_controller.loop)
+    sender.send(envelope(settings, job="2"))
+    assert [m["Message-ID"] for m in inbox.wait_for(2)] == ["<1@example.com>", "<2@example.com>"]
+    assert inbox.connections == 2
+    sender.close()
+
+
+def test_a_4xx_reply_is_transient(smtp_server, settings):
+    smtp_server[0].script.append("452 4.3.1 Insufficient storage")
+    with pytest.raises(SmtpUnavailable, match="452"):
+        SmtpSender(settings).send(envelope(settings))
+
+
+def test_a_5xx_reply_is_permanent(smtp_server, settings):
+    smtp_server[0].script.append("552 5.3.4 Message too big")
+    with pytest.raises(SmtpRejected, match="552"):
+        SmtpSender(settings).send(envelope(settings))
+
+
+def test_a_server_that_is_down_is_transient_and_named():
+    settings = Settings(smtp_port=free_port(), smtp_timeout=2)
+    with pytest.raises(SmtpUnavailable, match=r"127\.0\.0\.1:\d+ unreachable"):
+        SmtpSender(settings).send(envelope(settings))

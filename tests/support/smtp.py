@@ -1,0 +1,101 @@
+"""A real SMTP server for the tests: aiosmtpd on a free port, with scripted refusals."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+from aiosmtpd.controller import Controller
+
+#: Reply to DATA that makes the server drop the connection after taking the mail.
+DROP_AFTER_DATA = "drop"
+
+
+class Inbox:
+    """The aiosmtpd handler: keeps every mail it accepts and answers DATA as scripted.
+
+    Push replies onto ``script`` (e.g. ``"451 4.3.0 Try again later"``) and the next DATA
+    commands get them instead of ``250``; ``DROP_AFTER_DATA`` keeps the mail and drops the
+    connection without a reply. Recipients at ``bounce.example.com`` are refused with 550.
+    """
+
+    def __init__(self) -> None:
+        self.mails: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.script: deque[str] = deque()
+        self.connections = 0
+        self.servers: list = []
+        self.arrived = threading.Condition()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        if session.host_name is None:
+            self.connections += 1
+            self.servers.append(server)
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.endswith("@bounce.example.com"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = self.script.popleft() if self.script else "250 Message accepted"
+        if reply.startswith("250") or reply == DROP_AFTER_DATA:
+            with self.arrived:
+                self.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+                self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+                self.arrived.notify_all()
+        if reply == DROP_AFTER_DATA:
+            server.transport.close()
+            return "250 never sent"
+        return reply
+
+    def drop_connections(self, loop) -> None:
+        """Close every client connection from the server's side, as an idle timeout would."""
+        for server in self.servers:
+            loop.call_soon_threadsafe(server.transport.close)
+        time.sleep(0.2)
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[EmailMessage]:
+        """Block until ``count`` mails arrived; return them all."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.mails) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(self.mails)} mails arrived, expected {count}")
+                self.arrived.wait(left)
+        return list(self.mails)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_controller() -> Iterator[Controller]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, stopped after the test.
+
+    Its handler, an :class:`Inbox`, is ``controller.handler``.
+    """
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=free_port(), decode_data=False)
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_controller: Controller) -> tuple[Inbox, int]:
+    """The test SMTP server's inbox and port."""
+    return smtp_controller.handler, smtp_controller.port
