@@ -281,22 +281,30 @@ class SmtpSender:
         try:
             if s.smtp_security == "ssl":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=ssl.create_default_context()
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=self._tls_context()
                 )
             else:
                 smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             smtp.ehlo()
             if s.smtp_security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=self._tls_context())
                 smtp.ehlo()
             if s.smtp_user:
                 smtp.login(s.smtp_user, s.smtp_password or "")
+        except smtplib.SMTPNotSupportedError as exc:
+            raise SmtpRejected(
+                f"SMTP server {s.smtp_host}:{s.smtp_port} cannot do what the settings ask: {exc}"
+            ) from exc
         except smtplib.SMTPAuthenticationError as exc:
             reply = f"{exc.smtp_code} {_text(exc.smtp_error)}"
             raise SmtpRejected(f"SMTP login as {s.smtp_user!r} refused: {reply}") from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise SmtpUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port} unreachable: {exc!r}") from exc
         return smtp
+
+    def _tls_context(self) -> ssl.SSLContext:
+        ca_file = self.settings.smtp_ca_file
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
     def _connection(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)

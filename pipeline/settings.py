@@ -64,6 +64,8 @@ class Settings:
     smtp_password: str | None = dataclasses.field(default=None, repr=False)
     #: ``none``, ``starttls`` (upgrade a plain connection) or ``ssl`` (implicit TLS).
     smtp_security: str = "none"
+    #: CA bundle that signs the SMTP server's certificate; the system's CAs when unset.
+    smtp_ca_file: Path | None = None
     #: Seconds an SMTP connection or command may take.
     smtp_timeout: float = 10.0
     #: Keep each worker thread's SMTP connection open across mails.

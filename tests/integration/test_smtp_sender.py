@@ -63,3 +63,27 @@ def test_a_server_that_is_down_is_transient_and_named():
     settings = Settings(smtp_port=free_port(), smtp_timeout=2)
     with pytest.raises(SmtpUnavailable, match=r"127\.0\.0\.1:\d+ unreachable"):
         SmtpSender(settings).send(envelope(settings))
+
+
+def test_tls_with_login_delivers(tls_smtp):
+    inbox, options = tls_smtp
+    settings = Settings(mail_sender="Shop <shop@example.com>", **options)
+    sender = SmtpSender(settings)
+    sender.send(envelope(settings, job="1"))
+    sender.send(envelope(settings, job="2"))
+    assert len(inbox.wait_for(2)) == 2 and inbox.connections == 1
+    sender.close()
+
+
+def test_a_wrong_password_is_permanent(tls_smtp):
+    _, options = tls_smtp
+    settings = Settings(**{**options, "smtp_password": "wrong"})
+    with pytest.raises(SmtpRejected, match="login as 'shop' refused: 535"):
+        SmtpSender(settings).send(envelope(settings))
+
+
+def test_a_certificate_from_an_unknown_ca_is_refused(tls_smtp):
+    _, options = tls_smtp
+    settings = Settings(**{**options, "smtp_ca_file": None})
+    with pytest.raises(SmtpUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        SmtpSender(settings).send(envelope(settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -12,7 +13,9 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 #: Reply to DATA that makes the server drop the connection after taking the mail.
 DROP_AFTER_DATA = "drop"
@@ -30,13 +33,11 @@ class Inbox:
         self.mails: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.script: deque[str] = deque()
-        self.connections = 0
         self.servers: list = []
         self.arrived = threading.Condition()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        if session.host_name is None:
-            self.connections += 1
+        if all(known is not server for known in self.servers):
             self.servers.append(server)
         session.host_name = hostname
         return responses
@@ -58,6 +59,11 @@ class Inbox:
             server.transport.close()
             return "250 never sent"
         return reply
+
+    @property
+    def connections(self) -> int:
+        """How many connections clients opened (one server protocol object each)."""
+        return len(self.servers)
 
     def drop_connections(self, loop) -> None:
         """Close every client connection from the server's side, as an idle timeout would."""
@@ -99,3 +105,54 @@ def smtp_controller() -> Iterator[Controller]:
 def smtp_server(smtp_controller: Controller) -> tuple[Inbox, int]:
     """The test SMTP server's inbox and port."""
     return smtp_controller.handler, smtp_controller.port
+
+
+#: The user and password the TLS test servers accept.
+SMTP_LOGIN = ("shop", "s3cret-pass")
+
+
+def _authenticate(server, session, envelope, mechanism, auth_data):
+    valid = (auth_data.login.decode(), auth_data.password.decode()) == SMTP_LOGIN
+    return AuthResult(success=valid, handled=False)
+
+
+@pytest.fixture(scope="session")
+def smtp_ca():
+    """A throwaway CA and a certificate for 127.0.0.1 it signed."""
+    ca = trustme.CA()
+    return ca, ca.issue_cert("127.0.0.1")
+
+
+@pytest.fixture(params=["starttls", "ssl"])
+def tls_smtp(request, smtp_ca, tmp_path) -> Iterator[tuple[Inbox, dict[str, object]]]:
+    """A real SMTP server that needs TLS (STARTTLS, or TLS from the first byte) and a login.
+
+    Yields its inbox and the ``PIPELINE_SMTP_*`` settings that reach it.
+    """
+    ca, cert = smtp_ca
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    inbox = Inbox()
+    port = free_port()
+    # aiosmtpd does not count TLS from the first byte as TLS for AUTH, hence no auth_require_tls.
+    options = {"authenticator": _authenticate, "auth_require_tls": request.param == "starttls"}
+    if request.param == "starttls":
+        controller = Controller(
+            inbox, hostname="127.0.0.1", port=port, tls_context=server_context, require_starttls=True, **options
+        )
+    else:
+        controller = Controller(inbox, hostname="127.0.0.1", port=port, ssl_context=server_context, **options)
+    controller.start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    yield (
+        inbox,
+        {
+            "smtp_port": port,
+            "smtp_security": request.param,
+            "smtp_ca_file": ca_file,
+            "smtp_user": SMTP_LOGIN[0],
+            "smtp_password": SMTP_LOGIN[1],
+        },
+    )
+    controller.stop()
