@@ -11,13 +11,17 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dramatiq.middleware import TimeLimitExceeded
+
 import pipeline.broker  # noqa: F401 - sets the global broker before any actor is declared
 from pipeline import mail
 from pipeline.actor import actor
 from pipeline.claims import Claims
-from pipeline.queues import DEFAULT_QUEUE
-from pipeline.results import current_message_id, get_store
+from pipeline.export import Exporter
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.results import current_message_id, get_store, is_revoked, report_progress
 from pipeline.settings import get_settings
+from pipeline.sources import check_request
 
 
 @actor(queue_name=DEFAULT_QUEUE, max_retries=0)
@@ -66,3 +70,61 @@ def send_email(
     return _mailer().deliver(
         current_message_id(), to=to, template=template, context=context, cc=cc, bcc=bcc, reply_to=reply_to
     )
+
+
+@functools.cache
+def _exporter() -> Exporter:
+    return Exporter(get_settings(), get_store())
+
+
+def _check_export(
+    orders: list[Any] | None = None,
+    file: str | None = None,
+    filter: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    check_request(orders, file, filter)
+
+
+@actor(
+    queue_name=SLOW_QUEUE,
+    time_limit=get_settings().export_time_limit * 1000,
+    # An export that ran out of time would run out of time again: fail it, do not retry it.
+    throws=(TimeLimitExceeded,),
+    check=_check_export,
+)
+def export_orders(
+    orders: list[dict[str, Any]] | None = None,
+    file: str | None = None,
+    filter: dict[str, Any] | None = None,
+    columns: list[str] | None = None,
+    name: str = "orders",
+    notify: str | None = None,
+) -> dict[str, Any]:
+    """Export orders into an ``.xlsx`` file and return a pointer to it.
+
+    Send it with one source: ``orders=[...]`` (inline, small), ``file="q3.jsonl"`` (under
+    ``PIPELINE_IMPORT_DIR``) or ``filter={...}`` (the ``PIPELINE_ORDER_SOURCE`` plug-in).
+    ``columns`` picks the Orders sheet's columns, ``name`` names the file, and ``notify``
+    mails the ``export_ready`` message with the link once the file is in place.
+
+    Returns:
+      ``path``, ``url``, ``file_name``, ``rows`` per sheet, ``size``, ``sha256``,
+      ``created_at``, ``reused``, and ``notified`` (the mail job's id) when asked.
+    """
+    job_id = current_message_id()
+    pointer = _exporter().export(
+        job_id,
+        orders=orders,
+        file=file,
+        filter=filter,
+        columns=columns,
+        name=name,
+        progress=lambda done, total, phase: report_progress(done, total, phase),
+        revoked=is_revoked,
+    )
+    if notify:
+        export = {"name": name, "rows": pointer["rows"]["Orders"], "size": pointer["size"], "url": pointer["url"]}
+        mail_job = send_email.send(to=notify, template="export_ready", context={"export": export})
+        pointer["notified"] = {"to": notify, "message_id": mail_job.message_id}
+    return pointer

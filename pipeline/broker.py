@@ -30,7 +30,13 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
-from pipeline.middleware import BROKER_PRIORITY_OPTION, JobRecords, MessagePriorities, PipelineRetries
+from pipeline.middleware import (
+    BROKER_PRIORITY_OPTION,
+    JobRecords,
+    MessageChecks,
+    MessagePriorities,
+    PipelineRetries,
+)
 from pipeline.results import get_store
 from pipeline.settings import Settings, get_settings, mask_url
 
@@ -196,7 +202,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    CurrentMessage, MessagePriorities, JobRecords, PipelineRetries (in place of Retries, with
+    CurrentMessage, MessageChecks, MessagePriorities, JobRecords, PipelineRetries (in place of Retries, with
     the retry count and backoff from the settings).
     """
     retries = PipelineRetries(
@@ -206,7 +212,8 @@ def build_broker(settings: Settings) -> PipelineBroker:
     )
     middleware = [retries if m is Retries else m() for m in default_middleware]
     broker = PipelineBroker(settings, middleware=middleware)
-    for extra in (CurrentMessage(), MessagePriorities(settings), JobRecords(get_store(settings))):
+    extras = (CurrentMessage(), MessageChecks(), MessagePriorities(settings), JobRecords(get_store(settings)))
+    for extra in extras:
         broker.add_middleware(extra, before=PipelineRetries)
     worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")
     if not any(isinstance(f, _ResultsWarningFilter) for f in worker_logger.filters):

@@ -47,6 +47,13 @@ class InvalidPriority(PermanentError, MiddlewareError):
     """
 
 
+class InvalidMessage(PermanentError, MiddlewareError):
+    """A message's arguments failed its actor's send-time check; nothing was queued.
+
+    Like :class:`InvalidPriority` it derives from ``MiddlewareError`` to reach the sender.
+    """
+
+
 class QueueMismatch(PermanentError):
     """A queue already exists in RabbitMQ with other arguments than the settings ask for."""
 

@@ -19,7 +19,7 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries, SkipMessage
 
-from pipeline.errors import InvalidPriority, JobRevoked, PermanentError
+from pipeline.errors import InvalidMessage, InvalidPriority, JobRevoked, PermanentError
 from pipeline.results import RecordStore, iso_from_millis, now_iso
 from pipeline.revocations import RevocationWatcher
 from pipeline.settings import Settings
@@ -29,6 +29,8 @@ from pipeline.states import JobState
 PRIORITY_OPTION = "priority"
 #: Actor option giving an actor's default AMQP priority; also Dramatiq's message option.
 BROKER_PRIORITY_OPTION = "broker_priority"
+#: Actor option naming a function that checks a message's arguments at send time.
+CHECK_OPTION = "check"
 #: Actor option giving the AMQP priority of messages sent with ``send_many``.
 BULK_PRIORITY_OPTION = "bulk_priority"
 
@@ -95,6 +97,32 @@ class MessagePriorities(Middleware):
                 f"{owner}: priority {priority!r} is outside 0..{highest}, the range queue "
                 f"{queue_name!r} is declared with (PIPELINE_QUEUE_PRIORITIES)"
             )
+
+
+class MessageChecks(Middleware):
+    """Runs an actor's ``check`` on a message's arguments before it is sent.
+
+    ``@actor(check=function)`` makes ``send()`` call ``function(**kwargs)`` first; what it
+    raises reaches the sender and nothing is queued, so bad input fails at once, in the
+    caller, rather than later in a worker.
+    """
+
+    @property
+    def actor_options(self) -> set[str]:
+        """Declares ``check``."""
+        return {CHECK_OPTION}
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
+        """Check a newly sent message (retries were checked when first sent)."""
+        if _is_retry(message):
+            return
+        check = broker.get_actor(message.actor_name).options.get(CHECK_OPTION)
+        if check is None:
+            return
+        try:
+            check(*message.args, **message.kwargs)
+        except PermanentError as exc:
+            raise InvalidMessage(f"{message.actor_name}: {exc}") from exc
 
 
 class JobRecords(Middleware):

@@ -79,6 +79,21 @@ class Settings:
     #: Template folders searched before the built-in ones, separated by ``:``.
     template_dirs: tuple[Path, ...] = ()
 
+    #: Where finished export files go (relative paths from the worker's working folder).
+    export_dir: Path = Path("exports")
+    #: URL the export folder is served at; exports are then linked as ``<base>/<file>``, else ``file://``.
+    export_base_url: str | None = None
+    #: The only folder export files of orders (``file=...``) are read from.
+    import_dir: Path = Path("imports")
+    #: The shop's order source plug-in, ``package.module:function``, for ``filter=...`` exports.
+    order_source: str | None = None
+    #: Seconds an export may run; must stay below RabbitMQ's consumer timeout.
+    export_time_limit: int = 1_500
+    #: Seconds an identical export request gets the earlier file instead of a new one (0: never).
+    export_reuse_window: int = 10_800
+    #: Milliseconds RabbitMQ lets a delivery stay unacknowledged (its ``consumer_timeout``).
+    rabbitmq_consumer_timeout: int = 1_800_000
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``PIPELINE_*`` variables, defaulting every one not set.
@@ -113,6 +128,26 @@ class Settings:
         if self.smtp_security not in SMTP_SECURITY:
             raise SettingsError(
                 "PIPELINE_SMTP_SECURITY", self.smtp_security, f"expected one of {', '.join(SMTP_SECURITY)}"
+            )
+        _check_minimum("PIPELINE_EXPORT_TIME_LIMIT", self.export_time_limit, 1)
+        _check_minimum("PIPELINE_EXPORT_REUSE_WINDOW", self.export_reuse_window, 0)
+        # Every delivery a worker holds unacked (a running export, a retry waiting in .DQ) must
+        # be acked before RabbitMQ's consumer timeout, or RabbitMQ closes the channel and
+        # redelivers them all: an export that always overruns would then loop forever.
+        if self.export_time_limit * 1000 >= self.rabbitmq_consumer_timeout:
+            raise SettingsError(
+                "PIPELINE_EXPORT_TIME_LIMIT",
+                str(self.export_time_limit),
+                f"must be below RabbitMQ's consumer timeout ({self.rabbitmq_consumer_timeout} ms, "
+                "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT): raise consumer_timeout in the RabbitMQ server's "
+                "config and PIPELINE_RABBITMQ_CONSUMER_TIMEOUT with it, or lower the time limit",
+            )
+        if self.retry_max_backoff >= self.rabbitmq_consumer_timeout:
+            raise SettingsError(
+                "PIPELINE_RETRY_MAX_BACKOFF",
+                str(self.retry_max_backoff),
+                f"must be below RabbitMQ's consumer timeout ({self.rabbitmq_consumer_timeout} ms, "
+                "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT): retries wait unacknowledged in the worker",
             )
         for queue, priority in self.queue_priorities.items():
             if not 0 <= priority <= MAX_QUEUE_PRIORITY:

@@ -71,3 +71,24 @@ def test_a_bad_url_is_reported_without_its_password():
 )
 def test_mask_url_hides_passwords(url, masked):
     assert mask_url(url) == masked
+
+
+def test_an_export_time_limit_above_the_consumer_timeout_says_what_to_raise():
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"PIPELINE_EXPORT_TIME_LIMIT": "1800"})
+    message = str(raised.value)
+    assert "PIPELINE_EXPORT_TIME_LIMIT" in message and "consumer_timeout" in message
+    assert "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT" in message
+    settings = Settings.from_env(
+        {"PIPELINE_EXPORT_TIME_LIMIT": "3600", "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT": "7200000"}
+    )
+    assert settings.export_time_limit == 3600
+
+
+def test_the_default_export_time_limit_is_well_above_dramatiqs_ten_minutes():
+    assert 600 < Settings().export_time_limit < Settings().rabbitmq_consumer_timeout / 1000
+
+
+def test_a_retry_backoff_above_the_consumer_timeout_is_refused():
+    with pytest.raises(SettingsError, match="PIPELINE_RETRY_MAX_BACKOFF"):
+        Settings.from_env({"PIPELINE_RETRY_MAX_BACKOFF": "1800000"})

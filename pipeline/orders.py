@@ -1,0 +1,197 @@
+"""The order schema: what an order is, how each field is checked, and the columns it exports to.
+
+Every source (inline list, JSON Lines or CSV file, a shop's plug-in) yields plain dicts; they
+all pass through :func:`validate_order`, so one place decides what a valid order is and every
+error names the row, the field and the value: ``row 17: total 'abc' is not a number``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import PermanentError
+
+#: The statuses an order may have.
+STATUSES = frozenset({"pending", "paid", "shipped", "delivered", "cancelled", "refunded"})
+#: A currency: an ISO 4217 code.
+CURRENCY = re.compile(r"[A-Z]{3}")
+#: A plausible e-mail address (delivery is the mail module's business, not the export's).
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+class InvalidOrder(PermanentError):
+    """An order does not fit the schema; the message names the row, the field and the value."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of an order."""
+
+    sku: str
+    name: str
+    quantity: int
+    unit_price: decimal.Decimal
+
+
+@dataclass(frozen=True)
+class Order:
+    """A validated order. ``created_at`` is naive UTC: Excel has no time zones."""
+
+    id: str
+    created_at: datetime.datetime
+    customer_name: str
+    customer_email: str
+    status: str
+    currency: str
+    total: decimal.Decimal
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the Orders sheet: header, width, how to get its value, and its kind."""
+
+    header: str
+    width: float
+    value: Callable[[Order], Any]
+    #: ``text``, ``datetime``, ``money`` or ``count``: decides the cell's type and format.
+    kind: str
+
+
+#: The Orders sheet's columns, by the name a job chooses them with, in their default order.
+ORDER_COLUMNS: dict[str, Column] = {
+    "id": Column("Order", 14, lambda o: o.id, "text"),
+    "created_at": Column("Created (UTC)", 20, lambda o: o.created_at, "datetime"),
+    "customer_name": Column("Customer", 28, lambda o: o.customer_name, "text"),
+    "customer_email": Column("Email", 32, lambda o: o.customer_email, "text"),
+    "status": Column("Status", 12, lambda o: o.status, "text"),
+    "currency": Column("Currency", 10, lambda o: o.currency, "text"),
+    "total": Column("Total", 14, lambda o: o.total, "money"),
+    "item_count": Column("Items", 8, lambda o: len(o.items), "count"),
+}
+
+#: The Items sheet's columns: header and width.
+ITEM_COLUMNS = (("Order", 14), ("SKU", 16), ("Item", 32), ("Quantity", 10), ("Unit price", 14), ("Amount", 14))
+
+
+def choose_columns(names: list[str] | None) -> list[str]:
+    """The Orders columns a job asked for, checked; all of them when it named none.
+
+    Raises:
+      PermanentError: A name is not a column, or a name is repeated.
+    """
+    if not names:
+        return list(ORDER_COLUMNS)
+    unknown = [n for n in names if n not in ORDER_COLUMNS]
+    if unknown:
+        raise PermanentError(f"unknown column(s) {unknown}; choose from {list(ORDER_COLUMNS)}")
+    if len(set(names)) != len(names):
+        raise PermanentError(f"columns {names} name one column twice")
+    return list(names)
+
+
+def _text(row: int, field: str, value: Any, *, required: bool = True) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise InvalidOrder(f"row {row}: {field} {value!r} is not text")
+    text = str(value).strip()
+    if required and not text:
+        raise InvalidOrder(f"row {row}: {field} is empty")
+    return text
+
+
+def _number(row: int, field: str, value: Any) -> decimal.Decimal:
+    if isinstance(value, bool):
+        raise InvalidOrder(f"row {row}: {field} {value!r} is not a number")
+    try:
+        number = decimal.Decimal(str(value).strip()) if isinstance(value, str | int | float) else None
+    except decimal.InvalidOperation:
+        number = None
+    if number is None or not number.is_finite():
+        raise InvalidOrder(f"row {row}: {field} {value!r} is not a number")
+    if number < 0:
+        raise InvalidOrder(f"row {row}: {field} {value!r} is negative")
+    return number
+
+
+def _count(row: int, field: str, value: Any) -> int:
+    try:
+        number = int(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise InvalidOrder(f"row {row}: {field} {value!r} is not a whole number of at least 1")
+    return number
+
+
+def _timestamp(row: int, field: str, value: Any) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidOrder(f"row {row}: {field} {value!r} is not an ISO 8601 date and time") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+    return moment
+
+
+def validate_order(raw: Mapping[str, Any], row: int) -> Order:
+    """Check one order dict and turn it into an :class:`Order`.
+
+    Parameters:
+      raw: ``id``, ``created_at`` (ISO 8601), ``customer_name``, ``customer_email``,
+        ``status``, ``currency``, ``total`` and ``items`` (each ``sku``, ``name``,
+        ``quantity``, ``unit_price``).
+      row: Where it came from (line or position), named in errors.
+
+    Raises:
+      InvalidOrder: A field is missing or wrong; the message names row, field and value.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidOrder(f"row {row}: {raw!r} is not an object with order fields")
+    missing = [f for f in Order.__dataclass_fields__ if f not in raw]
+    if missing:
+        raise InvalidOrder(f"row {row}: missing field(s) {', '.join(missing)}")
+    email = _text(row, "customer_email", raw["customer_email"])
+    if not EMAIL.fullmatch(email):
+        raise InvalidOrder(f"row {row}: customer_email {email!r} is not an e-mail address")
+    status = _text(row, "status", raw["status"]).lower()
+    if status not in STATUSES:
+        raise InvalidOrder(f"row {row}: status {status!r} is not one of {', '.join(sorted(STATUSES))}")
+    currency = _text(row, "currency", raw["currency"]).upper()
+    if not CURRENCY.fullmatch(currency):
+        raise InvalidOrder(f"row {row}: currency {currency!r} is not a three-letter ISO code")
+    items = raw["items"]
+    if not isinstance(items, list | tuple):
+        raise InvalidOrder(f"row {row}: items {items!r} is not a list")
+    return Order(
+        id=_text(row, "id", raw["id"]),
+        created_at=_timestamp(row, "created_at", raw["created_at"]),
+        customer_name=_text(row, "customer_name", raw["customer_name"], required=False),
+        customer_email=email,
+        status=status,
+        currency=currency,
+        total=_number(row, "total", raw["total"]),
+        items=tuple(_validate_item(item, row, n) for n, item in enumerate(items, 1)),
+    )
+
+
+def _validate_item(raw: Any, row: int, position: int) -> Item:
+    where = f"item {position}"
+    if not isinstance(raw, Mapping):
+        raise InvalidOrder(f"row {row}: {where} {raw!r} is not an object")
+    missing = [f for f in Item.__dataclass_fields__ if f not in raw]
+    if missing:
+        raise InvalidOrder(f"row {row}: {where} misses field(s) {', '.join(missing)}")
+    return Item(
+        sku=_text(row, f"{where} sku", raw["sku"]),
+        name=_text(row, f"{where} name", raw["name"]),
+        quantity=_count(row, f"{where} quantity", raw["quantity"]),
+        unit_price=_number(row, f"{where} unit_price", raw["unit_price"]),
+    )

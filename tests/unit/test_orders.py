@@ -1,0 +1,73 @@
+"""The order schema: every field checked, every error naming row, field and value."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+
+import pytest
+from sample_source import make_order
+
+from pipeline.errors import PermanentError
+from pipeline.orders import InvalidOrder, choose_columns, validate_order
+
+
+def test_a_valid_order_is_typed():
+    order = validate_order(make_order(7), 1)
+    assert order.id == "A-000007" and order.currency == "EUR" and order.status == "paid"
+    assert order.created_at == datetime.datetime(2026, 3, 8, 7, 15)
+    assert order.total == decimal.Decimal("17.0") and len(order.items) == 3
+    assert order.items[1].quantity == 2 and order.items[1].unit_price == decimal.Decimal("2.50")
+
+
+def test_a_time_with_an_offset_is_converted_to_utc():
+    raw = {**make_order(1), "created_at": "2026-03-01T10:00:00+02:00"}
+    assert validate_order(raw, 1).created_at == datetime.datetime(2026, 3, 1, 8, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("total", "abc", "row 17: total 'abc' is not a number"),
+        ("total", -5, "row 17: total -5 is negative"),
+        ("total", True, "row 17: total True is not a number"),
+        ("created_at", "yesterday", "row 17: created_at 'yesterday' is not an ISO 8601 date and time"),
+        ("customer_email", "nobody", "row 17: customer_email 'nobody' is not an e-mail address"),
+        ("status", "lost", "row 17: status 'lost' is not one of"),
+        ("currency", "euro", "row 17: currency 'EURO' is not a three-letter ISO code"),
+        ("id", "  ", "row 17: id is empty"),
+        ("items", "none", "row 17: items 'none' is not a list"),
+    ],
+)
+def test_a_bad_field_names_row_field_and_value(field, value, message):
+    with pytest.raises(InvalidOrder) as raised:
+        validate_order({**make_order(1), field: value}, 17)
+    assert str(raised.value).startswith(message)
+
+
+def test_a_bad_item_names_its_position():
+    raw = make_order(1)
+    raw["items"][1]["quantity"] = 0
+    with pytest.raises(InvalidOrder, match=r"row 4: item 2 quantity 0 is not a whole number of at least 1"):
+        validate_order(raw, 4)
+
+
+def test_missing_fields_are_listed():
+    raw = make_order(1)
+    del raw["total"], raw["status"]
+    with pytest.raises(InvalidOrder, match="row 2: missing field"):
+        validate_order(raw, 2)
+
+
+def test_a_row_that_is_not_an_object_is_refused():
+    with pytest.raises(InvalidOrder, match="row 5: 'x' is not an object"):
+        validate_order("x", 5)
+
+
+def test_columns_default_to_all_and_unknown_ones_are_named():
+    assert choose_columns(None)[0] == "id" and "total" in choose_columns([])
+    assert choose_columns(["total", "id"]) == ["total", "id"]
+    with pytest.raises(PermanentError, match=r"unknown column\(s\) \['price'\]"):
+        choose_columns(["id", "price"])
+    with pytest.raises(PermanentError, match="twice"):
+        choose_columns(["id", "id"])
