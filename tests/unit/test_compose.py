@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipeline.queues import QUEUES
+from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +69,13 @@ def test_workers_reach_the_services_by_their_service_names(compose, queue):
 def test_the_image_installs_the_package(compose):
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install" in dockerfile and "COPY pipeline" in dockerfile
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_worker_settings_are_valid_and_match_the_rabbitmq_config(compose, queue):
+    env = {k: str(v) for k, v in compose["services"][f"worker-{queue}"]["environment"].items()}
+    settings = Settings.from_env(env)
+    config = (ROOT / "deploy" / "rabbitmq.conf").read_text()
+    timeout = int(next(line.split("=")[1] for line in config.splitlines() if line.startswith("consumer_timeout")))
+    assert settings.rabbitmq_consumer_timeout == timeout
+    assert settings.export_time_limit * 1000 < timeout
