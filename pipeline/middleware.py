@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import traceback
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from pipeline.errors import InvalidMessage, InvalidPriority, JobRevoked, Permane
 from pipeline.results import RecordStore, iso_from_millis, now_iso
 from pipeline.revocations import RevocationWatcher
 from pipeline.settings import Settings
+from pipeline.starts import DelayedStarts
 from pipeline.states import JobState
 
 #: Message option a sender sets for the AMQP priority (higher is sooner).
@@ -140,6 +142,7 @@ class JobRecords(Middleware):
     def __init__(self, store: RecordStore) -> None:
         self.store = store
         self.watcher = RevocationWatcher(store.client, store.settings.result_ttl)
+        self.starts = DelayedStarts(store, store.settings.started_after / 1000)
         self._local = threading.local()
 
     @staticmethod
@@ -197,18 +200,24 @@ class JobRecords(Middleware):
         self.store.write_queued(self._describe(m) for m in messages)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Start watching revocations, so that checking one costs no Redis read."""
+        """Start watching revocations, so that checking one costs no Redis read, and the
+        thread that writes the starts of jobs that run longer than a moment.
+        """
         self.watcher.start()
+        if self.starts.delay > 0:
+            self.starts.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Stop watching revocations."""
+        """Stop watching revocations; write the starts still pending."""
         self.watcher.stop()
+        self.starts.stop()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         """Record ``STARTED``, or skip the message when it was revoked or already finished.
 
         A first delivery's record is checked in memory (the revocation watcher) and its
-        ``STARTED`` write is not waited for. A redelivery (a worker died holding it, perhaps
+        ``STARTED`` write is left to :class:`~pipeline.starts.DelayedStarts`, or sent without
+        waiting when starts are written at once. A redelivery (a worker died holding it, perhaps
         after it finished) and any message while the watcher is down wait for the write's
         answer, which says whether the record was already final.
         """
@@ -217,7 +226,10 @@ class JobRecords(Middleware):
         if self.watcher.running and not getattr(message, "redelivered", True):
             if message.message_id in self.watcher:
                 raise SkipMessage(f"job {message.message_id} was revoked")
-            self.store.begin_write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
+            if self.starts.running:
+                self.starts.add(message.message_id, attempt, fields)
+            else:
+                self.store.begin_write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
             return
         _, state = self.store.write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
         if state.ready:
@@ -235,17 +247,20 @@ class JobRecords(Middleware):
         attempt = message.options.get("retries", 0)
         retry_eta = getattr(self._local, "retry_eta", None)
         self._local.retry_eta = None
+        # A start not written yet goes with the final write: one write for a quick job.
+        started_attempt, started = self.starts.take(message.message_id)
         if isinstance(exception, JobRevoked):
             return
         # The final write's answer is read with the thread's next write: the record is in
         # Redis's hands as soon as it is sent, and the worker need not wait a round trip.
+        final = functools.partial(self.store.begin_write, message.message_id, finished_at=now_iso(), **started)
         if exception is None and not message.failed:
             try:
-                self.store.begin_write(message.message_id, JobState.SUCCESS, result=result, finished_at=now_iso())
+                final(JobState.SUCCESS, attempt=started_attempt, result=result)
             except TypeError as exc:
                 message.fail()
                 error = {"type": "TypeError", "message": f"the result is not JSON-safe: {exc}", "traceback": ""}
-                self.store.begin_write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
+                final(JobState.FAILURE, attempt=started_attempt, error=error)
             return
         error = (
             error_fields(exception)
@@ -253,11 +268,11 @@ class JobRecords(Middleware):
             else {"type": "pipeline.errors.PermanentError", "message": "failed by a middleware before it ran"}
         )
         if message.failed:
-            self.store.begin_write(message.message_id, JobState.FAILURE, error=error, finished_at=now_iso())
+            final(JobState.FAILURE, attempt=started_attempt, error=error)
         else:
             due = iso_from_millis(retry_eta) if retry_eta else None
             self.store.begin_write(
-                message.message_id, JobState.RETRY, attempt=attempt, error=error, next_attempt_at=due
+                message.message_id, JobState.RETRY, attempt=attempt, error=error, next_attempt_at=due, **started
             )
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:

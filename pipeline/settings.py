@@ -45,6 +45,9 @@ class Settings:
     result_ttl: int = 86_400
     #: ``x-max-priority`` of each queue, as ``queue=max,...``; a queue not listed gets none.
     queue_priorities: dict[str, int] = dataclasses.field(default_factory=lambda: {DEFAULT_QUEUE: 10, SLOW_QUEUE: 5})
+    #: Milliseconds a job runs before its ``STARTED`` is written; a quicker job's start is
+    #: written with its end (0: write every start at once).
+    started_after: int = 50
     #: Wait for RabbitMQ's publisher confirm on every send.
     confirm_delivery: bool = True
     #: Times a failing job is retried before it is failed and dead-lettered.
@@ -118,6 +121,7 @@ class Settings:
         _check_url("PIPELINE_BROKER_URL", self.broker_url, ("amqp", "amqps"))
         _check_url("PIPELINE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
+        _check_minimum("PIPELINE_STARTED_AFTER", self.started_after, 0)
         _check_minimum("PIPELINE_MAX_RETRIES", self.max_retries, 0)
         _check_minimum("PIPELINE_RETRY_MIN_BACKOFF", self.retry_min_backoff, 1)
         _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff)

@@ -1,0 +1,90 @@
+"""Delayed ``STARTED`` writes: a job's start is recorded once it has run for a moment.
+
+Most jobs take milliseconds; writing ``STARTED`` for each costs a Redis round trip that no
+reader can ever see, since ``SUCCESS`` follows at once. So a first delivery's start is kept
+in memory, and a background thread writes ``STARTED`` for every job still running after
+``PIPELINE_STARTED_AFTER`` milliseconds; a job that ends sooner has its start (time and
+attempt) written with its final state in one write. (Celery, by default, never records a
+start at all.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.results import RecordStore
+from pipeline.states import JobState
+
+logger = logging.getLogger(__name__)
+
+
+class DelayedStarts:
+    """The starts of running jobs not yet written, and the thread that writes them when due.
+
+    Parameters:
+      store: Where records are written.
+      delay: Seconds a job runs before its ``STARTED`` is written.
+    """
+
+    def __init__(self, store: RecordStore, delay: float) -> None:
+        self.store = store
+        self.delay = delay
+        self._pending: dict[str, tuple[float, int, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the writing thread runs; without it starts must be written at once."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread that writes due starts."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="pipeline-starts", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, writing the starts of jobs still running."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._thread = None
+        self.write_due(everything=True)
+
+    def add(self, message_id: str, attempt: int, fields: dict[str, Any]) -> None:
+        """Note that attempt ``attempt`` of ``message_id`` started, with its ``STARTED`` fields."""
+        with self._lock:
+            self._pending[message_id] = (time.monotonic(), attempt, fields)
+
+    def take(self, message_id: str) -> tuple[int, dict[str, Any]]:
+        """The attempt and start fields of a job ending now whose start was not written yet.
+
+        Returns:
+          ``(0, {})`` when the start was written already (or never noted).
+        """
+        with self._lock:
+            entry = self._pending.pop(message_id, None)
+        return (0, {}) if entry is None else (entry[1], entry[2])
+
+    def write_due(self, everything: bool = False) -> None:
+        """Write ``STARTED`` for every job running longer than the delay (or every job)."""
+        limit = time.monotonic() - self.delay
+        with self._lock:
+            due = [key for key, (noted, _, _) in self._pending.items() if everything or noted <= limit]
+            entries = [(key, self._pending.pop(key)) for key in due]
+        for message_id, (_, attempt, fields) in entries:
+            try:
+                self.store.write(message_id, JobState.STARTED, attempt=attempt, **fields)
+            except ResultBackendUnavailable:
+                logger.warning("Could not record the start of job %s.", message_id, exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.delay / 2):
+            self.write_due()
