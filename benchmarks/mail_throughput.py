@@ -40,7 +40,8 @@ from smtp import Inbox, free_port  # noqa: E402
 from pipeline.actors import send_email  # noqa: E402
 from pipeline.broker import broker  # noqa: E402
 from pipeline.queues import DEFAULT_QUEUE  # noqa: E402
-from pipeline.results import AsyncResult, get_store, record_key  # noqa: E402
+from pipeline.records import get_store, record_key  # noqa: E402
+from pipeline.results import AsyncResult  # noqa: E402
 
 CONTEXT = {"customer": {"name": "Zoë Ørsted"}, "login_url": "https://shop.example/login"}
 

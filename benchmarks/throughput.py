@@ -59,7 +59,7 @@ class Mode:
 
     def all_done(self, messages) -> bool:
         if self.name == "pipeline":
-            from pipeline.results import get_store, record_key
+            from pipeline.records import get_store, record_key
 
             pipe = get_store().client.pipeline(transaction=False)
             for m in messages:

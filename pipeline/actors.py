@@ -19,7 +19,8 @@ from pipeline.actor import actor
 from pipeline.claims import Claims
 from pipeline.export import Exporter
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
-from pipeline.results import current_message_id, get_store, is_revoked, report_progress
+from pipeline.records import get_store
+from pipeline.results import current_message_id, is_revoked, report_progress
 from pipeline.settings import get_settings
 from pipeline.sources import check_request
 

@@ -37,7 +37,7 @@ from pipeline.middleware import (
     MessagePriorities,
     PipelineRetries,
 )
-from pipeline.results import get_store
+from pipeline.records import get_store
 from pipeline.settings import Settings, get_settings, mask_url
 
 #: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.

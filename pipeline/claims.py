@@ -13,7 +13,7 @@ import enum
 import json
 from typing import Any
 
-from pipeline.results import RecordStore
+from pipeline.records import RecordStore
 
 #: Prefix of claim keys; the full key is ``<prefix><message_id>``.
 CLAIM_PREFIX = "pipeline:claim:"

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.errors import JobTimeout, PipelineError
-from pipeline.results import AsyncResult, get_store
+from pipeline.records import get_store
+from pipeline.results import AsyncResult
 from pipeline.settings import get_settings, mask_url
 from pipeline.states import JobState
 

@@ -89,3 +89,35 @@ class JobFailed(PipelineError):
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = traceback
+
+
+class MailError(PermanentError):
+    """A mail cannot be built: unknown template, missing variable, bad address, bad header."""
+
+
+class HeaderInjection(MailError):
+    """A header value holds a line break, which would let it add headers of its own."""
+
+
+class SmtpRejected(PermanentError):
+    """The SMTP server refused the mail with a 5xx reply (or the login): retrying will not help."""
+
+
+class SmtpUnavailable(TransientError):
+    """The SMTP server could not be reached, timed out, or answered 4xx: worth retrying."""
+
+
+class DeliveryUncertain(PermanentError):
+    """The server may have accepted the mail, so it is not sent again.
+
+    The connection broke after the mail's data was sent, or an earlier attempt of the same job
+    was interrupted mid-send.
+    """
+
+
+class InvalidOrder(PermanentError):
+    """An order does not fit the schema; the message names the row, the field and the value."""
+
+
+class SourceError(PermanentError):
+    """An export's source cannot be used: too large inline, a bad path, a broken plug-in."""

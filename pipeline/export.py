@@ -31,7 +31,7 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from pipeline.errors import JobRevoked
 from pipeline.orders import ITEM_COLUMNS, ORDER_COLUMNS, Order, choose_columns, validate_order
-from pipeline.results import RecordStore, now_iso
+from pipeline.records import RecordStore, now_iso
 from pipeline.settings import Settings
 from pipeline.sources import OrderSource, open_source
 

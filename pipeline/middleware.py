@@ -1,7 +1,7 @@
 """The Dramatiq middleware pipeline adds to a broker.
 
 - :class:`MessagePriorities` turns a message's priority into RabbitMQ's and checks it.
-- :class:`JobRecords` keeps each message's job record (see :mod:`pipeline.results`).
+- :class:`JobRecords` keeps each message's job record (see :mod:`pipeline.records`).
 - :class:`PipelineRetries` is Dramatiq's ``Retries`` that never retries a permanent error.
 
 ``JobRecords`` must stand before ``PipelineRetries`` in the broker's list: Dramatiq runs
@@ -21,7 +21,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries, SkipMessage
 
 from pipeline.errors import InvalidMessage, InvalidPriority, JobRevoked, PermanentError
-from pipeline.results import RecordStore, iso_from_millis, now_iso
+from pipeline.records import RecordStore, iso_from_millis, now_iso
 from pipeline.revocations import RevocationWatcher
 from pipeline.settings import Settings
 from pipeline.starts import DelayedStarts

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pipeline.errors import PermanentError
+from pipeline.errors import InvalidOrder, PermanentError
 
 #: The statuses an order may have.
 STATUSES = frozenset({"pending", "paid", "shipped", "delivered", "cancelled", "refunded"})
@@ -22,10 +22,6 @@ STATUSES = frozenset({"pending", "paid", "shipped", "delivered", "cancelled", "r
 CURRENCY = re.compile(r"[A-Z]{3}")
 #: A plausible e-mail address (delivery is the mail module's business, not the export's).
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-
-
-class InvalidOrder(PermanentError):
-    """An order does not fit the schema; the message names the row, the field and the value."""
 
 
 class Item(NamedTuple):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PermanentError
+from pipeline.errors import SourceError
 
 #: Most orders an export may carry inline in its message; more belong in a file or a plug-in.
 INLINE_LIMIT = 1_000
@@ -34,10 +34,6 @@ INLINE_LIMIT = 1_000
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 #: CSV columns that hold an item's fields, and the item field each fills.
 CSV_ITEM_FIELDS = {"sku": "sku", "item_name": "name", "quantity": "quantity", "unit_price": "unit_price"}
-
-
-class SourceError(PermanentError):
-    """An export's source cannot be used: too large inline, a bad path, a broken plug-in."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from pipeline.errors import ResultBackendUnavailable
-from pipeline.results import RecordStore
+from pipeline.records import RecordStore
 from pipeline.states import JobState
 
 logger = logging.getLogger(__name__)

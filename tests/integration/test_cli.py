@@ -13,7 +13,8 @@ from services import ROOT
 
 from pipeline.actors import ping
 from pipeline.cli import RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, main
-from pipeline.results import AsyncResult, get_store
+from pipeline.records import get_store
+from pipeline.results import AsyncResult
 from pipeline.states import JobState
 
 pytestmark = pytest.mark.integration

@@ -209,7 +209,7 @@ def test_forget_removes_the_record(worker):
 
 
 def test_a_late_write_never_regresses_a_finished_record(worker):
-    from pipeline.results import get_store
+    from pipeline.records import get_store
 
     message = ping.send(1)
     result = AsyncResult(message.message_id)
@@ -225,7 +225,7 @@ def test_a_late_write_never_regresses_a_finished_record(worker):
 
 def test_a_redelivered_finished_message_is_not_run_again(purge, amqp, start_worker, clean_redis):
     from pipeline.queues import SLOW_QUEUE
-    from pipeline.results import get_store
+    from pipeline.records import get_store
 
     purge(SLOW_QUEUE)
     message = sample_actors.record_order.send("finished-before")
@@ -244,7 +244,7 @@ def test_a_redelivered_finished_message_is_not_run_again(purge, amqp, start_work
 
 
 def test_records_expire_after_the_ttl(worker, clean_redis):
-    from pipeline.results import record_key
+    from pipeline.records import record_key
     from pipeline.settings import get_settings
 
     message = ping.send(1)

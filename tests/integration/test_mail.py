@@ -7,10 +7,11 @@ from smtp import DROP_AFTER_DATA
 
 from pipeline.actors import send_email
 from pipeline.claims import Claims
-from pipeline.errors import PermanentError
-from pipeline.mail import Mailer, SmtpRejected
+from pipeline.errors import PermanentError, SmtpRejected
+from pipeline.mail import Mailer
 from pipeline.queues import DEFAULT_QUEUE
-from pipeline.results import AsyncResult, get_store
+from pipeline.records import get_store
+from pipeline.results import AsyncResult
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from smtp import free_port
 
-from pipeline.mail import Rendered, SmtpRejected, SmtpSender, SmtpUnavailable, build_message
+from pipeline.delivery import SmtpSender
+from pipeline.errors import SmtpRejected, SmtpUnavailable
+from pipeline.mail import build_message
+from pipeline.rendering import Rendered
 from pipeline.settings import Settings
 
 

@@ -12,7 +12,8 @@ import pipeline.broker  # noqa: F401 - the global broker comes first
 from pipeline.actor import actor
 from pipeline.errors import JobRevoked, PermanentError
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
-from pipeline.results import get_store, is_revoked, report_progress
+from pipeline.records import get_store
+from pipeline.results import is_revoked, report_progress
 
 #: Redis list each ``record_order`` call appends its tag to.
 ORDER_KEY = "pipeline:test:order"

@@ -7,15 +7,9 @@ import email.policy
 
 import pytest
 
-from pipeline.mail import (
-    HeaderInjection,
-    MailError,
-    Rendered,
-    TemplateRenderer,
-    build_message,
-    parse_addresses,
-    priority_for,
-)
+from pipeline.errors import HeaderInjection, MailError
+from pipeline.mail import build_message, parse_addresses, priority_for
+from pipeline.rendering import Rendered, TemplateRenderer
 from pipeline.settings import Settings
 
 ORDER = {

@@ -8,7 +8,8 @@ import json
 import pytest
 from sample_source import make_order
 
-from pipeline.sources import INLINE_LIMIT, SourceError, check_request, load_plugin, open_source
+from pipeline.errors import SourceError
+from pipeline.sources import INLINE_LIMIT, check_request, load_plugin, open_source
 
 
 def source(tmp_path, **request):

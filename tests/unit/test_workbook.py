@@ -8,9 +8,8 @@ import openpyxl
 import pytest
 from sample_source import make_order
 
-from pipeline.errors import JobRevoked
+from pipeline.errors import InvalidOrder, JobRevoked
 from pipeline.export import FORMULA_TRIGGERS, Exporter, export_file_name, safe_name, text_cell
-from pipeline.orders import InvalidOrder
 from pipeline.settings import Settings
 
 

@@ -1,0 +1,111 @@
+"""Mail templates: finding a Jinja2 pair and rendering it into a subject, a text and an HTML part.
+
+A mail named ``NAME`` is two templates: ``NAME.txt`` (the text part, not escaped) and
+``NAME.html`` (the HTML part, autoescaped, usually extending ``layout.html``). The text
+template holds two blocks: ``{% block subject %}`` (one line) and ``{% block body %}``.
+Templates run in Jinja2's sandbox with ``StrictUndefined``: a variable the context lacks is
+an error, never an empty string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from pipeline.errors import HeaderInjection, MailError
+
+#: The folder of the templates that ship with pipeline, in a source checkout.
+SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+#: Where ``pip install`` puts them (``data_files`` in setup.cfg).
+INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "pipeline" / "templates"
+#: What a template name may be: no dots or slashes, so it never leaves a template folder.
+TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered mail: subject, text part and HTML part."""
+
+    subject: str
+    text: str
+    html: str
+
+
+class TemplateRenderer:
+    """Renders mail templates from the configured folders, then the built-in ones.
+
+    Parameters:
+      template_dirs: Folders searched first (a deploying service's own templates).
+    """
+
+    def __init__(self, template_dirs: Sequence[Path] = ()) -> None:
+        builtin = SOURCE_TEMPLATES if SOURCE_TEMPLATES.is_dir() else INSTALLED_TEMPLATES
+        self.search_path = [*template_dirs, builtin]
+        self.environment = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader([str(p) for p in self.search_path]),
+            undefined=jinja2.StrictUndefined,
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            keep_trailing_newline=True,
+        )
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        """Render the ``name`` pair with ``context``.
+
+        Raises:
+          MailError: The name is not a plain name, a template is missing or lacks a block, or
+            the context lacks a variable.
+          HeaderInjection: The rendered subject holds a line break.
+        """
+        if not TEMPLATE_NAME.fullmatch(name):
+            raise MailError(f"template name {name!r} is not a plain name (letters, digits, '_' and '-')")
+        with self._errors_named(f"{name}.txt"):
+            text_template = self.environment.get_template(f"{name}.txt")
+            blocks = text_template.new_context(dict(context))
+            subject, text = (self._block(text_template, block, blocks) for block in ("subject", "body"))
+        with self._errors_named(f"{name}.html"):
+            html = self.environment.get_template(f"{name}.html").render(context)
+        return Rendered(subject=check_header("subject", subject.strip()), text=text.lstrip("\n"), html=html)
+
+    @staticmethod
+    def _block(template: jinja2.Template, block: str, context: Any) -> str:
+        if block not in template.blocks:
+            raise MailError(f"template '{template.name}' has no '{{% block {block} %}}'")
+        return "".join(template.blocks[block](context))
+
+    @contextlib.contextmanager
+    def _errors_named(self, filename: str) -> Iterator[None]:
+        try:
+            yield
+        except jinja2.TemplateNotFound as exc:
+            folders = ", ".join(str(p) for p in self.search_path)
+            raise MailError(f"template {exc.name!r} not found in {folders}") from exc
+        except jinja2.UndefinedError as exc:
+            raise MailError(f"template '{filename}': {exc.message}") from exc
+        except jinja2.TemplateError as exc:
+            raise MailError(f"template '{filename}' failed: {exc}") from exc
+
+
+def check_header(name: str, value: str) -> str:
+    """``value``, refused if it holds a line break (it would add headers of its own).
+
+    Raises:
+      HeaderInjection: It does.
+    """
+    if "\r" in value or "\n" in value:
+        raise HeaderInjection(f"{name} {value!r} holds a line break (header injection refused)")
+    return value
+
+
+@functools.cache
+def get_renderer(template_dirs: tuple[Path, ...]) -> TemplateRenderer:
+    """One renderer per template search path, so templates are compiled once per process."""
+    return TemplateRenderer(template_dirs)
