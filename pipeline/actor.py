@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
 
 from pipeline.middleware import BULK_PRIORITY_OPTION, PRIORITY_OPTION
+
+if TYPE_CHECKING:
+    from pipeline.broker import PipelineBroker
 
 #: Messages per AMQP transaction in :meth:`PipelineActor.send_many`.
 DEFAULT_BATCH_SIZE = 500
@@ -79,15 +82,16 @@ class PipelineActor(dramatiq.Actor):
         if priority is None:
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
+        broker = cast(PipelineBroker, self.broker)
         sent: list[dramatiq.Message] = []
         batch: list[dramatiq.Message] = []
         for call in calls:
             args, kwargs = ((), call) if isinstance(call, Mapping) else call
             batch.append(self.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options))
             if len(batch) == batch_size:
-                sent += self.broker.enqueue_many(batch)
+                sent += broker.enqueue_many(batch)
                 batch = []
-        sent += self.broker.enqueue_many(batch)
+        sent += broker.enqueue_many(batch)
         return sent
 
 

@@ -87,6 +87,10 @@ def _check_export(
     check_request(orders, file, filter)
 
 
+def _report_export_progress(done: int, total: int | None, phase: str) -> None:
+    report_progress(done, total, phase)
+
+
 @actor(
     queue_name=SLOW_QUEUE,
     time_limit=get_settings().export_time_limit * 1000,
@@ -121,7 +125,7 @@ def export_orders(
         filter=filter,
         columns=columns,
         name=name,
-        progress=lambda done, total, phase: report_progress(done, total, phase),
+        progress=_report_export_progress,
         revoked=is_revoked,
     )
     if notify:

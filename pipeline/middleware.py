@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries, SkipMessage
 
@@ -212,7 +213,7 @@ class JobRecords(Middleware):
         self.watcher.stop()
         self.starts.stop()
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Record ``STARTED``, or skip the message when it was revoked or already finished.
 
         A first delivery's record is checked in memory (the revocation watcher) and its
@@ -238,7 +239,7 @@ class JobRecords(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -289,7 +290,7 @@ class PipelineRetries(Retries):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
