@@ -82,7 +82,7 @@ class PipelineActor(dramatiq.Actor):
         if priority is None:
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
-        broker = cast(PipelineBroker, self.broker)
+        broker = cast("PipelineBroker", self.broker)
         sent: list[dramatiq.Message] = []
         batch: list[dramatiq.Message] = []
         for call in calls:
