@@ -174,10 +174,11 @@ class Exporter:
 
     Parameters:
       settings: Export and import folders, base URL, plug-in, reuse window.
-      store: The job records' store, whose Redis remembers recent exports.
+      store: The job records' store, whose Redis remembers recent exports; None turns reuse
+        off (an exporter without Redis, as in tests of the file itself).
     """
 
-    def __init__(self, settings: Settings, store: RecordStore) -> None:
+    def __init__(self, settings: Settings, store: RecordStore | None) -> None:
         self.settings = settings
         self.store = store
 
@@ -291,8 +292,12 @@ class Exporter:
         request = json.dumps({"source": source.description, "columns": columns}, sort_keys=True, default=str)
         return REUSE_PREFIX + hashlib.sha256(request.encode()).hexdigest()
 
+    @property
+    def _reusing(self) -> bool:
+        return self.store is not None and self.settings.export_reuse_window > 0
+
     def _earlier(self, key: str) -> dict[str, Any] | None:
-        if self.settings.export_reuse_window <= 0:
+        if not self._reusing:
             return None
         with self.store.translated():
             stored = self.store.client.get(key)
@@ -305,7 +310,7 @@ class Exporter:
         return {**pointer, "reused": True}
 
     def _remember(self, key: str, pointer: dict[str, Any]) -> None:
-        if self.settings.export_reuse_window > 0:
+        if self._reusing:
             with self.store.translated():
                 self.store.client.set(key, json.dumps(pointer), ex=self.settings.export_reuse_window)
 

@@ -15,8 +15,8 @@ from pipeline.settings import Settings
 
 @pytest.fixture
 def exporter(tmp_path) -> Exporter:
-    # No reuse window: these tests need no Redis.
-    settings = Settings(export_dir=tmp_path / "exports", import_dir=tmp_path, export_reuse_window=0)
+    # No store, so no reuse: these tests need no Redis.
+    settings = Settings(export_dir=tmp_path / "exports", import_dir=tmp_path)
     return Exporter(settings, store=None)
 
 
