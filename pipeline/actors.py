@@ -87,10 +87,6 @@ def _check_export(
     check_request(orders, file, filter)
 
 
-def _report_export_progress(done: int, total: int | None, phase: str) -> None:
-    report_progress(done, total, phase)
-
-
 @actor(
     queue_name=SLOW_QUEUE,
     time_limit=get_settings().export_time_limit * 1000,
@@ -125,7 +121,7 @@ def export_orders(
         filter=filter,
         columns=columns,
         name=name,
-        progress=_report_export_progress,
+        progress=report_progress,
         revoked=is_revoked,
     )
     if notify:

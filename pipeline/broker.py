@@ -27,7 +27,7 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
-from dramatiq.middleware import CurrentMessage, Retries, default_middleware
+from dramatiq.middleware import CurrentMessage, MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
 from pipeline.middleware import (
@@ -117,6 +117,31 @@ class PipelineBroker(RabbitmqBroker):
             except Exception:
                 self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
 
+    def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message]) -> None:
+        """Tell every middleware a batch is ``before`` or ``after`` its enqueue.
+
+        A middleware's ``<stage>_enqueue_batch`` hook is called once where it defines one, its
+        ``<stage>_enqueue`` per message where it does not. As Dramatiq's ``emit_before`` and
+        ``emit_after`` do: forward order before, reverse after; a ``MiddlewareError`` raised
+        before the publish reaches the sender, any other failure is logged.
+        """
+        ordered = self.middleware if stage == "before" else list(reversed(self.middleware))
+        for middleware in ordered:
+            batch_hook = getattr(middleware, f"{stage}_enqueue_batch", None)
+            try:
+                if batch_hook is not None:
+                    batch_hook(self, messages)
+                else:
+                    hook = getattr(middleware, f"{stage}_enqueue")
+                    for message in messages:
+                        hook(self, message, None)
+            except MiddlewareError:
+                if stage == "before":
+                    raise
+                self.logger.critical("Unexpected failure in %s_enqueue of %r.", stage, middleware, exc_info=True)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s_enqueue of %r.", stage, middleware, exc_info=True)
+
     def enqueue_many(self, messages: Sequence[dramatiq.Message]) -> list[dramatiq.Message]:
         """Publish messages of one queue in one AMQP transaction.
 
@@ -144,13 +169,7 @@ class PipelineBroker(RabbitmqBroker):
         if len(queue_names) != 1:
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
         (queue_name,) = queue_names
-        for middleware in self.middleware:
-            batch_hook = getattr(middleware, "before_enqueue_batch", None)
-            if batch_hook is not None:
-                batch_hook(self, messages)
-            else:
-                for message in messages:
-                    middleware.before_enqueue(self, message, None)
+        self._emit_batch("before", messages)
         bodies = [(m.encode(), m.options.get(BROKER_PRIORITY_OPTION)) for m in messages]
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:
@@ -164,16 +183,7 @@ class PipelineBroker(RabbitmqBroker):
                 del self.connection
                 if attempt == MAX_ENQUEUE_ATTEMPTS:
                     raise self._unavailable(exc) from exc
-        for middleware in reversed(self.middleware):
-            batch_hook = getattr(middleware, "after_enqueue_batch", None)
-            try:
-                if batch_hook is not None:
-                    batch_hook(self, messages)
-                else:
-                    for message in messages:
-                        middleware.after_enqueue(self, message, None)
-            except Exception:
-                self.logger.critical("Unexpected failure in after_enqueue of %r.", middleware, exc_info=True)
+        self._emit_batch("after", messages)
         return list(messages)
 
     def _publish_transaction(self, queue_name: str, bodies: Sequence[tuple[bytes, int | None]]) -> None:

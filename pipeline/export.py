@@ -48,8 +48,8 @@ MAX_NAME_LENGTH = 60
 #: Excel's format of the Created column.
 DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 
-#: Reports progress: rows done, total when known, phase.
-ProgressCallback = Callable[[int, int | None, str], None]
+#: Reports progress: rows done, total when known, phase (what it returns is ignored).
+ProgressCallback = Callable[[int, int | None, str], object]
 
 
 def safe_name(name: str) -> str:

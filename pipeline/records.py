@@ -96,7 +96,6 @@ class RecordStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: redis.Redis | None = None
-        self._script: Any = None
         self._local = threading.local()
 
     @property
@@ -104,8 +103,12 @@ class RecordStore:
         """The redis-py client (a connection pool), created on first use."""
         if self._client is None:
             self._client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-            self._script = self._client.register_script(_WRITE_SCRIPT)
         return self._client
+
+    @functools.cached_property
+    def _script(self) -> Any:
+        """The write script, registered with the client (loaded into Redis on first use)."""
+        return self.client.register_script(_WRITE_SCRIPT)
 
     @contextlib.contextmanager
     def translated(self) -> Iterator[None]:
@@ -134,7 +137,6 @@ class RecordStore:
         """Send one write on this thread's own connection; its answer is read later, in order."""
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
-            self.client  # noqa: B018 - creates the script object on first use
             line = self._local.line = _WriteLine(self.client)
         with self.translated():
             try:
@@ -199,7 +201,6 @@ class RecordStore:
           ResultBackendUnavailable: Redis is unreachable.
         """
         with self.translated():
-            self.client  # noqa: B018 - creates the script object on first use
             pipe = self.client.pipeline(transaction=False)
             for fields in records:
                 message_id = fields["message_id"]
