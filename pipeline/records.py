@@ -244,10 +244,13 @@ class RecordStore:
           JobTimeout: ``timeout`` seconds passed first.
           ResultBackendUnavailable: Redis is unreachable.
         """
+        done = _done_key(message_id)
         with self.translated():
-            snapshot = self.client.blmove(
-                _done_key(message_id), _done_key(message_id), timeout or 0, src="RIGHT", dest="LEFT"
-            )
+            if timeout is not None and timeout <= 0:
+                # BLMOVE reads a timeout of 0 as "forever"; no time to wait means look once.
+                snapshot = self.client.lindex(done, 0)
+            else:
+                snapshot = self.client.blmove(done, done, timeout or 0, src="RIGHT", dest="LEFT")
             if snapshot is None:
                 raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {self.state(message_id)})")
         return _decode(json.loads(snapshot))

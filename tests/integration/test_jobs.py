@@ -136,6 +136,18 @@ def test_get_times_out_with_a_timeout_error(clean_redis):
     AsyncResult(sent.message_id).revoke()
 
 
+def test_get_with_no_time_to_wait_looks_once(worker, clean_redis):
+    sent = broker.enqueue(ping.message_with_options(args=("later",)), delay=60_000)
+    started = time.monotonic()
+    with pytest.raises(JobTimeout, match="QUEUED"):
+        AsyncResult(sent.message_id).get(timeout=0)
+    assert time.monotonic() - started < 5
+    AsyncResult(sent.message_id).revoke()
+    finished = AsyncResult(ping.send("now").message_id)
+    finished.get(timeout=10)
+    assert finished.get(timeout=0) == {"pong": "now"}
+
+
 def test_get_returns_within_milliseconds_of_the_end(worker):
     for _ in range(20):
         started = time.monotonic()
