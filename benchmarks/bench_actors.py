@@ -16,8 +16,8 @@ QUEUE = "bench"
 MODE = os.environ.get("BENCH_MODE", "pipeline")
 
 if MODE == "pipeline":
-    from pipeline.actor import actor as declare
     from pipeline.broker import broker
+    from pipeline.jobs.actor_class import actor as declare
 
     options: dict[str, object] = {}
 else:

@@ -40,16 +40,16 @@ from smtp import Inbox, free_port  # noqa: E402
 from pipeline.actors import send_email  # noqa: E402
 from pipeline.broker import broker  # noqa: E402
 from pipeline.queues import DEFAULT_QUEUE  # noqa: E402
-from pipeline.records import get_store, record_key  # noqa: E402
 from pipeline.results import AsyncResult  # noqa: E402
+from pipeline.store.connection import get_redis  # noqa: E402
 
 CONTEXT = {"customer": {"name": "Zoë Ørsted"}, "login_url": "https://shop.example/login"}
 
 
 def all_succeeded(messages) -> bool:
-    pipe = get_store().client.pipeline(transaction=False)
+    pipe = get_redis().client.pipeline(transaction=False)
     for message in messages:
-        pipe.hget(record_key(message.message_id), "state")
+        pipe.hget(get_redis().keys.record(message.message_id), "state")
     return all(state == '"SUCCESS"' for state in pipe.execute())
 
 

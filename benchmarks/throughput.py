@@ -59,11 +59,11 @@ class Mode:
 
     def all_done(self, messages) -> bool:
         if self.name == "pipeline":
-            from pipeline.records import get_store, record_key
+            from pipeline.store.connection import get_redis
 
-            pipe = get_store().client.pipeline(transaction=False)
+            pipe = get_redis().client.pipeline(transaction=False)
             for m in messages:
-                pipe.hget(record_key(m.message_id), "state")
+                pipe.hget(get_redis().keys.record(m.message_id), "state")
             return all(state == '"SUCCESS"' for state in pipe.execute())
         backend = self.actors.backend
         pipe = backend.client.pipeline(transaction=False)

@@ -14,15 +14,16 @@ from typing import Any
 from dramatiq.middleware import TimeLimitExceeded
 
 import pipeline.broker  # noqa: F401 - sets the global broker before any actor is declared
-from pipeline import mail
-from pipeline.actor import actor
-from pipeline.claims import Claims
-from pipeline.export import Exporter
+from pipeline.export.exporter import Exporter, ExportPointer
+from pipeline.export.sources import check_request
+from pipeline.jobs.actor_class import actor
+from pipeline.jobs.current import current_message_id, is_revoked, report_progress
+from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, priority_for
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
-from pipeline.records import get_store
-from pipeline.results import current_message_id, is_revoked, report_progress
 from pipeline.settings import get_settings
-from pipeline.sources import check_request
+from pipeline.store.claims import Claims
+from pipeline.store.connection import get_redis
+from pipeline.store.exports import ExportMemory
 
 
 @actor(queue_name=DEFAULT_QUEUE, max_retries=0)
@@ -36,19 +37,19 @@ def ping(payload: object = None) -> dict[str, object]:
 
 
 @functools.cache
-def _mailer() -> mail.Mailer:
-    return mail.Mailer(get_settings(), Claims(get_store()))
+def _mailer() -> Mailer:
+    return Mailer(get_settings(), Claims(get_redis()))
 
 
 def _mail_priority(kwargs: Mapping[str, Any]) -> int:
-    return mail.priority_for(str(kwargs.get("template", "")))
+    return priority_for(str(kwargs.get("template", "")))
 
 
 @actor(
     queue_name=DEFAULT_QUEUE,
     max_retries=get_settings().mail_max_retries,
     broker_priority=_mail_priority,
-    bulk_priority=mail.BULK_MAIL_PRIORITY,
+    bulk_priority=BULK_MAIL_PRIORITY,
 )
 def send_email(
     to: str | Sequence[str],
@@ -57,7 +58,7 @@ def send_email(
     cc: str | Sequence[str] | None = None,
     bcc: str | Sequence[str] | None = None,
     reply_to: str | Sequence[str] | None = None,
-) -> dict[str, Any]:
+) -> MailOutcome:
     """Render the ``template`` pair with ``context`` and mail it, once, whatever the redeliveries.
 
     Send it with ``send_email.send(to=..., template=..., context={...})``; ``cc``, ``bcc``,
@@ -75,7 +76,8 @@ def send_email(
 
 @functools.cache
 def _exporter() -> Exporter:
-    return Exporter(get_settings(), get_store())
+    settings = get_settings()
+    return Exporter(settings, ExportMemory(get_redis(settings), settings.export_reuse_window))
 
 
 def _check_export(
@@ -101,7 +103,7 @@ def export_orders(
     columns: list[str] | None = None,
     name: str = "orders",
     notify: str | None = None,
-) -> dict[str, Any]:
+) -> ExportPointer:
     """Export orders into an ``.xlsx`` file and return a pointer to it.
 
     Send it with one source: ``orders=[...]`` (inline, small), ``file="q3.jsonl"`` (under

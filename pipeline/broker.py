@@ -27,18 +27,16 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
-from dramatiq.middleware import CurrentMessage, MiddlewareError, Retries, default_middleware
+from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
-from pipeline.middleware import (
-    BROKER_PRIORITY_OPTION,
-    JobRecords,
-    MessageChecks,
-    MessagePriorities,
-    PipelineRetries,
-)
-from pipeline.records import get_store
+from pipeline.jobs.checks import MessageChecks, refusals_raised
+from pipeline.jobs.options import BROKER_PRIORITY_OPTION
+from pipeline.jobs.priorities import MessagePriorities
+from pipeline.jobs.recording import JobRecords
+from pipeline.jobs.retries import PipelineRetries
 from pipeline.settings import Settings, get_settings, mask_url
+from pipeline.store.records import get_store
 
 #: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.
 PRECONDITION_FAILED = 406
@@ -89,7 +87,7 @@ class PipelineBroker(RabbitmqBroker):
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
 
-    def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
         """Publish ``message`` (after ``delay`` milliseconds); see Dramatiq's ``enqueue``.
 
         Raises:
@@ -98,7 +96,8 @@ class PipelineBroker(RabbitmqBroker):
           InvalidPriority: The message's priority does not fit its queue.
         """
         try:
-            return super().enqueue(message, delay=delay)
+            with refusals_raised():
+                return super().enqueue(message, delay=delay)
         except ConnectionClosed as exc:
             self._emit_optional("after_enqueue_failure", message)
             raise self._unavailable(exc) from exc
@@ -117,7 +116,7 @@ class PipelineBroker(RabbitmqBroker):
             except Exception:
                 self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
 
-    def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message]) -> None:
+    def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Tell every middleware a batch is ``before`` or ``after`` its enqueue.
 
         A middleware's ``<stage>_enqueue_batch`` hook is called once where it defines one, its
@@ -142,7 +141,7 @@ class PipelineBroker(RabbitmqBroker):
             except Exception:
                 self.logger.critical("Unexpected failure in %s_enqueue of %r.", stage, middleware, exc_info=True)
 
-    def enqueue_many(self, messages: Sequence[dramatiq.Message]) -> list[dramatiq.Message]:
+    def enqueue_many(self, messages: Sequence[dramatiq.Message[Any]]) -> list[dramatiq.Message[Any]]:
         """Publish messages of one queue in one AMQP transaction.
 
         RabbitMQ answers the commit once every message of the batch is routed and, the queues
@@ -169,7 +168,8 @@ class PipelineBroker(RabbitmqBroker):
         if len(queue_names) != 1:
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
         (queue_name,) = queue_names
-        self._emit_batch("before", messages)
+        with refusals_raised():
+            self._emit_batch("before", messages)
         bodies = [(m.encode(), m.options.get(BROKER_PRIORITY_OPTION)) for m in messages]
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:
@@ -212,8 +212,8 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    CurrentMessage, MessageChecks, MessagePriorities, JobRecords, PipelineRetries (in place of Retries, with
-    the retry count and backoff from the settings).
+    MessageChecks, MessagePriorities, JobRecords, PipelineRetries (in place of Retries, with the retry
+    count and backoff from the settings).
     """
     retries = PipelineRetries(
         max_retries=settings.max_retries,
@@ -222,7 +222,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
     )
     middleware = [retries if m is Retries else m() for m in default_middleware]
     broker = PipelineBroker(settings, middleware=middleware)
-    extras = (CurrentMessage(), MessageChecks(), MessagePriorities(settings), JobRecords(get_store(settings)))
+    extras = (MessageChecks(), MessagePriorities(settings), JobRecords(get_store(settings)))
     for extra in extras:
         broker.add_middleware(extra, before=PipelineRetries)
     worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")

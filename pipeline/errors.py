@@ -9,8 +9,6 @@ edge, so a caller catches one family.
 
 from __future__ import annotations
 
-from dramatiq.middleware import MiddlewareError
-
 
 class PipelineError(Exception):
     """Base class of every error pipeline raises."""
@@ -39,19 +37,12 @@ class SettingsError(PermanentError):
         self.value = value
 
 
-class InvalidPriority(PermanentError, MiddlewareError):
-    """A message's priority is outside what its queue was declared with.
-
-    It derives from Dramatiq's ``MiddlewareError`` too, so it reaches the sender instead of
-    being logged and swallowed by the broker's hook dispatch.
-    """
+class InvalidPriority(PermanentError):
+    """A message's priority is outside what its queue was declared with; nothing was queued."""
 
 
-class InvalidMessage(PermanentError, MiddlewareError):
-    """A message's arguments failed its actor's send-time check; nothing was queued.
-
-    Like :class:`InvalidPriority` it derives from ``MiddlewareError`` to reach the sender.
-    """
+class InvalidMessage(PermanentError):
+    """A message's arguments failed its actor's send-time check; nothing was queued."""
 
 
 class QueueMismatch(PermanentError):

@@ -2,8 +2,8 @@
 
 A service that knows a message id asks ``AsyncResult(message_id)`` where the job stands and
 waits for its result; an actor reports progress and checks for revocation with
-:func:`report_progress` and :func:`is_revoked`. The records themselves live in
-:mod:`pipeline.records`.
+:func:`report_progress` and :func:`is_revoked`. Importing this module loads neither Dramatiq
+nor the actors: a service that only follows jobs needs Redis and the settings, nothing more.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from dramatiq.middleware import CurrentMessage
-
-from pipeline import revocations
-from pipeline.errors import JobFailed, JobRevoked, PipelineError
-from pipeline.records import get_store, now_iso
+from pipeline.errors import JobFailed, JobRevoked
+from pipeline.job_record import JobError, JobRecord, Progress
+from pipeline.jobs.current import current_message_id, is_revoked, report_progress
 from pipeline.settings import Settings
 from pipeline.states import READY_STATES, JobState
+from pipeline.store import revocations
+from pipeline.store.records import get_store
+from pipeline.timestamps import now_iso
+
+__all__ = ["AsyncResult", "current_message_id", "is_revoked", "rebuild_error", "report_progress"]
 
 #: Modules whose exception types ``get()`` rebuilds from a failed record.
 REBUILDABLE_MODULES = ("builtins", "pipeline")
@@ -49,7 +52,7 @@ class AsyncResult:
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
 
-    def info(self) -> dict[str, Any] | None:
+    def info(self) -> JobRecord | None:
         """The whole record as a dict, or None while there is none (``PENDING``)."""
         return self._store.read(self.id)
 
@@ -75,20 +78,24 @@ class AsyncResult:
     @property
     def result(self) -> Any:
         """The actor's return value once ``SUCCESS``; the error dict once ``FAILURE``; else None."""
-        record = self.info() or {}
-        if record.get("state") == JobState.FAILURE.value:
+        record = self.info()
+        if record is None:
+            return None
+        if record["state"] == JobState.FAILURE.value:
             return record.get("error")
         return record.get("result")
 
     @property
-    def error(self) -> dict[str, str] | None:
+    def error(self) -> JobError | None:
         """The last error (``type``, ``message``, ``traceback``) of a failed or retried job."""
-        return (self.info() or {}).get("error")
+        record = self.info()
+        return None if record is None else record.get("error")
 
     @property
-    def progress(self) -> dict[str, Any] | None:
+    def progress(self) -> Progress | None:
         """The last progress report (``done``, ``total``, ``phase``, ``updated_at``), if any."""
-        return (self.info() or {}).get("progress")
+        record = self.info()
+        return None if record is None else record.get("progress")
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """Wait for the job to finish and return its result.
@@ -114,7 +121,7 @@ class AsyncResult:
             return record.get("error")
         if state is JobState.REVOKED:
             raise JobRevoked(f"job {self.id} was revoked")
-        raise rebuild_error(record.get("error") or {})
+        raise rebuild_error(record.get("error") or {"type": "Exception", "message": "the job failed"})
 
     def revoke(self) -> bool:
         """Cancel the job: a worker skips it if it has not started, and a running job that
@@ -125,8 +132,7 @@ class AsyncResult:
         """
         applied, _ = self._store.write(self.id, JobState.REVOKED, revoked_at=now_iso(), finished_at=now_iso())
         if applied:
-            with self._store.translated():
-                revocations.announce(self._store.client, self.id, self._store.settings.result_ttl)
+            revocations.announce(self._store.redis, self.id)
         return applied
 
     def forget(self) -> bool:
@@ -134,7 +140,7 @@ class AsyncResult:
         return self._store.delete(self.id)
 
 
-def rebuild_error(error: Mapping[str, str]) -> BaseException:
+def rebuild_error(error: JobError | Mapping[str, str]) -> BaseException:
     """The exception a failed record describes, for :meth:`AsyncResult.get` to raise.
 
     Only builtin and pipeline exception types are rebuilt (a record is data, and importing
@@ -155,46 +161,3 @@ def rebuild_error(error: Mapping[str, str]) -> BaseException:
         except Exception:  # noqa: BLE001 - any failure to rebuild falls back to JobFailed
             pass
     return JobFailed(type_name, message, traceback)
-
-
-def current_message_id() -> str:
-    """The id of the message this worker thread is processing.
-
-    Raises:
-      PipelineError: No message is being processed in this thread.
-    """
-    message = CurrentMessage.get_current_message()
-    if message is None:
-        raise PipelineError("no job is running in this thread: pass message_id")
-    return message.message_id
-
-
-def report_progress(
-    done: int, total: int | None = None, phase: str | None = None, *, message_id: str | None = None
-) -> bool:
-    """Record a running job's progress, shown as ``AsyncResult.progress``.
-
-    Parameters:
-      done: Units of work done so far.
-      total: Units in all, when known.
-      phase: A short name for what the job is doing now.
-      message_id: The job; the message this worker thread is processing when omitted.
-
-    Returns:
-      False when the record is missing or already finished (the report is dropped).
-    """
-    progress = {"done": done, "total": total, "phase": phase, "updated_at": now_iso()}
-    return get_store().update(message_id or current_message_id(), progress=progress)
-
-
-def is_revoked(message_id: str | None = None) -> bool:
-    """Whether the job (the one this worker thread runs, when omitted) has been revoked.
-
-    In a worker process this is a lookup in memory (see :mod:`pipeline.revocations`), cheap
-    enough to call between any two batches of work; elsewhere it reads the record.
-    """
-    message_id = message_id or current_message_id()
-    watcher = revocations.current_watcher()
-    if watcher is not None:
-        return message_id in watcher
-    return get_store().state(message_id) is JobState.REVOKED

@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
+from email.utils import getaddresses
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import SettingsError
@@ -29,6 +33,9 @@ SMTP_SECURITY = ("none", "starttls", "ssl")
 #: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
 MAX_QUEUE_PRIORITY = 255
 
+#: What a namespace may be: it starts every Redis key, so nothing that could collide with a separator.
+NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Settings:
@@ -41,6 +48,12 @@ class Settings:
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     #: Redis URL of the job records.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key and channel, so that two deployments can share one Redis.
+    namespace: str = "pipeline"
+    #: Seconds a Redis connection may take to open.
+    redis_connect_timeout: float = 2.0
+    #: Seconds Redis may take to answer a command (blocking waits are cut into shorter calls).
+    redis_socket_timeout: float = 5.0
     #: Seconds a job record lives after its last change.
     result_ttl: int = 86_400
     #: ``x-max-priority`` of each queue, as ``queue=max,...``; a queue not listed gets none.
@@ -109,7 +122,7 @@ class Settings:
         """
         environ = os.environ if environ is None else environ
         hints = typing.get_type_hints(cls)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             variable = ENV_PREFIX + field.name.upper()
             raw = environ.get(variable)
@@ -121,14 +134,24 @@ class Settings:
         _check_url("PIPELINE_BROKER_URL", self.broker_url, ("amqp", "amqps"))
         _check_url("PIPELINE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
+        if not NAMESPACE.fullmatch(self.namespace):
+            raise SettingsError(
+                "PIPELINE_NAMESPACE", self.namespace, "expected letters, digits, '_', '-' or '.' (at most 64)"
+            )
+        _check_positive("PIPELINE_REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout)
+        _check_positive("PIPELINE_REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout)
         _check_minimum("PIPELINE_STARTED_AFTER", self.started_after, 0)
         _check_minimum("PIPELINE_MAX_RETRIES", self.max_retries, 0)
         _check_minimum("PIPELINE_RETRY_MIN_BACKOFF", self.retry_min_backoff, 1)
         _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff)
         _check_minimum("PIPELINE_SMTP_PORT", self.smtp_port, 1)
         _check_minimum("PIPELINE_MAIL_MAX_RETRIES", self.mail_max_retries, 0)
-        if self.smtp_timeout <= 0:
-            raise SettingsError("PIPELINE_SMTP_TIMEOUT", str(self.smtp_timeout), "must be more than 0")
+        _check_positive("PIPELINE_SMTP_TIMEOUT", self.smtp_timeout)
+        _check_sender(self.mail_sender)
+        if any(_is_control(c) for c in self.mail_subject_prefix):
+            raise SettingsError(
+                "PIPELINE_MAIL_SUBJECT_PREFIX", self.mail_subject_prefix, "holds a line break or control character"
+            )
         if self.smtp_security not in SMTP_SECURITY:
             raise SettingsError(
                 "PIPELINE_SMTP_SECURITY", self.smtp_security, f"expected one of {', '.join(SMTP_SECURITY)}"
@@ -257,3 +280,25 @@ def _check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
 def _check_minimum(variable: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise SettingsError(variable, str(value), f"must be at least {minimum}")
+
+
+def _check_positive(variable: str, value: float) -> None:
+    if value <= 0:
+        raise SettingsError(variable, str(value), "must be more than 0")
+
+
+def _is_control(character: str) -> bool:
+    """True for a character that has no place in a mail header (controls, line separators)."""
+    return unicodedata.category(character) in ("Cc", "Zl", "Zp")
+
+
+def _check_sender(sender: str) -> None:
+    """The sender must be exactly one address, ``Name <local@domain>`` or ``local@domain``."""
+    if any(_is_control(c) for c in sender):
+        raise SettingsError("PIPELINE_MAIL_SENDER", sender, "holds a line break or control character")
+    parsed = getaddresses([sender])
+    if len(parsed) != 1:
+        raise SettingsError("PIPELINE_MAIL_SENDER", sender, f"must be one address, not {len(parsed)}")
+    local, at, domain = parsed[0][1].rpartition("@")
+    if not (local and at and "." in domain) or any(c.isspace() for c in parsed[0][1]):
+        raise SettingsError("PIPELINE_MAIL_SENDER", sender, "is not an address of the form Name <local@domain>")

@@ -8,6 +8,7 @@ import uuid
 import pika
 import pytest
 import sample_actors
+from testenv import make_settings
 
 from pipeline.actors import ping
 from pipeline.broker import PipelineBroker, broker, build_broker
@@ -98,7 +99,7 @@ def test_a_queue_declared_with_other_arguments_is_reported(amqp):
     queue = f"pipeline_test_{uuid.uuid4().hex[:8]}"
     channel = amqp.connection.channel()
     channel.queue_declare(queue, arguments={"x-max-priority": 3}, auto_delete=True)
-    mismatched = PipelineBroker(Settings(queue_priorities={queue: 7}))
+    mismatched = PipelineBroker(make_settings(queue_priorities={queue: 7}))
     try:
         with pytest.raises(QueueMismatch, match=queue):
             mismatched.declare_queue(queue, ensure=True)

@@ -13,9 +13,9 @@ from services import ROOT
 
 from pipeline.actors import ping
 from pipeline.cli import RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, main
-from pipeline.records import get_store
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
+from pipeline.store.records import get_store
 
 pytestmark = pytest.mark.integration
 

@@ -3,55 +3,52 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import openpyxl
 import pytest
+from export_support import export_env, finished_files, make_folders, order_ids
 from sample_source import make_order
-from services import queue_depth
+from services import WorkerProcess, flush_queue, queue_depth
 
 from pipeline.actors import export_orders
 from pipeline.errors import InvalidMessage, JobRevoked, PermanentError
-from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.export.sources import INLINE_LIMIT
+from pipeline.queues import SLOW_QUEUE
 from pipeline.results import AsyncResult
-from pipeline.sources import INLINE_LIMIT
 from pipeline.states import JobState
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def folders(tmp_path):
-    exports, imports = tmp_path / "exports", tmp_path / "imports"
-    imports.mkdir()
-    return exports, imports
+@pytest.fixture(scope="module")
+def module_folders(tmp_path_factory):
+    return make_folders(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def module_worker(amqp, redis_client, module_folders):
+    """One worker on the slow queue for the module, started on an empty queue."""
+    flush_queue(SLOW_QUEUE)
+    worker = WorkerProcess([SLOW_QUEUE], 2, export_env(*module_folders), ["pipeline.actors", "sample_actors"])
+    yield worker
+    worker.stop()
 
 
 @pytest.fixture
-def export_env(folders):
-    exports, imports = folders
-    return {
-        "PIPELINE_EXPORT_DIR": str(exports),
-        "PIPELINE_IMPORT_DIR": str(imports),
-        "PIPELINE_ORDER_SOURCE": "sample_source:iter_orders",
-        "PIPELINE_RETRY_MIN_BACKOFF": "200",
-        "PIPELINE_RETRY_MAX_BACKOFF": "400",
-    }
+def folders(module_folders, clean_redis):
+    """The shared worker's export and import folders, emptied (and no export remembered) for this test."""
+    for folder in module_folders:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+    return module_folders
 
 
 @pytest.fixture
-def export_worker(purge, start_worker, export_env):
-    purge(SLOW_QUEUE)
-    return start_worker([SLOW_QUEUE], threads=2, env=export_env)
-
-
-def finished_files(exports):
-    return sorted(p.name for p in exports.iterdir()) if exports.exists() else []
-
-
-def order_ids(path) -> list[str]:
-    sheet = openpyxl.load_workbook(path, read_only=True)["Orders"]
-    return [row[0] for row in sheet.iter_rows(min_row=2, values_only=True)]
+def export_worker(module_worker, folders):
+    return module_worker
 
 
 def test_inline_export(export_worker, folders):
@@ -146,15 +143,6 @@ def test_a_bad_row_fails_at_once_naming_it_and_leaves_no_file(export_worker, fol
     assert queue_depth(amqp, SLOW_QUEUE + ".XQ") == 1
 
 
-def test_a_broken_plugin_fails_naming_the_dotted_path(purge, start_worker, export_env, folders):
-    purge(SLOW_QUEUE)
-    start_worker([SLOW_QUEUE], env={**export_env, "PIPELINE_ORDER_SOURCE": "myshop.exports:iter_orders"})
-    result = AsyncResult(export_orders.send(filter={}).message_id)
-    with pytest.raises(PermanentError, match=r"'myshop\.exports:iter_orders': importing 'myshop\.exports' failed"):
-        result.get(timeout=30)
-    assert result.info()["attempt"] == 1
-
-
 def test_too_many_inline_orders_are_refused_at_send_time(purge, amqp):
     purge(SLOW_QUEUE)
     with pytest.raises(InvalidMessage, match=f"at most {INLINE_LIMIT}"):
@@ -166,36 +154,3 @@ def test_a_path_outside_the_import_folder_fails(export_worker):
     result = AsyncResult(export_orders.send(file="../../etc/passwd").message_id)
     with pytest.raises(PermanentError, match="outside the import folder"):
         result.get(timeout=30)
-
-
-def test_a_worker_killed_mid_export_is_redelivered_and_makes_one_file(purge, start_worker, export_env, folders):
-    purge(SLOW_QUEUE)
-    first = start_worker([SLOW_QUEUE], threads=1, env=export_env)
-    result = AsyncResult(export_orders.send(filter={"count": 4000, "pause": 0.001}, name="killed").message_id)
-    deadline = time.monotonic() + 20
-    while not (result.progress and result.progress["done"] >= 500) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    first.kill()
-    assert result.state is JobState.STARTED
-    parts = [p for p in folders[0].iterdir()] if folders[0].exists() else []
-    assert all(p.name.endswith(".part") for p in parts)
-    start_worker([SLOW_QUEUE], threads=1, env=export_env)
-    pointer = result.get(timeout=60)
-    assert pointer["rows"]["Orders"] == 4000
-    assert finished_files(folders[0]) == [pointer["file_name"]]
-
-
-def test_notify_mails_the_link_once_the_file_is_there(purge, start_worker, export_env, smtp_server, folders):
-    inbox, port = smtp_server
-    purge(SLOW_QUEUE)
-    purge(DEFAULT_QUEUE)
-    env = {**export_env, "PIPELINE_SMTP_PORT": str(port), "PIPELINE_EXPORT_BASE_URL": "https://files.example/x"}
-    start_worker([SLOW_QUEUE, DEFAULT_QUEUE], threads=2, env=env)
-    pointer = AsyncResult(export_orders.send(filter={"count": 12}, notify="boss@example.com").message_id).get(
-        timeout=30
-    )
-    mail_result = AsyncResult(pointer["notified"]["message_id"]).get(timeout=30)
-    (mail,) = inbox.wait_for(1)
-    assert mail_result["accepted"] == ["boss@example.com"]
-    text = mail.get_body(("plain",)).get_content()
-    assert pointer["url"] in text and pointer["url"].startswith("https://files.example/x/") and "12 orders" in text

@@ -3,39 +3,40 @@
 from __future__ import annotations
 
 import pytest
-from smtp import DROP_AFTER_DATA
+from mail_support import WELCOME, mail_env
+from services import WorkerProcess, flush_queue
+from smtp import DROP_AFTER_DATA, running_smtp_server
 
 from pipeline.actors import send_email
-from pipeline.claims import Claims
 from pipeline.errors import PermanentError, SmtpRejected
-from pipeline.mail import Mailer
 from pipeline.queues import DEFAULT_QUEUE
-from pipeline.records import get_store
 from pipeline.results import AsyncResult
-from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-WELCOME = {"customer": {"name": "Zoë Ørsted"}, "login_url": "https://shop.example/login"}
+
+@pytest.fixture(scope="module")
+def mail_server():
+    """One SMTP server for the module's tests; each test starts with an empty inbox."""
+    with running_smtp_server() as controller:
+        yield controller
+
+
+@pytest.fixture(scope="module")
+def module_worker(amqp, redis_client, mail_server):
+    """One worker on the default queue for the module, started on an empty queue."""
+    flush_queue(DEFAULT_QUEUE)
+    worker = WorkerProcess([DEFAULT_QUEUE], 2, mail_env(mail_server.port), ["pipeline.actors", "sample_actors"])
+    yield worker
+    worker.stop()
 
 
 @pytest.fixture
-def mail_env(smtp_server):
-    _, port = smtp_server
-    return {
-        "PIPELINE_SMTP_PORT": str(port),
-        "PIPELINE_MAIL_SENDER": "Shop <shop@example.com>",
-        "PIPELINE_MAIL_SUBJECT_PREFIX": "[Shop] ",
-        "PIPELINE_RETRY_MIN_BACKOFF": "200",
-        "PIPELINE_RETRY_MAX_BACKOFF": "400",
-    }
-
-
-@pytest.fixture
-def mail_worker(purge, start_worker, mail_env, smtp_server):
-    purge(DEFAULT_QUEUE)
-    start_worker([DEFAULT_QUEUE], threads=2, env=mail_env)
-    return smtp_server[0]
+def mail_worker(module_worker, mail_server):
+    """The shared worker's SMTP inbox, emptied for this test."""
+    inbox = mail_server.handler
+    inbox.reset()
+    return inbox
 
 
 def test_both_parts_arrive_and_decode_with_unicode_names(mail_worker):
@@ -118,21 +119,6 @@ def test_header_injection_is_refused_without_sending(mail_worker):
     assert mail_worker.mails == []
 
 
-def test_a_redelivery_after_the_mail_was_accepted_sends_nothing(purge, start_worker, mail_env, smtp_server):
-    inbox, port = smtp_server
-    purge(DEFAULT_QUEUE)
-    message = send_email.send(to="a@example.com", template="welcome", context=WELCOME)
-    # A first worker sent the mail and died before recording it or acking the message:
-    first = Mailer(Settings(smtp_port=port, mail_sender="Shop <shop@example.com>"), Claims(get_store()))
-    first.deliver(message.message_id, to="a@example.com", template="welcome", context=WELCOME)
-    assert len(inbox.wait_for(1)) == 1
-    start_worker([DEFAULT_QUEUE], env=mail_env)
-    result = AsyncResult(message.message_id)
-    assert result.get(timeout=20)["duplicate_suppressed"] is True
-    assert result.info()["result"]["message_id"] == f"<{message.message_id}@example.com>"
-    assert len(inbox.mails) == 1
-
-
 def test_the_same_message_processed_twice_sends_one_mail(mail_worker):
     from pipeline.broker import broker
 
@@ -150,27 +136,3 @@ def test_a_connection_lost_after_data_is_not_resent(mail_worker):
     with pytest.raises(PermanentError, match="may have taken it"):
         result.get(timeout=30)
     assert len(mail_worker.mails) == 1
-
-
-def test_password_reset_jumps_ahead_of_a_bulk_backlog(purge, start_worker, mail_env, smtp_server):
-    inbox, _ = smtp_server
-    purge(DEFAULT_QUEUE)
-    bulk = send_email.send_many(
-        {"to": f"n{i}@example.com", "template": "welcome", "context": WELCOME} for i in range(6)
-    )
-    order = send_email.send(
-        to="order@example.com",
-        template="order_confirmation",
-        context={"customer": {"name": "A"}, "order": {"id": "1", "currency": "EUR", "total": 1, "items": []}},
-    )
-    reset = send_email.send(
-        to="reset@example.com",
-        template="password_reset",
-        context={"customer": {"name": "A"}, "reset_url": "https://x", "valid_minutes": 5},
-    )
-    start_worker([DEFAULT_QUEUE], threads=1, env={**mail_env, "dramatiq_queue_prefetch": "1"})
-    for message in [*bulk, order, reset]:
-        AsyncResult(message.message_id).get(timeout=30)
-    arrived = [to[0] for _, to in inbox.envelopes]
-    assert arrived[:2] == ["reset@example.com", "order@example.com"]
-    assert sorted(arrived[2:]) == sorted(f"n{i}@example.com" for i in range(6))

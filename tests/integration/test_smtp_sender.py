@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from smtp import free_port
 
-from pipeline.delivery import SmtpSender
 from pipeline.errors import SmtpRejected, SmtpUnavailable
-from pipeline.mail import build_message
-from pipeline.rendering import Rendered
+from pipeline.mail.message import build_message
+from pipeline.mail.rendering import Rendered
+from pipeline.mail.smtp import SmtpSender
 from pipeline.settings import Settings
 
 

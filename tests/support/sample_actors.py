@@ -1,7 +1,7 @@
 """Actors that exist only for the tests: they fail, retry, report progress and record order.
 
 A worker under test imports them beside ``pipeline.actors``. Their side effects go to Redis
-keys under ``pipeline:test:`` in the tests' own database, so a test can see what ran.
+keys under the tests' namespace in the tests' own database, so a test can see what ran.
 """
 
 from __future__ import annotations
@@ -9,20 +9,21 @@ from __future__ import annotations
 import time
 
 import pipeline.broker  # noqa: F401 - the global broker comes first
-from pipeline.actor import actor
 from pipeline.errors import JobRevoked, PermanentError
+from pipeline.jobs.actor_class import actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
-from pipeline.records import get_store
 from pipeline.results import is_revoked, report_progress
+from pipeline.settings import get_settings
+from pipeline.store.connection import get_redis
 
 #: Redis list each ``record_order`` call appends its tag to.
-ORDER_KEY = "pipeline:test:order"
+ORDER_KEY = f"{get_settings().namespace}:sample:order"
 #: Prefix of the counters ``count_runs`` and ``flaky`` increment.
-RUNS_PREFIX = "pipeline:test:runs:"
+RUNS_PREFIX = f"{get_settings().namespace}:sample:runs:"
 
 
 def _redis():
-    return get_store().client
+    return get_redis().client
 
 
 @actor(queue_name=SLOW_QUEUE, max_retries=0)

@@ -14,12 +14,14 @@ import pika
 import pika.exceptions
 import pytest
 import redis
+import testenv
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/15"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Seconds a worker process gets to say it is ready.
 WORKER_BOOT_TIMEOUT = 30
+#: Milliseconds a test worker's threads wait for work before looking whether to stop: short,
+#: so a worker stops within a moment (Dramatiq's default is a second per thread and consumer).
+WORKER_POLL_MS = "100"
 
 
 def _require(service: str, check: Callable[[], object]) -> None:
@@ -34,8 +36,8 @@ def _require(service: str, check: Callable[[], object]) -> None:
 
 @pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:
-    """A client on the tests' own Redis database; ``pipeline:*`` keys there are removed after."""
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    """A client on the tests' own Redis database; the tests' keys there are removed after."""
+    client = redis.Redis.from_url(testenv.REDIS_URL, decode_responses=True)
     _require("Redis", client.ping)
     yield client
     _delete_own_keys(client)
@@ -43,23 +45,24 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def _delete_own_keys(client: redis.Redis) -> None:
-    keys = list(client.scan_iter("pipeline:*", count=1000))
+    keys = list(client.scan_iter(testenv.NAMESPACE + ":*", count=1000))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
 
 
 @pytest.fixture
 def clean_redis(redis_client: redis.Redis) -> redis.Redis:
-    """The test Redis with no ``pipeline:*`` keys left by an earlier test."""
+    """The test Redis with no keys left by an earlier test."""
     _delete_own_keys(redis_client)
     return redis_client
 
 
 @pytest.fixture(scope="session")
 def amqp() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    """A channel on the real RabbitMQ, for looking at and purging queues."""
-    _require("RabbitMQ", lambda: pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close())
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    """A channel on the tests' vhost of the real RabbitMQ, for looking at and purging queues."""
+    _require("RabbitMQ's management API", testenv.ensure_vhost)
+    _require("RabbitMQ", lambda: pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL)).close())
+    connection = pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL))
     yield connection.channel()
     connection.close()
 
@@ -76,13 +79,7 @@ def queue_depth(amqp: pika.adapters.blocking_connection.BlockingChannel, queue: 
 @pytest.fixture
 def purge(amqp: pika.adapters.blocking_connection.BlockingChannel, clean_redis: redis.Redis) -> Callable[[str], None]:
     """Empty a queue and its ``.DQ`` and ``.XQ`` (those that exist)."""
-    from pipeline.broker import broker
-
-    def purge_queue(queue: str) -> None:
-        broker.declare_queue(queue, ensure=True)
-        broker.flush(queue)
-
-    return purge_queue
+    return flush_queue
 
 
 class WorkerProcess:
@@ -91,7 +88,12 @@ class WorkerProcess:
     def __init__(self, queues: list[str], threads: int, env: dict[str, str], modules: list[str]) -> None:
         command = [sys.executable, "-m", "dramatiq", *modules, "--processes", "1", "--threads", str(threads)]
         command += ["--queues", *queues]
-        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])}
+        full_env = {
+            **os.environ,
+            "dramatiq_worker_timeout": WORKER_POLL_MS,
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")]),
+        }
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -140,6 +142,23 @@ class WorkerProcess:
             self.process.stdout.close()
 
 
+def stop_all(workers: list[WorkerProcess]) -> None:
+    """Stop workers as :meth:`WorkerProcess.stop` does, all at once rather than one by one."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    for worker in workers:
+        worker.stop()
+
+
+def flush_queue(queue: str) -> None:
+    """Declare ``queue`` on the tests' vhost and empty it, its ``.DQ`` and ``.XQ``."""
+    from pipeline.broker import broker
+
+    broker.declare_queue(queue, ensure=True)
+    broker.flush(queue)
+
+
 @pytest.fixture
 def start_worker(redis_client: redis.Redis, amqp: object) -> Iterator[Callable[..., WorkerProcess]]:
     """Start dramatiq workers on the real services; every one started is stopped after the test."""
@@ -153,5 +172,4 @@ def start_worker(redis_client: redis.Redis, amqp: object) -> Iterator[Callable[.
         return worker
 
     yield start
-    for worker in started:
-        worker.stop()
+    stop_all(started)

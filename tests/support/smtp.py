@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import socket
@@ -60,6 +61,13 @@ class Inbox:
             return "250 never sent"
         return reply
 
+    def reset(self) -> None:
+        """Forget the mails received and the replies scripted (for a server shared by tests)."""
+        with self.arrived:
+            self.mails.clear()
+            self.envelopes.clear()
+            self.script.clear()
+
     @property
     def connections(self) -> int:
         """How many connections clients opened (one server protocol object each)."""
@@ -89,16 +97,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def smtp_controller() -> Iterator[Controller]:
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, stopped after the test.
+@contextlib.contextmanager
+def running_smtp_server() -> Iterator[Controller]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, stopped when the block ends.
 
     Its handler, an :class:`Inbox`, is ``controller.handler``.
     """
     controller = Controller(Inbox(), hostname="127.0.0.1", port=free_port(), decode_data=False)
     controller.start()
-    yield controller
-    controller.stop()
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_controller() -> Iterator[Controller]:
+    """A real SMTP server of the test's own (see :func:`running_smtp_server`)."""
+    with running_smtp_server() as controller:
+        yield controller
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ import email.policy
 import pytest
 
 from pipeline.errors import HeaderInjection, MailError
-from pipeline.mail import build_message, parse_addresses, priority_for
-from pipeline.rendering import Rendered, TemplateRenderer
+from pipeline.mail.mailer import priority_for
+from pipeline.mail.message import build_message, parse_addresses
+from pipeline.mail.rendering import Rendered, TemplateRenderer
 from pipeline.settings import Settings
 
 ORDER = {

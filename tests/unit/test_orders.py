@@ -8,7 +8,7 @@ import pytest
 from sample_source import make_order
 
 from pipeline.errors import InvalidOrder, PermanentError
-from pipeline.orders import choose_columns, validate_order
+from pipeline.export.orders import choose_columns, validate_order
 
 
 def test_a_valid_order_is_typed():

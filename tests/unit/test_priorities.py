@@ -6,9 +6,9 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from pipeline.actor import PipelineActor
 from pipeline.errors import InvalidPriority
-from pipeline.middleware import MessagePriorities
+from pipeline.jobs.actor_class import PipelineActor
+from pipeline.jobs.priorities import MessagePriorities
 from pipeline.settings import Settings
 
 

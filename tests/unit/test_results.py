@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import JobFailed, PermanentError
-from pipeline.middleware import error_fields
+from pipeline.job_record import error_info
 from pipeline.results import rebuild_error
 
 
@@ -30,7 +30,7 @@ def test_error_fields_name_the_type_message_and_traceback():
     try:
         raise PermanentError("row 17: total 'abc' is not a number")
     except PermanentError as exc:
-        fields = error_fields(exc)
+        fields = error_info(exc)
     assert fields["type"] == "pipeline.errors.PermanentError"
     assert fields["message"] == "row 17: total 'abc' is not a number"
     assert "Traceback" in fields["traceback"]
@@ -38,4 +38,4 @@ def test_error_fields_name_the_type_message_and_traceback():
 
 @pytest.mark.parametrize("exc", [KeyError("k"), OSError(2, "gone")])
 def test_builtin_types_are_recorded_without_module(exc):
-    assert "." not in error_fields(exc)["type"]
+    assert "." not in error_info(exc)["type"]

@@ -9,7 +9,7 @@ import pytest
 from sample_source import make_order
 
 from pipeline.errors import SourceError
-from pipeline.sources import INLINE_LIMIT, check_request, load_plugin, open_source
+from pipeline.export.sources import INLINE_LIMIT, check_request, load_plugin, open_source
 
 
 def source(tmp_path, **request):

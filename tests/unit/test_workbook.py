@@ -9,7 +9,8 @@ import pytest
 from sample_source import make_order
 
 from pipeline.errors import InvalidOrder, JobRevoked
-from pipeline.export import FORMULA_TRIGGERS, Exporter, export_file_name, safe_name, text_cell
+from pipeline.export.exporter import Exporter, export_file_name, safe_name
+from pipeline.export.workbook import FORMULA_TRIGGERS, text_cell
 from pipeline.settings import Settings
 
 
@@ -17,7 +18,7 @@ from pipeline.settings import Settings
 def exporter(tmp_path) -> Exporter:
     # No store, so no reuse: these tests need no Redis.
     settings = Settings(export_dir=tmp_path / "exports", import_dir=tmp_path)
-    return Exporter(settings, store=None)
+    return Exporter(settings, reuse=None)
 
 
 def test_cells_are_typed_and_formatted(exporter):
@@ -87,7 +88,7 @@ def test_the_url_joins_the_base_url(tmp_path):
     settings = Settings(
         export_dir=tmp_path, export_base_url="https://files.shop.example/exports/", export_reuse_window=0
     )
-    pointer = Exporter(settings, store=None).export("j", orders=[make_order(1)], name="a b")
+    pointer = Exporter(settings, reuse=None).export("j", orders=[make_order(1)], name="a b")
     assert pointer["url"] == "https://files.shop.example/exports/a-b-j.xlsx"
 
 
@@ -107,14 +108,14 @@ def test_a_revoked_export_stops_and_leaves_no_file(tmp_path):
         return len(asked) >= 2
 
     with pytest.raises(JobRevoked, match="stopped after 1000 orders"):
-        Exporter(settings, store=None).export("job-1", filter={"count": 5000}, revoked=revoked)
+        Exporter(settings, reuse=None).export("job-1", filter={"count": 5000}, revoked=revoked)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_is_reported_with_total_and_phase(tmp_path):
     settings = Settings(export_dir=tmp_path, export_reuse_window=0, order_source="sample_source:iter_orders")
     reports = []
-    Exporter(settings, store=None).export("job-1", filter={"count": 30}, progress=lambda *r: reports.append(r))
+    Exporter(settings, reuse=None).export("job-1", filter={"count": 30}, progress=lambda *r: reports.append(r))
     assert reports[0] == (0, 30, "writing") and reports[-1] == (30, 30, "saving")
 
 

@@ -13,25 +13,15 @@ import smtplib
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
-from email.message import Message
 
 from pipeline.errors import DeliveryUncertain, SmtpRejected, SmtpUnavailable
+from pipeline.mail.message import Envelope
 from pipeline.settings import Settings
 
 #: Seconds a reused SMTP connection may sit idle before it is checked with NOOP first.
 IDLE_CHECK_AFTER = 5.0
 #: How a message is written for SMTP: the ``email.mime`` classes' policy, with CRLF line ends.
 _WIRE_POLICY = email.policy.compat32.clone(linesep="\r\n")
-
-
-@dataclass
-class Envelope:
-    """A built mail and who receives it over SMTP (Bcc included, which no header shows)."""
-
-    message: Message
-    sender: str
-    recipients: list[str] = field(default_factory=list)
 
 
 class SmtpSender:

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.errors import JobTimeout, PipelineError
-from pipeline.records import get_store
+from pipeline.job_record import JobRecord
 from pipeline.results import AsyncResult
 from pipeline.settings import get_settings, mask_url
 from pipeline.states import JobState
+from pipeline.store.connection import get_redis
 
 #: The job succeeded (``status``), or the services answer (``check``).
 RET_OK = 0
@@ -56,12 +57,13 @@ _LABELS = (
 )
 
 
-def format_record(message_id: str, record: dict[str, Any] | None) -> str:
+def format_record(message_id: str, record: JobRecord | None) -> str:
     """A job record as aligned, human-readable lines."""
     if record is None:
         return f"job {message_id}: PENDING (no record: unknown id, or expired)"
     lines = [f"job {message_id}: {record['state']}"]
-    lines += [f"  {label:<9} {record[name]}" for name, label in _LABELS if record.get(name) is not None]
+    fields: dict[str, Any] = dict(record)
+    lines += [f"  {label:<9} {fields[name]}" for name, label in _LABELS if fields.get(name) is not None]
     progress = record.get("progress")
     if progress:
         total = f"/{progress['total']}" if progress.get("total") is not None else ""
@@ -103,7 +105,7 @@ def _check(args: argparse.Namespace) -> int:
         healthy = False
         print(f"RabbitMQ  DOWN  {mask_url(settings.broker_url)}: {exc!r}")
     try:
-        get_store().client.ping()
+        get_redis().client.ping()
         print(f"Redis     ok    {mask_url(settings.redis_url)}")
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, reported as such
         healthy = False
@@ -140,7 +142,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return RET_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from pipeline.records import RecordStore
-
-#: Prefix of claim keys; the full key is ``<prefix><message_id>``.
-CLAIM_PREFIX = "pipeline:claim:"
+from pipeline.store.connection import RedisConnection
 
 
 class ClaimState(enum.StrEnum):
@@ -28,40 +25,47 @@ class ClaimState(enum.StrEnum):
     DONE = "done"
 
 
+class Claim(TypedDict, total=False):
+    """An existing claim: its state, and the deed's outcome once done."""
+
+    state: str
+    outcome: Any
+
+
 class Claims:
-    """Claims on job ids in one Redis database.
+    """Claims on job ids in one Redis database, kept as long as the job records.
 
     Parameters:
-      store: The job records' store, whose Redis holds the claims, kept as long as records.
+      redis: The Redis of the job records.
 
     Every method raises ``ResultBackendUnavailable`` when Redis is unreachable.
     """
 
-    def __init__(self, store: RecordStore) -> None:
-        self.store = store
-        self.ttl = store.settings.result_ttl
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+        self.ttl = redis.settings.result_ttl
 
-    def claim(self, message_id: str) -> dict[str, Any] | None:
+    def claim(self, message_id: str) -> Claim | None:
         """Claim ``message_id`` for this attempt.
 
         Returns:
           None when the claim is ours; the existing claim (``state``, and ``outcome`` once
           done) when an earlier attempt holds it.
         """
-        key = CLAIM_PREFIX + message_id
-        with self.store.translated():
-            if self.store.client.set(key, json.dumps({"state": ClaimState.IN_PROGRESS}), nx=True, ex=self.ttl):
+        key = self.redis.keys.claim(message_id)
+        with self.redis.translated():
+            if self.redis.client.set(key, json.dumps({"state": ClaimState.IN_PROGRESS}), nx=True, ex=self.ttl):
                 return None
-            existing = self.store.client.get(key)
-        return json.loads(existing) if existing else {"state": ClaimState.IN_PROGRESS}
+            existing = cast("str | None", self.redis.client.get(key))
+        return cast("Claim", json.loads(existing)) if existing else {"state": ClaimState.IN_PROGRESS}
 
     def done(self, message_id: str, outcome: Any) -> None:
         """Mark the deed done with its JSON-safe ``outcome``."""
         claim = json.dumps({"state": ClaimState.DONE, "outcome": outcome})
-        with self.store.translated():
-            self.store.client.set(CLAIM_PREFIX + message_id, claim, ex=self.ttl)
+        with self.redis.translated():
+            self.redis.client.set(self.redis.keys.claim(message_id), claim, ex=self.ttl)
 
     def release(self, message_id: str) -> None:
         """Give the claim up: the deed certainly did not happen, and a later attempt may do it."""
-        with self.store.translated():
-            self.store.client.delete(CLAIM_PREFIX + message_id)
+        with self.redis.translated():
+            self.redis.client.delete(self.redis.keys.claim(message_id))

@@ -1,38 +1,38 @@
-"""Job records in Redis: the key layout and the store that reads and writes them.
+"""Job records in Redis: the store that reads and writes them.
 
-Each message has one record, a Redis hash at ``pipeline:job:<message_id>``, whose fields hold
-JSON values: ``state``, ``actor``, ``queue``, ``priority``, ``attempt``, timestamps, ``result``
-or ``error``, ``progress``. Every write goes through one Lua script that compares the write's
-rank with the record's (see :mod:`pipeline.states`), so states only move forward, and that
-pushes a snapshot of the record onto the list ``pipeline:job:<message_id>:done`` when it
-reaches a finished state; :meth:`RecordStore.wait` blocks on that list instead of polling.
-Readers use :class:`pipeline.results.AsyncResult`; this module owns the key layout of records.
+Each message has one record, a Redis hash (see :meth:`~pipeline.store.keys.Keys.record`) whose
+fields hold JSON values: ``state``, ``actor``, ``queue``, ``priority``, ``attempt``, timestamps,
+``result`` or ``error``, ``progress``. Every write goes through one Lua script that compares the
+write's rank with the record's (see :mod:`pipeline.states`), so states only move forward, and
+that pushes a snapshot of the record onto the job's done list when it reaches a finished state;
+:meth:`RecordStore.wait` blocks on that list instead of polling. Readers use
+:class:`pipeline.results.AsyncResult`.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import datetime
 import functools
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import redis
 
 from pipeline.errors import JobTimeout, ResultBackendUnavailable
-from pipeline.settings import Settings, get_settings, mask_url
+from pipeline.job_record import JobRecord
+from pipeline.settings import Settings
 from pipeline.states import FINAL_RANK, JobState, rank
+from pipeline.store.connection import RedisConnection, get_redis
 
-#: Prefix of every job record key; the full key is ``<prefix><message_id>``.
-RECORD_PREFIX = "pipeline:job:"
-#: Suffix of the list that receives a snapshot of the record when the job finishes.
-DONE_SUFFIX = ":done"
 #: Record writes a thread may have sent without reading their answers yet.
 MAX_UNREAD_WRITES = 2
+#: Share of the socket timeout one blocking wait for a result may take, so Redis answers in time.
+WAIT_SLICE_SHARE = 0.5
 
 #: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
 #: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
@@ -63,26 +63,6 @@ return {1, redis.call('HGET', KEYS[1], 'state')}
 """.replace("FINAL_RANK", str(FINAL_RANK))
 
 
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with milliseconds, the format of every record timestamp."""
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def iso_from_millis(millis: int) -> str:
-    """A Unix time in milliseconds (Dramatiq's ``eta``) in the format of :func:`now_iso`."""
-    moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds")
-
-
-def record_key(message_id: str) -> str:
-    """The Redis key of ``message_id``'s record."""
-    return RECORD_PREFIX + message_id
-
-
-def _done_key(message_id: str) -> str:
-    return RECORD_PREFIX + message_id + DONE_SUFFIX
-
-
 class RecordStore:
     """Reads and writes job records in one Redis database.
 
@@ -90,35 +70,28 @@ class RecordStore:
     :class:`~pipeline.errors.ResultBackendUnavailable` naming the URL (password masked).
 
     Parameters:
-      settings: Gives ``redis_url`` and ``result_ttl``.
+      redis: The Redis of the records; gives the keys and ``result_ttl``.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._client: redis.Redis | None = None
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+        self.settings = redis.settings
+        self.keys = redis.keys
         self._local = threading.local()
 
     @property
     def client(self) -> redis.Redis:
-        """The redis-py client (a connection pool), created on first use."""
-        if self._client is None:
-            self._client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        return self._client
+        """The redis-py client (a connection pool)."""
+        return self.redis.client
 
     @functools.cached_property
     def _script(self) -> Any:
         """The write script, registered with the client (loaded into Redis on first use)."""
         return self.client.register_script(_WRITE_SCRIPT)
 
-    @contextlib.contextmanager
-    def translated(self) -> Iterator[None]:
-        """Turn redis-py's connection errors inside the block into ``ResultBackendUnavailable``."""
-        try:
-            yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise ResultBackendUnavailable(
-                f"Redis at {mask_url(self.settings.redis_url)} is unreachable: {exc}"
-            ) from exc
+    def translated(self) -> contextlib.AbstractContextManager[None]:
+        """Turn redis-py's errors inside the block into ``ResultBackendUnavailable``."""
+        return self.redis.translated()
 
     def _write_call(
         self, message_id: str, state: JobState | None, attempt: int, fields: Mapping[str, Any]
@@ -131,13 +104,13 @@ class RecordStore:
         args: list[Any] = ["" if state is None else rank(state, attempt), self.settings.result_ttl]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        return [record_key(message_id), _done_key(message_id)], args
+        return [self.keys.record(message_id), self.keys.done(message_id)], args
 
     def _send(self, keys: list[str], args: list[Any], pending: PendingWrite | None = None) -> PendingWrite:
         """Send one write on this thread's own connection; its answer is read later, in order."""
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
-            line = self._local.line = _WriteLine(self.client)
+            line = self._local.line = _WriteLine(self.redis.new_connection())
         with self.translated():
             try:
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
@@ -217,43 +190,52 @@ class RecordStore:
         applied, _ = self._run(*self._write_call(message_id, None, 0, fields))
         return applied
 
-    def read(self, message_id: str) -> dict[str, Any] | None:
-        """The record of ``message_id`` as a dict, or None when there is none."""
+    def read(self, message_id: str) -> JobRecord | None:
+        """The record of ``message_id``, or None when there is none."""
         with self.translated():
-            raw = self.client.hgetall(record_key(message_id))
+            raw = cast("dict[str, str]", self.client.hgetall(self.keys.record(message_id)))
         return _decode(raw) if raw else None
 
     def state(self, message_id: str) -> JobState:
         """The state of ``message_id``'s record; ``PENDING`` when there is none."""
         with self.translated():
-            stored = self.client.hget(record_key(message_id), "state")
+            stored = cast("str | None", self.client.hget(self.keys.record(message_id), "state"))
         return JobState(json.loads(stored)) if stored else JobState.PENDING
 
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""
         with self.translated():
-            return bool(self.client.delete(record_key(message_id), _done_key(message_id)))
+            return bool(self.client.delete(self.keys.record(message_id), self.keys.done(message_id)))
 
-    def wait(self, message_id: str, timeout: float | None) -> dict[str, Any]:
+    def wait(self, message_id: str, timeout: float | None) -> JobRecord:
         """Block until ``message_id``'s record is finished and return it.
 
-        One blocking Redis call on the record's done list: it answers at once when the job has
-        already finished, or the moment it does.
+        A blocking Redis call on the record's done list answers at once when the job has
+        already finished, or the moment it does. The wait is cut into calls shorter than the
+        socket timeout, so a frozen Redis is noticed and a long wait never trips the timeout.
 
         Raises:
           JobTimeout: ``timeout`` seconds passed first.
           ResultBackendUnavailable: Redis is unreachable.
         """
-        done = _done_key(message_id)
+        done = self.keys.done(message_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        longest = self.settings.redis_socket_timeout * WAIT_SLICE_SHARE
         with self.translated():
-            if timeout is not None and timeout <= 0:
-                # BLMOVE reads a timeout of 0 as "forever"; no time to wait means look once.
-                snapshot = self.client.lindex(done, 0)
-            else:
-                snapshot = self.client.blmove(done, done, timeout or 0, src="RIGHT", dest="LEFT")
-            if snapshot is None:
-                raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {self.state(message_id)})")
-        return _decode(json.loads(snapshot))
+            while True:
+                left = longest if deadline is None else min(longest, deadline - time.monotonic())
+                if left <= 0:
+                    # BLMOVE reads a timeout of 0 as "forever"; no time left means look once.
+                    snapshot = cast("str | None", self.client.lindex(done, 0))
+                else:
+                    # BLMOVE takes seconds with a millisecond resolution (redis-py types it as whole seconds).
+                    seconds: Any = max(round(left, 3), 0.001)
+                    snapshot = cast("str | None", self.client.blmove(done, done, seconds, src="RIGHT", dest="LEFT"))
+                if snapshot is not None:
+                    return _decode(json.loads(snapshot))
+                if left <= 0:
+                    state = self.state(message_id)
+                    raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {state})")
 
 
 class _WriteLine:
@@ -263,9 +245,8 @@ class _WriteLine:
     and lets writes be sent now and their answers read later, in order (Redis pipelining).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self.connection = pool.connection_class(**pool.connection_kwargs)
+    def __init__(self, connection: redis.Connection) -> None:
+        self.connection = connection
         self.pid = os.getpid()
         self.unread: collections.deque[PendingWrite] = collections.deque()
 
@@ -289,6 +270,7 @@ class PendingWrite:
         self._line = line
         self._call = (keys, args)
         self._outcome: tuple[bool, JobState] | None = None
+        self._error: redis.RedisError | None = None
         self._resent = False
 
     def settle(self) -> None:
@@ -319,6 +301,12 @@ class PendingWrite:
                     for lost in line.drop_connection():
                         self._store._send(*lost._call, pending=lost)
                     continue
+                except redis.ResponseError as exc:
+                    # An error reply (out of memory, read-only replica) is this write's answer:
+                    # consumed, so the next answer is matched to the next write.
+                    line.unread.popleft()
+                    oldest._error = exc
+                    continue
             line.unread.popleft()
             oldest._outcome = _outcome(*reply)
 
@@ -329,6 +317,8 @@ class PendingWrite:
           ResultBackendUnavailable: Redis is unreachable.
         """
         self.settle()
+        if self._error is not None:
+            raise self._store.redis.unavailable(self._error)
         if self._outcome is None:
             raise ResultBackendUnavailable("the answer to a record write was lost")
         return self._outcome
@@ -343,12 +333,12 @@ def _outcome(applied: int, stored: str | None) -> tuple[bool, JobState]:
     return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
 
 
-def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
+def _decode(raw: Mapping[str, str]) -> JobRecord:
     """A record as stored (field to JSON text) as a dict of values, without internal fields."""
-    return {name: json.loads(value) for name, value in raw.items() if name != "rank"}
+    return cast("JobRecord", {name: json.loads(value) for name, value in raw.items() if name != "rank"})
 
 
 @functools.cache
 def get_store(settings: Settings | None = None) -> RecordStore:
     """The record store for ``settings`` (the process's settings when omitted), one per settings."""
-    return RecordStore(settings or get_settings())
+    return RecordStore(get_redis(settings))

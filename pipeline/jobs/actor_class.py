@@ -14,13 +14,15 @@ An actor function therefore cannot take a parameter named ``priority``.
 
 from __future__ import annotations
 
+import datetime
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
 
-from pipeline.middleware import BULK_PRIORITY_OPTION, PRIORITY_OPTION
+from pipeline.jobs.checks import refusals_raised
+from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION
 
 if TYPE_CHECKING:
     from pipeline.broker import PipelineBroker
@@ -30,9 +32,17 @@ DEFAULT_BATCH_SIZE = 500
 
 
 class PipelineActor(dramatiq.Actor):
-    """A Dramatiq actor whose ``send`` takes a ``priority`` and which can send in bulk."""
+    """A Dramatiq actor whose ``send`` takes a ``priority`` and which can send in bulk.
 
-    def send(self, *args: Any, priority: int | None = None, **kwargs: Any) -> dramatiq.Message:
+    A declaration the middleware refuses (a default priority its queue cannot hold) raises the
+    pipeline error that says why, here and now.
+    """
+
+    def __init__(self, fn: Callable[..., Any], **arguments: Any) -> None:
+        with refusals_raised():
+            super().__init__(fn, **arguments)
+
+    def send(self, *args: Any, priority: int | None = None, **kwargs: Any) -> dramatiq.Message[Any]:
         """Send a message to this actor.
 
         Parameters:
@@ -51,13 +61,28 @@ class PipelineActor(dramatiq.Actor):
         options = {} if priority is None else {PRIORITY_OPTION: priority}
         return self.send_with_options(args=args, kwargs=kwargs, **options)
 
+    def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: datetime.timedelta | int | None = None,
+        **options: Any,
+    ) -> dramatiq.Message[Any]:
+        """Dramatiq's ``send_with_options``; a message refused at send raises the pipeline error
+        that refused it (:class:`~pipeline.errors.InvalidPriority`,
+        :class:`~pipeline.errors.InvalidMessage`) whatever the broker.
+        """
+        with refusals_raised():
+            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+
     def send_many(
         self,
         calls: Iterable[Mapping[str, Any] | tuple[Sequence[Any], Mapping[str, Any]]],
         *,
         priority: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> list[dramatiq.Message]:
+    ) -> list[dramatiq.Message[Any]]:
         """Send many messages to this actor, confirmed by RabbitMQ once per batch.
 
         Every returned message was taken by RabbitMQ (an AMQP transaction per batch, committed
@@ -83,8 +108,8 @@ class PipelineActor(dramatiq.Actor):
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
         broker = cast("PipelineBroker", self.broker)
-        sent: list[dramatiq.Message] = []
-        batch: list[dramatiq.Message] = []
+        sent: list[dramatiq.Message[Any]] = []
+        batch: list[dramatiq.Message[Any]] = []
         for call in calls:
             args, kwargs = ((), call) if isinstance(call, Mapping) else call
             batch.append(self.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options))

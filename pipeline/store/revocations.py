@@ -1,8 +1,8 @@
 """Revocations, known to every worker process without a Redis read per message.
 
 Revoking a job writes its record ``REVOKED`` and also adds its id to the sorted set
-``pipeline:revoked`` (scored by when the entry may be forgotten) and announces it on the
-channel ``pipeline:revocations``. Each worker process runs a :class:`RevocationWatcher`: a
+``<namespace>:revoked`` (scored by when the entry may be forgotten) and announces it on the
+channel ``<namespace>:revocations``. Each worker process runs a :class:`RevocationWatcher`: a
 thread that subscribes to the channel, then loads the set, so the process knows every
 revocation made before it started and learns of new ones within a moment. A worker can then
 skip a revoked message, and a running job can check whether to stop, from memory.
@@ -19,14 +19,17 @@ import time
 
 import redis
 
-#: Sorted set of revoked message ids, each scored with the Unix time it may be forgotten.
-REVOKED_KEY = "pipeline:revoked"
-#: Channel on which each revocation's message id is announced.
-REVOCATIONS_CHANNEL = "pipeline:revocations"
-#: Seconds between two reconnection attempts of a watcher whose connection broke.
+from pipeline.settings import mask_url
+from pipeline.store.connection import RedisConnection
+
+#: Seconds before a watcher whose connection broke first tries again; doubles up to the next.
 RECONNECT_DELAY = 0.5
+#: Seconds between reconnection attempts at most.
+MAX_RECONNECT_DELAY = 30.0
 #: Seconds a watcher waits for a message before checking whether it should stop.
 POLL_SLICE = 1.0
+#: Seconds ``stop()`` waits for the watching thread (a daemon: it ends with the process anyway).
+STOP_WAIT = 0.2
 #: Seconds between two sweeps of expired revocations from a watcher's memory.
 SWEEP_INTERVAL = 60.0
 
@@ -42,34 +45,36 @@ def current_watcher() -> RevocationWatcher | None:
     return watcher if watcher is not None and watcher.running else None
 
 
-def announce(client: redis.Redis, message_id: str, ttl: int) -> None:
+def announce(redis: RedisConnection, message_id: str) -> None:
     """Publish that ``message_id`` was revoked: into the sorted set, and to running watchers.
 
-    Parameters:
-      client: The Redis of the job records.
-      message_id: The revoked job.
-      ttl: Seconds the revocation is remembered (the records' TTL).
+    It is remembered for the records' TTL.
+
+    Raises:
+      ResultBackendUnavailable: Redis failed.
     """
     now = time.time()
-    pipe = client.pipeline(transaction=False)
-    pipe.zadd(REVOKED_KEY, {message_id: now + ttl})
-    pipe.zremrangebyscore(REVOKED_KEY, "-inf", now)
-    pipe.expire(REVOKED_KEY, ttl)
-    pipe.publish(REVOCATIONS_CHANNEL, message_id)
-    pipe.execute()
+    ttl = redis.settings.result_ttl
+    revoked = redis.keys.revoked
+    with redis.translated():
+        pipe = redis.client.pipeline(transaction=False)
+        pipe.zadd(revoked, {message_id: now + ttl})
+        pipe.zremrangebyscore(revoked, "-inf", now)
+        pipe.expire(revoked, ttl)
+        pipe.publish(redis.keys.revocations, message_id)
+        pipe.execute()
 
 
 class RevocationWatcher:
     """Keeps the set of revoked message ids of one worker process up to date.
 
     Parameters:
-      client: The Redis of the job records.
-      ttl: Seconds a revocation is remembered (the records' TTL).
+      redis: The Redis of the job records.
     """
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
-        self.client = client
-        self.ttl = ttl
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+        self.ttl = redis.settings.result_ttl
         self._revoked: dict[str, float] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -103,7 +108,7 @@ class RevocationWatcher:
             _current = None
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(POLL_SLICE * 3)
+            self._thread.join(STOP_WAIT)
         self._thread = None
         self._ready.clear()
 
@@ -112,14 +117,19 @@ class RevocationWatcher:
 
     def _watch(self) -> None:
         next_sweep = time.monotonic() + SWEEP_INTERVAL
+        delay = RECONNECT_DELAY
+        client = self.redis.client
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 # Subscribe first, then load: a revocation made in between is seen twice, never missed.
-                pubsub.subscribe(REVOCATIONS_CHANNEL)
+                pubsub.subscribe(self.redis.keys.revocations)
                 now = time.time()
-                loaded = self.client.zrangebyscore(REVOKED_KEY, now, "+inf", withscores=True)
-                self._revoked.update({_text(member): score for member, score in loaded})
+                loaded = client.zrangebyscore(self.redis.keys.revoked, now, "+inf", withscores=True)
+                self._revoked.update({_text(member): score for member, score in loaded})  # type: ignore[union-attr]
+                if delay > RECONNECT_DELAY:
+                    logger.warning("Revocation watcher reached Redis at %s again.", self._url)
+                delay = RECONNECT_DELAY
                 self._ready.set()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=POLL_SLICE)
@@ -129,12 +139,25 @@ class RevocationWatcher:
                         next_sweep = time.monotonic() + SWEEP_INTERVAL
                         now = time.time()
                         self._revoked = {key: until for key, until in self._revoked.items() if until > now}
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
                 self._ready.clear()
-                logger.warning("Revocation watcher lost Redis (%s); reconnecting.", exc)
-                self._stop.wait(RECONNECT_DELAY)
+                # Once per outage at WARNING, then quietly, backing off: a Redis that is down
+                # for an hour must not fill the log.
+                log = logger.warning if delay == RECONNECT_DELAY else logger.debug
+                log(
+                    "Revocation watcher lost Redis at %s (%s); retrying every %.0f s at most.",
+                    self._url,
+                    exc,
+                    MAX_RECONNECT_DELAY,
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
             finally:
                 pubsub.close()
+
+    @property
+    def _url(self) -> str:
+        return mask_url(self.redis.settings.redis_url)
 
 
 def _text(value: str | bytes) -> str:

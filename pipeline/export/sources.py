@@ -2,7 +2,7 @@
 
 Every source yields ``(row, order dict)`` pairs (``row`` is what errors name: the line of a
 file, the position in a list) and may know its total up front. The orders are validated by
-:func:`pipeline.orders.validate_order`, not here.
+:func:`pipeline.export.orders.validate_order`, not here.
 
 - **inline**: ``export_orders.send(orders=[...])``, up to :data:`INLINE_LIMIT` orders.
 - **file**: ``export_orders.send(file="2026-q3.jsonl")``: JSON Lines (one order per line) or

@@ -24,7 +24,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pipeline.errors import HeaderInjection, MailError
 
 #: The folder of the templates that ship with pipeline, in a source checkout.
-SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SOURCE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 #: Where ``pip install`` puts them (``data_files`` in setup.cfg).
 INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "pipeline" / "templates"
 #: What a template name may be: no dots or slashes, so it never leaves a template folder.

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from pipeline.errors import ResultBackendUnavailable
-from pipeline.records import RecordStore
 from pipeline.states import JobState
+from pipeline.store.records import RecordStore
 
 logger = logging.getLogger(__name__)
 

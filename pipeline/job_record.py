@@ -1,0 +1,59 @@
+"""The shape of a job record, as :class:`~pipeline.results.AsyncResult` returns it.
+
+A record is JSON: these ``TypedDict`` classes name its fields for readers and type checkers.
+Every field but ``message_id`` and ``state`` may be missing (a record is built up by several
+writes: the sender's ``QUEUED``, the worker's ``STARTED`` and its final write).
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, NotRequired, TypedDict
+
+
+class JobError(TypedDict):
+    """Why an attempt failed: the exception's qualified type, its message and the traceback."""
+
+    type: str
+    message: str
+    traceback: NotRequired[str]
+
+
+class Progress(TypedDict):
+    """What a running job last reported of its progress."""
+
+    done: int
+    total: int | None
+    phase: str | None
+    updated_at: str
+
+
+class JobRecord(TypedDict):
+    """One job's record: what it is, where it stands, and how it ended."""
+
+    message_id: str
+    state: str
+    actor: NotRequired[str]
+    queue: NotRequired[str]
+    priority: NotRequired[int]
+    attempt: NotRequired[int]
+    enqueued_at: NotRequired[str]
+    eta: NotRequired[str]
+    started_at: NotRequired[str]
+    next_attempt_at: NotRequired[str | None]
+    finished_at: NotRequired[str]
+    revoked_at: NotRequired[str]
+    result: NotRequired[Any]
+    error: NotRequired[JobError]
+    progress: NotRequired[Progress]
+
+
+def error_info(exception: BaseException) -> JobError:
+    """The ``error`` of a record: the exception's qualified type, message and traceback."""
+    cls = type(exception)
+    module = "" if cls.__module__ == "builtins" else cls.__module__ + "."
+    return {
+        "type": module + cls.__qualname__,
+        "message": str(exception),
+        "traceback": "".join(traceback.format_exception(exception, limit=30)),
+    }

@@ -1,0 +1,14 @@
+"""The names of the options pipeline adds to actors and messages."""
+
+#: Message option a sender sets for the AMQP priority (higher is sooner).
+PRIORITY_OPTION = "priority"
+#: Actor option giving an actor's default AMQP priority; also Dramatiq's message option.
+BROKER_PRIORITY_OPTION = "broker_priority"
+#: Actor option naming a function that checks a message's arguments at send time.
+CHECK_OPTION = "check"
+#: Actor option giving the AMQP priority of messages sent with ``send_many``.
+BULK_PRIORITY_OPTION = "bulk_priority"
+#: Message option Dramatiq's ``Retries`` counts attempts with.
+RETRIES_OPTION = "retries"
+#: Message option holding a delayed message's due time (Unix milliseconds).
+ETA_OPTION = "eta"

@@ -1,0 +1,72 @@
+"""AMQP priorities: each message gets one its queue can hold, from the sender or the actor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
+
+from pipeline.errors import InvalidPriority
+from pipeline.jobs.checks import Refusal
+from pipeline.jobs.options import BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION, PRIORITY_OPTION
+from pipeline.settings import Settings
+
+
+class MessagePriorities(Middleware):
+    """Gives every message its AMQP priority and refuses one its queue cannot hold.
+
+    A sender passes ``priority=N`` (or Dramatiq's ``broker_priority=N``); otherwise the actor's
+    ``broker_priority`` option applies (a number, or a function of the message's keyword
+    arguments, e.g. to rank mails by template), else 0. Higher numbers are delivered sooner when a
+    queue has a backlog.
+
+    Parameters:
+      settings: Gives each queue's ``x-max-priority``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def actor_options(self) -> set[str]:
+        """Declares ``broker_priority`` (a number, or a function of the message's keyword
+        arguments) and ``bulk_priority`` (the default of ``send_many``).
+        """
+        return {BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION}
+
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        """Check the actor's default priorities fit its queue when the actor is declared.
+
+        Raises:
+          InvalidPriority: A default does not fit.
+        """
+        for option in (BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION):
+            default = actor.options.get(option)
+            if default is not None and not callable(default):
+                try:
+                    self._check(actor.queue_name, default, f"actor {actor.actor_name!r}")
+                except InvalidPriority as exc:
+                    raise Refusal(exc) from None
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        """Set ``broker_priority`` from the sender's ``priority`` or the actor's default."""
+        options = message.options
+        if PRIORITY_OPTION in options:
+            options[BROKER_PRIORITY_OPTION] = options.pop(PRIORITY_OPTION)
+        if options.get(BROKER_PRIORITY_OPTION) is None:
+            default = broker.get_actor(message.actor_name).options.get(BROKER_PRIORITY_OPTION, 0)
+            options[BROKER_PRIORITY_OPTION] = default(message.kwargs) if callable(default) else default
+        try:
+            self._check(q_name(message.queue_name), options[BROKER_PRIORITY_OPTION], f"message {message.message_id}")
+        except InvalidPriority as exc:
+            raise Refusal(exc) from None
+
+    def _check(self, queue_name: str, priority: Any, owner: str) -> None:
+        highest = self.settings.max_priority(queue_name)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= highest:
+            raise InvalidPriority(
+                f"{owner}: priority {priority!r} is outside 0..{highest}, the range queue "
+                f"{queue_name!r} is declared with (PIPELINE_QUEUE_PRIORITIES)"
+            )

@@ -1,0 +1,141 @@
+"""The mailer: a rendered, built mail delivered over SMTP at most once per job.
+
+:mod:`~pipeline.mail.rendering` renders the templates, :mod:`~pipeline.mail.message` builds the
+message and checks every address and header, :mod:`~pipeline.mail.smtp` talks SMTP, and
+:class:`Mailer` puts the three together behind a claim that keeps a job from sending twice.
+This package knows nothing of Dramatiq or Redis; :mod:`pipeline.actors` wires it up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypedDict, cast
+
+from pipeline.errors import DeliveryUncertain, ResultBackendUnavailable
+from pipeline.mail.message import build_message
+from pipeline.mail.rendering import get_renderer
+from pipeline.mail.smtp import SmtpSender
+from pipeline.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: RabbitMQ priority of each template's mail when the sender gives none (default queue: 0-10).
+TEMPLATE_PRIORITIES = {"password_reset": 9, "order_confirmation": 6}
+#: Priority of a mail whose template is not listed above.
+DEFAULT_MAIL_PRIORITY = 5
+#: Priority of mails sent in bulk (newsletters, reminders): behind everything else.
+BULK_MAIL_PRIORITY = 1
+#: Claim state of a deed that is done (the store's ``ClaimState.DONE``).
+CLAIM_DONE = "done"
+
+
+class MailOutcome(TypedDict):
+    """What became of a mail: the result of a ``send_email`` job."""
+
+    #: The mail's Message-ID header.
+    message_id: str
+    template: str
+    #: Recipients the server took.
+    accepted: list[str]
+    #: Recipients the server refused, with its reply code and text.
+    refused: dict[str, tuple[int, str]]
+    #: True when an earlier attempt of the job sent it and this one did not.
+    duplicate_suppressed: bool
+
+
+class SendClaims(Protocol):
+    """What the mailer needs from the store: a claim per job that makes its send happen once."""
+
+    def claim(self, message_id: str) -> Mapping[str, Any] | None:
+        """None when the claim is ours; else the earlier claim (``state``, ``outcome``)."""
+
+    def done(self, message_id: str, outcome: Any) -> None:
+        """Mark the send done with its outcome."""
+
+    def release(self, message_id: str) -> None:
+        """Give the claim up: nothing was sent."""
+
+
+def priority_for(template: str) -> int:
+    """The RabbitMQ priority of a mail of ``template`` when the sender gives none."""
+    return TEMPLATE_PRIORITIES.get(template, DEFAULT_MAIL_PRIORITY)
+
+
+class Mailer:
+    """Renders, builds and delivers templated mail, at most once per job.
+
+    Parameters:
+      settings: SMTP, sender, subject prefix and template folders.
+      claims: Where each job claims its send, so no redelivery or retry sends it twice.
+    """
+
+    def __init__(self, settings: Settings, claims: SendClaims) -> None:
+        self.settings = settings
+        self.claims = claims
+        self.renderer = get_renderer(settings.template_dirs)
+        self.sender = SmtpSender(settings)
+
+    def deliver(
+        self,
+        job_id: str,
+        *,
+        to: str | Sequence[str],
+        template: str,
+        context: Mapping[str, Any] | None = None,
+        cc: str | Sequence[str] | None = None,
+        bcc: str | Sequence[str] | None = None,
+        reply_to: str | Sequence[str] | None = None,
+    ) -> MailOutcome:
+        """Render ``template`` with ``context`` and send it, unless this job already did.
+
+        Everything that can be wrong with the input is checked before anything is sent.
+
+        Parameters:
+          job_id: The job's message id: the claim's key and the base of the Message-ID.
+          to, cc, bcc, reply_to: Addresses, one string or a list.
+          template: The template pair's name.
+          context: The templates' variables.
+
+        Returns:
+          ``message_id`` (the mail's Message-ID), ``accepted`` and ``refused`` recipients,
+          ``template``, and ``duplicate_suppressed`` (True when an earlier attempt sent it).
+
+        Raises:
+          MailError: Bad template, context or address (permanent; nothing sent).
+          SmtpRejected: The server refused it for good (permanent; nothing sent).
+          SmtpUnavailable: Worth retrying; nothing was sent.
+          DeliveryUncertain: The server may have it; not sent again.
+        """
+        rendered = self.renderer.render(template, context or {})
+        envelope = build_message(
+            rendered, settings=self.settings, message_id=job_id, to=to, cc=cc, bcc=bcc, reply_to=reply_to
+        )
+        earlier = self.claims.claim(job_id)
+        if earlier is not None:
+            if earlier["state"] == CLAIM_DONE:
+                return cast("MailOutcome", {**earlier["outcome"], "duplicate_suppressed": True})
+            raise DeliveryUncertain(
+                f"an earlier attempt of job {job_id} was cut off while sending: the server may have "
+                "taken the mail, so it is not sent again"
+            )
+        try:
+            refused = self.sender.send(envelope)
+        except DeliveryUncertain:
+            raise
+        except BaseException:
+            self.claims.release(job_id)
+            raise
+        outcome: MailOutcome = {
+            "message_id": str(envelope.message["Message-ID"]),
+            "template": template,
+            "accepted": [r for r in envelope.recipients if r not in refused],
+            "refused": dict(refused),
+            "duplicate_suppressed": False,
+        }
+        try:
+            self.claims.done(job_id, outcome)
+        except ResultBackendUnavailable:
+            # The mail is out; the claim stays "in progress", which still blocks any resend.
+            logger.warning("Mail of job %s was sent but its claim could not be marked done.", job_id, exc_info=True)
+        return outcome

@@ -1,0 +1,62 @@
+"""The Redis client of the store, and the translation of redis-py's errors into pipeline's.
+
+Nothing connects until the first command. Every command runs with the connect and socket
+timeouts from the settings, so a frozen Redis costs a caller seconds, never forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import redis
+
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.settings import Settings, get_settings, mask_url
+from pipeline.store.keys import Keys
+
+
+class RedisConnection:
+    """The Redis of one deployment: its client (a connection pool), key layout and settings.
+
+    Parameters:
+      settings: Gives ``redis_url``, the timeouts, the namespace and the TTLs.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+
+    @functools.cached_property
+    def client(self) -> redis.Redis:
+        """The redis-py client, created on first use."""
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=self.settings.redis_connect_timeout,
+            socket_timeout=self.settings.redis_socket_timeout,
+        )
+
+    def new_connection(self) -> redis.Connection:
+        """A connection outside the pool, with the pool's options (the caller closes it)."""
+        pool = self.client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
+
+    @contextlib.contextmanager
+    def translated(self) -> Iterator[None]:
+        """Turn any redis-py error inside the block into ``ResultBackendUnavailable`` naming the URL."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from exc
+
+    def unavailable(self, exc: BaseException) -> ResultBackendUnavailable:
+        """The error a caller sees for redis-py's ``exc``: the masked URL and what Redis said."""
+        return ResultBackendUnavailable(f"Redis at {mask_url(self.settings.redis_url)} failed: {exc}")
+
+
+@functools.cache
+def get_redis(settings: Settings | None = None) -> RedisConnection:
+    """The Redis of ``settings`` (the process's settings when omitted), one per settings object."""
+    return RedisConnection(settings or get_settings())

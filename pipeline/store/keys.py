@@ -1,0 +1,51 @@
+"""Every Redis key and channel pipeline uses, under one namespace prefix.
+
+The prefix is ``PIPELINE_NAMESPACE`` (``pipeline`` by default) followed by ``:``, so two
+deployments that share a Redis database keep apart by choosing different namespaces. How long
+each key lives is given beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key layout of one namespace.
+
+    Parameters:
+      namespace: Prefix of every key and channel (without the ``:``).
+    """
+
+    namespace: str
+
+    def record(self, message_id: str) -> str:
+        """Hash holding a job's record; lives ``PIPELINE_RESULT_TTL`` seconds after its last change."""
+        return f"{self.namespace}:job:{message_id}"
+
+    def done(self, message_id: str) -> str:
+        """List that receives a snapshot of the record when the job finishes; same TTL as the record."""
+        return f"{self.namespace}:job:{message_id}:done"
+
+    def claim(self, message_id: str) -> str:
+        """String claiming a job's one-time side effect (a mail); same TTL as the record."""
+        return f"{self.namespace}:claim:{message_id}"
+
+    @property
+    def revoked(self) -> str:
+        """Sorted set of revoked ids, scored by the Unix time each may be forgotten (now + record TTL)."""
+        return f"{self.namespace}:revoked"
+
+    @property
+    def revocations(self) -> str:
+        """Pub/sub channel on which each revoked id is announced."""
+        return f"{self.namespace}:revocations"
+
+    def export(self, request_digest: str) -> str:
+        """String holding the pointer of a recent export; lives ``PIPELINE_EXPORT_REUSE_WINDOW`` seconds."""
+        return f"{self.namespace}:export:{request_digest}"
+
+    def pattern(self) -> str:
+        """A ``SCAN`` pattern matching every key of the namespace (for tools and tests, never the hot path)."""
+        return f"{self.namespace}:*"

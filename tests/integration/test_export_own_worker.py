@@ -1,0 +1,67 @@
+"""Export jobs that need a worker of their own: another plug-in, a killed worker, a notify mail."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from export_support import export_env, finished_files, make_folders
+
+from pipeline.actors import export_orders
+from pipeline.errors import PermanentError
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.states import JobState
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return make_folders(tmp_path)
+
+
+def test_a_broken_plugin_fails_naming_the_dotted_path(purge, start_worker, folders):
+    purge(SLOW_QUEUE)
+    start_worker([SLOW_QUEUE], env={**export_env(*folders), "PIPELINE_ORDER_SOURCE": "myshop.exports:iter_orders"})
+    result = AsyncResult(export_orders.send(filter={}).message_id)
+    with pytest.raises(PermanentError, match=r"'myshop\.exports:iter_orders': importing 'myshop\.exports' failed"):
+        result.get(timeout=30)
+    assert result.info()["attempt"] == 1
+
+
+def test_a_worker_killed_mid_export_is_redelivered_and_makes_one_file(purge, start_worker, folders):
+    purge(SLOW_QUEUE)
+    first = start_worker([SLOW_QUEUE], threads=1, env=export_env(*folders))
+    result = AsyncResult(export_orders.send(filter={"count": 4000, "pause": 0.001}, name="killed").message_id)
+    deadline = time.monotonic() + 20
+    while not (result.progress and result.progress["done"] >= 500) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    assert result.state is JobState.STARTED
+    parts = [p for p in folders[0].iterdir()] if folders[0].exists() else []
+    assert all(p.name.endswith(".part") for p in parts)
+    start_worker([SLOW_QUEUE], threads=1, env=export_env(*folders))
+    pointer = result.get(timeout=60)
+    assert pointer["rows"]["Orders"] == 4000
+    assert finished_files(folders[0]) == [pointer["file_name"]]
+
+
+def test_notify_mails_the_link_once_the_file_is_there(purge, start_worker, smtp_server, folders):
+    inbox, port = smtp_server
+    purge(SLOW_QUEUE)
+    purge(DEFAULT_QUEUE)
+    env = {
+        **export_env(*folders),
+        "PIPELINE_SMTP_PORT": str(port),
+        "PIPELINE_EXPORT_BASE_URL": "https://files.example/x",
+    }
+    start_worker([SLOW_QUEUE, DEFAULT_QUEUE], threads=2, env=env)
+    pointer = AsyncResult(export_orders.send(filter={"count": 12}, notify="boss@example.com").message_id).get(
+        timeout=30
+    )
+    mail_result = AsyncResult(pointer["notified"]["message_id"]).get(timeout=30)
+    (mail,) = inbox.wait_for(1)
+    assert mail_result["accepted"] == ["boss@example.com"]
+    text = mail.get_body(("plain",)).get_content()
+    assert pointer["url"] in text and pointer["url"].startswith("https://files.example/x/") and "12 orders" in text

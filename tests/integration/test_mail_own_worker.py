@@ -1,0 +1,55 @@
+"""Mail jobs that need a worker of their own: redelivery after a send, priorities from a backlog."""
+
+from __future__ import annotations
+
+import pytest
+from mail_support import WELCOME, mail_env
+from testenv import make_settings
+
+from pipeline.actors import send_email
+from pipeline.mail.mailer import Mailer
+from pipeline.queues import DEFAULT_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.store.claims import Claims
+from pipeline.store.connection import get_redis
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_redelivery_after_the_mail_was_accepted_sends_nothing(purge, start_worker, smtp_server):
+    inbox, port = smtp_server
+    purge(DEFAULT_QUEUE)
+    message = send_email.send(to="a@example.com", template="welcome", context=WELCOME)
+    # A first worker sent the mail and died before recording it or acking the message:
+    first = Mailer(make_settings(smtp_port=port, mail_sender="Shop <shop@example.com>"), Claims(get_redis()))
+    first.deliver(message.message_id, to="a@example.com", template="welcome", context=WELCOME)
+    assert len(inbox.wait_for(1)) == 1
+    start_worker([DEFAULT_QUEUE], env=mail_env(port))
+    result = AsyncResult(message.message_id)
+    assert result.get(timeout=20)["duplicate_suppressed"] is True
+    assert result.info()["result"]["message_id"] == f"<{message.message_id}@example.com>"
+    assert len(inbox.mails) == 1
+
+
+def test_password_reset_jumps_ahead_of_a_bulk_backlog(purge, start_worker, smtp_server):
+    inbox, port = smtp_server
+    purge(DEFAULT_QUEUE)
+    bulk = send_email.send_many(
+        {"to": f"n{i}@example.com", "template": "welcome", "context": WELCOME} for i in range(6)
+    )
+    order = send_email.send(
+        to="order@example.com",
+        template="order_confirmation",
+        context={"customer": {"name": "A"}, "order": {"id": "1", "currency": "EUR", "total": 1, "items": []}},
+    )
+    reset = send_email.send(
+        to="reset@example.com",
+        template="password_reset",
+        context={"customer": {"name": "A"}, "reset_url": "https://x", "valid_minutes": 5},
+    )
+    start_worker([DEFAULT_QUEUE], threads=1, env={**mail_env(port), "dramatiq_queue_prefetch": "1"})
+    for message in [*bulk, order, reset]:
+        AsyncResult(message.message_id).get(timeout=30)
+    arrived = [to[0] for _, to in inbox.envelopes]
+    assert arrived[:2] == ["reset@example.com", "order@example.com"]
+    assert sorted(arrived[2:]) == sorted(f"n{i}@example.com" for i in range(6))
