@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import time
 import uuid
+from urllib.parse import quote
 
-import pika
 import pytest
 import sample_actors
+import testenv
+from services import queue_depth
 from testenv import make_settings
+from waiting import wait_until
 
 from pipeline.actors import ping
-from pipeline.broker import PipelineBroker, broker, build_broker
+from pipeline.broker import PipelineBroker, build_broker
 from pipeline.errors import BrokerUnavailable, InvalidPriority, QueueMismatch
+from pipeline.jobs.actor_class import actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.settings import Settings
@@ -20,18 +23,15 @@ from pipeline.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-def test_each_queue_is_declared_with_its_own_max_priority(purge, amqp):
+def test_each_queue_is_declared_with_its_own_max_priority(purge):
     purge(DEFAULT_QUEUE)
     purge(SLOW_QUEUE)
-    # Redeclaring with the same arguments succeeds; with any other max priority RabbitMQ refuses.
-    for queue, highest in ((DEFAULT_QUEUE, 10), (SLOW_QUEUE, 5)):
-        amqp.queue_declare(queue, durable=True, arguments=broker._build_queue_arguments(queue))
-        assert broker._build_queue_arguments(queue)["x-max-priority"] == highest
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
-            channel = amqp.connection.channel()
-            arguments = {**broker._build_queue_arguments(queue), "x-max-priority": highest + 1}
-            channel.queue_declare(queue, durable=True, arguments=arguments)
-        assert refused.value.reply_code == 406
+    declared = {
+        q["name"]: q["arguments"] for q in testenv.management("GET", f"queues/{quote(testenv.vhost(), safe='')}")
+    }
+    assert declared[DEFAULT_QUEUE]["x-max-priority"] == 10
+    assert declared[SLOW_QUEUE]["x-max-priority"] == 5
+    assert declared[DEFAULT_QUEUE]["x-dead-letter-routing-key"] == DEFAULT_QUEUE + ".XQ"
 
 
 def test_priority_reaches_rabbitmq_as_the_amqp_priority(purge, amqp):
@@ -71,8 +71,7 @@ def test_send_many_confirms_every_message_and_writes_queued_records(purge, amqp)
     purge(DEFAULT_QUEUE)
     messages = ping.send_many(({"payload": i} for i in range(1200)), priority=3, batch_size=500)
     assert len(messages) == 1200
-    time.sleep(0.1)
-    assert amqp.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 1200
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 1200, what="1200 messages in the queue")
     record = AsyncResult(messages[-1].message_id).info()
     assert record["state"] == "QUEUED" and record["priority"] == 3 and record["actor"] == "ping"
     _, properties, _ = amqp.basic_get(DEFAULT_QUEUE, auto_ack=True)
@@ -106,3 +105,24 @@ def test_a_queue_declared_with_other_arguments_is_reported(amqp):
     finally:
         mismatched.close()
         channel.queue_delete(queue)
+
+
+def test_a_send_many_batch_refused_by_a_check_queues_nothing_and_leaves_no_record(purge, amqp, clean_redis):
+    purge(SLOW_QUEUE)
+    from pipeline.actors import export_orders
+    from pipeline.errors import InvalidMessage
+
+    with pytest.raises(InvalidMessage, match="give either orders"):
+        export_orders.send_many([{"filter": {}}, {"orders": [], "file": "x.jsonl"}])
+    assert queue_depth(amqp, SLOW_QUEUE) == 0
+    assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+
+
+def test_a_send_many_batch_rabbitmq_did_not_take_raises_and_leaves_no_record(clean_redis):
+    down = build_broker(make_settings(broker_url="amqp://guest:guest@127.0.0.1:1/%2F"))
+    unreachable = actor(
+        lambda n: n, actor_name=f"unreachable_{uuid.uuid4().hex[:8]}", queue_name="default", broker=down
+    )
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1/"):
+        unreachable.send_many([{"n": 1}, {"n": 2}])
+    assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []

@@ -12,7 +12,7 @@ import pytest
 from services import ROOT
 
 from pipeline.actors import ping
-from pipeline.cli import RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, main
+from pipeline.cli import RET_ERROR, RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, RET_USAGE, main
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 from pipeline.store.records import get_store
@@ -94,3 +94,45 @@ def test_check_fails_when_a_service_is_down(amqp):
     )
     assert out.returncode == RET_FAILED
     assert "Redis     DOWN  redis://:***@127.0.0.1:1/0" in out.stdout and "hunter2" not in out.stdout
+
+
+def test_status_of_a_revoked_job_exits_1(clean_redis, capsys):
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.QUEUED, actor="ping", queue="default")
+    assert AsyncResult(message_id).revoke()
+    assert main(["status", message_id]) == RET_FAILED
+    assert "REVOKED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [[], ["status"], ["status", "x", "--wait", "soon"], ["no-such-command"]])
+def test_a_wrong_command_line_exits_2(args):
+    out = run_cli(*args)
+    assert out.returncode == RET_USAGE
+    assert "usage: pipeline" in out.stderr
+
+
+def test_status_exits_5_naming_redis_when_it_cannot_be_reached():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", str(uuid.uuid4())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PIPELINE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
+    )
+    assert out.returncode == RET_ERROR
+    assert "redis://:***@127.0.0.1:1/0" in out.stderr and "hunter2" not in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_settings_exit_5_naming_the_variable():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", str(uuid.uuid4())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PIPELINE_RESULT_TTL": "a day"},
+    )
+    assert out.returncode == RET_ERROR
+    assert "PIPELINE_RESULT_TTL" in out.stderr and "Traceback" not in out.stderr

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import openpyxl
 import pytest
 from export_support import export_env, finished_files, make_folders, order_ids
 from sample_source import make_order
 from services import WorkerProcess, flush_queue, queue_depth
+from waiting import wait_until
 
 from pipeline.actors import export_orders
 from pipeline.errors import InvalidMessage, JobRevoked, PermanentError
@@ -118,15 +118,12 @@ def test_a_reused_file_that_was_deleted_is_exported_again(export_worker, folders
 
 def test_revoke_mid_export_stops_and_removes_the_file(export_worker, folders):
     result = AsyncResult(export_orders.send(filter={"count": 100_000, "pause": 0.0005}).message_id)
-    deadline = time.monotonic() + 20
-    while not (result.progress and result.progress["done"] >= 500) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: result.progress and result.progress["done"] >= 500, 20, "500 orders written")
     assert result.revoke()
     with pytest.raises(JobRevoked):
         result.get(timeout=10)
-    time.sleep(1.5)
+    wait_until(lambda: finished_files(folders[0]) == [], what="the export's files removed")
     assert result.state is JobState.REVOKED
-    assert finished_files(folders[0]) == []
     assert result.progress["done"] < 100_000
 
 
@@ -137,10 +134,7 @@ def test_a_bad_row_fails_at_once_naming_it_and_leaves_no_file(export_worker, fol
     with pytest.raises(PermanentError, match="row 3: total 'abc' is not a number"):
         result.get(timeout=30)
     assert result.info()["attempt"] == 1 and finished_files(folders[0]) == []
-    deadline = time.monotonic() + 5
-    while queue_depth(amqp, SLOW_QUEUE + ".XQ") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert queue_depth(amqp, SLOW_QUEUE + ".XQ") == 1
+    wait_until(lambda: queue_depth(amqp, SLOW_QUEUE + ".XQ") == 1, what="the message in the dead-letter queue")
 
 
 def test_too_many_inline_orders_are_refused_at_send_time(purge, amqp):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from export_support import export_env, finished_files, make_folders
+from services import queue_depth
+from waiting import wait_until
 
 from pipeline.actors import export_orders
-from pipeline.errors import PermanentError
+from pipeline.errors import JobFailed, PermanentError
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
@@ -34,9 +34,7 @@ def test_a_worker_killed_mid_export_is_redelivered_and_makes_one_file(purge, sta
     purge(SLOW_QUEUE)
     first = start_worker([SLOW_QUEUE], threads=1, env=export_env(*folders))
     result = AsyncResult(export_orders.send(filter={"count": 4000, "pause": 0.001}, name="killed").message_id)
-    deadline = time.monotonic() + 20
-    while not (result.progress and result.progress["done"] >= 500) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: result.progress and result.progress["done"] >= 500, 20, "500 orders written")
     first.kill()
     assert result.state is JobState.STARTED
     parts = [p for p in folders[0].iterdir()] if folders[0].exists() else []
@@ -65,3 +63,16 @@ def test_notify_mails_the_link_once_the_file_is_there(purge, start_worker, smtp_
     assert mail_result["accepted"] == ["boss@example.com"]
     text = mail.get_body(("plain",)).get_content()
     assert pointer["url"] in text and pointer["url"].startswith("https://files.example/x/") and "12 orders" in text
+
+
+def test_an_export_that_runs_out_of_time_fails_without_retry(purge, start_worker, folders, amqp):
+    purge(SLOW_QUEUE)
+    start_worker([SLOW_QUEUE], threads=1, env={**export_env(*folders), "PIPELINE_EXPORT_TIME_LIMIT": "1"})
+    result = AsyncResult(export_orders.send(filter={"count": 100_000, "pause": 0.001}).message_id)
+    with pytest.raises(JobFailed, match="TimeLimitExceeded"):
+        result.get(timeout=30)
+    record = result.info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 1
+    assert record["error"]["type"].endswith("TimeLimitExceeded")
+    wait_until(lambda: queue_depth(amqp, SLOW_QUEUE + ".XQ") == 1, what="the export in the dead-letter queue")
+    assert not [name for name in finished_files(folders[0]) if name.endswith(".xlsx")]

@@ -11,6 +11,7 @@ import uuid
 import pytest
 import sample_actors
 from services import ROOT, WorkerProcess, queue_depth
+from waiting import settled, wait_until
 
 from pipeline.actors import ping
 from pipeline.broker import broker
@@ -33,13 +34,11 @@ def worker(redis_client, amqp):
 
 
 def wait_for_state(result: AsyncResult, state: JobState, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached():
         record = result.info()
-        if record and record["state"] == state.value:
-            return record
-        time.sleep(0.02)
-    raise AssertionError(f"{result.id} never reached {state}: {result.info()}")
+        return record if record and record["state"] == state.value else None
+
+    return wait_until(reached, timeout, f"{result.id} reaching {state}")
 
 
 def runs(redis_client, key: str) -> int:
@@ -107,9 +106,8 @@ def test_failure_after_retries_records_error_and_dead_letters(worker, amqp, clea
     assert record["error"]["type"] == "ValueError"
     assert "raise ValueError(reason)" in record["error"]["traceback"]
     assert result.failed() and result.error["message"] == "total 'abc' is not a number"
-    deadline = time.monotonic() + 10
-    while queue_depth(amqp, DEFAULT_QUEUE + ".XQ") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert result.result == record["error"]
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message in the dead-letter queue")
     _, _, body = amqp.basic_get(DEFAULT_QUEUE + ".XQ", auto_ack=True)
     assert json.loads(body)["message_id"] == result.id
 
@@ -149,11 +147,11 @@ def test_get_with_no_time_to_wait_looks_once(worker, clean_redis):
 
 
 def test_get_returns_within_milliseconds_of_the_end(worker):
-    for _ in range(20):
-        started = time.monotonic()
-        AsyncResult(ping.send(1).message_id).get(timeout=10)
+    started = time.monotonic()
+    for n in range(20):
+        assert AsyncResult(ping.send(n).message_id).get(timeout=10) == {"pong": n}
     # Twenty round trips through RabbitMQ, a worker and Redis; a poll with sleeps would be far slower.
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10
 
 
 def test_revoked_before_start_is_skipped(worker, clean_redis):
@@ -163,10 +161,9 @@ def test_revoked_before_start_is_skipped(worker, clean_redis):
     assert result.revoke()
     with pytest.raises(JobRevoked):
         result.get(timeout=10)
-    time.sleep(2.5)
+    wait_until(lambda: any(key in line for line in worker.lines if "was skipped" in line), what="the skip in the log")
     assert runs(clean_redis, key) == 0
     assert result.state is JobState.REVOKED
-    assert "already REVOKED" in worker.log or "was skipped" in worker.log
 
 
 def test_a_worker_started_after_the_revoke_skips_the_message(purge, start_worker, clean_redis):
@@ -185,23 +182,17 @@ def test_a_worker_started_after_the_revoke_skips_the_message(purge, start_worker
 def test_revoke_mid_run_stops_the_job(worker, clean_redis):
     key = str(uuid.uuid4())
     result = AsyncResult(sample_actors.steps.send(key, 100, 0.05).message_id)
-    deadline = time.monotonic() + 10
-    while not (result.progress and result.progress["done"] >= 3) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: result.progress and result.progress["done"] >= 3, what="three steps")
     assert result.revoke()
-    time.sleep(0.5)
-    done = runs(clean_redis, key)
+    done = settled(lambda: runs(clean_redis, key), what="the step count")
     assert 3 <= done < 100
-    time.sleep(0.3)
-    assert runs(clean_redis, key) == done
     assert result.state is JobState.REVOKED
 
 
 def test_progress_is_visible_while_running(worker, clean_redis):
     result = AsyncResult(sample_actors.steps.send(str(uuid.uuid4()), 5, 0.1).message_id)
-    seen = wait_for_state(result, JobState.STARTED)
-    while not seen.get("progress"):
-        seen = result.info()
+    wait_for_state(result, JobState.STARTED)
+    seen = wait_until(lambda: (result.info() or {}).get("progress") and result.info(), what="a progress report")
     assert seen["progress"]["total"] == 5 and seen["progress"]["phase"] == "stepping"
     assert result.get(timeout=10) == 5
     assert result.progress["done"] == 5

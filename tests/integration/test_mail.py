@@ -8,7 +8,7 @@ from services import WorkerProcess, flush_queue
 from smtp import DROP_AFTER_DATA, running_smtp_server
 
 from pipeline.actors import send_email
-from pipeline.errors import PermanentError, SmtpRejected
+from pipeline.errors import PermanentError, SmtpRejected, SmtpUnavailable
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 
@@ -136,3 +136,13 @@ def test_a_connection_lost_after_data_is_not_resent(mail_worker):
     with pytest.raises(PermanentError, match="may have taken it"):
         result.get(timeout=30)
     assert len(mail_worker.mails) == 1
+
+
+def test_a_mail_deferred_on_every_attempt_fails_once_retries_run_out(mail_worker):
+    mail_worker.script.extend(["451 4.3.0 Try again later"] * 10)
+    result = AsyncResult(send_email.send(to="a@example.com", template="welcome", context=WELCOME).message_id)
+    with pytest.raises(SmtpUnavailable, match="451"):
+        result.get(timeout=30)
+    # The first attempt and PIPELINE_MAIL_MAX_RETRIES (5) retries, then the failure.
+    assert result.info()["attempt"] == 6
+    assert mail_worker.mails == []

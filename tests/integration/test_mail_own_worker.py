@@ -53,3 +53,23 @@ def test_password_reset_jumps_ahead_of_a_bulk_backlog(purge, start_worker, smtp_
     arrived = [to[0] for _, to in inbox.envelopes]
     assert arrived[:2] == ["reset@example.com", "order@example.com"]
     assert sorted(arrived[2:]) == sorted(f"n{i}@example.com" for i in range(6))
+
+
+def test_template_dirs_override_and_add_templates(purge, start_worker, smtp_server, tmp_path):
+    inbox, port = smtp_server
+    purge(DEFAULT_QUEUE)
+    (tmp_path / "welcome.txt").write_text(
+        "{% block subject %}Our own welcome{% endblock %}{% block body %}Hi{% endblock %}"
+    )
+    (tmp_path / "welcome.html").write_text("<p>Hi</p>")
+    (tmp_path / "farewell.txt").write_text(
+        "{% block subject %}Bye {{ name }}{% endblock %}{% block body %}Bye{% endblock %}"
+    )
+    (tmp_path / "farewell.html").write_text("<p>Bye</p>")
+    start_worker([DEFAULT_QUEUE], env={**mail_env(port), "PIPELINE_TEMPLATE_DIRS": str(tmp_path)})
+    welcome = send_email.send(to="a@example.com", template="welcome", context=WELCOME)
+    farewell = send_email.send(to="b@example.com", template="farewell", context={"name": "Sam"})
+    for message in (welcome, farewell):
+        AsyncResult(message.message_id).get(timeout=20)
+    subjects = sorted(mail["Subject"] for mail in inbox.wait_for(2))
+    assert subjects == ["[Shop] Bye Sam", "[Shop] Our own welcome"]

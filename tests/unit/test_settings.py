@@ -45,6 +45,16 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_BROKER_URL", "http://rabbit", "amqp://"),
         ("PIPELINE_REDIS_URL", "127.0.0.1:6379", "redis://"),
         ("PIPELINE_RETRY_MAX_BACKOFF", "10", "must be at least 15000"),
+        ("PIPELINE_MAIL_SENDER", "a@example.com, b@example.com", "must be one address, not 2"),
+        ("PIPELINE_MAIL_SENDER", "Shop", "is not an address"),
+        ("PIPELINE_MAIL_SENDER", "Shop <shop@localhost>", "is not an address"),
+        ("PIPELINE_MAIL_SENDER", "Shop\x0b <shop@example.com>", "control character"),
+        ("PIPELINE_MAIL_SUBJECT_PREFIX", "[Shop]\n", "line break"),
+        ("PIPELINE_MAIL_SUBJECT_PREFIX", "[Shop]\u2028", "line break"),
+        ("PIPELINE_NAMESPACE", "shop:eu", "expected letters, digits"),
+        ("PIPELINE_NAMESPACE", "", "expected letters, digits"),
+        ("PIPELINE_REDIS_SOCKET_TIMEOUT", "0", "must be more than 0"),
+        ("PIPELINE_REDIS_CONNECT_TIMEOUT", "-1", "must be more than 0"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(variable, value, complaint):
@@ -92,3 +102,10 @@ def test_the_default_export_time_limit_is_well_above_dramatiqs_ten_minutes():
 def test_a_retry_backoff_above_the_consumer_timeout_is_refused():
     with pytest.raises(SettingsError, match="PIPELINE_RETRY_MAX_BACKOFF"):
         Settings.from_env({"PIPELINE_RETRY_MAX_BACKOFF": "1800000"})
+
+
+def test_a_valid_sender_and_namespace_are_kept():
+    settings = Settings.from_env(
+        {"PIPELINE_MAIL_SENDER": "Zoë's Shop <noreply@shop.example>", "PIPELINE_NAMESPACE": "eu-1"}
+    )
+    assert settings.mail_sender == "Zoë's Shop <noreply@shop.example>" and settings.namespace == "eu-1"
