@@ -61,11 +61,25 @@ class JobTimeout(PipelineError, TimeoutError):
     """``AsyncResult.get`` ran out of time before the job finished."""
 
 
-class JobRevoked(PipelineError):
-    """The job was revoked: raised by a running actor that notices it, and by ``get()``."""
+class InvalidJobId(PermanentError, ValueError):
+    """A job id is not of the form pipeline issues (a UUID); nothing was looked up."""
 
 
-class JobFailed(PipelineError):
+class JobRevoked(PermanentError):
+    """The job was revoked: raised by ``AsyncResult.get``.
+
+    An actor that waits on another job and gets this error fails with it, for good.
+    """
+
+
+class JobStopped(PipelineError):
+    """Raised inside a running actor to stop its own job, which was revoked (see
+    :func:`pipeline.results.stop_if_revoked`); the message is acknowledged and the record stays
+    ``REVOKED``. A client never sees it.
+    """
+
+
+class JobFailed(PermanentError):
     """A job ended in ``FAILURE``; raised by ``AsyncResult.get`` when the remote error's type
     cannot be rebuilt as one of pipeline's own errors.
 

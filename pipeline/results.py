@@ -13,15 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.errors import JobFailed, JobRevoked
+from pipeline.job_id import check_job_id
 from pipeline.job_record import JobError, JobRecord, Progress
-from pipeline.jobs.current import current_message_id, is_revoked, report_progress
+from pipeline.jobs.current import current_message_id, is_revoked, report_progress, stop_if_revoked
 from pipeline.settings import Settings
 from pipeline.states import READY_STATES, JobState
 from pipeline.store import revocations
 from pipeline.store.records import get_store
 from pipeline.timestamps import now_iso
 
-__all__ = ["AsyncResult", "current_message_id", "is_revoked", "rebuild_error", "report_progress"]
+__all__ = ["AsyncResult", "current_message_id", "is_revoked", "rebuild_error", "report_progress", "stop_if_revoked"]
 
 #: Modules whose exception types ``get()`` rebuilds from a failed record.
 REBUILDABLE_MODULES = ("builtins", "pipeline")
@@ -37,6 +38,9 @@ class AsyncResult:
       message_id: The id of the message, as returned by ``send()`` (``message.message_id``).
       settings: Where the records live; the process's settings when omitted.
 
+    Raises:
+      InvalidJobId: ``message_id`` is not a job id (so it never reaches a Redis key).
+
     Examples:
       >>> r = AsyncResult(message_id)
       >>> r.state
@@ -46,7 +50,7 @@ class AsyncResult:
     """
 
     def __init__(self, message_id: str, settings: Settings | None = None) -> None:
-        self.id = message_id
+        self.id = check_job_id(message_id)
         self._store = get_store(settings)
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import JobTimeout, PipelineError
+from pipeline.errors import InvalidJobId, JobTimeout, PipelineError
 from pipeline.job_record import JobRecord
 from pipeline.results import AsyncResult
 from pipeline.settings import get_settings, mask_url
@@ -34,6 +34,8 @@ RET_UNFINISHED = 3
 RET_UNKNOWN = 4
 #: pipeline itself could not work: bad settings, Redis unreachable.
 RET_ERROR = 5
+#: The id given is not a job id.
+RET_BAD_ID = 6
 
 _EXIT_BY_STATE = {
     JobState.SUCCESS: RET_OK,
@@ -81,7 +83,8 @@ def format_record(message_id: str, record: JobRecord | None) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     handle = AsyncResult(args.message_id)
-    if args.wait is not None:
+    # An unknown id has nothing to wait for: answer at once.
+    if args.wait is not None and handle.state is not JobState.PENDING:
         with contextlib.suppress(JobTimeout):
             handle.get(timeout=args.wait, propagate=False)
     record = handle.info()
@@ -122,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="print a job's record",
         description="Print a job's record. Exit 0: SUCCESS; 1: FAILURE or REVOKED; "
-        "3: not finished; 4: no record; 5: pipeline could not work.",
+        "3: not finished; 4: no record; 5: pipeline could not work; 6: not a job id.",
     )
     status.add_argument("message_id", help="the job's message id")
     status.add_argument("--json", action="store_true", help="print the record as JSON")
@@ -139,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except InvalidJobId as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return RET_BAD_ID
     except PipelineError as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return RET_ERROR

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, cast
 from urllib.parse import quote
 
-from pipeline.errors import JobRevoked
+from pipeline.errors import JobStopped
 from pipeline.export.orders import Order, choose_columns, validate_order
 from pipeline.export.sources import OrderSource, open_source
 from pipeline.export.workbook import WorkbookWriter
@@ -136,7 +136,7 @@ class Exporter:
         Raises:
           InvalidOrder: A bad row; no file is left behind.
           SourceError: The source cannot be used.
-          JobRevoked: ``revoked()`` said so; no file is left behind.
+          JobStopped: ``revoked()`` said so; no file is left behind.
         """
         chosen = choose_columns(columns)
         source = open_source(
@@ -188,7 +188,7 @@ class Exporter:
             done = writer.order_rows
             if done % BATCH_SIZE == 0:
                 if revoked():
-                    raise JobRevoked(f"export stopped after {done} orders: the job was revoked")
+                    raise JobStopped(f"export stopped after {done} orders: the job was revoked")
                 if time.monotonic() - reported >= PROGRESS_INTERVAL:
                     reported = time.monotonic()
                     progress(done, source.total, "writing")

@@ -8,6 +8,8 @@ actor class and the broker raise that error to the caller (:func:`refusals_raise
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,13 +48,17 @@ def is_retry(message: dramatiq.Message[Any] | MessageProxy) -> bool:
 
 
 class MessageChecks(Middleware):
-    """Runs an actor's ``check`` on a message's arguments before it is sent.
+    """Refuses, in the sender, a message that could never run; nothing is queued or recorded.
 
-    ``@actor(check=function)`` makes ``send()`` call ``function(*args, **kwargs)`` first; a
-    :class:`~pipeline.errors.PermanentError` it raises reaches the sender as
-    :class:`~pipeline.errors.InvalidMessage` and nothing is queued, so bad input fails at once,
-    in the caller, rather than later in a worker.
+    Every message's arguments are bound to its actor's signature (an unknown or missing
+    argument) and must be JSON values (no NaN); then ``@actor(check=function)`` makes ``send()``
+    call ``function(*args, **kwargs)``, and a :class:`~pipeline.errors.PermanentError` it raises
+    refuses the message too. The sender gets :class:`~pipeline.errors.InvalidMessage` naming
+    the problem, so bad input fails at once, in the caller, rather than later in a worker.
     """
+
+    def __init__(self) -> None:
+        self._signatures: dict[str, inspect.Signature] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -63,12 +69,36 @@ class MessageChecks(Middleware):
         """Check a newly sent message (retries were checked when first sent)."""
         if is_retry(message):
             return
-        check = broker.get_actor(message.actor_name).options.get(CHECK_OPTION)
+        actor = broker.get_actor(message.actor_name)
+        signature = self._signatures.get(actor.actor_name)
+        if signature is None:
+            signature = self._signatures[actor.actor_name] = inspect.signature(actor.fn)
+        try:
+            signature.bind(*message.args, **message.kwargs)
+        except TypeError as exc:
+            raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
+        _check_json(actor.actor_name, message.args, message.kwargs)
+        check = actor.options.get(CHECK_OPTION)
         if check is None:
             return
         try:
             check(*message.args, **message.kwargs)
         except PermanentError as exc:
-            refusal = InvalidMessage(f"{message.actor_name}: {exc}")
+            refusal = InvalidMessage(f"{actor.actor_name}: {exc}")
             refusal.__cause__ = exc
             raise Refusal(refusal) from exc
+
+
+def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse arguments that are not JSON values, naming the first such argument."""
+    try:
+        json.dumps([args, kwargs], allow_nan=False)
+        return
+    except (TypeError, ValueError):
+        pass
+    named = [(f"argument {n + 1}", value) for n, value in enumerate(args)] + [(repr(k), v) for k, v in kwargs.items()]
+    for name, value in named:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise Refusal(InvalidMessage(f"{actor_name}: {name} is not a JSON value ({exc})")) from None

@@ -1,5 +1,8 @@
 """What a running actor asks about its own job: its id, whether it was revoked, and progress.
 
+Progress reports and revocation checks never fail a job: while Redis is away a report is
+dropped (and False returned), and a revocation is looked up in the worker's memory.
+
 The job-records middleware tells this module which message each worker thread is running. It
 imports neither Dramatiq nor the actors, so :mod:`pipeline.results` can offer these functions to
 actors without loading Dramatiq into a client that only follows jobs.
@@ -7,9 +10,11 @@ actors without loading Dramatiq into a client that only follows jobs.
 
 from __future__ import annotations
 
+import logging
 import threading
 
-from pipeline.errors import PipelineError
+from pipeline.errors import JobStopped, PipelineError, ResultBackendUnavailable
+from pipeline.job_id import check_job_id
 from pipeline.job_record import Progress
 from pipeline.states import JobState
 from pipeline.store import revocations
@@ -17,6 +22,8 @@ from pipeline.store.records import get_store
 from pipeline.timestamps import now_iso
 
 _running = threading.local()
+
+logger = logging.getLogger(__name__)
 
 
 def set_current_message_id(message_id: str | None) -> None:
@@ -48,10 +55,19 @@ def report_progress(
       message_id: The job; the message this worker thread is processing when omitted.
 
     Returns:
-      False when the record is missing or already finished (the report is dropped).
+      False when the record is missing or already finished, or Redis is away (the report is
+      dropped).
+
+    Raises:
+      InvalidJobId: ``message_id`` is not a job id.
     """
+    job_id = current_message_id() if message_id is None else check_job_id(message_id)
     progress: Progress = {"done": done, "total": total, "phase": phase, "updated_at": now_iso()}
-    return get_store().update(message_id or current_message_id(), progress=progress)
+    try:
+        return get_store().update(job_id, progress=progress)
+    except ResultBackendUnavailable as exc:
+        logger.debug("Progress of job %s not recorded: %s", job_id, exc)
+        return False
 
 
 def is_revoked(message_id: str | None = None) -> bool:
@@ -60,8 +76,22 @@ def is_revoked(message_id: str | None = None) -> bool:
     In a worker process this is a lookup in memory (see :mod:`pipeline.store.revocations`),
     cheap enough to call between any two batches of work; elsewhere it reads the record.
     """
-    message_id = message_id or current_message_id()
+    message_id = current_message_id() if message_id is None else check_job_id(message_id)
     watcher = revocations.current_watcher()
     if watcher is not None:
         return message_id in watcher
     return get_store().state(message_id) is JobState.REVOKED
+
+
+def stop_if_revoked(doing: str = "stopped") -> None:
+    """Stop the job this worker thread runs if it was revoked: call it between batches of work.
+
+    Parameters:
+      doing: Where the job stood, for the log (``"stopped after 500 of 2000 rows"``).
+
+    Raises:
+      JobStopped: The job was revoked; let it propagate (the message is acknowledged and the
+        record stays ``REVOKED``).
+    """
+    if is_revoked():
+        raise JobStopped(f"job {current_message_id()} {doing}: it was revoked")

@@ -12,3 +12,5 @@ BULK_PRIORITY_OPTION = "bulk_priority"
 RETRIES_OPTION = "retries"
 #: Message option holding a delayed message's due time (Unix milliseconds).
 ETA_OPTION = "eta"
+#: Message option counting the deliveries RabbitMQ repeated (a worker died holding the message).
+REDELIVERIES_OPTION = "pipeline_redeliveries"

@@ -1,13 +1,17 @@
-"""The middleware that keeps each job's record through its life.
+"""The middleware that keeps each job's record through its life, on every path a message takes.
 
 It must stand before :class:`~pipeline.jobs.retries.PipelineRetries` in the broker's list:
 Dramatiq runs ``after_*`` hooks in reverse order, so the record is written once the retry
 decision is made.
+
+Redis being away never stops a job: a sender logs one line and the worker writes the record;
+a worker keeps the writes Redis did not take and :class:`~pipeline.jobs.catch_up.CatchUp`
+makes them when it is back.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -17,16 +21,26 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, SkipMessage
 
-from pipeline.errors import JobRevoked
+from pipeline.errors import JobStopped, ResultBackendUnavailable
+from pipeline.job_id import is_job_id
 from pipeline.job_record import JobError, error_info
+from pipeline.jobs.catch_up import CatchUp
 from pipeline.jobs.checks import is_retry
 from pipeline.jobs.current import set_current_message_id
-from pipeline.jobs.options import BROKER_PRIORITY_OPTION, ETA_OPTION, RETRIES_OPTION
+from pipeline.jobs.options import BROKER_PRIORITY_OPTION, ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.starts import DelayedStarts
 from pipeline.states import JobState
-from pipeline.store.records import RecordStore
+from pipeline.store.records import QUEUED_ANSWER_WAIT, RecordStore
 from pipeline.store.revocations import RevocationWatcher
 from pipeline.timestamps import iso_from_millis, now_iso
+
+logger = logging.getLogger(__name__)
+
+#: The error of a job a middleware failed before it ran (an age limit, say): it is dead-lettered.
+FAILED_BEFORE_RUN: JobError = {
+    "type": "pipeline.errors.PermanentError",
+    "message": "failed by a middleware before it ran (for example, past its age limit); dead-lettered",
+}
 
 
 class JobRecords(Middleware):
@@ -34,8 +48,11 @@ class JobRecords(Middleware):
 
     ``QUEUED`` once RabbitMQ has taken the message (written by the sender), ``STARTED`` with
     the attempt number, ``RETRY`` with the error and when the next attempt is due, then
-    ``SUCCESS`` with the return value or ``FAILURE`` with the error. A message whose record is
-    already finished (revoked before it ran, or redelivered after it succeeded) is skipped.
+    ``SUCCESS`` with the return value or ``FAILURE`` with the error, also when a middleware
+    skipped or dead-lettered the message. A message whose record is already finished (revoked
+    before it ran, or redelivered after it succeeded) is skipped. ``attempt`` counts every
+    delivery: a redelivery after a worker died is one more, and the record notes the attempt
+    that was cut off.
 
     Parameters:
       store: Where the records go.
@@ -45,12 +62,18 @@ class JobRecords(Middleware):
         self.store = store
         self.watcher = RevocationWatcher(store.redis)
         self.starts = DelayedStarts(store, store.settings.started_after / 1000)
+        self.catch_up = CatchUp(store)
         self._local = threading.local()
+        # Failed messages whose FAILURE this process wrote, until their nack: a nack of any
+        # other message (dead-lettered by a middleware) writes one itself.
+        self._failed_here: set[str] = set()
+        self._failed_lock = threading.Lock()
 
     @staticmethod
     def _describe(message: dramatiq.Message[Any] | MessageProxy) -> dict[str, Any]:
         """The fields that say what a job is. Both the sender and the worker write them, since
-        a fast worker's ``STARTED`` can land before the sender's ``QUEUED``, which then yields.
+        a fast worker's ``STARTED`` can land before the sender's ``QUEUED``, which then yields,
+        and a sender that could not reach Redis leaves the record to the worker.
         """
         fields = {
             "message_id": message.message_id,
@@ -76,17 +99,30 @@ class JobRecords(Middleware):
         self._local.pending = self.store.begin_write(message.message_id, JobState.QUEUED, **self._describe(message))
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
-        """Read the answer to the ``QUEUED`` write sent before publishing."""
+        """Read the answer to the ``QUEUED`` write, waiting a moment at most: RabbitMQ has the
+        message, so a Redis that is away or slow only costs the record, which the worker writes.
+        """
         pending = getattr(self._local, "pending", None)
         if pending is not None and not is_retry(message):
             self._local.pending = None
-            pending.result()
+            try:
+                pending.result(wait=QUEUED_ANSWER_WAIT)
+            except ResultBackendUnavailable as exc:
+                logger.warning(
+                    "Job %s (%s) was sent; its QUEUED record was not written: %s",
+                    message.message_id,
+                    message.actor_name,
+                    exc,
+                )
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         """RabbitMQ did not take the message: take back its ``QUEUED`` record."""
         self._drop_pending()
-        if self.store.state(message.message_id) is JobState.QUEUED:
-            self.store.delete(message.message_id)
+        try:
+            if self.store.state(message.message_id) is JobState.QUEUED:
+                self.store.delete(message.message_id)
+        except ResultBackendUnavailable as exc:
+            logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
 
     def _drop_pending(self) -> None:
         pending = getattr(self._local, "pending", None)
@@ -99,20 +135,29 @@ class JobRecords(Middleware):
 
     def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Record a batch of newly sent messages as ``QUEUED`` in one Redis round trip."""
-        self.store.write_queued(self._describe(m) for m in messages)
+        try:
+            self.store.write_queued(self._describe(m) for m in messages)
+        except ResultBackendUnavailable as exc:
+            logger.warning("%d jobs were sent; their QUEUED records were not written: %s", len(messages), exc)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Start watching revocations, so that checking one costs no Redis read, and the
-        thread that writes the starts of jobs that run longer than a moment.
+        """Start watching revocations, so that checking one costs no Redis read, the thread
+        that writes the starts of jobs that run longer than a moment, and the one that makes
+        the writes Redis did not take once it is back.
         """
         self.watcher.start()
         if self.starts.delay > 0:
             self.starts.start()
+        self.catch_up.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Stop watching revocations; write the starts still pending."""
         self.watcher.stop()
         self.starts.stop()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Make the kept writes one last time, and say how many are lost if Redis is still away."""
+        self.catch_up.stop()
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Record ``STARTED``, or skip the message when it was revoked or already finished.
@@ -120,23 +165,50 @@ class JobRecords(Middleware):
         A first delivery's record is checked in memory (the revocation watcher) and its
         ``STARTED`` write is left to :class:`~pipeline.jobs.starts.DelayedStarts`, or sent without
         waiting when starts are written at once. A redelivery (a worker died holding it, perhaps
-        after it finished) and any message while the watcher is down wait for the write's
-        answer, which says whether the record was already final.
+        after it finished) and any message while the watcher is down read the record first.
         """
-        attempt = message.options.get(RETRIES_OPTION, 0) + 1
+        if not is_job_id(message.message_id):
+            # No record can be kept under an id of another form: dead-letter it, with the reason logged.
+            logger.warning(
+                "Message %r (%s) has no job id of pipeline's form; dead-lettered without running.",
+                message.message_id,
+                message.actor_name,
+            )
+            message.fail()
+            raise SkipMessage("not a job id")
+        redelivered = getattr(message, "redelivered", True)
+        fields: dict[str, Any] = {"started_at": now_iso(), **self._describe(message)}
+        if redelivered or not self.watcher.running:
+            self._look_before_running(message, redelivered, fields)
+        elif message.message_id in self.watcher:
+            raise SkipMessage(f"job {message.message_id} was revoked")
+        attempt = message.options.get(RETRIES_OPTION, 0) + 1 + message.options.get(REDELIVERIES_OPTION, 0)
+        self._local.started = (attempt, fields["started_at"])
         set_current_message_id(message.message_id)
-        fields = {"started_at": now_iso(), **self._describe(message)}
-        if self.watcher.running and not getattr(message, "redelivered", True):
-            if message.message_id in self.watcher:
-                raise SkipMessage(f"job {message.message_id} was revoked")
-            if self.starts.running:
-                self.starts.add(message.message_id, attempt, fields)
-            else:
-                self.store.begin_write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
+        if self.starts.running:
+            self.starts.add(message.message_id, attempt, fields)
+        else:
+            self.store.begin_write(message.message_id, JobState.STARTED, attempt=attempt, keep=True, **fields)
+
+    def _look_before_running(self, message: MessageProxy, redelivered: bool, fields: dict[str, Any]) -> None:
+        """Read the record of a message that may have run before: skip it if it is finished, and
+        count a redelivery as one more attempt (noting the attempt that was cut off).
+        """
+        try:
+            record = self.store.read(message.message_id)
+        except ResultBackendUnavailable as exc:
+            logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
             return
-        _, state = self.store.write(message.message_id, JobState.STARTED, attempt=attempt, **fields)
-        if state.ready:
-            raise SkipMessage(f"job {message.message_id} is already {state}")
+        if record is not None and JobState(record["state"]).ready:
+            raise SkipMessage(f"job {message.message_id} is already {record['state']}")
+        if not redelivered:
+            return
+        retries = message.options.get(RETRIES_OPTION, 0)
+        earlier = record.get("attempt", 0) if record is not None else 0
+        # RabbitMQ delivered this attempt before: one more attempt than the last one recorded.
+        message.options[REDELIVERIES_OPTION] = max(earlier - retries, message.options.get(REDELIVERIES_OPTION, 0) + 1)
+        if record is not None and record["state"] == JobState.STARTED.value:
+            fields["cut_off"] = {"attempt": earlier, "started_at": record.get("started_at"), "noticed_at": now_iso()}
 
     def after_process_message(
         self,
@@ -148,40 +220,61 @@ class JobRecords(Middleware):
     ) -> None:
         """Record ``SUCCESS``, ``RETRY`` or ``FAILURE`` from the outcome and the retry decision."""
         set_current_message_id(None)
-        attempt = message.options.get(RETRIES_OPTION, 0)
+        attempt, started_at = getattr(self._local, "started", (0, now_iso()))
         retry_eta = getattr(self._local, "retry_eta", None)
         self._local.retry_eta = None
         # A start not written yet goes with the final write: one write for a quick job.
-        started_attempt, started = self.starts.take(message.message_id)
-        if isinstance(exception, JobRevoked):
+        _, start_fields = self.starts.take(message.message_id)
+        if isinstance(exception, JobStopped):
             return
-        # The final write's answer is read with the thread's next write: the record is in
-        # Redis's hands as soon as it is sent, and the worker need not wait a round trip.
-        final = functools.partial(self.store.begin_write, message.message_id, finished_at=now_iso(), **started)
+        # Every last write says when the attempt started, whichever write of the start lands first.
+        fields = {**start_fields, "started_at": started_at, "finished_at": now_iso()}
         if exception is None and not message.failed:
+            if attempt > 1:
+                # The previous attempt's error and retry time no longer describe the job.
+                fields.update(error=None, next_attempt_at=None)
             try:
-                final(JobState.SUCCESS, attempt=started_attempt, result=result)
+                self._write(message, JobState.SUCCESS, attempt, result=result, **fields)
             except TypeError as exc:
                 message.fail()
                 not_json: JobError = {"type": "TypeError", "message": f"the result is not JSON-safe: {exc}"}
-                final(JobState.FAILURE, attempt=started_attempt, error=not_json)
+                self._write(message, JobState.FAILURE, attempt, error=not_json, **fields)
             return
-        error: JobError = (
-            error_info(exception)
-            if exception is not None
-            else {"type": "pipeline.errors.PermanentError", "message": "failed by a middleware before it ran"}
-        )
+        error = error_info(exception) if exception is not None else FAILED_BEFORE_RUN
         if message.failed:
-            final(JobState.FAILURE, attempt=started_attempt, error=error)
+            self._write(message, JobState.FAILURE, attempt, error=error, **fields)
         else:
+            fields.pop("finished_at")
             due = iso_from_millis(retry_eta) if retry_eta else None
-            self.store.begin_write(
-                message.message_id, JobState.RETRY, attempt=attempt, error=error, next_attempt_at=due, **started
-            )
+            self._write(message, JobState.RETRY, attempt, error=error, next_attempt_at=due, **fields)
+
+    def _write(self, message: MessageProxy, state: JobState, attempt: int, **fields: Any) -> None:
+        if state is JobState.FAILURE:
+            with self._failed_lock:
+                self._failed_here.add(message.message_id)
+        # The answer is read with the thread's next write: the record is in Redis's hands as
+        # soon as it is sent, and the worker need not wait a round trip. If Redis does not take
+        # it, it is kept and written when Redis is back.
+        self.store.begin_write(message.message_id, state, attempt=attempt, keep=True, **fields)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        """The thread runs no job any more."""
+        """Record ``FAILURE`` for a message a middleware failed and skipped (it is dead-lettered)."""
         set_current_message_id(None)
+        if message.failed and is_job_id(message.message_id):
+            self._write(
+                message, JobState.FAILURE, 0, error=FAILED_BEFORE_RUN, finished_at=now_iso(), **self._describe(message)
+            )
+
+    def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """A dead-lettered message's record ends ``FAILURE`` (a no-op when it already has)."""
+        with self._failed_lock:
+            if message.message_id in self._failed_here:
+                self._failed_here.discard(message.message_id)
+                return
+        if is_job_id(message.message_id):
+            self._write(message, JobState.FAILURE, 0, error=FAILED_BEFORE_RUN, finished_at=now_iso())
+            with self._failed_lock:
+                self._failed_here.discard(message.message_id)
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
         """Read the answers the thread's last writes still wait for."""

@@ -1,4 +1,11 @@
-"""Retries that never repeat what cannot pass."""
+"""Retries only of what can pass.
+
+A failure is retried only when it is a passing condition: a
+:class:`~pipeline.errors.TransientError` (a service unavailable, a timeout, a 4xx reply), a
+builtin ``ConnectionError`` or ``TimeoutError``, or an exception type the actor declares with
+``@actor(retry_on=(...))``. Anything else would happen again with the same message (bad input,
+a bug, a value out of range): the job fails at its first attempt and is dead-lettered.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,25 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Retries
 
-from pipeline.errors import JobRevoked, PermanentError
+from pipeline.errors import JobStopped, TransientError
+
+#: Actor option: more exception types that count as passing for that actor.
+RETRY_ON_OPTION = "retry_on"
+#: Exceptions that may pass whatever the actor: trouble with a service, or time running out.
+PASSING = (TransientError, ConnectionError, TimeoutError)
 
 
 class PipelineRetries(Retries):
-    """Dramatiq's ``Retries``, except that a :class:`~pipeline.errors.PermanentError` is failed
-    at once (and so dead-lettered) and a :class:`~pipeline.errors.JobRevoked` is dropped
-    (acknowledged, neither retried nor dead-lettered).
+    """Dramatiq's ``Retries`` (backoff, ``max_retries``, ``throws``) for passing failures only.
+
+    Any other exception fails the message at once, so it is dead-lettered, and a
+    :class:`~pipeline.errors.JobStopped` (the actor stopped its revoked job) acknowledges it.
     """
+
+    @property
+    def actor_options(self) -> set[str]:
+        """Dramatiq's retry options, and ``retry_on``."""
+        return {*super().actor_options, RETRY_ON_OPTION}
 
     def after_process_message(
         self,
@@ -26,10 +44,9 @@ class PipelineRetries(Retries):
         exception: BaseException | None = None,
     ) -> None:
         """Decide between retrying, failing and dropping a message whose actor raised."""
-        if isinstance(exception, JobRevoked):
+        if exception is None or isinstance(exception, JobStopped):
             return
-        if isinstance(exception, PermanentError):
-            self.logger.info("Failing message %r: %s", message.message_id, exception)
+        if not self.may_pass(broker, message, exception):
             message.fail()
             return
         try:
@@ -38,3 +55,14 @@ class PipelineRetries(Retries):
             # The retry could not be sent: dead-letter the message rather than ack and lose it.
             self.logger.exception("Could not schedule a retry of message %r.", message.message_id)
             message.fail()
+
+    @staticmethod
+    def may_pass(broker: dramatiq.Broker, message: MessageProxy, exception: BaseException) -> bool:
+        """Whether ``exception`` is a passing condition for the message's actor."""
+        if isinstance(exception, PASSING):
+            return True
+        try:
+            declared = broker.get_actor(message.actor_name).options.get(RETRY_ON_OPTION, ())
+        except dramatiq.errors.ActorNotFound:
+            return False
+        return bool(declared) and isinstance(exception, declared)

@@ -15,7 +15,6 @@ import threading
 import time
 from typing import Any
 
-from pipeline.errors import ResultBackendUnavailable
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
 
@@ -80,10 +79,9 @@ class DelayedStarts:
             due = [key for key, (noted, _, _) in self._pending.items() if everything or noted <= limit]
             entries = [(key, self._pending.pop(key)) for key in due]
         for message_id, (_, attempt, fields) in entries:
-            try:
-                self.store.write(message_id, JobState.STARTED, attempt=attempt, **fields)
-            except ResultBackendUnavailable:
-                logger.warning("Could not record the start of job %s.", message_id, exc_info=True)
+            # Kept and written later if Redis does not take it now.
+            self.store.begin_write(message_id, JobState.STARTED, attempt=attempt, keep=True, **fields)
+        self.store.settle_thread()
 
     def _run(self) -> None:
         while not self._stop.wait(self.delay / 2):

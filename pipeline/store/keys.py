@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Seconds a failed job's record lives at least: as long as RabbitMQ keeps a dead-lettered
+#: message (Dramatiq's seven days), so every message in a ``.XQ`` queue can be explained.
+FAILURE_TTL = 7 * 86_400
+
 
 @dataclass(frozen=True)
 class Keys:

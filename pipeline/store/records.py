@@ -15,6 +15,7 @@ import collections
 import contextlib
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -28,11 +29,29 @@ from pipeline.job_record import JobRecord
 from pipeline.settings import Settings
 from pipeline.states import FINAL_RANK, JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
+from pipeline.store.keys import FAILURE_TTL
+
+logger = logging.getLogger(__name__)
+
+#: One write: the script's keys and arguments.
+WriteCall = tuple[list[str], list[Any]]
 
 #: Record writes a thread may have sent without reading their answers yet.
 MAX_UNREAD_WRITES = 2
-#: Share of the socket timeout one blocking wait for a result may take, so Redis answers in time.
-WAIT_SLICE_SHARE = 0.5
+#: Seconds a sender waits, after RabbitMQ's confirm, for the answer to its ``QUEUED`` write.
+QUEUED_ANSWER_WAIT = 0.25
+#: Seconds one blocking wait for a result lasts at most before it is renewed.
+WAIT_SLICE = 30.0
+#: Seconds past a blocking wait's own end that Redis may take to answer it.
+WAIT_MARGIN = 1.0
+#: Worker record writes kept while Redis is away, to be written when it is back; past this
+#: many, the oldest are dropped (and the loss logged).
+MAX_KEPT_WRITES = 50_000
+#: Kept writes sent to Redis in one round trip when catching up.
+CATCH_UP_BATCH = 500
+#: Error replies that pass (memory, a replica, a loading or busy server): a write that got one
+#: is kept and written again; any other error reply is final.
+PASSING_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "NOSCRIPT")
 
 #: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
 #: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
@@ -67,7 +86,10 @@ class RecordStore:
     """Reads and writes job records in one Redis database.
 
     Nothing connects until the first call. Redis errors surface as
-    :class:`~pipeline.errors.ResultBackendUnavailable` naming the URL (password masked).
+    :class:`~pipeline.errors.ResultBackendUnavailable` naming the URL (password masked). A
+    write sent with ``keep=True`` (a worker's) that Redis does not take is kept instead, and
+    :meth:`catch_up` writes it once Redis is back: every write is idempotent (ranks), so a late
+    one never turns a record back.
 
     Parameters:
       redis: The Redis of the records; gives the keys and ``result_ttl``.
@@ -78,6 +100,9 @@ class RecordStore:
         self.settings = redis.settings
         self.keys = redis.keys
         self._local = threading.local()
+        self._kept: collections.deque[WriteCall] = collections.deque()
+        self._kept_lock = threading.Lock()
+        self.dropped = 0
 
     @property
     def client(self) -> redis.Redis:
@@ -95,29 +120,39 @@ class RecordStore:
 
     def _write_call(
         self, message_id: str, state: JobState | None, attempt: int, fields: Mapping[str, Any]
-    ) -> tuple[list[str], list[Any]]:
+    ) -> WriteCall:
         """The keys and arguments of the write script for one record (state None: keep it)."""
         if state is not None:
             fields = {"message_id": message_id, "state": state.value, **fields}
             if attempt:
                 fields = {**fields, "attempt": attempt}
-        args: list[Any] = ["" if state is None else rank(state, attempt), self.settings.result_ttl]
+        # A failure lives as long as its message may wait in the dead-letter queue.
+        ttl = max(self.settings.result_ttl, FAILURE_TTL) if state is JobState.FAILURE else self.settings.result_ttl
+        args: list[Any] = ["" if state is None else rank(state, attempt), ttl]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
         return [self.keys.record(message_id), self.keys.done(message_id)], args
 
-    def _send(self, keys: list[str], args: list[Any], pending: PendingWrite | None = None) -> PendingWrite:
+    def _send(self, call: WriteCall, keep: bool, pending: PendingWrite | None = None) -> PendingWrite:
         """Send one write on this thread's own connection; its answer is read later, in order."""
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
             line = self._local.line = _WriteLine(self.redis.new_connection())
-        with self.translated():
+        pending = pending or PendingWrite(self, line, call, keep)
+        keys, args = call
+        try:
             try:
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
             except (redis.ConnectionError, redis.TimeoutError):
-                line.drop_connection()
+                # A connection Redis closed while idle: one new connection, one more try.
+                for lost in line.drop_connection():
+                    lost.lost(redis.ConnectionError("connection lost"))
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-        pending = pending or PendingWrite(self, line, keys, args)
+        except redis.RedisError as exc:
+            for lost in line.drop_connection():
+                lost.lost(exc)
+            pending.lost(exc)
+            return pending
         line.unread.append(pending)
         # Answers older than the last few have long arrived: reading them now costs no wait
         # and keeps unread answers from piling up in the socket.
@@ -130,9 +165,6 @@ class RecordStore:
         line = getattr(self._local, "line", None)
         while line is not None and line.unread:
             line.unread[-1].settle()
-
-    def _run(self, keys: list[str], args: list[Any]) -> tuple[bool, JobState]:
-        return self._send(keys, args).result()
 
     def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
         """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.
@@ -147,22 +179,77 @@ class RecordStore:
           Whether the write applied, and the record's state after it.
 
         Raises:
-          ResultBackendUnavailable: Redis is unreachable.
+          ResultBackendUnavailable: Redis failed; the write may not have been made.
           TypeError: A field is not JSON-safe.
         """
-        return self._run(*self._write_call(message_id, state, attempt, fields))
+        return self._send(self._write_call(message_id, state, attempt, fields), keep=False).result()
 
-    def begin_write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> PendingWrite:
+    def begin_write(
+        self, message_id: str, state: JobState, /, *, attempt: int = 0, keep: bool = False, **fields: Any
+    ) -> PendingWrite:
         """Send the same write as :meth:`write` without waiting for Redis's answer.
 
         The caller does other waiting meanwhile (a publisher confirm) and then calls
-        :meth:`PendingWrite.result`, so the Redis round trip costs no time of its own.
+        :meth:`PendingWrite.result`, or never asks: a worker's writes are read with the thread's
+        next write.
+
+        Parameters:
+          keep: Keep the write, to be made by :meth:`catch_up`, when Redis does not take it.
 
         Raises:
-          ResultBackendUnavailable: Redis is unreachable.
           TypeError: A field is not JSON-safe.
         """
-        return self._send(*self._write_call(message_id, state, attempt, fields))
+        return self._send(self._write_call(message_id, state, attempt, fields), keep)
+
+    def keep(self, call: WriteCall) -> None:
+        """Keep a write Redis did not take, for :meth:`catch_up` (dropping the oldest past the bound)."""
+        with self._kept_lock:
+            if len(self._kept) >= MAX_KEPT_WRITES:
+                self._kept.popleft()
+                self.dropped += 1
+            self._kept.append(call)
+
+    @property
+    def kept(self) -> int:
+        """How many writes wait for Redis to come back."""
+        return len(self._kept)
+
+    def catch_up(self) -> int:
+        """Make the kept writes, in order, a batch per round trip, while Redis takes them.
+
+        Returns:
+          How many were written.
+
+        Raises:
+          ResultBackendUnavailable: Redis is still away (what was not written stays kept).
+        """
+        written = 0
+        while True:
+            with self._kept_lock:
+                batch = [self._kept.popleft() for _ in range(min(CATCH_UP_BATCH, len(self._kept)))]
+            if not batch:
+                return written
+            try:
+                with self.translated():
+                    self.client.script_load(_WRITE_SCRIPT)
+                    pipe = self.client.pipeline(transaction=False)
+                    for keys, args in batch:
+                        self._script(keys=keys, args=args, client=pipe)
+                    replies = pipe.execute(raise_on_error=False)
+            except ResultBackendUnavailable:
+                with self._kept_lock:
+                    self._kept.extendleft(reversed(batch))
+                raise
+            for call, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, redis.ResponseError):
+                    if str(reply).startswith(PASSING_REPLIES):
+                        self.keep(call)
+                        continue
+                    logger.warning("A kept record write to %s was refused for good: %s", call[0][0], reply)
+                    continue
+                written += 1
+            if self._kept and written == 0:
+                return written
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Write ``QUEUED`` records for many messages in one round trip.
@@ -171,13 +258,12 @@ class RecordStore:
           records: Record fields, each with its ``message_id``.
 
         Raises:
-          ResultBackendUnavailable: Redis is unreachable.
+          ResultBackendUnavailable: Redis failed.
         """
         with self.translated():
             pipe = self.client.pipeline(transaction=False)
             for fields in records:
-                message_id = fields["message_id"]
-                keys, args = self._write_call(message_id, JobState.QUEUED, 0, fields)
+                keys, args = self._write_call(fields["message_id"], JobState.QUEUED, 0, fields)
                 self._script(keys=keys, args=args, client=pipe)
             pipe.execute()
 
@@ -186,8 +272,11 @@ class RecordStore:
 
         Returns:
           False when there is no record or it is finished (the write is then dropped).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
         """
-        applied, _ = self._run(*self._write_call(message_id, None, 0, fields))
+        applied, _ = self._send(self._write_call(message_id, None, 0, fields), keep=False).result()
         return applied
 
     def read(self, message_id: str) -> JobRecord | None:
@@ -211,31 +300,44 @@ class RecordStore:
         """Block until ``message_id``'s record is finished and return it.
 
         A blocking Redis call on the record's done list answers at once when the job has
-        already finished, or the moment it does. The wait is cut into calls shorter than the
-        socket timeout, so a frozen Redis is noticed and a long wait never trips the timeout.
+        already finished, or the moment it does. Each call's answer is awaited only a moment
+        past its own end, so a frozen Redis costs about ``timeout``, never forever.
 
         Raises:
           JobTimeout: ``timeout`` seconds passed first.
-          ResultBackendUnavailable: Redis is unreachable.
+          ResultBackendUnavailable: Redis failed or did not answer in time.
         """
         done = self.keys.done(message_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        longest = self.settings.redis_socket_timeout * WAIT_SLICE_SHARE
         with self.translated():
             while True:
-                left = longest if deadline is None else min(longest, deadline - time.monotonic())
+                left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
                 if left <= 0:
                     # BLMOVE reads a timeout of 0 as "forever"; no time left means look once.
                     snapshot = cast("str | None", self.client.lindex(done, 0))
                 else:
-                    # BLMOVE takes seconds with a millisecond resolution (redis-py types it as whole seconds).
-                    seconds: Any = max(round(left, 3), 0.001)
-                    snapshot = cast("str | None", self.client.blmove(done, done, seconds, src="RIGHT", dest="LEFT"))
+                    snapshot = self._blocking_move(done, left)
                 if snapshot is not None:
                     return _decode(json.loads(snapshot))
                 if left <= 0:
                     state = self.state(message_id)
                     raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {state})")
+
+    def _blocking_move(self, key: str, seconds: float) -> str | None:
+        """``BLMOVE key key RIGHT LEFT seconds``, its answer awaited at most a moment past ``seconds``."""
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            # BLMOVE takes seconds with a millisecond resolution.
+            connection.send_command("BLMOVE", key, key, "RIGHT", "LEFT", max(round(seconds, 3), 0.001))
+            if not connection.can_read(timeout=seconds + min(WAIT_MARGIN, self.settings.redis_socket_timeout)):
+                raise redis.TimeoutError(f"no answer within {seconds:.1f} s")
+            return cast("str | None", connection.read_response())
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
 
 class _WriteLine:
@@ -265,58 +367,75 @@ class _WriteLine:
 class PendingWrite:
     """A record write sent to Redis whose answer has not been read yet; see :meth:`result`."""
 
-    def __init__(self, store: RecordStore, line: _WriteLine, keys: list[str], args: list[Any]) -> None:
+    def __init__(self, store: RecordStore, line: _WriteLine, call: WriteCall, keep: bool) -> None:
         self._store = store
         self._line = line
-        self._call = (keys, args)
+        self._call = call
+        self._keep = keep
         self._outcome: tuple[bool, JobState] | None = None
         self._error: redis.RedisError | None = None
-        self._resent = False
 
-    def settle(self) -> None:
+    @property
+    def settled(self) -> bool:
+        """True once the answer is known (or the write failed, or was kept)."""
+        return self._outcome is not None or self._error is not None
+
+    def lost(self, error: redis.RedisError) -> None:
+        """Redis did not take this write (or its answer was lost): keep it, or remember why."""
+        if self._keep:
+            self._store.keep(self._call)
+            self._outcome = (False, JobState.PENDING)
+        else:
+            self._error = error
+
+    def settle(self, wait: float | None = None) -> None:
         """Read this write's answer, and those of the writes sent before it on the connection.
 
-        A write whose connection broke is sent again once on a new one: the script's rank check
-        makes a repeat harmless.
+        Every answer is consumed and matched to its write, an error reply included, so a later
+        answer is never taken for an earlier write's.
 
-        Raises:
-          ResultBackendUnavailable: Redis is unreachable.
+        Parameters:
+          wait: Seconds to wait at most for the answer; None: the socket timeout. An answer
+            not there in time is taken as lost, with the connection.
         """
         line = self._line
-        while self._outcome is None and self in line.unread:
+        while not self.settled and self in line.unread:
             oldest = line.unread[0]
-            with self._store.translated():
+            try:
+                if wait is not None and not line.connection.can_read(timeout=wait):
+                    raise redis.TimeoutError(f"no answer within {wait} s")
+                reply = line.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                # Redis lost its script cache (a restart): load it and send the write again.
+                line.unread.popleft()
                 try:
-                    reply = line.connection.read_response()
-                except redis.exceptions.NoScriptError:
-                    # Redis lost its script cache (a restart): load it and send this write again.
-                    line.unread.popleft()
                     self._store.client.script_load(_WRITE_SCRIPT)
-                    self._store._send(*oldest._call, pending=oldest)
+                except redis.RedisError as exc:
+                    oldest.lost(exc)
                     continue
-                except (redis.ConnectionError, redis.TimeoutError):
-                    if self._resent:
-                        raise
-                    self._resent = True
-                    for lost in line.drop_connection():
-                        self._store._send(*lost._call, pending=lost)
-                    continue
-                except redis.ResponseError as exc:
-                    # An error reply (out of memory, read-only replica) is this write's answer:
-                    # consumed, so the next answer is matched to the next write.
-                    line.unread.popleft()
-                    oldest._error = exc
-                    continue
+                self._store._send(oldest._call, oldest._keep, pending=oldest)
+                continue
+            except redis.ResponseError as exc:
+                line.unread.popleft()
+                oldest.lost(exc)
+                continue
+            except redis.RedisError as exc:
+                for lost in line.drop_connection():
+                    lost.lost(exc)
+                continue
             line.unread.popleft()
             oldest._outcome = _outcome(*reply)
 
-    def result(self) -> tuple[bool, JobState]:
+    def result(self, wait: float | None = None) -> tuple[bool, JobState]:
         """Wait for Redis's answer: whether the write applied, and the record's state after it.
 
+        Parameters:
+          wait: Seconds to wait at most (see :meth:`settle`).
+
         Raises:
-          ResultBackendUnavailable: Redis is unreachable.
+          ResultBackendUnavailable: Redis failed, or did not answer in time.
         """
-        self.settle()
+        self.settle(wait)
         if self._error is not None:
             raise self._store.redis.unavailable(self._error)
         if self._outcome is None:
@@ -326,7 +445,7 @@ class PendingWrite:
     def cancel(self) -> None:
         """Stop waiting for the answer: read and drop it (the write stands either way)."""
         with contextlib.suppress(ResultBackendUnavailable):
-            self.settle()
+            self.result()
 
 
 def _outcome(applied: int, stored: str | None) -> tuple[bool, JobState]:
@@ -334,8 +453,10 @@ def _outcome(applied: int, stored: str | None) -> tuple[bool, JobState]:
 
 
 def _decode(raw: Mapping[str, str]) -> JobRecord:
-    """A record as stored (field to JSON text) as a dict of values, without internal fields."""
-    return cast("JobRecord", {name: json.loads(value) for name, value in raw.items() if name != "rank"})
+    """A record as stored (field to JSON text) as a dict of values, without internal or cleared fields."""
+    return cast(
+        "JobRecord", {name: json.loads(value) for name, value in raw.items() if name != "rank" and value != "null"}
+    )
 
 
 @functools.cache

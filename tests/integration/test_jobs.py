@@ -98,18 +98,25 @@ def test_transient_failure_is_retried_then_succeeds(worker, clean_redis):
 
 def test_failure_after_retries_records_error_and_dead_letters(worker, amqp, clean_redis):
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
-    result = AsyncResult(sample_actors.broken.send("total 'abc' is not a number").message_id)
-    with pytest.raises(ValueError, match="total 'abc' is not a number"):
+    result = AsyncResult(sample_actors.unreachable.send("warehouse database unreachable").message_id)
+    with pytest.raises(ConnectionError, match="warehouse database unreachable"):
         result.get(timeout=20)
     record = result.info()
     assert record["state"] == "FAILURE" and record["attempt"] == 2
-    assert record["error"]["type"] == "ValueError"
-    assert "raise ValueError(reason)" in record["error"]["traceback"]
-    assert result.failed() and result.error["message"] == "total 'abc' is not a number"
+    assert record["error"]["type"] == "ConnectionError"
+    assert "raise ConnectionError(reason)" in record["error"]["traceback"]
+    assert result.failed() and result.error["message"] == "warehouse database unreachable"
     assert result.result == record["error"]
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message in the dead-letter queue")
     _, _, body = amqp.basic_get(DEFAULT_QUEUE + ".XQ", auto_ack=True)
     assert json.loads(body)["message_id"] == result.id
+
+
+def test_an_error_the_same_message_would_raise_again_fails_at_once(worker, clean_redis):
+    result = AsyncResult(sample_actors.crashes.send("total 'abc' is not a number").message_id)
+    with pytest.raises(ValueError, match="total 'abc' is not a number"):
+        result.get(timeout=10)
+    assert result.info()["attempt"] == 1
 
 
 def test_permanent_error_fails_at_once_without_retry(worker, clean_redis):

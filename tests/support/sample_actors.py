@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 import pipeline.broker  # noqa: F401 - the global broker comes first
-from pipeline.errors import JobRevoked, PermanentError
+from pipeline.errors import PermanentError
 from pipeline.jobs.actor_class import actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
-from pipeline.results import is_revoked, report_progress
+from pipeline.results import report_progress, stop_if_revoked
 from pipeline.settings import get_settings
 from pipeline.store.connection import get_redis
 
@@ -49,8 +49,14 @@ def flaky(key: str, failures: int) -> int:
 
 
 @actor(queue_name=DEFAULT_QUEUE, max_retries=1, min_backoff=100, max_backoff=100)
-def broken(reason: str) -> None:
-    """Always raise ``ValueError(reason)``: retried once, then failed."""
+def unreachable(reason: str) -> None:
+    """Always raise ``ConnectionError(reason)``, a passing condition: retried once, then failed."""
+    raise ConnectionError(reason)
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=5)
+def crashes(reason: str) -> None:
+    """Raise ``ValueError(reason)``, which the same message would raise again: failed at once."""
     raise ValueError(reason)
 
 
@@ -64,8 +70,7 @@ def refuses(reason: str) -> None:
 def steps(key: str, count: int, pause: float) -> int:
     """Do ``count`` steps of ``pause`` seconds, reporting progress and stopping when revoked."""
     for done in range(count):
-        if is_revoked():
-            raise JobRevoked(f"stopped after {done} of {count} steps")
+        stop_if_revoked(f"stopped after {done} of {count} steps")
         _redis().incr(RUNS_PREFIX + key)
         report_progress(done + 1, count, phase="stepping")
         time.sleep(pause)

@@ -8,7 +8,7 @@ import openpyxl
 import pytest
 from sample_source import make_order
 
-from pipeline.errors import InvalidOrder, JobRevoked
+from pipeline.errors import InvalidOrder, JobStopped
 from pipeline.export.exporter import Exporter, export_file_name, safe_name
 from pipeline.export.workbook import FORMULA_TRIGGERS, text_cell
 from pipeline.settings import Settings
@@ -107,7 +107,7 @@ def test_a_revoked_export_stops_and_leaves_no_file(tmp_path):
         asked.append(True)
         return len(asked) >= 2
 
-    with pytest.raises(JobRevoked, match="stopped after 1000 orders"):
+    with pytest.raises(JobStopped, match="stopped after 1000 orders"):
         Exporter(settings, reuse=None).export("job-1", filter={"count": 5000}, revoked=revoked)
     assert list(tmp_path.iterdir()) == []
 

@@ -1,0 +1,71 @@
+"""Catching up on record writes a worker kept while Redis was away."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.settings import mask_url
+from pipeline.store.records import RecordStore
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two looks for kept writes while Redis answers.
+INTERVAL = 0.5
+#: Seconds between two tries at most while Redis is away (the wait doubles up to it).
+MAX_INTERVAL = 10.0
+#: Seconds a stopping worker gives its last try.
+STOP_WAIT = 2.0
+
+
+class CatchUp:
+    """A thread that writes the kept record writes once Redis takes writes again.
+
+    Parameters:
+      store: The store whose kept writes it makes.
+    """
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="pipeline-catch-up", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after a last try; log how many writes are lost if Redis is still away."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT)
+        self._thread = None
+        if self.store.kept:
+            try:
+                self.store.catch_up()
+            except ResultBackendUnavailable as exc:
+                logger.error("%d record writes are lost: Redis is still away (%s).", self.store.kept, exc)
+
+    def _run(self) -> None:
+        wait = INTERVAL
+        url = mask_url(self.store.settings.redis_url)
+        while not self._stop.wait(wait):
+            if not self.store.kept:
+                continue
+            try:
+                written = self.store.catch_up()
+            except ResultBackendUnavailable as exc:
+                if wait == INTERVAL:
+                    logger.warning("%d record writes wait for Redis at %s: %s", self.store.kept, url, exc)
+                wait = min(wait * 2, MAX_INTERVAL)
+                continue
+            if written:
+                logger.warning("Redis at %s is back: %d kept record writes made.", url, written)
+            if self.store.dropped:
+                logger.error("%d record writes were dropped while Redis was away (over the bound).", self.store.dropped)
+                self.store.dropped = 0
+            wait = INTERVAL
