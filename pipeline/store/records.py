@@ -50,8 +50,22 @@ MAX_KEPT_WRITES = 50_000
 #: Kept writes sent to Redis in one round trip when catching up.
 CATCH_UP_BATCH = 500
 #: Error replies that pass (memory, a replica, a loading or busy server): a write that got one
-#: is kept and written again; any other error reply is final.
-PASSING_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "NOSCRIPT")
+#: is kept and written again; any other error reply is final. redis-py turns some codes into
+#: types (and strips the code), the others stay in the text.
+PASSING_REPLY_TYPES = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.NoScriptError,
+    redis.exceptions.TryAgainError,
+)
+PASSING_REPLY_CODES = ("MISCONF", "BUSY", "MASTERDOWN")
+
+
+def _passes(reply: redis.ResponseError) -> bool:
+    """Whether Redis may take the write that got this error reply later."""
+    return isinstance(reply, PASSING_REPLY_TYPES) or str(reply).startswith(PASSING_REPLY_CODES)
+
 
 #: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
 #: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
@@ -141,13 +155,20 @@ class RecordStore:
         pending = pending or PendingWrite(self, line, call, keep)
         keys, args = call
         try:
+            if line.fresh:
+                # A new connection may reach a Redis that just started, without the script: a
+                # write's NOSCRIPT answer would only be read, and the write made, much later.
+                self.client.script_load(_WRITE_SCRIPT)
             try:
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
             except (redis.ConnectionError, redis.TimeoutError):
+                if line.fresh:
+                    raise
                 # A connection Redis closed while idle: one new connection, one more try.
                 for lost in line.drop_connection():
                     lost.lost(redis.ConnectionError("connection lost"))
                 line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            line.fresh = False
         except redis.RedisError as exc:
             for lost in line.drop_connection():
                 lost.lost(exc)
@@ -240,15 +261,20 @@ class RecordStore:
                 with self._kept_lock:
                     self._kept.extendleft(reversed(batch))
                 raise
+            refused: redis.ResponseError | None = None
             for call, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, redis.ResponseError):
-                    if str(reply).startswith(PASSING_REPLIES):
+                    if _passes(reply):
+                        refused = reply
                         self.keep(call)
                         continue
                     logger.warning("A kept record write to %s was refused for good: %s", call[0][0], reply)
                     continue
                 written += 1
-            if self._kept and written == 0:
+            if refused is not None:
+                # Redis answers but does not take writes yet (memory, a replica): try later.
+                if written == 0:
+                    raise self.redis.unavailable(refused)
                 return written
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
@@ -351,6 +377,9 @@ class _WriteLine:
         self.connection = connection
         self.pid = os.getpid()
         self.unread: collections.deque[PendingWrite] = collections.deque()
+        #: True until a write went out on the connection: a fresh connection that fails is
+        #: not tried again at once (Redis is away, not an idle connection closed).
+        self.fresh = True
 
     def drop_connection(self) -> list[PendingWrite]:
         """Close the connection (a new one opens on the next write).
@@ -361,6 +390,7 @@ class _WriteLine:
         lost = list(self.unread)
         self.unread.clear()
         self.connection.disconnect()
+        self.fresh = True
         return lost
 
 

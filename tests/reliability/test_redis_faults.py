@@ -1,0 +1,120 @@
+"""Redis misbehaving (error replies, frozen, down and back) against a Redis of the test's own:
+no send or wait hangs, no job is lost, and every record ends final with its own result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from services import ROOT, queue_depth
+from testenv import make_settings
+from waiting import wait_until
+
+from pipeline.errors import JobTimeout, ResultBackendUnavailable
+from pipeline.queues import DEFAULT_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.states import JobState
+
+pytestmark = pytest.mark.integration
+
+#: Seconds a send may take at most while Redis misbehaves: a bound on hangs, not a speed goal.
+SEND_BOUND = 5
+
+
+def fault_env(private_redis) -> dict[str, str]:
+    return {
+        "PIPELINE_REDIS_URL": private_redis.url,
+        "PIPELINE_REDIS_SOCKET_TIMEOUT": "1",
+        "PIPELINE_REDIS_CONNECT_TIMEOUT": "1",
+    }
+
+
+def send(env: dict[str, str], actor: str, count: int) -> tuple[dict, str]:
+    """Send from a service process of its own; its outcome and what it printed on stderr."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "support" / "sender.py"), actor, str(count)],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1]), out.stderr
+
+
+def results(private_redis, message_ids):
+    settings = make_settings(redis_url=private_redis.url, redis_socket_timeout=2.0)
+    return [AsyncResult(message_id, settings) for message_id in message_ids]
+
+
+def all_pinged(private_redis, message_ids) -> bool:
+    """Every job ended SUCCESS with its own result (ping n answers n): no answer was mismatched."""
+    try:
+        records = [r.info() for r in results(private_redis, message_ids)]
+    except ResultBackendUnavailable:
+        return False
+    return all(
+        record is not None and record["state"] == "SUCCESS" and record["result"] == {"pong": n}
+        for n, record in enumerate(records)
+    )
+
+
+@pytest.fixture
+def fault_worker(private_redis, purge, start_worker):
+    purge(DEFAULT_QUEUE)
+    env = fault_env(private_redis)
+    worker = start_worker([DEFAULT_QUEUE], threads=2, env=env)
+    warm, _ = send(env, "ping", 3)
+    wait_until(lambda: all_pinged(private_redis, warm["sent"]), what="the warm-up jobs")
+    return worker
+
+
+def test_error_replies_are_consumed_and_the_writes_made_once_redis_takes_them(private_redis, fault_worker):
+    env = fault_env(private_redis)
+    client = private_redis.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    outcome, stderr = send(env, "ping", 20)
+    assert outcome["errors"] == {} and len(outcome["sent"]) == 20
+    assert max(outcome["seconds"]) < SEND_BOUND
+    assert "QUEUED record was not written" in stderr and "Traceback" not in stderr
+    wait_until(lambda: "record writes wait for Redis" in fault_worker.log, what="the worker keeping its writes")
+    client.config_set("maxmemory", "0")
+    wait_until(lambda: all_pinged(private_redis, outcome["sent"]), 30, "every record final with its own result")
+
+
+def test_a_frozen_redis_hangs_neither_senders_nor_waiters(private_redis, fault_worker):
+    env = fault_env(private_redis)
+    private_redis.freeze()
+    try:
+        outcome, stderr = send(env, "ping", 3)
+        assert outcome["errors"] == {} and max(outcome["seconds"]) < SEND_BOUND
+        assert "Traceback" not in stderr
+        (waiter,) = results(private_redis, outcome["sent"][:1])
+        started = time.monotonic()
+        with pytest.raises((ResultBackendUnavailable, JobTimeout)):
+            waiter.get(timeout=1)
+        assert time.monotonic() - started < SEND_BOUND
+    finally:
+        private_redis.thaw()
+    wait_until(lambda: all_pinged(private_redis, outcome["sent"]), 30, "every record final once Redis runs again")
+
+
+def test_jobs_sent_and_run_while_redis_is_down_get_their_records_when_it_is_back(private_redis, fault_worker, amqp):
+    env = fault_env(private_redis)
+    private_redis.stop()
+    outcome, stderr = send(env, "ping", 5)
+    assert outcome["errors"] == {} and max(outcome["seconds"]) < SEND_BOUND
+    assert stderr.count("QUEUED record was not written") == 5 and "Traceback" not in stderr
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 0, what="the jobs taken by the worker")
+    wait_until(lambda: "record writes wait for Redis" in fault_worker.log, what="the worker keeping its writes")
+    private_redis.start()
+    wait_until(lambda: all_pinged(private_redis, outcome["sent"]), 30, "every record final once Redis is back")
+    record = results(private_redis, outcome["sent"][:1])[0].info()
+    assert record["actor"] == "ping" and record["queue"] == DEFAULT_QUEUE and record["attempt"] == 1
+    assert JobState(record["state"]) is JobState.SUCCESS
