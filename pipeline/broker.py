@@ -17,7 +17,6 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
+from pipeline.jobs import logs as worker_logs
 from pipeline.jobs.checks import MessageChecks, refusals_raised
 from pipeline.jobs.options import BROKER_PRIORITY_OPTION
 from pipeline.jobs.priorities import MessagePriorities
@@ -199,15 +199,6 @@ class PipelineBroker(RabbitmqBroker):
                 channel.close()
 
 
-class _ResultsWarningFilter(logging.Filter):
-    """Drops Dramatiq's per-message warning that a returned value is discarded: it looks only
-    for its own ``Results`` middleware, while pipeline's ``JobRecords`` keeps every value.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "haven't added the Results middleware" not in record.getMessage()
-
-
 def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
@@ -225,9 +216,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
     extras = (MessageChecks(), MessagePriorities(settings), JobRecords(get_store(settings)))
     for extra in extras:
         broker.add_middleware(extra, before=PipelineRetries)
-    worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")
-    if not any(isinstance(f, _ResultsWarningFilter) for f in worker_logger.filters):
-        worker_logger.addFilter(_ResultsWarningFilter())
+    worker_logs.install()
     return broker
 
 

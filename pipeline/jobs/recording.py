@@ -184,7 +184,7 @@ class JobRecords(Middleware):
             self._look_before_running(message, redelivered, fields)
         elif message.message_id in self.watcher:
             raise SkipMessage(f"job {message.message_id} was revoked")
-        attempt = message.options.get(RETRIES_OPTION, 0) + 1 + message.options.get(REDELIVERIES_OPTION, 0)
+        attempt = _attempt(message)
         self._local.started = (attempt, fields["started_at"])
         set_current_message_id(message.message_id)
         if self.starts.running:
@@ -267,7 +267,12 @@ class JobRecords(Middleware):
         set_current_message_id(None)
         if message.failed and is_job_id(message.message_id):
             self._write(
-                message, JobState.FAILURE, 0, error=FAILED_BEFORE_RUN, finished_at=now_iso(), **self._describe(message)
+                message,
+                JobState.FAILURE,
+                _attempt(message),
+                error=FAILED_BEFORE_RUN,
+                finished_at=now_iso(),
+                **self._describe(message),
             )
 
     def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -277,10 +282,19 @@ class JobRecords(Middleware):
                 self._failed_here.discard(message.message_id)
                 return
         if is_job_id(message.message_id):
-            self._write(message, JobState.FAILURE, 0, error=FAILED_BEFORE_RUN, finished_at=now_iso())
+            # Dramatiq puts what failed the message on it (an actor no worker knows, say); there
+            # is no other way to read it than the proxy's own attribute.
+            stuffed = getattr(message, "_exception", None)
+            error = error_info(stuffed) if stuffed is not None else FAILED_BEFORE_RUN
+            self._write(message, JobState.FAILURE, _attempt(message), error=error, finished_at=now_iso())
             with self._failed_lock:
                 self._failed_here.discard(message.message_id)
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
         """Read the answers the thread's last writes still wait for."""
         self.store.settle_thread()
+
+
+def _attempt(message: MessageProxy) -> int:
+    """The attempt a delivery of ``message`` is: its retries and redeliveries, plus one."""
+    return int(message.options.get(RETRIES_OPTION, 0)) + 1 + int(message.options.get(REDELIVERIES_OPTION, 0))

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import re
 import sys
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,15 @@ class TemplateRenderer:
             html = self.environment.get_template(f"{name}.html").render(context)
         return Rendered(subject=check_header("subject", subject.strip()), text=text.lstrip("\n"), html=html)
 
-    @staticmethod
-    def _block(template: jinja2.Template, block: str, context: Any) -> str:
+    def _block(self, template: jinja2.Template, block: str, context: Any) -> str:
         if block not in template.blocks:
             raise MailError(f"template '{template.name}' has no '{{% block {block} %}}'")
-        return "".join(template.blocks[block](context))
+        try:
+            return "".join(template.blocks[block](context))
+        except Exception:
+            # As Template.render does: the traceback then points at the template's own lines.
+            self.environment.handle_exception()
+            raise
 
     @contextlib.contextmanager
     def _errors_named(self, filename: str) -> Iterator[None]:
@@ -92,6 +97,21 @@ class TemplateRenderer:
             raise MailError(f"template '{filename}': {exc.message}") from exc
         except jinja2.TemplateError as exc:
             raise MailError(f"template '{filename}' failed: {exc}") from exc
+        except MailError:
+            raise
+        except Exception as exc:
+            # Context the template cannot use (a text where a number is formatted): the same
+            # context fails the same way every time, so it is bad input, not a passing fault.
+            raise MailError(f"template '{filename}' {_line_of(exc, filename)}failed on the context: {exc!r}") from exc
+
+
+def _line_of(exc: BaseException, filename: str) -> str:
+    """``line N `` of the template where ``exc`` was raised, when the traceback says."""
+    line = None
+    for frame, number in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename.endswith(filename):
+            line = number
+    return f"line {line} " if line is not None else ""
 
 
 def check_header(name: str, value: str) -> str:

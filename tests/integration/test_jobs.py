@@ -168,7 +168,7 @@ def test_revoked_before_start_is_skipped(worker, clean_redis):
     assert result.revoke()
     with pytest.raises(JobRevoked):
         result.get(timeout=10)
-    wait_until(lambda: any(key in line for line in worker.lines if "was skipped" in line), what="the skip in the log")
+    wait_until(lambda: any(sent.message_id in line for line in worker.lines if "was skipped" in line), what="the skip")
     assert runs(clean_redis, key) == 0
     assert result.state is JobState.REVOKED
 
@@ -261,3 +261,25 @@ def test_records_expire_after_the_ttl(worker, clean_redis):
     AsyncResult(message.message_id).get(timeout=10)
     ttl = clean_redis.ttl(get_redis().keys.record(message.message_id))
     assert 0 < ttl <= get_settings().result_ttl
+
+
+def test_an_expected_failure_is_one_warning_line_without_arguments(worker, clean_redis):
+    secret = f"reset-token-{uuid.uuid4().hex}"
+    result = AsyncResult(sample_actors.fails.send("row 3: bad email", secret).message_id)
+    with pytest.raises(PermanentError):
+        result.get(timeout=10)
+    line = wait_until(lambda: [line for line in worker.lines if result.id in line and "failed" in line])
+    assert len(line) == 1 and "WARNING" in line[0] and "row 3: bad email" in line[0] and "fails" in line[0]
+    assert secret not in worker.log
+    assert "Traceback" not in worker.log.split(result.id)[-1].split("\n[")[0]
+
+
+def test_an_unexpected_failure_logs_its_traceback_once_without_arguments(worker, clean_redis):
+    secret = f"reset-token-{uuid.uuid4().hex}"
+    result = AsyncResult(sample_actors.fails.send("a bug", secret, permanent=False).message_id)
+    with pytest.raises(ValueError, match="a bug"):
+        result.get(timeout=10)
+    wait_until(lambda: f"fails(job {result.id})" in worker.log, what="the failure in the log")
+    assert worker.log.count(f"fails(job {result.id})") == 1
+    assert "raise PermanentError(reason) if permanent else ValueError(reason)" in worker.log
+    assert secret not in worker.log

@@ -75,3 +75,15 @@ def steps(key: str, count: int, pause: float) -> int:
         report_progress(done + 1, count, phase="stepping")
         time.sleep(pause)
     return count
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0)
+def fails(reason: str, secret: str, permanent: bool = True) -> None:
+    """Fail with ``reason`` (a PermanentError, or a ValueError); ``secret`` must never be logged."""
+    raise PermanentError(reason) if permanent else ValueError(reason)
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0)
+def ping_later(n: int) -> int:
+    """Answer ``n``: a quick job that waits in a queue behind a long one."""
+    return n

@@ -1,0 +1,162 @@
+"""Bad input of every kind, through a real worker: refused at send when it can be, else failed at
+the first attempt with a reason that names the problem; never retried, never left unfinished."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+
+import dramatiq
+import pytest
+from export_support import export_env, make_folders
+from mail_support import WELCOME, mail_env
+from sample_source import make_order
+from services import WorkerProcess, flush_queue, queue_depth
+from smtp import running_smtp_server
+from waiting import wait_until
+
+from pipeline.actors import export_orders, ping, send_email
+from pipeline.errors import InvalidMessage, InvalidPriority
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.results import AsyncResult
+
+pytestmark = pytest.mark.integration
+
+ORDER = {"customer": {"name": "A"}, "order": {"id": "1", "currency": "EUR", "total": 1, "items": []}}
+
+
+def order(**changes):
+    return {**make_order(1), **changes}
+
+
+def item(**changes):
+    base = make_order(1)
+    return {**base, "items": [{**base["items"][0], **changes}]}
+
+
+#: Calls a worker must fail at their first attempt: (actor, keyword arguments, files to write
+#: in the import folder, text the error must hold).
+FAILED_IN_THE_WORKER = {
+    "total not a number": (export_orders, {"orders": [make_order(1), order(total="abc")]}, {}, "row 2: total 'abc'"),
+    "unknown column": (export_orders, {"orders": [make_order(1)], "columns": ["id", "colour"]}, {}, "colour"),
+    "path out of the import folder": (export_orders, {"file": "../../etc/passwd"}, {}, "outside the import folder"),
+    "file that does not exist": (export_orders, {"file": "q9.jsonl"}, {}, "does not exist"),
+    "unknown file format": (export_orders, {"file": "orders.txt"}, {"orders.txt": "x"}, "unknown format"),
+    "date out of range": (export_orders, {"orders": [order(created_at="2026-13-45T10:00:00")]}, {}, "ISO 8601"),
+    "quantity zero": (export_orders, {"orders": [item(quantity=0)]}, {}, "quantity 0"),
+    "bad JSON line": (export_orders, {"file": "q.jsonl"}, {"q.jsonl": "{not json\n"}, "row 1: not valid JSON"),
+    "CSV without item columns": (export_orders, {"file": "o.csv"}, {"o.csv": "id,total\n1,2\n"}, "missing CSV column"),
+    "currency not ISO": (export_orders, {"orders": [order(currency="EURO")]}, {}, "three-letter ISO code"),
+    "unknown status": (export_orders, {"orders": [order(status="lost")]}, {}, "status 'lost'"),
+    "customer email": (export_orders, {"orders": [order(customer_email="nobody")]}, {}, "not an e-mail address"),
+    "items not a list": (export_orders, {"orders": [order(items="3 mugs")]}, {}, "is not a list"),
+    "unknown template": (send_email, {"to": "a@example.com", "template": "nope"}, {}, "'nope.txt' not found"),
+    "missing variable": (send_email, {"to": "a@example.com", "template": "welcome", "context": {}}, {}, "undefined"),
+    "not an address": (send_email, {"to": "not-an-address", "template": "welcome", "context": WELCOME}, {}, "valid"),
+    "header injection": (
+        send_email,
+        {"to": "a@example.com\r\nBcc: v@example.com", "template": "welcome", "context": WELCOME},
+        {},
+        "header injection",
+    ),
+    "text where a number is formatted": (
+        send_email,
+        {
+            "to": "a@example.com",
+            "template": "order_confirmation",
+            "context": {**ORDER, "order": {**ORDER["order"], "total": "abc"}},
+        },
+        {},
+        "'order_confirmation.txt' line 10",
+    ),
+    "template name leaving the folder": (send_email, {"to": "a@example.com", "template": "../x"}, {}, "plain name"),
+    "subject injection from the context": (
+        send_email,
+        {"to": "a@example.com", "template": "welcome", "context": {**WELCOME, "customer": {"name": "E\nBcc: v"}}},
+        {},
+        "header injection",
+    ),
+    "no recipient": (send_email, {"to": [], "template": "welcome", "context": WELCOME}, {}, "at least one recipient"),
+}
+
+#: Calls refused in the sender: (actor, positional arguments, keyword arguments, error type, text).
+REFUSED_AT_SEND = {
+    "unknown keyword": (ping, (), {"payload": 1, "colour": "red"}, InvalidMessage, "unexpected keyword argument"),
+    "missing argument": (send_email, (), {"to": "a@example.com"}, InvalidMessage, "missing a required argument"),
+    "too many arguments": (ping, (1, 2), {}, InvalidMessage, "too many positional arguments"),
+    "not a JSON value": (ping, ({1, 2},), {}, InvalidMessage, "argument 1 is not a JSON value"),
+    "a date": (ping, (), {"payload": datetime.date(2026, 1, 1)}, InvalidMessage, "'payload' is not a JSON value"),
+    "NaN": (ping, (math.nan,), {}, InvalidMessage, "argument 1 is not a JSON value"),
+    "both orders and a file": (export_orders, (), {"orders": [], "file": "x.jsonl"}, InvalidMessage, "give either"),
+    "too many inline orders": (export_orders, (), {"orders": [{}] * 1001}, InvalidMessage, "at most 1000"),
+    "priority out of range": (ping, (1,), {"priority": 11}, InvalidPriority, "outside 0..10"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_worker(amqp, redis_client, tmp_path_factory):
+    folders = make_folders(tmp_path_factory.mktemp("bad-input"))
+    with running_smtp_server() as smtp:
+        for queue in (DEFAULT_QUEUE, SLOW_QUEUE):
+            flush_queue(queue)
+        env = {**export_env(*folders), **mail_env(smtp.port)}
+        worker = WorkerProcess([DEFAULT_QUEUE, SLOW_QUEUE], 2, env, ["pipeline.actors", "sample_actors"])
+        yield worker, folders, smtp.handler
+        worker.stop()
+
+
+@pytest.mark.parametrize("case", FAILED_IN_THE_WORKER)
+def test_bad_input_fails_at_the_first_attempt_naming_the_problem(case, bad_input_worker):
+    _, (_, imports), inbox = bad_input_worker
+    actor, kwargs, files, reason = FAILED_IN_THE_WORKER[case]
+    for name, text in files.items():
+        (imports / name).write_text(text)
+    result = AsyncResult(actor.send(**kwargs).message_id)
+    error = result.get(timeout=20, propagate=False)
+    record = result.info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 1, record
+    assert reason in error["message"], error
+    assert inbox.mails == []
+
+
+@pytest.mark.parametrize("case", REFUSED_AT_SEND)
+def test_a_call_that_can_never_run_is_refused_at_send(case, bad_input_worker, amqp, clean_redis):
+    actor, args, kwargs, error, reason = REFUSED_AT_SEND[case]
+    with pytest.raises(error) as raised:
+        actor.send(*args, **kwargs)
+    assert reason in str(raised.value)
+    assert list(clean_redis.scan_iter("pipeline-test:job:*")) == []
+
+
+def publish_raw(amqp, message: dramatiq.Message) -> None:
+    """Publish as another service might, past every send-time check."""
+    amqp.basic_publish("", message.queue_name, message.encode())
+
+
+def test_a_raw_message_for_an_unknown_actor_fails_at_once(bad_input_worker, amqp):
+    message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="no_such_actor", args=(), kwargs={}, options={})
+    publish_raw(amqp, message)
+    result = AsyncResult(message.message_id)
+    error = result.get(timeout=20, propagate=False)
+    assert result.info()["attempt"] == 1 and "no_such_actor" in error["message"]
+
+
+def test_a_raw_message_whose_arguments_do_not_fit_fails_at_once(bad_input_worker, amqp):
+    message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(1, 2, 3), kwargs={}, options={})
+    publish_raw(amqp, message)
+    result = AsyncResult(message.message_id)
+    error = result.get(timeout=20, propagate=False)
+    assert result.info()["attempt"] == 1 and "positional argument" in error["message"]
+
+
+def test_a_raw_message_with_an_id_of_another_form_is_dead_lettered_unrun(bad_input_worker, amqp, clean_redis):
+    worker, _, _ = bad_input_worker
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=("x",), kwargs={}, options={})
+    body = json.loads(message.encode())
+    body["message_id"] = "job:1:done"
+    amqp.basic_publish("", DEFAULT_QUEUE, json.dumps(body).encode())
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered")
+    assert "'job:1:done'" in worker.log and "no job id" in worker.log
+    assert list(clean_redis.scan_iter("pipeline-test:job:*")) == []
