@@ -29,9 +29,10 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
-from pipeline.jobs import logs as worker_logs
 from pipeline.jobs.checks import MessageChecks, refusals_raised
+from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.options import BROKER_PRIORITY_OPTION
+from pipeline.jobs.prefetch import LongJobPrefetch
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
@@ -203,8 +204,8 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    MessageChecks, MessagePriorities, JobRecords, PipelineRetries (in place of Retries, with the retry
-    count and backoff from the settings).
+    MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, WorkerLogs, PipelineRetries (in place of Retries,
+    with the retry count and backoff from the settings).
     """
     retries = PipelineRetries(
         max_retries=settings.max_retries,
@@ -213,10 +214,15 @@ def build_broker(settings: Settings) -> PipelineBroker:
     )
     middleware = [retries if m is Retries else m() for m in default_middleware]
     broker = PipelineBroker(settings, middleware=middleware)
-    extras = (MessageChecks(), MessagePriorities(settings), JobRecords(get_store(settings)))
+    extras = (
+        MessageChecks(),
+        MessagePriorities(settings),
+        JobRecords(get_store(settings)),
+        LongJobPrefetch(),
+        WorkerLogs(mask_url(settings.broker_url)),
+    )
     for extra in extras:
         broker.add_middleware(extra, before=PipelineRetries)
-    worker_logs.install()
     return broker
 
 

@@ -14,11 +14,14 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware
 
 from pipeline.errors import JobStopped, PermanentError
 
 #: The logger of Dramatiq's worker threads, which logs each failed or skipped message.
 WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
+#: The logger of Dramatiq's consumer thread of a queue, which logs a lost RabbitMQ connection.
+CONSUMER_THREAD_LOGGER = "dramatiq.worker.ConsumerThread({queue})"
 
 
 class _Redacted:
@@ -65,8 +68,43 @@ class ReadableWorkerLogs(logging.Filter):
         return True
 
 
-def install() -> None:
-    """Put the filter on Dramatiq's worker-thread logger (once per process)."""
-    logger = logging.getLogger(WORKER_THREAD_LOGGER)
-    if not any(isinstance(f, ReadableWorkerLogs) for f in logger.filters):
-        logger.addFilter(ReadableWorkerLogs())
+class NamedBroker(logging.Filter):
+    """The filter of Dramatiq's consumer logger: a connection error names the (masked) broker URL,
+    which Dramatiq's own line leaves out.
+
+    Parameters:
+      url: The broker URL, password masked.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add the URL to a connection error's line."""
+        if isinstance(record.msg, str) and "connection error" in record.msg and self.url not in record.msg:
+            record.msg = f"{record.msg} (RabbitMQ at {self.url})"
+        return True
+
+
+def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
+    if not any(type(f) is type(new) for f in logger.filters):
+        logger.addFilter(new)
+
+
+class WorkerLogs(Middleware):
+    """Puts the filters on Dramatiq's loggers: the worker threads' when the broker is built, each
+    queue's consumer's when a worker boots.
+
+    Parameters:
+      masked_broker_url: The broker URL, password masked.
+    """
+
+    def __init__(self, masked_broker_url: str) -> None:
+        self.url = masked_broker_url
+        _add_once(logging.getLogger(WORKER_THREAD_LOGGER), ReadableWorkerLogs())
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Name the broker in each consumer's connection errors."""
+        for queue in worker.consumers:
+            _add_once(logging.getLogger(CONSUMER_THREAD_LOGGER.format(queue=queue)), NamedBroker(self.url))

@@ -184,6 +184,8 @@ class JobRecords(Middleware):
             self._look_before_running(message, redelivered, fields)
         elif message.message_id in self.watcher:
             raise SkipMessage(f"job {message.message_id} was revoked")
+        else:
+            self._skip_if_finished(message)
         attempt = _attempt(message)
         self._local.started = (attempt, fields["started_at"])
         set_current_message_id(message.message_id)
@@ -191,6 +193,26 @@ class JobRecords(Middleware):
             self.starts.add(message.message_id, attempt, fields)
         else:
             self.store.begin_write(message.message_id, JobState.STARTED, attempt=attempt, keep=True, **fields)
+
+    def _skip_if_finished(self, message: MessageProxy) -> None:
+        """Skip a first delivery whose job already finished: another service published the
+        message again, with the id of a job that ran. The skip is logged and counted.
+        """
+        try:
+            state = self.store.state(message.message_id)
+        except ResultBackendUnavailable as exc:
+            logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
+            return
+        if state.ready:
+            skipped = self.store.count_duplicate()
+            logger.warning(
+                "Job %s (%s) is already %s: a message published again is not run again (%d so far).",
+                message.message_id,
+                message.actor_name,
+                state,
+                skipped,
+            )
+            raise SkipMessage(f"job {message.message_id} is already {state}")
 
     def _look_before_running(self, message: MessageProxy, redelivered: bool, fields: dict[str, Any]) -> None:
         """Read the record of a message that may have run before: skip it if it is finished, and

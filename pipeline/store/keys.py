@@ -46,6 +46,11 @@ class Keys:
         """Pub/sub channel on which each revoked id is announced."""
         return f"{self.namespace}:revocations"
 
+    @property
+    def duplicates(self) -> str:
+        """Counter of messages not run because their job had finished (a re-publish); no TTL."""
+        return f"{self.namespace}:stats:duplicates"
+
     def export(self, request_digest: str) -> str:
         """String holding the pointer of a recent export; lives ``PIPELINE_EXPORT_REUSE_WINDOW`` seconds."""
         return f"{self.namespace}:export:{request_digest}"

@@ -317,6 +317,17 @@ class RecordStore:
             stored = cast("str | None", self.client.hget(self.keys.record(message_id), "state"))
         return JobState(json.loads(stored)) if stored else JobState.PENDING
 
+    def count_duplicate(self) -> int:
+        """Count one more message that was not run because its job had finished; the count so far.
+
+        Returns 0 when Redis failed (the count is a statistic, never a reason to fail).
+        """
+        try:
+            with self.translated():
+                return int(cast("int", self.client.incr(self.keys.duplicates)))
+        except ResultBackendUnavailable:
+            return 0
+
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""
         with self.translated():

@@ -76,3 +76,15 @@ def test_an_export_that_runs_out_of_time_fails_without_retry(purge, start_worker
     assert record["error"]["type"].endswith("TimeLimitExceeded")
     wait_until(lambda: queue_depth(amqp, SLOW_QUEUE + ".XQ") == 1, what="the export in the dead-letter queue")
     assert not [name for name in finished_files(folders[0]) if name.endswith(".xlsx")]
+
+
+def test_a_slow_worker_holds_one_message_per_thread(purge, start_worker, folders, amqp):
+    purge(SLOW_QUEUE)
+    start_worker([SLOW_QUEUE], threads=1, env=export_env(*folders))
+    first = AsyncResult(export_orders.send(filter={"count": 2000, "pause": 0.001}).message_id)
+    later = [AsyncResult(export_orders.send(filter={"count": n}).message_id) for n in (1, 2)]
+    wait_until(lambda: first.state is JobState.STARTED, what="the first export running")
+    # The two others wait in RabbitMQ (where priority and other workers can still reach them),
+    # not in the worker's memory behind the running export.
+    assert queue_depth(amqp, SLOW_QUEUE) == 2
+    assert [r.get(timeout=30)["rows"]["Orders"] for r in (first, *later)] == [2000, 1, 2]

@@ -283,3 +283,33 @@ def test_an_unexpected_failure_logs_its_traceback_once_without_arguments(worker,
     assert worker.log.count(f"fails(job {result.id})") == 1
     assert "raise PermanentError(reason) if permanent else ValueError(reason)" in worker.log
     assert secret not in worker.log
+
+
+def test_a_job_waiting_on_a_revoked_job_fails_with_that_error(worker, clean_redis):
+    child = broker.enqueue(ping.message_with_options(args=("never",)), delay=60_000)
+    assert AsyncResult(child.message_id).revoke()
+    parent = AsyncResult(sample_actors.waits_for.send(child.message_id).message_id)
+    with pytest.raises(JobRevoked, match=child.message_id):
+        parent.get(timeout=10)
+    record = parent.info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 1
+    assert record["error"]["type"] == "pipeline.errors.JobRevoked"
+
+
+def test_a_job_waiting_on_a_failed_job_fails_with_its_error(worker, clean_redis):
+    child = AsyncResult(sample_actors.refuses.send("row 3: bad email").message_id)
+    parent = AsyncResult(sample_actors.waits_for.send(child.id).message_id)
+    with pytest.raises(PermanentError, match="row 3: bad email"):
+        parent.get(timeout=10)
+    assert parent.info()["attempt"] == 1
+
+
+def test_a_message_published_again_after_its_job_finished_is_not_run_again(worker, amqp, clean_redis):
+    key = str(uuid.uuid4())
+    first = sample_actors.count_runs.send(key)
+    assert AsyncResult(first.message_id).get(timeout=10) == 1
+    # Another service publishes the same message again (not a redelivery: a new delivery).
+    amqp.basic_publish("", DEFAULT_QUEUE, first.encode())
+    wait_until(lambda: f"Job {first.message_id} (count_runs) is already SUCCESS" in worker.log, what="the skip")
+    assert runs(clean_redis, key) == 1
+    assert int(clean_redis.get("pipeline-test:stats:duplicates")) >= 1

@@ -12,7 +12,7 @@ import pipeline.broker  # noqa: F401 - the global broker comes first
 from pipeline.errors import PermanentError
 from pipeline.jobs.actor_class import actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
-from pipeline.results import report_progress, stop_if_revoked
+from pipeline.results import AsyncResult, report_progress, stop_if_revoked
 from pipeline.settings import get_settings
 from pipeline.store.connection import get_redis
 
@@ -87,3 +87,9 @@ def fails(reason: str, secret: str, permanent: bool = True) -> None:
 def ping_later(n: int) -> int:
     """Answer ``n``: a quick job that waits in a queue behind a long one."""
     return n
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=3, min_backoff=100, max_backoff=100)
+def waits_for(message_id: str) -> object:
+    """Return another job's result: a job that depends on another one."""
+    return AsyncResult(message_id).get(timeout=10)
