@@ -199,7 +199,7 @@ class JobRecords(Middleware):
         message again, with the id of a job that ran. The skip is logged and counted.
         """
         try:
-            state = self.store.state(message.message_id)
+            state = self.store.state_in_line(message.message_id)
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
             return

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import redis
@@ -147,27 +147,37 @@ class RecordStore:
             args += [name, json.dumps(value)]
         return [self.keys.record(message_id), self.keys.done(message_id)], args
 
-    def _send(self, call: WriteCall, keep: bool, pending: PendingWrite | None = None) -> PendingWrite:
-        """Send one write on this thread's own connection; its answer is read later, in order."""
+    def _send(
+        self, call: WriteCall, keep: bool, pending: PendingWrite | None = None, command: str = "EVALSHA"
+    ) -> PendingWrite:
+        """Send one write on this thread's own connection; its answer is read later, in order.
+
+        ``command`` HGET reads the record's state instead (``call`` holds just the record's key).
+        """
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
             line = self._local.line = _WriteLine(self.redis.new_connection())
         pending = pending or PendingWrite(self, line, call, keep)
         keys, args = call
+        packed = (
+            ("HGET", keys[0], "state") if command == "HGET" else ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        )
+        if command == "HGET":
+            pending.parse = _state_reply
         try:
             if line.fresh:
                 # A new connection may reach a Redis that just started, without the script: a
                 # write's NOSCRIPT answer would only be read, and the write made, much later.
                 self.client.script_load(_WRITE_SCRIPT)
             try:
-                line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                line.connection.send_command(*packed)
             except (redis.ConnectionError, redis.TimeoutError):
                 if line.fresh:
                     raise
                 # A connection Redis closed while idle: one new connection, one more try.
                 for lost in line.drop_connection():
                     lost.lost(redis.ConnectionError("connection lost"))
-                line.connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                line.connection.send_command(*packed)
             line.fresh = False
         except redis.RedisError as exc:
             for lost in line.drop_connection():
@@ -305,6 +315,18 @@ class RecordStore:
         applied, _ = self._send(self._write_call(message_id, None, 0, fields), keep=False).result()
         return applied
 
+    def state_in_line(self, message_id: str) -> JobState:
+        """The state of ``message_id``'s record, read on this thread's write connection.
+
+        One round trip that also brings the answers to the thread's earlier writes, without the
+        connection pool: the hot path of a worker asking whether a job already finished.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        _, state = self._send(([self.keys.record(message_id)], []), keep=False, command="HGET").result()
+        return state
+
     def read(self, message_id: str) -> JobRecord | None:
         """The record of ``message_id``, or None when there is none."""
         with self.translated():
@@ -415,6 +437,8 @@ class PendingWrite:
         self._keep = keep
         self._outcome: tuple[bool, JobState] | None = None
         self._error: redis.RedisError | None = None
+        #: Turns the answer into the outcome: the write script's by default.
+        self.parse: Callable[[Any], tuple[bool, JobState]] = _script_reply
 
     @property
     def settled(self) -> bool:
@@ -465,7 +489,7 @@ class PendingWrite:
                     lost.lost(exc)
                 continue
             line.unread.popleft()
-            oldest._outcome = _outcome(*reply)
+            oldest._outcome = oldest.parse(reply)
 
     def result(self, wait: float | None = None) -> tuple[bool, JobState]:
         """Wait for Redis's answer: whether the write applied, and the record's state after it.
@@ -489,8 +513,13 @@ class PendingWrite:
             self.result()
 
 
-def _outcome(applied: int, stored: str | None) -> tuple[bool, JobState]:
+def _script_reply(reply: list[Any]) -> tuple[bool, JobState]:
+    applied, stored = reply
     return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
+
+
+def _state_reply(stored: str | None) -> tuple[bool, JobState]:
+    return True, JobState(json.loads(stored)) if stored else JobState.PENDING
 
 
 def _decode(raw: Mapping[str, str]) -> JobRecord:
