@@ -17,6 +17,7 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
-from pipeline.errors import BrokerUnavailable, PipelineError, QueueMismatch
+from pipeline.errors import BrokerUnavailable, PipelineError, PublishOutcomeUnknown, QueueMismatch
 from pipeline.jobs.checks import MessageChecks, refusals_raised
 from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.options import BROKER_PRIORITY_OPTION
@@ -56,6 +57,16 @@ class PipelineBroker(RabbitmqBroker):
     def __init__(self, settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> None:
         super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
         self.settings = settings
+        self._publishing = threading.local()
+
+    @property
+    def channel(self) -> Any:
+        """This thread's channel (Dramatiq's), noting when a publish on it broke midway."""
+        return _WatchedChannel(RabbitmqBroker.channel.fget(self), self._publishing)  # type: ignore[attr-defined]
+
+    @channel.deleter
+    def channel(self) -> None:
+        RabbitmqBroker.channel.fdel(self)  # type: ignore[attr-defined]
 
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
         arguments = super()._build_queue_arguments(queue_name)
@@ -92,14 +103,26 @@ class PipelineBroker(RabbitmqBroker):
         """Publish ``message`` (after ``delay`` milliseconds); see Dramatiq's ``enqueue``.
 
         Raises:
-          BrokerUnavailable: RabbitMQ could not be reached or did not confirm the message
-            after the broker's retries.
+          BrokerUnavailable: RabbitMQ could not be reached or refused the message after the
+            broker's retries: it does not have it.
+          PublishOutcomeUnknown: The connection broke while the message was published, and the
+            retries failed too: RabbitMQ may have it.
           InvalidPriority: The message's priority does not fit its queue.
         """
+        self._publishing.broke = False
         try:
             with refusals_raised():
                 return super().enqueue(message, delay=delay)
         except ConnectionClosed as exc:
+            if self._publishing.broke:
+                # A publish broke after it may have reached RabbitMQ: the record stays, since a
+                # worker may yet run the job, and the caller is told the outcome is unknown.
+                raise PublishOutcomeUnknown(
+                    f"RabbitMQ at {mask_url(self.settings.broker_url)} may or may not have taken message "
+                    f"{message.message_id}: the connection broke while it was published ({exc}); look at "
+                    "its AsyncResult before sending it again",
+                    message.message_id,
+                ) from exc
             self._emit_optional("after_enqueue_failure", message)
             raise self._unavailable(exc) from exc
 
@@ -198,6 +221,27 @@ class PipelineBroker(RabbitmqBroker):
         finally:
             if channel.is_open:
                 channel.close()
+
+
+class _WatchedChannel:
+    """A channel that notes in ``state.broke`` when the connection failed during a publish,
+    after which RabbitMQ may or may not have the message.
+    """
+
+    def __init__(self, channel: Any, state: threading.local) -> None:
+        self._channel = channel
+        self._state = state
+
+    def basic_publish(self, *args: Any, **kwargs: Any) -> None:
+        """Dramatiq's publish, watched."""
+        try:
+            self._channel.basic_publish(*args, **kwargs)
+        except pika.exceptions.AMQPConnectionError:
+            self._state.broke = True
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
 
 
 def build_broker(settings: Settings) -> PipelineBroker:

@@ -53,6 +53,22 @@ class BrokerUnavailable(TransientError):
     """RabbitMQ could not be reached, or refused the message, after the broker's retries."""
 
 
+class PublishOutcomeUnknown(PipelineError):
+    """The connection to RabbitMQ broke while a message was being published: RabbitMQ may have
+    taken it or not. Sending again may run the job twice; look at
+    ``AsyncResult(error.message_id)`` first (its record reads ``QUEUED`` or later once a worker
+    or the sender wrote it).
+
+    Parameters:
+      message: What happened.
+      message_id: The id of the message whose fate is unknown.
+    """
+
+    def __init__(self, message: str, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
 class ResultBackendUnavailable(TransientError):
     """Redis, which holds the job records, could not be reached."""
 

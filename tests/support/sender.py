@@ -1,36 +1,49 @@
 """A sending service in a process of its own: sends jobs and prints what became of each send.
 
-    python tests/support/sender.py ACTOR COUNT [ARGUMENT]
+    python tests/support/sender.py ACTOR COUNT [--prefix TEXT] [--pause SECONDS]
 
-Prints one JSON line: ``sent`` (message ids), ``seconds`` (how long each send took) and
-``errors`` (the error of each send that raised, by position). The settings come from the
-environment, so a test points it at the services it wants.
+The n-th call sends ``n`` (or ``TEXT`` + n with ``--prefix``). Prints one JSON line: ``sent``
+(the message id of each send, None where it raised), ``seconds`` (how long each send took) and
+``errors`` (the error type and message of each send that raised, by position). The settings come
+from the environment, so a test points it at the services it wants.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import sample_actors
 
 import pipeline.actors
+from pipeline.errors import PublishOutcomeUnknown
 
 
 def main() -> None:
     """Send COUNT messages to ACTOR and print the outcome."""
-    name, count = sys.argv[1], int(sys.argv[2])
-    argument = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
-    actor = getattr(sample_actors, name, None) or getattr(pipeline.actors, name)
-    sent, seconds, errors = [], [], {}
-    for n in range(count):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("actor")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--prefix")
+    parser.add_argument("--pause", type=float, default=0.0)
+    args = parser.parse_args()
+    actor = getattr(sample_actors, args.actor, None) or getattr(pipeline.actors, args.actor)
+    sent: list[str | None] = []
+    seconds: list[float] = []
+    errors: dict[int, str] = {}
+    for n in range(args.count):
         started = time.monotonic()
         try:
-            sent.append(actor.send(argument if argument is not None else n).message_id)
+            sent.append(actor.send(n if args.prefix is None else f"{args.prefix}{n}").message_id)
+        except PublishOutcomeUnknown as exc:
+            sent.append(exc.message_id)
+            errors[n] = f"PublishOutcomeUnknown: {exc}"
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the test
+            sent.append(None)
             errors[n] = f"{type(exc).__name__}: {exc}"
         seconds.append(time.monotonic() - started)
+        time.sleep(args.pause)
     print(json.dumps({"sent": sent, "seconds": seconds, "errors": errors}))
 
 

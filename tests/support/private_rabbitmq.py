@@ -1,0 +1,115 @@
+"""A RabbitMQ node of a test's own, on free ports, that the test may restart.
+
+The machine's shared RabbitMQ is never stopped by fault tests: they run against this node,
+started with the distribution's ``rabbitmq-server`` under another node name, ports and folders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from smtp import free_port
+
+#: Seconds the node gets to start or stop.
+NODE_TIMEOUT = 90
+
+
+class PrivateRabbitMQ:
+    """A ``rabbitmq-server`` node in ``folder``, started with :meth:`start`, stopped with :meth:`stop`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.node = f"pipeline-test-{self.port}@localhost"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.chown(folder, "rabbitmq", "rabbitmq")
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(folder / "log"),
+            "RABBITMQ_PID_FILE": str(folder / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(folder / "none"),
+        }
+
+    def start(self) -> None:
+        """Start the node and wait until it runs (the first moments, it is not even known)."""
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=NODE_TIMEOUT)
+        deadline = time.monotonic() + NODE_TIMEOUT
+        while True:
+            try:
+                self.ctl("await_startup")
+                return
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    @property
+    def url(self) -> str:
+        """The node's AMQP URL (guest may log in from localhost)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def ctl(self, *command: str) -> None:
+        """Run ``rabbitmqctl`` against this node."""
+        subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *command],
+            env=self.env,
+            check=True,
+            timeout=NODE_TIMEOUT,
+            capture_output=True,
+        )
+
+    def restart(self) -> None:
+        """Stop the broker on the node and start it again: every connection is closed."""
+        self.ctl("stop_app")
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def reachable(self) -> bool:
+        """True when the node takes AMQP connections."""
+        try:
+            pika.BlockingConnection(pika.URLParameters(self.url)).close()
+        except pika.exceptions.AMQPError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Stop the node and wait until its process is gone."""
+        pid_file = self.folder / "pid"
+        command = ["rabbitmqctl", "-q", "-n", self.node, "stop"]
+        if pid_file.exists():
+            command.append(str(pid_file))
+        subprocess.run(command, env=self.env, timeout=NODE_TIMEOUT, check=False, capture_output=True)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of the test's own; skipped without ``rabbitmq-server`` (failed in CI)."""
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        reason = "rabbitmq-server is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # The server runs as the rabbitmq user, who cannot reach pytest's own temporary folders.
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-rabbitmq-"))
+    try:
+        node = PrivateRabbitMQ(folder)
+        try:
+            node.start()
+            yield node
+        finally:
+            node.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
