@@ -38,8 +38,16 @@ class JobState(enum.StrEnum):
 #: States a job ends in; a record in one of them is final.
 READY_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
 
-#: The rank of every finished state: above any attempt's.
+#: The lowest rank of a finished state: above any attempt's.
 FINAL_RANK = 1_000_000
+#: The rank of ``FAILURE``.
+FAILURE_RANK = FINAL_RANK
+#: The rank of ``SUCCESS``: the one finished state that may replace another, ``FAILURE``. A copy
+#: of a message can fail (its mail already claimed by the original) while the original delivers:
+#: the record then ends with what happened, the success.
+SUCCESS_RANK = FINAL_RANK + 1
+#: The rank of ``REVOKED``.
+REVOKED_RANK = FINAL_RANK + 2
 
 
 def rank(state: JobState, attempt: int = 0) -> int:
@@ -49,8 +57,12 @@ def rank(state: JobState, attempt: int = 0) -> int:
       ValueError: ``PENDING``, which is the absence of a record and is never written, or an
         attempt below 1 for ``STARTED`` and ``RETRY``.
     """
-    if state in READY_STATES:
-        return FINAL_RANK
+    if state is JobState.SUCCESS:
+        return SUCCESS_RANK
+    if state is JobState.FAILURE:
+        return FAILURE_RANK
+    if state is JobState.REVOKED:
+        return REVOKED_RANK
     if state is JobState.QUEUED:
         return 0
     if state is JobState.PENDING:
@@ -68,4 +80,6 @@ def may_replace(current_rank: int | None, new_rank: int) -> bool:
     """
     if current_rank is None:
         return True
-    return current_rank < FINAL_RANK and new_rank >= current_rank
+    if current_rank >= FINAL_RANK:
+        return current_rank == FAILURE_RANK and new_rank == SUCCESS_RANK
+    return new_rank >= current_rank

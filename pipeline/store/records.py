@@ -27,7 +27,7 @@ import redis
 from pipeline.errors import JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
 from pipeline.settings import Settings
-from pipeline.states import FINAL_RANK, JobState, rank
+from pipeline.states import FAILURE_RANK, FINAL_RANK, SUCCESS_RANK, JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL
 
@@ -72,19 +72,23 @@ def _passes(reply: redis.ResponseError) -> bool:
 #: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
 #: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
 #: Returns {applied (0/1), state JSON or false}.
-_WRITE_SCRIPT = """
+_WRITE_SCRIPT = (
+    """
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
 local new = tonumber(ARGV[1])
 if new == nil then
   if current == nil then return {0, false} end
   new = current
 end
-if current ~= nil and (current >= FINAL_RANK or new < current) then
-  return {0, redis.call('HGET', KEYS[1], 'state')}
+if current ~= nil then
+  if (current >= FINAL_RANK and not (current == FAILURE_RANK and new == SUCCESS_RANK))
+      or (current < FINAL_RANK and new < current) then
+    return {0, redis.call('HGET', KEYS[1], 'state')}
+  end
 end
 redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if new >= FINAL_RANK and (current == nil or current < FINAL_RANK) then
+if new >= FINAL_RANK and (current == nil or current ~= new) then
   local flat = redis.call('HGETALL', KEYS[1])
   local snapshot = {}
   for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
@@ -93,7 +97,10 @@ if new >= FINAL_RANK and (current == nil or current < FINAL_RANK) then
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return {1, redis.call('HGET', KEYS[1], 'state')}
-""".replace("FINAL_RANK", str(FINAL_RANK))
+""".replace("FAILURE_RANK", str(FAILURE_RANK))
+    .replace("SUCCESS_RANK", str(SUCCESS_RANK))
+    .replace("FINAL_RANK", str(FINAL_RANK))
+)
 
 
 class RecordStore:

@@ -313,3 +313,19 @@ def test_a_message_published_again_after_its_job_finished_is_not_run_again(worke
     wait_until(lambda: f"Job {first.message_id} (count_runs) is already SUCCESS" in worker.log, what="the skip")
     assert runs(clean_redis, key) == 1
     assert int(clean_redis.get("pipeline-test:stats:duplicates")) >= 1
+
+
+def test_a_copy_that_failed_never_hides_the_success_of_the_original(clean_redis):
+    from pipeline.store.records import get_store
+
+    store, job = get_store(), str(uuid.uuid4())
+    store.write(job, JobState.STARTED, attempt=1)
+    # A copy of the message (redelivered while the original still ran) fails first...
+    assert store.write(job, JobState.FAILURE, error={"type": "X", "message": "copy"}) == (True, JobState.FAILURE)
+    # ...then the original delivers: the record ends with what happened.
+    assert store.write(job, JobState.SUCCESS, result="sent") == (True, JobState.SUCCESS)
+    assert AsyncResult(job).get(timeout=1) == "sent"
+    assert store.write(job, JobState.FAILURE, error={"type": "X", "message": "late"}) == (False, JobState.SUCCESS)
+    revoked = str(uuid.uuid4())
+    store.write(revoked, JobState.REVOKED)
+    assert store.write(revoked, JobState.SUCCESS, result="late") == (False, JobState.REVOKED)
