@@ -103,7 +103,7 @@ def bad_input_worker(amqp, redis_client, tmp_path_factory):
         env = {**export_env(*folders), **mail_env(smtp.port)}
         worker = WorkerProcess([DEFAULT_QUEUE, SLOW_QUEUE], 2, env, ["pipeline.actors", "sample_actors"])
         yield worker, folders, smtp.handler
-        worker.stop()
+        worker.discard()
 
 
 @pytest.mark.parametrize("case", FAILED_IN_THE_WORKER)

@@ -33,7 +33,7 @@ def module_worker(amqp, redis_client, module_folders):
     flush_queue(SLOW_QUEUE)
     worker = WorkerProcess([SLOW_QUEUE], 2, export_env(*module_folders), ["pipeline.actors", "sample_actors"])
     yield worker
-    worker.stop()
+    worker.discard()
 
 
 @pytest.fixture

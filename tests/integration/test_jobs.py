@@ -30,7 +30,7 @@ def worker(redis_client, amqp):
     broker.flush(DEFAULT_QUEUE)
     process = WorkerProcess([DEFAULT_QUEUE], threads=4, env={}, modules=["pipeline.actors", "sample_actors"])
     yield process
-    process.stop()
+    process.discard()
 
 
 def wait_for_state(result: AsyncResult, state: JobState, timeout: float = 10) -> dict:

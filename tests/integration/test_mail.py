@@ -28,7 +28,7 @@ def module_worker(amqp, redis_client, mail_server):
     flush_queue(DEFAULT_QUEUE)
     worker = WorkerProcess([DEFAULT_QUEUE], 2, mail_env(mail_server.port), ["pipeline.actors", "sample_actors"])
     yield worker
-    worker.stop()
+    worker.discard()
 
 
 @pytest.fixture
