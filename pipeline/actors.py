@@ -14,11 +14,14 @@ from typing import Any
 from dramatiq.middleware import TimeLimitExceeded
 
 import pipeline.broker  # noqa: F401 - sets the global broker before any actor is declared
+from pipeline.errors import SourceError
 from pipeline.export.exporter import Exporter, ExportPointer
+from pipeline.export.orders import choose_columns
 from pipeline.export.sources import check_request
 from pipeline.jobs.actor_class import actor
 from pipeline.jobs.current import current_message_id, is_revoked, report_progress
 from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, priority_for
+from pipeline.mail.message import parse_addresses
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.settings import get_settings
 from pipeline.store.claims import Claims
@@ -80,13 +83,28 @@ def _exporter() -> Exporter:
     return Exporter(settings, ExportMemory(get_redis(settings), settings.export_reuse_window))
 
 
+#: Longest name of an export, in characters.
+MAX_EXPORT_NAME = 200
+
+
 def _check_export(
     orders: list[Any] | None = None,
     file: str | None = None,
     filter: dict[str, Any] | None = None,
-    **_: Any,
+    columns: list[str] | None = None,
+    name: str = "orders",
+    notify: str | None = None,
 ) -> None:
     check_request(orders, file, filter)
+    if columns is not None:
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise SourceError(f"columns must be a list of column names, not {columns!r}"[:200])
+        choose_columns(columns)
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_EXPORT_NAME or not name.isprintable():
+        raise SourceError(f"name must be printable text of 1 to {MAX_EXPORT_NAME} characters, not {name!r}"[:300])
+    if notify is not None:
+        # The mail actor's own check: an address it would refuse is refused here, at send.
+        parse_addresses("notify", notify)
 
 
 @actor(

@@ -20,6 +20,7 @@ from typing import Any, NotRequired, Protocol, TypedDict, cast
 from urllib.parse import quote
 
 from pipeline.errors import JobStopped
+from pipeline.export import scratch
 from pipeline.export.orders import Order, choose_columns, validate_order
 from pipeline.export.sources import OrderSource, open_source
 from pipeline.export.workbook import WorkbookWriter
@@ -32,6 +33,8 @@ BATCH_SIZE = 500
 PROGRESS_INTERVAL = 0.5
 #: Longest sanitised job name kept in a file name.
 MAX_NAME_LENGTH = 60
+#: Seconds past the export time limit after which a scratch folder surely belongs to a dead job.
+SWEEP_MARGIN = 60
 
 #: Reports progress: rows done, total when known, phase (what it returns is ignored).
 ProgressCallback = Callable[[int, int | None, str], object]
@@ -45,12 +48,18 @@ class ExportPointer(TypedDict):
     file_name: str
     #: Rows per sheet (``Orders``, ``Items``), headers not counted.
     rows: dict[str, int]
+    #: The titles of the sheets each took (``Items``, ``Items 2``... past Excel's row limit).
+    sheets: dict[str, list[str]]
     #: Bytes.
     size: int
     sha256: str
     created_at: str
     #: True when an earlier identical request's file was handed out.
     reused: bool
+    #: Cells whose text was cut to fit Excel's limit, with a visible marker.
+    cut_cells: int
+    #: Characters XML cannot hold, replaced by U+FFFD.
+    replaced_characters: int
     #: The ``notify`` mail: ``to`` and the mail job's ``message_id``.
     notified: NotRequired[dict[str, str]]
 
@@ -102,6 +111,8 @@ class Exporter:
     def __init__(self, settings: Settings, reuse: ExportReuse | None) -> None:
         self.settings = settings
         self.reuse = reuse if settings.export_reuse_window > 0 else None
+        # What jobs that died (killed, out of time) left: none of them can still be running.
+        scratch.sweep(settings.export_dir, settings.export_time_limit + SWEEP_MARGIN)
 
     def export(
         self,
@@ -127,11 +138,13 @@ class Exporter:
           name: A name for the file, sanitised.
           progress: Called with (rows done, total, phase) at most every
             :data:`PROGRESS_INTERVAL` seconds.
-          revoked: Asked between batches; True stops the export and removes its file.
+          revoked: Asked between batches and once more after the file is saved, before it is put
+            in place; True stops the export and removes its file.
 
         Returns:
-          The pointer: ``path``, ``url``, ``file_name``, ``rows`` per sheet, ``size``,
-          ``sha256``, ``created_at``, ``reused``.
+          The pointer: ``path``, ``url``, ``file_name``, ``rows`` per sheet, ``sheets`` (the
+          sheets each took), ``size``, ``sha256``, ``created_at``, ``reused``, and the
+          ``cut_cells`` and ``replaced_characters`` Excel's limits cost.
 
         Raises:
           InvalidOrder: A bad row; no file is left behind.
@@ -154,8 +167,13 @@ class Exporter:
         final.parent.mkdir(parents=True, exist_ok=True)
         self._remove_parts_of(final)
         part = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+        stop = revoked or _never
         try:
-            rows = self._write(source, chosen, part, progress or _no_progress, revoked or _never)
+            with scratch.scratch_folder(self.settings.export_dir, job_id):
+                writer = self._write(source, chosen, part, progress or _no_progress, stop)
+            # Revoked while saving: no file, no reuse entry.
+            if stop():
+                raise JobStopped(f"export stopped after {writer.order_rows} orders, saved: the job was revoked")
             os.replace(part, final)
         finally:
             part.unlink(missing_ok=True)
@@ -163,11 +181,14 @@ class Exporter:
             "path": str(final.resolve()),
             "url": self._url(final),
             "file_name": final.name,
-            "rows": rows,
+            "rows": {"Orders": writer.order_rows, "Items": writer.item_rows},
+            "sheets": {"Orders": writer.orders.titles, "Items": writer.items.titles},
             "size": final.stat().st_size,
             "sha256": file_digest(final),
             "created_at": now_iso(),
             "reused": False,
+            "cut_cells": writer.cut_cells,
+            "replaced_characters": writer.replaced_characters,
         }
         self._remember(digest, pointer)
         return pointer
@@ -179,7 +200,7 @@ class Exporter:
         part: Path,
         progress: ProgressCallback,
         revoked: Callable[[], bool],
-    ) -> dict[str, int]:
+    ) -> WorkbookWriter:
         writer = WorkbookWriter(columns)
         reported = time.monotonic()
         progress(0, source.total, "writing")
@@ -194,7 +215,7 @@ class Exporter:
                     progress(done, source.total, "writing")
         progress(writer.order_rows, source.total, "saving")
         writer.save(part)
-        return {"Orders": writer.order_rows, "Items": writer.item_rows}
+        return writer
 
     def _url(self, path: Path) -> str:
         base = self.settings.export_base_url
@@ -208,9 +229,13 @@ class Exporter:
         for stale in final.parent.glob(f".{final.name}.*.part"):
             stale.unlink(missing_ok=True)
 
-    @staticmethod
-    def _request_digest(source: OrderSource, columns: list[str]) -> str:
-        request = json.dumps({"source": source.description, "columns": columns}, sort_keys=True, default=str)
+    def _request_digest(self, source: OrderSource, columns: list[str]) -> str:
+        # The folder is part of the request: a deployment sharing the Redis but writing
+        # elsewhere never gets a path it cannot reach.
+        folder = str(self.settings.export_dir.resolve())
+        request = json.dumps(
+            {"source": source.description, "columns": columns, "folder": folder}, sort_keys=True, default=str
+        )
         return hashlib.sha256(request.encode()).hexdigest()
 
     def _earlier(self, digest: str) -> ExportPointer | None:
@@ -221,6 +246,8 @@ class Exporter:
             return None
         pointer = cast("ExportPointer", dict(stored))
         path = Path(pointer["path"])
+        if path.parent != self.settings.export_dir.resolve():
+            return None
         if not path.is_file() or path.stat().st_size != pointer["size"]:
             return None
         return {**pointer, "reused": True}

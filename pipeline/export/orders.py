@@ -8,10 +8,10 @@ error names the row, the field and the value: ``row 17: total 'abc' is not a num
 from __future__ import annotations
 
 import datetime
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from pipeline.errors import InvalidOrder, PermanentError
@@ -30,7 +30,7 @@ class Item(NamedTuple):
     sku: str
     name: str
     quantity: int
-    unit_price: float
+    unit_price: Decimal
 
 
 class Order(NamedTuple):
@@ -42,7 +42,7 @@ class Order(NamedTuple):
     customer_email: str
     status: str
     currency: str
-    total: float
+    total: Decimal
     items: tuple[Item, ...]
 
 
@@ -98,18 +98,21 @@ def _text(row: int, field: str, value: Any, *, required: bool = True) -> str:
     return text
 
 
-def _number(row: int, field: str, value: Any) -> float:
-    # Excel keeps every number as a double: a float loses nothing the file could hold.
+def _money(row: int, field: str, value: Any) -> Decimal:
+    """An amount, exact: from the input's decimal text, never through a binary float.
+
+    A JSON number arrives as a float; its shortest representation is the text it was written
+    as, so that text is what is read. Negative amounts (refunds, discounts) are amounts too.
+    """
     if isinstance(value, bool):
         raise InvalidOrder(f"row {row}: {field} {value!r} is not a number")
+    text = repr(value) if isinstance(value, float) else value.strip() if isinstance(value, str) else value
     try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+        number = Decimal(text)
+    except (ArithmeticError, TypeError, ValueError):
         raise InvalidOrder(f"row {row}: {field} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise InvalidOrder(f"row {row}: {field} {value!r} is not a number")
-    if number < 0:
-        raise InvalidOrder(f"row {row}: {field} {value!r} is negative")
+    if not number.is_finite():
+        raise InvalidOrder(f"row {row}: {field} {value!r} is not a finite number")
     return number
 
 
@@ -172,7 +175,7 @@ def validate_order(raw: Mapping[str, Any], row: int) -> Order:
         customer_email=email,
         status=status,
         currency=currency,
-        total=_number(row, "total", raw["total"]),
+        total=_money(row, "total", raw["total"]),
         items=tuple(_validate_item(item, row, n) for n, item in enumerate(items, 1)),
     )
 
@@ -188,5 +191,5 @@ def _validate_item(raw: Any, row: int, position: int) -> Item:
         sku=_text(row, f"{where} sku", raw["sku"]),
         name=_text(row, f"{where} name", raw["name"]),
         quantity=_count(row, f"{where} quantity", raw["quantity"]),
-        unit_price=_number(row, f"{where} unit_price", raw["unit_price"]),
+        unit_price=_money(row, f"{where} unit_price", raw["unit_price"]),
     )

@@ -17,12 +17,14 @@ file, the position in a list) and may know its total up front. The orders are va
 
 from __future__ import annotations
 
+import codecs
 import csv
 import importlib
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,10 @@ from pipeline.errors import SourceError
 INLINE_LIMIT = 1_000
 #: File extensions and the format each means.
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+#: Longest path of an order file, in characters.
+MAX_PATH_LENGTH = 4096
+#: Largest CSV field read, in characters (Python's default is 131,072); a cell holds 32,767.
+MAX_CSV_FIELD = 1 << 20
 #: CSV columns that hold an item's fields, and the item field each fills.
 CSV_ITEM_FIELDS = {"sku": "sku", "item_name": "name", "quantity": "quantity", "unit_price": "unit_price"}
 
@@ -53,7 +59,8 @@ def check_request(orders: Any = None, file: Any = None, filter: Any = None) -> N
 
     Raises:
       SourceError: Both ``orders`` and ``file`` given, ``orders`` not a list or over
-        :data:`INLINE_LIMIT`, ``file`` not a string, ``filter`` not an object.
+        :data:`INLINE_LIMIT`, ``file`` not a path (a string, without NUL, at most
+        :data:`MAX_PATH_LENGTH` characters), ``filter`` not an object.
     """
     if orders is not None and file is not None:
         raise SourceError("give either orders (inline) or file, not both")
@@ -66,8 +73,9 @@ def check_request(orders: Any = None, file: Any = None, filter: Any = None) -> N
                 "JSON Lines file under PIPELINE_IMPORT_DIR and pass file=..., or serve them from the "
                 "PIPELINE_ORDER_SOURCE plug-in and pass filter=..."
             )
-    if file is not None and not isinstance(file, str):
-        raise SourceError(f"file must be a path relative to PIPELINE_IMPORT_DIR, not {file!r}")
+    if file is not None and (not isinstance(file, str) or "\0" in file or not file or len(file) > MAX_PATH_LENGTH):
+        shown = repr(file) if len(repr(file)) <= 80 else repr(file)[:77] + "..."
+        raise SourceError(f"file must be a path relative to PIPELINE_IMPORT_DIR, not {shown}")
     if filter is not None and not isinstance(filter, dict):
         raise SourceError(f"filter must be an object, not {type(filter).__name__}")
 
@@ -125,20 +133,39 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The lines of a UTF-8 text file (a byte-order mark, as Excel writes, is skipped), numbered.
+
+    Raises:
+      SourceError: A line is not UTF-8 text (a binary file, another encoding), naming it.
+    """
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"row {line_number}: not valid JSON ({exc.msg})") from None
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceError(
+                    f"file {path.name}: line {line_number} is not UTF-8 text ({exc.reason} at byte {exc.start + 1})"
+                ) from None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    for line_number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            # Amounts are read as the decimals they are written as, never as binary floats.
+            yield line_number, json.loads(line, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"row {line_number}: not valid JSON ({exc.msg})") from None
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
+    csv.field_size_limit(MAX_CSV_FIELD)
+    reader = csv.DictReader(line for _, line in _lines(path))
+    try:
         missing = {"id", *CSV_ITEM_FIELDS} - set(reader.fieldnames or ())
         if missing:
             raise SourceError(f"file {path.name}: missing CSV column(s) {', '.join(sorted(missing))}")
@@ -150,6 +177,8 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
             order["id"] = order_id
             order["items"] = [{field: line[column] for column, field in CSV_ITEM_FIELDS.items()} for _, line in lines]
             yield first_line, order
+    except csv.Error as exc:
+        raise SourceError(f"file {path.name}: line {reader.line_num}: {exc}") from None
 
 
 def load_plugin(dotted: str) -> Callable[[dict[str, Any]], Iterable[Any]]:

@@ -4,15 +4,23 @@ openpyxl's write-only mode keeps memory flat whatever the number of orders: an `
 (one row per order, the job's chosen columns) and an ``Items`` sheet (one row per order line).
 Cells are typed: real Excel dates, numbers with a currency format; text that a spreadsheet
 would run as a formula is stored as text.
+
+Nothing is lost silently to Excel's limits: a sheet that fills up (1,048,576 rows) goes on in
+``Items 2``, ``Items 3``... with the same header; a text longer than a cell holds (32,767 UTF-16
+code units) is cut with a visible marker; characters XML cannot hold are replaced by U+FFFD. The
+writer counts the cells it cut and the characters it replaced, for the export's pointer.
 """
 
 from __future__ import annotations
 
+import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -23,20 +31,80 @@ from pipeline.export.orders import ITEM_COLUMNS, ORDER_COLUMNS, Order
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 #: Excel's format of the Created column.
 DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+#: Rows a sheet holds, its header included (Excel's limit).
+MAX_SHEET_ROWS = 1_048_576
+#: UTF-16 code units a cell holds (Excel's limit).
+MAX_CELL_UNITS = 32_767
+#: What ends a text cut to fit a cell.
+CUT_MARKER = " […cut]"
+#: What replaces a character XML cannot hold.
+REPLACEMENT = "\ufffd"
 
 
-def text_cell(sheet: WriteOnlyWorksheet, text: str) -> Any:
-    """``text`` as a cell value, stored as text even when a spreadsheet would run it as a formula.
+def utf16_units(text: str) -> int:
+    """How many UTF-16 code units ``text`` takes (what Excel counts): two for a character past U+FFFF."""
+    return len(text) + sum(1 for character in text if ord(character) > 0xFFFF)
 
-    A text that starts with a formula trigger becomes a string cell with Excel's quote prefix
-    (as if typed after an apostrophe): shown as written, never evaluated.
+
+class SheetSeries:
+    """One logical sheet spread over as many sheets as its rows need: ``Items``, ``Items 2``...
+
+    Parameters:
+      workbook: The write-only workbook.
+      title: The first sheet's title.
+      headers: Each column's header and width, repeated on every sheet.
     """
-    if text and text.startswith(FORMULA_TRIGGERS):
-        cell = WriteOnlyCell(sheet, value=text)
-        cell.data_type = "s"
-        cell.quotePrefix = True
-        return cell
-    return text
+
+    def __init__(self, workbook: Workbook, title: str, headers: list[tuple[str, float]]) -> None:
+        self.workbook = workbook
+        self.title = title
+        self.headers = headers
+        self.sheets: list[tuple[WriteOnlyWorksheet, int]] = []
+        self.rows = 0
+        self._rows_here = 0
+        self.current = self._add_sheet()
+        #: The first sheet, whose cells serve every sheet (styles belong to the workbook).
+        self.first = self.current
+
+    def _add_sheet(self) -> WriteOnlyWorksheet:
+        if self.sheets:
+            self.sheets[-1] = (self.sheets[-1][0], self._rows_here)
+        title = self.title if not self.sheets else f"{self.title} {len(self.sheets) + 1}"
+        sheet = self.workbook.create_sheet(title)
+        # Write-only sheets take their view and widths before the first row.
+        sheet.freeze_panes = "A2"
+        for index, (_, width) in enumerate(self.headers, 1):
+            sheet.column_dimensions[get_column_letter(index)].width = width
+        bold = Font(bold=True)
+        header_cells = []
+        for header, _ in self.headers:
+            cell = WriteOnlyCell(sheet, value=header)
+            cell.font = bold
+            header_cells.append(cell)
+        sheet.append(header_cells)
+        self.sheets.append((sheet, 0))
+        self._rows_here = 0
+        return sheet
+
+    def append(self, row: list[Any]) -> None:
+        """Add a row, on a new sheet when this one is full."""
+        if self._rows_here == MAX_SHEET_ROWS - 1:
+            self.current = self._add_sheet()
+        self.current.append(row)
+        self._rows_here += 1
+        self.rows += 1
+
+    def set_filters(self) -> None:
+        """Put an autofilter over each sheet's rows (before saving)."""
+        self.sheets[-1] = (self.sheets[-1][0], self._rows_here)
+        last_column = get_column_letter(len(self.headers))
+        for sheet, rows in self.sheets:
+            sheet.auto_filter.ref = f"A1:{last_column}{rows + 1}"
+
+    @property
+    def titles(self) -> list[str]:
+        """The titles of the sheets it took."""
+        return [sheet.title for sheet, _ in self.sheets]
 
 
 class WorkbookWriter:
@@ -49,68 +117,103 @@ class WorkbookWriter:
     def __init__(self, columns: list[str]) -> None:
         self.columns = [ORDER_COLUMNS[name] for name in columns]
         self.workbook = Workbook(write_only=True)
-        self.orders = self._sheet("Orders", [(c.header, c.width) for c in self.columns])
-        self.items = self._sheet("Items", list(ITEM_COLUMNS))
-        self.order_rows = 0
-        self.item_rows = 0
+        self.orders = SheetSeries(self.workbook, "Orders", [(c.header, c.width) for c in self.columns])
+        self.items = SheetSeries(self.workbook, "Items", list(ITEM_COLUMNS))
+        #: Cells whose text was cut to fit.
+        self.cut_cells = 0
+        #: Characters replaced because XML cannot hold them.
+        self.replaced_characters = 0
         self._money_formats: dict[str, str] = {}
 
-    def _sheet(self, title: str, headers: list[tuple[str, float]]) -> WriteOnlyWorksheet:
-        sheet = self.workbook.create_sheet(title)
-        # Write-only sheets take their view and widths before the first row.
-        sheet.freeze_panes = "A2"
-        for index, (_, width) in enumerate(headers, 1):
-            sheet.column_dimensions[get_column_letter(index)].width = width
-        bold = Font(bold=True)
-        header_cells = []
-        for header, _ in headers:
-            cell = WriteOnlyCell(sheet, value=header)
-            cell.font = bold
-            header_cells.append(cell)
-        sheet.append(header_cells)
-        return sheet
+    @property
+    def order_rows(self) -> int:
+        """Orders written."""
+        return self.orders.rows
 
-    def _money(self, amount: Any, currency: str, sheet: WriteOnlyWorksheet) -> WriteOnlyCell:
+    @property
+    def item_rows(self) -> int:
+        """Order lines written."""
+        return self.items.rows
+
+    def text(self, text: str) -> Any:
+        """``text`` as a cell value that loses nothing silently.
+
+        Characters XML cannot hold are replaced (and counted); a text longer than a cell holds is
+        cut with :data:`CUT_MARKER` (and counted); a text that starts with a formula trigger
+        becomes a string cell with Excel's quote prefix (as if typed after an apostrophe): shown as
+        written, never evaluated.
+        """
+        if ILLEGAL_CHARACTERS_RE.search(text):
+            text, replaced = ILLEGAL_CHARACTERS_RE.subn(REPLACEMENT, text)
+            self.replaced_characters += replaced
+        # No more characters than half the limit cannot take more units than the limit.
+        if len(text) > MAX_CELL_UNITS // 2 and utf16_units(text) > MAX_CELL_UNITS:
+            text = _cut(text)
+            self.cut_cells += 1
+        if text and text.startswith(FORMULA_TRIGGERS):
+            cell = WriteOnlyCell(self.orders.first, value=text)
+            cell.data_type = "s"
+            cell.quotePrefix = True
+            return cell
+        return text
+
+    def _money(self, amount: Decimal, currency: str) -> WriteOnlyCell:
         number_format = self._money_formats.get(currency)
         if number_format is None:
             number_format = self._money_formats[currency] = f'#,##0.00 "{currency}"'
-        cell = WriteOnlyCell(sheet, value=amount)
+        # The double nearest to the exact amount: what a spreadsheet can hold of it.
+        cell = WriteOnlyCell(self.orders.first, value=float(amount))
         cell.number_format = number_format
         return cell
 
     def add(self, order: Order) -> None:
-        """Append one order to the Orders sheet and its lines to the Items sheet."""
+        """Append one order to the Orders sheets and its lines to the Items sheets."""
         row = []
         for column in self.columns:
             value = column.value(order)
             if column.kind == "text":
-                row.append(text_cell(self.orders, value))
+                row.append(self.text(value))
             elif column.kind == "money":
-                row.append(self._money(value, order.currency, self.orders))
+                row.append(self._money(value, order.currency))
             elif column.kind == "datetime":
-                cell = WriteOnlyCell(self.orders, value=value)
-                cell.number_format = DATETIME_FORMAT
-                row.append(cell)
+                row.append(self._moment(value))
             else:
                 row.append(value)
         self.orders.append(row)
-        self.order_rows += 1
-        order_id = text_cell(self.items, order.id)
+        order_id = self.text(order.id)
         for item in order.items:
             self.items.append(
                 [
                     order_id,
-                    text_cell(self.items, item.sku),
-                    text_cell(self.items, item.name),
+                    self.text(item.sku),
+                    self.text(item.name),
                     item.quantity,
-                    self._money(item.unit_price, order.currency, self.items),
-                    self._money(item.unit_price * item.quantity, order.currency, self.items),
+                    self._money(item.unit_price, order.currency),
+                    self._money(item.unit_price * item.quantity, order.currency),
                 ]
             )
-        self.item_rows += len(order.items)
+
+    def _moment(self, value: datetime.datetime) -> WriteOnlyCell:
+        # Shown to the second, a fraction would round up (23:59:59.9999 into the next day, or
+        # year): the cell holds the second the moment is in.
+        cell = WriteOnlyCell(self.orders.first, value=value.replace(microsecond=0))
+        cell.number_format = DATETIME_FORMAT
+        return cell
 
     def save(self, path: Path) -> None:
         """Set each sheet's autofilter over its rows and write the workbook to ``path``."""
-        self.orders.auto_filter.ref = f"A1:{get_column_letter(len(self.columns))}{self.order_rows + 1}"
-        self.items.auto_filter.ref = f"A1:{get_column_letter(len(ITEM_COLUMNS))}{self.item_rows + 1}"
+        self.orders.set_filters()
+        self.items.set_filters()
         self.workbook.save(path)
+
+
+def _cut(text: str) -> str:
+    """``text`` shortened to fit a cell with :data:`CUT_MARKER` at its end, counted in UTF-16 units."""
+    room = MAX_CELL_UNITS - utf16_units(CUT_MARKER)
+    kept, units = [], 0
+    for character in text:
+        units += 2 if ord(character) > 0xFFFF else 1
+        if units > room:
+            break
+        kept.append(character)
+    return "".join(kept) + CUT_MARKER

@@ -5,6 +5,7 @@ Bad input is a :class:`~pipeline.errors.MailError` (never retried, nothing sent)
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from pipeline.errors import MailError
 from pipeline.mail.rendering import Rendered, check_header
 from pipeline.settings import Settings
 
+#: Longest local part, domain and address (RFC 5321).
+MAX_LOCAL_PART, MAX_DOMAIN, MAX_ADDRESS = 64, 255, 254
+#: A label of a host name.
+HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 #: UTF-8 bodies in quoted-printable: 7-bit on the wire, still readable in a raw view.
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
@@ -61,11 +66,33 @@ def parse_addresses(name: str, values: str | Iterable[str] | None) -> list[tuple
             raise MailError(f"{name}: {item!r} is not an address")
         check_header(name, item)
         for display, address in getaddresses([item]):
-            local, at, domain = address.rpartition("@")
-            if not at or not local or not domain or any(c.isspace() for c in address) or "." not in domain:
-                raise MailError(f"{name}: {item!r} is not a valid address")
-            addresses.append((display, address))
+            addresses.append((display, check_address(name, item, address)))
     return addresses
+
+
+def check_address(name: str, given: str, address: str) -> str:
+    """``address`` (from ``given``, for errors) checked, its domain in IDNA (ASCII) form.
+
+    Raises:
+      MailError: Not ``local@domain``, too long (local part 64, domain 255, address 254), or a
+        domain that is not a host name.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in address) or "." not in domain:
+        raise MailError(f"{name}: {given!r} is not a valid address")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise MailError(f"{name}: {given!r} has a domain that is not a host name") from None
+    if not all(HOST_LABEL.fullmatch(label) for label in ascii_domain.split(".")):
+        raise MailError(f"{name}: {given!r} has a domain that is not a host name")
+    checked = f"{local}@{ascii_domain}"
+    if len(local) > MAX_LOCAL_PART or len(ascii_domain) > MAX_DOMAIN or len(checked) > MAX_ADDRESS:
+        raise MailError(
+            f"{name}: {given!r} is too long (local part {MAX_LOCAL_PART}, domain {MAX_DOMAIN}, "
+            f"address {MAX_ADDRESS} characters at most)"
+        )
+    return checked
 
 
 def _header_list(addresses: Sequence[tuple[str, str]]) -> str:

@@ -14,6 +14,7 @@ import functools
 import re
 import sys
 import traceback
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from pipeline.errors import HeaderInjection, MailError
 SOURCE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 #: Where ``pip install`` puts them (``data_files`` in setup.cfg).
 INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "pipeline" / "templates"
+#: Unicode categories no header value may hold: controls (CR, LF, VT, FF, NUL...), line and
+#: paragraph separators.
+HEADER_BREAKERS = frozenset({"Cc", "Zl", "Zp"})
 #: What a template name may be: no dots or slashes, so it never leaves a template folder.
 TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -115,13 +119,21 @@ def _line_of(exc: BaseException, filename: str) -> str:
 
 
 def check_header(name: str, value: str) -> str:
-    """``value``, refused if it holds a line break (it would add headers of its own).
+    """``value``, refused if it holds a character a header has no place for.
+
+    Line breaks would add headers of their own (CR, LF, and what a mail generator may also take
+    for one: vertical tab, form feed, Unicode's line and paragraph separators), and no control
+    character belongs in a header.
 
     Raises:
-      HeaderInjection: It does.
+      HeaderInjection: It does; the message names the header and the character.
     """
-    if "\r" in value or "\n" in value:
-        raise HeaderInjection(f"{name} {value!r} holds a line break (header injection refused)")
+    for character in value:
+        if unicodedata.category(character) in HEADER_BREAKERS:
+            raise HeaderInjection(
+                f"{name} {value!r} holds {unicodedata.name(character, repr(character))} "
+                f"(U+{ord(character):04X}), a line break or control character (header injection refused)"
+            )
     return value
 
 

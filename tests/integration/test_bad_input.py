@@ -39,7 +39,6 @@ def item(**changes):
 #: in the import folder, text the error must hold).
 FAILED_IN_THE_WORKER = {
     "total not a number": (export_orders, {"orders": [make_order(1), order(total="abc")]}, {}, "row 2: total 'abc'"),
-    "unknown column": (export_orders, {"orders": [make_order(1)], "columns": ["id", "colour"]}, {}, "colour"),
     "path out of the import folder": (export_orders, {"file": "../../etc/passwd"}, {}, "outside the import folder"),
     "file that does not exist": (export_orders, {"file": "q9.jsonl"}, {}, "does not exist"),
     "unknown file format": (export_orders, {"file": "orders.txt"}, {"orders.txt": "x"}, "unknown format"),
@@ -91,6 +90,21 @@ REFUSED_AT_SEND = {
     "both orders and a file": (export_orders, (), {"orders": [], "file": "x.jsonl"}, InvalidMessage, "give either"),
     "too many inline orders": (export_orders, (), {"orders": [{}] * 1001}, InvalidMessage, "at most 1000"),
     "priority out of range": (ping, (1,), {"priority": 11}, InvalidPriority, "outside 0..10"),
+    "export name None": (export_orders, (), {"filter": {}, "name": None}, InvalidMessage, "name must be printable"),
+    "export name too long": (export_orders, (), {"filter": {}, "name": "n" * 5000}, InvalidMessage, "1 to 200"),
+    "NUL in the export name": (export_orders, (), {"filter": {}, "name": "q3\x00"}, InvalidMessage, "printable"),
+    "nested columns": (export_orders, (), {"filter": {}, "columns": [["id"]]}, InvalidMessage, "list of column"),
+    "unknown column at send": (export_orders, (), {"filter": {}, "columns": ["colour"]}, InvalidMessage, "colour"),
+    "NUL in the file name": (export_orders, (), {"file": "q3\x00.csv"}, InvalidMessage, "file must be a path"),
+    "file not a string": (export_orders, (), {"file": ["q3.csv"]}, InvalidMessage, "file must be a path"),
+    "notify not an address": (export_orders, (), {"filter": {}, "notify": "boss"}, InvalidMessage, "notify"),
+    "notify with a line break": (
+        export_orders,
+        (),
+        {"filter": {}, "notify": "boss@example.com\u2028Bcc: x@example.com"},
+        InvalidMessage,
+        "header injection",
+    ),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from decimal import Decimal
 
 import pytest
 from sample_source import make_order
@@ -28,9 +29,10 @@ def test_a_time_with_an_offset_is_converted_to_utc():
     ("field", "value", "message"),
     [
         ("total", "abc", "row 17: total 'abc' is not a number"),
-        ("total", -5, "row 17: total -5 is negative"),
         ("total", True, "row 17: total True is not a number"),
-        ("total", "nan", "row 17: total 'nan' is not a number"),
+        ("total", "nan", "row 17: total 'nan' is not a finite number"),
+        ("total", float("inf"), "row 17: total inf is not a finite number"),
+        ("total", "-Infinity", "row 17: total '-Infinity' is not a finite number"),
         ("total", [1], "row 17: total [1] is not a number"),
         ("created_at", "yesterday", "row 17: created_at 'yesterday' is not an ISO 8601 date and time"),
         ("customer_email", "nobody", "row 17: customer_email 'nobody' is not an e-mail address"),
@@ -72,3 +74,16 @@ def test_columns_default_to_all_and_unknown_ones_are_named():
         choose_columns(["id", "price"])
     with pytest.raises(PermanentError, match="twice"):
         choose_columns(["id", "id"])
+
+
+@pytest.mark.parametrize(("total", "exact"), [(-5, "-5"), ("-12.30", "-12.30"), (0.07, "0.07"), ("4.35", "4.35")])
+def test_amounts_are_exact_decimals_and_may_be_negative(total, exact):
+    order = validate_order({**make_order(1), "total": total}, 1)
+    assert order.total == Decimal(exact)
+
+
+def test_an_item_amount_is_computed_exactly():
+    raw = make_order(1)
+    raw["items"][0].update(quantity=100, unit_price=0.07)
+    item = validate_order(raw, 1).items[0]
+    assert item.unit_price * item.quantity == Decimal("7.00")

@@ -10,7 +10,7 @@ from sample_source import make_order
 
 from pipeline.errors import InvalidOrder, JobStopped
 from pipeline.export.exporter import Exporter, export_file_name, safe_name
-from pipeline.export.workbook import FORMULA_TRIGGERS, text_cell
+from pipeline.export.workbook import FORMULA_TRIGGERS, WorkbookWriter
 from pipeline.settings import Settings
 
 
@@ -61,10 +61,10 @@ def test_text_a_spreadsheet_would_run_is_written_as_text(exporter, trigger):
 
 @pytest.mark.parametrize("trigger", FORMULA_TRIGGERS)
 def test_every_formula_trigger_makes_a_text_cell(trigger):
-    sheet = openpyxl.Workbook(write_only=True).create_sheet()
-    cell = text_cell(sheet, f"{trigger}SUM(A1:A9)")
+    writer = WorkbookWriter(["id"])
+    cell = writer.text(f"{trigger}SUM(A1:A9)")
     assert cell.data_type == "s" and cell.quotePrefix and cell.value == f"{trigger}SUM(A1:A9)"
-    assert text_cell(sheet, "plain") == "plain"
+    assert writer.text("plain") == "plain"
 
 
 def test_leading_tabs_and_line_breaks_are_trimmed_by_validation(exporter):
