@@ -31,6 +31,7 @@ from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, PublishOutcomeUnknown, QueueMismatch
 from pipeline.jobs.checks import MessageChecks, refusals_raised
+from pipeline.jobs.finished import FinishedCheck, checks_finished
 from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.options import BROKER_PRIORITY_OPTION
 from pipeline.jobs.prefetch import LongJobPrefetch
@@ -75,6 +76,15 @@ class PipelineBroker(RabbitmqBroker):
         if highest:
             arguments["x-max-priority"] = highest
         return arguments
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
+        """Dramatiq's consumer of ``queue_name``, which also marks each delivery with its job's
+        state, a batch of deliveries per Redis round trip (see :mod:`pipeline.jobs.finished`).
+        """
+        consumer = super().consume(queue_name, prefetch, timeout)
+        if checks_finished(queue_name):
+            return FinishedCheck(consumer, get_store(self.settings))
+        return consumer
 
     def _declare_queue(self, queue_name: str) -> Any:
         return self._declare_checked(queue_name, super()._declare_queue)

@@ -88,12 +88,29 @@ def _status(args: argparse.Namespace) -> int:
         with contextlib.suppress(JobTimeout):
             handle.get(timeout=args.wait, propagate=False)
     record = handle.info()
+    notification = _notification(record)
     if args.json:
-        print(json.dumps(record or {"message_id": args.message_id, "state": "PENDING"}, indent=2, ensure_ascii=False))
+        shown: dict[str, Any] = dict(record) if record else {"message_id": args.message_id, "state": "PENDING"}
+        if notification is not None:
+            shown["notification"] = notification
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
         print(format_record(args.message_id, record))
+        if notification is not None:
+            mail = f"mail job {notification['message_id']} {notification['state']}"
+            print(f"  {'notified':<9} {notification['to']}: {mail}")
     state = JobState(record["state"]) if record else JobState.PENDING
     return _EXIT_BY_STATE.get(state, RET_UNFINISHED)
+
+
+def _notification(record: JobRecord | None) -> dict[str, str] | None:
+    """Where an export's ``notify`` mail stands: its address, its job and that job's state."""
+    result = record.get("result") if record else None
+    notified = result.get("notified") if isinstance(result, dict) else None
+    if not isinstance(notified, dict) or "message_id" not in notified:
+        return None
+    state = AsyncResult(notified["message_id"]).state
+    return {"to": str(notified.get("to")), "message_id": notified["message_id"], "state": state.value}
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -143,7 +143,8 @@ class WorkbookWriter:
         becomes a string cell with Excel's quote prefix (as if typed after an apostrophe): shown as
         written, never evaluated.
         """
-        if ILLEGAL_CHARACTERS_RE.search(text):
+        # Every character XML cannot hold is unprintable: the quick test spares the search.
+        if not text.isprintable() and ILLEGAL_CHARACTERS_RE.search(text):
             text, replaced = ILLEGAL_CHARACTERS_RE.subn(REPLACEMENT, text)
             self.replaced_characters += replaced
         # No more characters than half the limit cannot take more units than the limit.

@@ -27,6 +27,7 @@ from pipeline.job_record import JobError, error_info
 from pipeline.jobs.catch_up import CatchUp
 from pipeline.jobs.checks import is_retry
 from pipeline.jobs.current import set_current_message_id
+from pipeline.jobs.finished import state_when_received
 from pipeline.jobs.options import BROKER_PRIORITY_OPTION, ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.starts import DelayedStarts
 from pipeline.states import JobState
@@ -198,11 +199,14 @@ class JobRecords(Middleware):
         """Skip a first delivery whose job already finished: another service published the
         message again, with the id of a job that ran. The skip is logged and counted.
         """
-        try:
-            state = self.store.state_in_line(message.message_id)
-        except ResultBackendUnavailable as exc:
-            logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
-            return
+        state = state_when_received(message)
+        if state is None:
+            # Not received through the checking consumer: ask now.
+            try:
+                state = self.store.state_in_line(message.message_id)
+            except ResultBackendUnavailable as exc:
+                logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
+                return
         if state.ready:
             skipped = self.store.count_duplicate()
             logger.warning(

@@ -74,12 +74,14 @@ def check_address(name: str, given: str, address: str) -> str:
     """``address`` (from ``given``, for errors) checked, its domain in IDNA (ASCII) form.
 
     Raises:
-      MailError: Not ``local@domain``, too long (local part 64, domain 255, address 254), or a
-        domain that is not a host name.
+      MailError: Not ``local@domain``, a non-ASCII local part, too long (local part 64, domain
+        255, address 254), or a domain that is not a host name.
     """
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or any(c.isspace() for c in address) or "." not in domain:
         raise MailError(f"{name}: {given!r} is not a valid address")
+    if not local.isascii():
+        raise MailError(f"{name}: {given!r} has a non-ASCII local part, which needs SMTPUTF8 (not sent by pipeline)")
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError:

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 
-from pipeline.errors import DeliveryUncertain, SmtpRejected, SmtpUnavailable
+from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpUnavailable
 from pipeline.mail.message import Envelope
 from pipeline.settings import Settings
 
@@ -114,7 +114,11 @@ class SmtpSender:
             self.close()
             if not reused:
                 raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {exc.__cause__!r}") from exc
-            refused = self._transmit(self._connection(), envelope)
+            try:
+                refused = self._transmit(self._connection(), envelope)
+            except _BeforeData as again:
+                self.close()
+                raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {again.__cause__!r}") from again
         if not self.settings.smtp_reuse_connection:
             self.close()
         return refused
@@ -144,6 +148,18 @@ class SmtpSender:
                 raise error(f"every recipient refused{'' if permanent else ' for now'}: {detail}")
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise _BeforeData from exc
+        except PipelineError:
+            raise
+        except BaseException as exc:
+            # Anything else between MAIL and DATA leaves a transaction open on the kept
+            # connection: end it before this thread sends anything else.
+            self._reset(smtp)
+            if isinstance(exc, UnicodeError):
+                raise SmtpRejected(
+                    f"an address of the mail cannot be sent to {self.settings.smtp_host} ({exc}): a non-ASCII "
+                    "local part needs SMTPUTF8"
+                ) from exc
+            raise
         try:
             code, reply = smtp.data(data)
         except smtplib.SMTPDataError as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from export_support import export_env, finished_files, make_folders
-from services import queue_depth
+from services import ROOT, queue_depth
 from waiting import wait_until
 
 from pipeline.actors import export_orders
@@ -56,14 +59,17 @@ def test_notify_mails_the_link_once_the_file_is_there(purge, start_worker, smtp_
         "PIPELINE_EXPORT_BASE_URL": "https://files.example/x",
     }
     start_worker([SLOW_QUEUE, DEFAULT_QUEUE], threads=2, env=env)
-    pointer = AsyncResult(export_orders.send(filter={"count": 12}, notify="boss@example.com").message_id).get(
-        timeout=30
-    )
+    export_job = AsyncResult(export_orders.send(filter={"count": 12}, notify="boss@example.com").message_id)
+    pointer = export_job.get(timeout=30)
     mail_result = AsyncResult(pointer["notified"]["message_id"]).get(timeout=30)
     (mail,) = inbox.wait_for(1)
     assert mail_result["accepted"] == ["boss@example.com"]
     text = mail.get_body(("plain",)).get_content()
     assert pointer["url"] in text and pointer["url"].startswith("https://files.example/x/") and "12 orders" in text
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", export_job.id], cwd=ROOT, capture_output=True, text=True
+    )
+    assert f"notified  boss@example.com: mail job {pointer['notified']['message_id']} SUCCESS" in out.stdout
 
 
 def test_an_export_that_runs_out_of_time_fails_without_retry(purge, start_worker, folders, amqp):

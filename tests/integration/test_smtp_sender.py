@@ -91,3 +91,18 @@ def test_a_certificate_from_an_unknown_ca_is_refused(tls_smtp):
     with pytest.raises(SmtpUnavailable, match=r"127\.0\.0\.1:\d+ unreachable"):
         SmtpSender(settings).send(envelope(settings))
     assert inbox.mails == []
+
+
+def test_a_recipient_that_cannot_be_encoded_fails_for_good_and_leaves_the_connection_clean(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(settings)
+    sender.send(envelope(settings, job="1"))
+    bad = envelope(settings, job="2")
+    bad.recipients.append("zoë@example.com")  # past the message's own checks, as a Bcc would be
+    with pytest.raises(SmtpRejected, match="SMTPUTF8"):
+        sender.send(bad)
+    # The next, unrelated mail on the same thread's connection goes out (no "nested MAIL").
+    sender.send(envelope(settings, to="b@example.com", job="3"))
+    assert [m["Message-ID"] for m in inbox.wait_for(2)] == ["<1@example.com>", "<3@example.com>"]
+    assert inbox.connections == 1
+    sender.close()

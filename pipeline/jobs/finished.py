@@ -1,0 +1,105 @@
+"""Deliveries of jobs that already finished, found in one Redis round trip per batch.
+
+Another service may publish a message again, with the id of a job that ran. Asking Redis, for
+each delivery, whether its job finished would cost a round trip per job; instead the consumer
+reads every delivery already at hand, asks about all of them at once, and marks those whose job
+finished, which the job-records middleware then skips without running them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.job_id import is_job_id
+from pipeline.states import JobState
+from pipeline.store.records import RecordStore
+
+logger = logging.getLogger(__name__)
+
+#: Attribute a delivery gets: the state of its job when the consumer received it.
+STATE_ATTRIBUTE = "pipeline_state"
+#: Deliveries asked about in one round trip at most.
+MAX_BATCH = 256
+
+
+def state_when_received(message: Any) -> JobState | None:
+    """The state a delivery's job had when it was received; None when it was not asked."""
+    return getattr(message, STATE_ATTRIBUTE, None)
+
+
+class FinishedCheck(dramatiq.Consumer):
+    """A consumer that marks each delivery with its job's state, a batch per round trip.
+
+    Parameters:
+      inner: Dramatiq's consumer of the queue.
+      store: The job records.
+    """
+
+    def __init__(self, inner: Any, store: RecordStore) -> None:
+        self.inner = inner
+        self.store = store
+        self._ready: collections.deque[Any] = collections.deque()
+
+    def __iter__(self) -> FinishedCheck:
+        return self
+
+    def __next__(self) -> Any:
+        """The next delivery (or None when none came within the consumer's timeout)."""
+        if self._ready:
+            return self._ready.popleft()
+        first = next(self.inner)
+        if first is None:
+            return None
+        batch = [first]
+        # What pika has already received can be read without waiting.
+        waiting = min(self.inner.channel.get_waiting_message_count(), MAX_BATCH - 1)
+        for _ in range(waiting):
+            message = next(self.inner)
+            if message is None:
+                break
+            batch.append(message)
+        self._mark(batch)
+        self._ready.extend(batch[1:])
+        return first
+
+    def _mark(self, batch: list[Any]) -> None:
+        asked = [message for message in batch if is_job_id(message.message_id)]
+        try:
+            states = self.store.states([message.message_id for message in asked])
+        except ResultBackendUnavailable as exc:
+            # Not known: the jobs run (a worker never stops for Redis), as if they had no record.
+            logger.debug("Deliveries not checked for finished jobs: %s", exc)
+            states = [JobState.PENDING] * len(asked)
+        for message, state in zip(asked, states, strict=True):
+            setattr(message, STATE_ATTRIBUTE, state)
+
+    def ack(self, message: Any) -> None:
+        """Dramatiq's ack."""
+        self.inner.ack(message)
+
+    def nack(self, message: Any) -> None:
+        """Dramatiq's nack (dead-letters the message)."""
+        self.inner.nack(message)
+
+    def requeue(self, messages: Any) -> None:
+        """Dramatiq's requeue, of the messages handed out and of those still held here."""
+        held, self._ready = list(self._ready), collections.deque()
+        self.inner.requeue([*messages, *held])
+
+    def close(self) -> None:
+        """Close Dramatiq's consumer."""
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def checks_finished(queue_name: str) -> bool:
+    """Whether deliveries of ``queue_name`` are checked: not those of a delay queue (retries)."""
+    return queue_name == q_name(queue_name)
