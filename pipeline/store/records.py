@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import redis
@@ -27,17 +27,21 @@ import redis
 from pipeline.errors import JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
 from pipeline.settings import Settings
-from pipeline.states import FAILURE_RANK, FINAL_RANK, SUCCESS_RANK, JobState, rank
+from pipeline.states import JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL
+from pipeline.store.write_line import (
+    MAX_UNREAD_WRITES,
+    WRITE_SCRIPT,
+    PendingWrite,
+    WriteCall,
+    WriteLine,
+    passes,
+    state_reply,
+)
 
 logger = logging.getLogger(__name__)
 
-#: One write: the script's keys and arguments.
-WriteCall = tuple[list[str], list[Any]]
-
-#: Record writes a thread may have sent without reading their answers yet.
-MAX_UNREAD_WRITES = 2
 #: Seconds a sender waits, after RabbitMQ's confirm, for the answer to its ``QUEUED`` write.
 QUEUED_ANSWER_WAIT = 0.25
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
@@ -49,58 +53,6 @@ WAIT_MARGIN = 1.0
 MAX_KEPT_WRITES = 50_000
 #: Kept writes sent to Redis in one round trip when catching up.
 CATCH_UP_BATCH = 500
-#: Error replies that pass (memory, a replica, a loading or busy server): a write that got one
-#: is kept and written again; any other error reply is final. redis-py turns some codes into
-#: types (and strips the code), the others stay in the text.
-PASSING_REPLY_TYPES = (
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.NoScriptError,
-    redis.exceptions.TryAgainError,
-)
-PASSING_REPLY_CODES = ("MISCONF", "BUSY", "MASTERDOWN")
-
-
-def _passes(reply: redis.ResponseError) -> bool:
-    """Whether Redis may take the write that got this error reply later."""
-    return isinstance(reply, PASSING_REPLY_TYPES) or str(reply).startswith(PASSING_REPLY_CODES)
-
-
-#: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
-#: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
-#: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
-#: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
-#: Returns {applied (0/1), state JSON or false}.
-_WRITE_SCRIPT = (
-    """
-local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
-local new = tonumber(ARGV[1])
-if new == nil then
-  if current == nil then return {0, false} end
-  new = current
-end
-if current ~= nil then
-  if (current >= FINAL_RANK and not (current == FAILURE_RANK and new == SUCCESS_RANK))
-      or (current < FINAL_RANK and new < current) then
-    return {0, redis.call('HGET', KEYS[1], 'state')}
-  end
-end
-redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if new >= FINAL_RANK and (current == nil or current ~= new) then
-  local flat = redis.call('HGETALL', KEYS[1])
-  local snapshot = {}
-  for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
-  redis.call('DEL', KEYS[2])
-  redis.call('RPUSH', KEYS[2], cjson.encode(snapshot))
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-return {1, redis.call('HGET', KEYS[1], 'state')}
-""".replace("FAILURE_RANK", str(FAILURE_RANK))
-    .replace("SUCCESS_RANK", str(SUCCESS_RANK))
-    .replace("FINAL_RANK", str(FINAL_RANK))
-)
 
 
 class RecordStore:
@@ -133,7 +85,7 @@ class RecordStore:
     @functools.cached_property
     def _script(self) -> Any:
         """The write script, registered with the client (loaded into Redis on first use)."""
-        return self.client.register_script(_WRITE_SCRIPT)
+        return self.client.register_script(WRITE_SCRIPT)
 
     def translated(self) -> contextlib.AbstractContextManager[None]:
         """Turn redis-py's errors inside the block into ``ResultBackendUnavailable``."""
@@ -154,7 +106,7 @@ class RecordStore:
             args += [name, json.dumps(value)]
         return [self.keys.record(message_id), self.keys.done(message_id)], args
 
-    def _send(
+    def send_call(
         self, call: WriteCall, keep: bool, pending: PendingWrite | None = None, command: str = "EVALSHA"
     ) -> PendingWrite:
         """Send one write on this thread's own connection; its answer is read later, in order.
@@ -163,19 +115,19 @@ class RecordStore:
         """
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
-            line = self._local.line = _WriteLine(self.redis.new_connection())
+            line = self._local.line = WriteLine(self.redis.new_connection())
         pending = pending or PendingWrite(self, line, call, keep)
         keys, args = call
         packed = (
             ("HGET", keys[0], "state") if command == "HGET" else ("EVALSHA", self._script.sha, len(keys), *keys, *args)
         )
         if command == "HGET":
-            pending.parse = _state_reply
+            pending.parse = state_reply
         try:
             if line.fresh:
                 # A new connection may reach a Redis that just started, without the script: a
                 # write's NOSCRIPT answer would only be read, and the write made, much later.
-                self.client.script_load(_WRITE_SCRIPT)
+                self.client.script_load(WRITE_SCRIPT)
             try:
                 line.connection.send_command(*packed)
             except (redis.ConnectionError, redis.TimeoutError):
@@ -220,7 +172,7 @@ class RecordStore:
           ResultBackendUnavailable: Redis failed; the write may not have been made.
           TypeError: A field is not JSON-safe.
         """
-        return self._send(self._write_call(message_id, state, attempt, fields), keep=False).result()
+        return self.send_call(self._write_call(message_id, state, attempt, fields), keep=False).result()
 
     def begin_write(
         self, message_id: str, state: JobState, /, *, attempt: int = 0, keep: bool = False, **fields: Any
@@ -237,7 +189,7 @@ class RecordStore:
         Raises:
           TypeError: A field is not JSON-safe.
         """
-        return self._send(self._write_call(message_id, state, attempt, fields), keep)
+        return self.send_call(self._write_call(message_id, state, attempt, fields), keep)
 
     def keep(self, call: WriteCall) -> None:
         """Keep a write Redis did not take, for :meth:`catch_up` (dropping the oldest past the bound)."""
@@ -269,7 +221,7 @@ class RecordStore:
                 return written
             try:
                 with self.translated():
-                    self.client.script_load(_WRITE_SCRIPT)
+                    self.client.script_load(WRITE_SCRIPT)
                     pipe = self.client.pipeline(transaction=False)
                     for keys, args in batch:
                         self._script(keys=keys, args=args, client=pipe)
@@ -281,7 +233,7 @@ class RecordStore:
             refused: redis.ResponseError | None = None
             for call, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, redis.ResponseError):
-                    if _passes(reply):
+                    if passes(reply):
                         refused = reply
                         self.keep(call)
                         continue
@@ -319,7 +271,7 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
-        applied, _ = self._send(self._write_call(message_id, None, 0, fields), keep=False).result()
+        applied, _ = self.send_call(self._write_call(message_id, None, 0, fields), keep=False).result()
         return applied
 
     def states(self, message_ids: list[str]) -> list[JobState]:
@@ -346,7 +298,7 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
-        _, state = self._send(([self.keys.record(message_id)], []), keep=False, command="HGET").result()
+        _, state = self.send_call(([self.keys.record(message_id)], []), keep=False, command="HGET").result()
         return state
 
     def read(self, message_id: str) -> JobRecord | None:
@@ -419,129 +371,6 @@ class RecordStore:
             raise
         finally:
             pool.release(connection)
-
-
-class _WriteLine:
-    """One thread's own Redis connection for record writes, outside the pool.
-
-    Writes are the hot path of every job; a connection of its own spares them the pool's lock
-    and lets writes be sent now and their answers read later, in order (Redis pipelining).
-    """
-
-    def __init__(self, connection: redis.Connection) -> None:
-        self.connection = connection
-        self.pid = os.getpid()
-        self.unread: collections.deque[PendingWrite] = collections.deque()
-        #: True until a write went out on the connection: a fresh connection that fails is
-        #: not tried again at once (Redis is away, not an idle connection closed).
-        self.fresh = True
-
-    def drop_connection(self) -> list[PendingWrite]:
-        """Close the connection (a new one opens on the next write).
-
-        Returns:
-          The writes whose answers were lost with it, oldest first.
-        """
-        lost = list(self.unread)
-        self.unread.clear()
-        self.connection.disconnect()
-        self.fresh = True
-        return lost
-
-
-class PendingWrite:
-    """A record write sent to Redis whose answer has not been read yet; see :meth:`result`."""
-
-    def __init__(self, store: RecordStore, line: _WriteLine, call: WriteCall, keep: bool) -> None:
-        self._store = store
-        self._line = line
-        self._call = call
-        self._keep = keep
-        self._outcome: tuple[bool, JobState] | None = None
-        self._error: redis.RedisError | None = None
-        #: Turns the answer into the outcome: the write script's by default.
-        self.parse: Callable[[Any], tuple[bool, JobState]] = _script_reply
-
-    @property
-    def settled(self) -> bool:
-        """True once the answer is known (or the write failed, or was kept)."""
-        return self._outcome is not None or self._error is not None
-
-    def lost(self, error: redis.RedisError) -> None:
-        """Redis did not take this write (or its answer was lost): keep it, or remember why."""
-        if self._keep:
-            self._store.keep(self._call)
-            self._outcome = (False, JobState.PENDING)
-        else:
-            self._error = error
-
-    def settle(self, wait: float | None = None) -> None:
-        """Read this write's answer, and those of the writes sent before it on the connection.
-
-        Every answer is consumed and matched to its write, an error reply included, so a later
-        answer is never taken for an earlier write's.
-
-        Parameters:
-          wait: Seconds to wait at most for the answer; None: the socket timeout. An answer
-            not there in time is taken as lost, with the connection.
-        """
-        line = self._line
-        while not self.settled and self in line.unread:
-            oldest = line.unread[0]
-            try:
-                if wait is not None and not line.connection.can_read(timeout=wait):
-                    raise redis.TimeoutError(f"no answer within {wait} s")
-                reply = line.connection.read_response()
-            except redis.exceptions.NoScriptError:
-                # Redis lost its script cache (a restart): load it and send the write again.
-                line.unread.popleft()
-                try:
-                    self._store.client.script_load(_WRITE_SCRIPT)
-                except redis.RedisError as exc:
-                    oldest.lost(exc)
-                    continue
-                self._store._send(oldest._call, oldest._keep, pending=oldest)
-                continue
-            except redis.ResponseError as exc:
-                line.unread.popleft()
-                oldest.lost(exc)
-                continue
-            except redis.RedisError as exc:
-                for lost in line.drop_connection():
-                    lost.lost(exc)
-                continue
-            line.unread.popleft()
-            oldest._outcome = oldest.parse(reply)
-
-    def result(self, wait: float | None = None) -> tuple[bool, JobState]:
-        """Wait for Redis's answer: whether the write applied, and the record's state after it.
-
-        Parameters:
-          wait: Seconds to wait at most (see :meth:`settle`).
-
-        Raises:
-          ResultBackendUnavailable: Redis failed, or did not answer in time.
-        """
-        self.settle(wait)
-        if self._error is not None:
-            raise self._store.redis.unavailable(self._error)
-        if self._outcome is None:
-            raise ResultBackendUnavailable("the answer to a record write was lost")
-        return self._outcome
-
-    def cancel(self) -> None:
-        """Stop waiting for the answer: read and drop it (the write stands either way)."""
-        with contextlib.suppress(ResultBackendUnavailable):
-            self.result()
-
-
-def _script_reply(reply: list[Any]) -> tuple[bool, JobState]:
-    applied, stored = reply
-    return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
-
-
-def _state_reply(stored: str | None) -> tuple[bool, JobState]:
-    return True, JobState(json.loads(stored)) if stored else JobState.PENDING
 
 
 def _decode(raw: Mapping[str, str]) -> JobRecord:

@@ -20,9 +20,15 @@ from pipeline.store.records import get_store
 pytestmark = pytest.mark.integration
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run ``pipeline`` with ``args``, with ``env`` over the test environment."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
     )
 
 
@@ -84,14 +90,7 @@ def test_check_reports_both_services(amqp, redis_client):
 
 
 def test_check_fails_when_a_service_is_down(amqp):
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "check"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PIPELINE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
-    )
+    out = run_cli("check", PIPELINE_REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
     assert out.returncode == RET_FAILED
     assert "Redis     DOWN  redis://:***@127.0.0.1:1/0" in out.stdout and "hunter2" not in out.stdout
 
@@ -112,27 +111,13 @@ def test_a_wrong_command_line_exits_2(args):
 
 
 def test_status_exits_5_naming_redis_when_it_cannot_be_reached():
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "status", str(uuid.uuid4())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PIPELINE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
-    )
+    out = run_cli("status", str(uuid.uuid4()), PIPELINE_REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
     assert out.returncode == RET_ERROR
     assert "redis://:***@127.0.0.1:1/0" in out.stderr and "hunter2" not in out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_bad_settings_exit_5_naming_the_variable():
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "status", str(uuid.uuid4())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PIPELINE_RESULT_TTL": "a day"},
-    )
+    out = run_cli("status", str(uuid.uuid4()), PIPELINE_RESULT_TTL="a day")
     assert out.returncode == RET_ERROR
     assert "PIPELINE_RESULT_TTL" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,207 @@
+"""One thread's pipelined record writes: the write script, the connection, the unread answers.
+
+Record writes are the hot path of every job. Each thread sends them on a connection of its own,
+outside the pool, and reads their answers later, in order (Redis pipelining): every answer is
+consumed and matched to its write, an error reply included, and a write Redis refused or whose
+answer was lost is handed back to the store to be kept, when its caller asked for that.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.states import FAILURE_RANK, FINAL_RANK, SUCCESS_RANK, JobState
+
+if TYPE_CHECKING:
+    from pipeline.store.records import RecordStore
+
+#: One write: the script's keys and arguments.
+WriteCall = tuple[list[str], list[Any]]
+
+#: Record writes a thread may have sent without reading their answers yet.
+MAX_UNREAD_WRITES = 2
+#: Error replies that pass (memory, a replica, a loading or busy server): a write that got one
+#: is kept and written again; any other error reply is final. redis-py turns some codes into
+#: types (and strips the code), the others stay in the text.
+PASSING_REPLY_TYPES = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.NoScriptError,
+    redis.exceptions.TryAgainError,
+)
+PASSING_REPLY_CODES = ("MISCONF", "BUSY", "MASTERDOWN")
+
+
+def passes(reply: redis.ResponseError) -> bool:
+    """Whether Redis may take the write that got this error reply later."""
+    return isinstance(reply, PASSING_REPLY_TYPES) or str(reply).startswith(PASSING_REPLY_CODES)
+
+
+#: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
+#: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
+#: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
+#: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
+#: Returns {applied (0/1), state JSON or false}.
+WRITE_SCRIPT = (
+    """
+local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
+local new = tonumber(ARGV[1])
+if new == nil then
+  if current == nil then return {0, false} end
+  new = current
+end
+if current ~= nil then
+  if (current >= FINAL_RANK and not (current == FAILURE_RANK and new == SUCCESS_RANK))
+      or (current < FINAL_RANK and new < current) then
+    return {0, redis.call('HGET', KEYS[1], 'state')}
+  end
+end
+redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if new >= FINAL_RANK and (current == nil or current ~= new) then
+  local flat = redis.call('HGETALL', KEYS[1])
+  local snapshot = {}
+  for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], cjson.encode(snapshot))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return {1, redis.call('HGET', KEYS[1], 'state')}
+""".replace("FAILURE_RANK", str(FAILURE_RANK))
+    .replace("SUCCESS_RANK", str(SUCCESS_RANK))
+    .replace("FINAL_RANK", str(FINAL_RANK))
+)
+
+
+class WriteLine:
+    """One thread's own Redis connection for record writes, outside the pool.
+
+    Writes are the hot path of every job; a connection of its own spares them the pool's lock
+    and lets writes be sent now and their answers read later, in order (Redis pipelining).
+    """
+
+    def __init__(self, connection: redis.Connection) -> None:
+        self.connection = connection
+        self.pid = os.getpid()
+        self.unread: collections.deque[PendingWrite] = collections.deque()
+        #: True until a write went out on the connection: a fresh connection that fails is
+        #: not tried again at once (Redis is away, not an idle connection closed).
+        self.fresh = True
+
+    def drop_connection(self) -> list[PendingWrite]:
+        """Close the connection (a new one opens on the next write).
+
+        Returns:
+          The writes whose answers were lost with it, oldest first.
+        """
+        lost = list(self.unread)
+        self.unread.clear()
+        self.connection.disconnect()
+        self.fresh = True
+        return lost
+
+
+class PendingWrite:
+    """A record write sent to Redis whose answer has not been read yet; see :meth:`result`."""
+
+    def __init__(self, store: RecordStore, line: WriteLine, call: WriteCall, keep: bool) -> None:
+        self._store = store
+        self._line = line
+        self._call = call
+        self._keep = keep
+        self._outcome: tuple[bool, JobState] | None = None
+        self._error: redis.RedisError | None = None
+        #: Turns the answer into the outcome: the write script's by default.
+        self.parse: Callable[[Any], tuple[bool, JobState]] = script_reply
+
+    @property
+    def settled(self) -> bool:
+        """True once the answer is known (or the write failed, or was kept)."""
+        return self._outcome is not None or self._error is not None
+
+    def lost(self, error: redis.RedisError) -> None:
+        """Redis did not take this write (or its answer was lost): keep it, or remember why."""
+        if self._keep:
+            self._store.keep(self._call)
+            self._outcome = (False, JobState.PENDING)
+        else:
+            self._error = error
+
+    def settle(self, wait: float | None = None) -> None:
+        """Read this write's answer, and those of the writes sent before it on the connection.
+
+        Every answer is consumed and matched to its write, an error reply included, so a later
+        answer is never taken for an earlier write's.
+
+        Parameters:
+          wait: Seconds to wait at most for the answer; None: the socket timeout. An answer
+            not there in time is taken as lost, with the connection.
+        """
+        line = self._line
+        while not self.settled and self in line.unread:
+            oldest = line.unread[0]
+            try:
+                if wait is not None and not line.connection.can_read(timeout=wait):
+                    raise redis.TimeoutError(f"no answer within {wait} s")
+                reply = line.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                # Redis lost its script cache (a restart): load it and send the write again.
+                line.unread.popleft()
+                try:
+                    self._store.client.script_load(WRITE_SCRIPT)
+                except redis.RedisError as exc:
+                    oldest.lost(exc)
+                    continue
+                self._store.send_call(oldest._call, oldest._keep, pending=oldest)
+                continue
+            except redis.ResponseError as exc:
+                line.unread.popleft()
+                oldest.lost(exc)
+                continue
+            except redis.RedisError as exc:
+                for lost in line.drop_connection():
+                    lost.lost(exc)
+                continue
+            line.unread.popleft()
+            oldest._outcome = oldest.parse(reply)
+
+    def result(self, wait: float | None = None) -> tuple[bool, JobState]:
+        """Wait for Redis's answer: whether the write applied, and the record's state after it.
+
+        Parameters:
+          wait: Seconds to wait at most (see :meth:`settle`).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, or did not answer in time.
+        """
+        self.settle(wait)
+        if self._error is not None:
+            raise self._store.redis.unavailable(self._error)
+        if self._outcome is None:
+            raise ResultBackendUnavailable("the answer to a record write was lost")
+        return self._outcome
+
+    def cancel(self) -> None:
+        """Stop waiting for the answer: read and drop it (the write stands either way)."""
+        with contextlib.suppress(ResultBackendUnavailable):
+            self.result()
+
+
+def script_reply(reply: list[Any]) -> tuple[bool, JobState]:
+    """The write script's answer: whether the write applied, and the record's state after it."""
+    applied, stored = reply
+    return bool(applied), JobState(json.loads(stored)) if stored else JobState.PENDING
+
+
+def state_reply(stored: str | None) -> tuple[bool, JobState]:
+    """An ``HGET`` of the state as the same pair (``PENDING`` when there is no record)."""
+    return True, JobState(json.loads(stored)) if stored else JobState.PENDING
