@@ -151,7 +151,9 @@ def build_message(
         message["Cc"] = _header_list(copies)
     if reply:
         message["Reply-To"] = _header_list(reply)
-    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
+    # A Header object, not its encoded text: the generator then folds it knowing the header's
+    # name, and parsers read back the subject as it was, without a leading space.
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8", header_name="Subject")
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = f"<{check_header('message id', message_id)}@{domain}>"
     envelope_to = [address for _, address in [*recipients, *copies, *hidden]]

@@ -165,3 +165,48 @@ def test_no_recipient_is_refused():
 
 def test_password_reset_outranks_other_mail():
     assert priority_for("password_reset") > priority_for("order_confirmation") > priority_for("welcome")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Ihre Bestellung über 3 Artikel ist unterwegs und kommt bald an, vielen Dank für Ihren Einkauf, Zoë",
+        "王芳" * 60,
+        "Zoë " + "x" * 200,
+        "é",
+        "plain words " * 20,
+    ],
+)
+def test_a_subject_of_any_length_and_script_reads_back_exactly(subject):
+    settings = Settings(mail_subject_prefix="[Shop] ")
+    envelope = build_message(Rendered(subject, "t", "<p>h</p>"), settings=settings, message_id="j", to="a@example.com")
+    parsed = email.message_from_bytes(envelope.message.as_bytes(), policy=email.policy.default)
+    assert parsed["Subject"] == "[Shop] " + subject
+
+
+@pytest.mark.parametrize("breaker", ["\v", "\f", "\x00", "\x85", "\u2028", "\u2029", "\x1b"])
+def test_a_subject_or_display_name_with_any_line_breaker_is_refused(breaker):
+    settings = Settings()
+    with pytest.raises(HeaderInjection, match=r"U\+"):
+        build_message(Rendered(f"Hi{breaker}Bcc: x", "t", "h"), settings=settings, message_id="j", to="a@example.com")
+    with pytest.raises(HeaderInjection, match=r"U\+"):
+        build_message(Rendered("Hi", "t", "h"), settings=settings, message_id="j", to=f"Eve{breaker} <a@example.com>")
+
+
+@pytest.mark.parametrize(
+    ("address", "complaint"),
+    [
+        ("a" * 65 + "@example.com", "too long"),
+        ("a@" + ("b" * 60 + ".") * 5 + "com", "too long"),
+        ("a@exa_mple.com", "not a host name"),
+        ("a@-example.com", "not a host name"),
+        ("zoë@example.com", "non-ASCII local part"),
+    ],
+)
+def test_addresses_are_checked_before_any_smtp(address, complaint):
+    with pytest.raises(MailError, match=complaint):
+        parse_addresses("to", address)
+
+
+def test_an_internationalised_domain_goes_out_in_idna_form():
+    assert parse_addresses("to", "Zoë <zoe@bücher.example>") == [("Zoë", "zoe@xn--bcher-kva.example")]
