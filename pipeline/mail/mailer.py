@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypedDict, cast
 
-from pipeline.errors import DeliveryUncertain, ResultBackendUnavailable
+from pipeline.errors import DeliveryUncertain, ResultBackendUnavailable, SmtpUnavailable
 from pipeline.mail.message import build_message
 from pipeline.mail.rendering import get_renderer
 from pipeline.mail.smtp import SmtpSender
@@ -24,10 +24,14 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PRIORITIES = {"password_reset": 9, "order_confirmation": 6}
 #: Priority of a mail whose template is not listed above.
 DEFAULT_MAIL_PRIORITY = 5
+#: The lowest SMTP reply code that refuses for good (4xx: try again later).
+PERMANENT_REPLY = 500
 #: Priority of mails sent in bulk (newsletters, reminders): behind everything else.
 BULK_MAIL_PRIORITY = 1
 #: Claim state of a deed that is done (the store's ``ClaimState.DONE``).
 CLAIM_DONE = "done"
+#: Claim state of a deed done for some recipients, the others deferred (``ClaimState.PARTIAL``).
+CLAIM_PARTIAL = "partial"
 
 
 class MailOutcome(TypedDict):
@@ -38,8 +42,10 @@ class MailOutcome(TypedDict):
     template: str
     #: Recipients the server took.
     accepted: list[str]
-    #: Recipients the server refused, with its reply code and text.
+    #: Recipients the server refused for good (5xx), with its reply code and text.
     refused: dict[str, tuple[int, str]]
+    #: Recipients the server deferred (4xx) on the last attempt, retried alone.
+    deferred: dict[str, tuple[int, str]]
     #: True when an earlier attempt of the job sent it and this one did not.
     duplicate_suppressed: bool
 
@@ -52,6 +58,9 @@ class SendClaims(Protocol):
 
     def done(self, message_id: str, outcome: Any) -> None:
         """Mark the send done with its outcome."""
+
+    def partial(self, message_id: str, outcome: Any) -> None:
+        """Mark the send done for some recipients, with the outcome so far."""
 
     def release(self, message_id: str) -> None:
         """Give the claim up: nothing was sent."""
@@ -112,27 +121,47 @@ class Mailer:
             rendered, settings=self.settings, message_id=job_id, to=to, cc=cc, bcc=bcc, reply_to=reply_to
         )
         earlier = self.claims.claim(job_id)
+        so_far: Mapping[str, Any] | None = None
         if earlier is not None:
             if earlier["state"] == CLAIM_DONE:
                 return cast("MailOutcome", {**earlier["outcome"], "duplicate_suppressed": True})
-            raise DeliveryUncertain(
-                f"an earlier attempt of job {job_id} was cut off while sending: the server may have "
-                "taken the mail, so it is not sent again"
-            )
+            if earlier["state"] != CLAIM_PARTIAL:
+                raise DeliveryUncertain(
+                    f"an earlier attempt of job {job_id} was cut off while sending: the server may have "
+                    "taken the mail, so it is not sent again"
+                )
+            # The recipients the server took have the mail: only the deferred ones are tried.
+            so_far = earlier["outcome"]
+            envelope.recipients = list(so_far["deferred"])
         try:
             refused = self.sender.send(envelope)
         except DeliveryUncertain:
             raise
         except BaseException:
-            self.claims.release(job_id)
+            if so_far is None:
+                self.claims.release(job_id)
+            else:
+                self.claims.partial(job_id, so_far)
             raise
+        deferred = {address: reply for address, reply in refused.items() if reply[0] < PERMANENT_REPLY}
         outcome: MailOutcome = {
             "message_id": str(envelope.message["Message-ID"]),
             "template": template,
-            "accepted": [r for r in envelope.recipients if r not in refused],
-            "refused": dict(refused),
+            "accepted": [*(so_far or {}).get("accepted", []), *(r for r in envelope.recipients if r not in refused)],
+            "refused": {
+                **(so_far or {}).get("refused", {}),
+                **{address: reply for address, reply in refused.items() if address not in deferred},
+            },
+            "deferred": deferred,
             "duplicate_suppressed": False,
         }
+        if deferred:
+            self.claims.partial(job_id, outcome)
+            detail = "; ".join(f"{address}: {code} {text}" for address, (code, text) in deferred.items())
+            raise SmtpUnavailable(
+                f"the server deferred {len(deferred)} recipient(s) ({detail}); the others have the mail, "
+                "the deferred ones are tried again alone"
+            )
         try:
             self.claims.done(job_id, outcome)
         except ResultBackendUnavailable:

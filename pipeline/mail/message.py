@@ -152,8 +152,12 @@ def build_message(
     if reply:
         message["Reply-To"] = _header_list(reply)
     # A Header object, not its encoded text: the generator then folds it knowing the header's
-    # name, and parsers read back the subject as it was, without a leading space.
-    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8", header_name="Subject")
+    # name, and parsers read back the subject as it was, without a leading space. (typeshed
+    # types a header value as text only; the email package takes a Header too.)
+    if subject.isascii():
+        message["Subject"] = subject
+    else:
+        message["Subject"] = Header(subject, "utf-8", header_name="Subject")  # type: ignore[assignment]
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = f"<{check_header('message id', message_id)}@{domain}>"
     envelope_to = [address for _, address in [*recipients, *copies, *hidden]]

@@ -13,6 +13,8 @@ import enum
 import json
 from typing import Any, TypedDict, cast
 
+import redis
+
 from pipeline.store.connection import RedisConnection
 
 
@@ -21,6 +23,8 @@ class ClaimState(enum.StrEnum):
 
     #: Claimed by an attempt that has not finished (or was cut off).
     IN_PROGRESS = "in_progress"
+    #: Done for some recipients; others were deferred and wait for a later attempt.
+    PARTIAL = "partial"
     #: Done; the claim holds the outcome.
     DONE = "done"
 
@@ -49,19 +53,39 @@ class Claims:
         """Claim ``message_id`` for this attempt.
 
         Returns:
-          None when the claim is ours; the existing claim (``state``, and ``outcome`` once
-          done) when an earlier attempt holds it.
+          None when the claim is ours; a ``partial`` claim, now ours, when an earlier attempt
+          did the deed for some and left the rest (its ``outcome`` says which); else the claim
+          an earlier or concurrent attempt holds (``state``, and ``outcome`` once done).
         """
         key = self.redis.keys.claim(message_id)
         with self.redis.translated():
             if self.redis.client.set(key, json.dumps({"state": ClaimState.IN_PROGRESS}), nx=True, ex=self.ttl):
                 return None
-            existing = cast("str | None", self.redis.client.get(key))
-        return cast("Claim", json.loads(existing)) if existing else {"state": ClaimState.IN_PROGRESS}
+            with self.redis.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    existing = cast("str | None", pipe.get(key))
+                    claim = cast("Claim", json.loads(existing)) if existing else {"state": ClaimState.IN_PROGRESS}
+                    if claim.get("state") != ClaimState.PARTIAL:
+                        return claim
+                    # Take the rest of the deed over, so that a concurrent copy finds it in progress.
+                    pipe.multi()
+                    taken = {"state": ClaimState.IN_PROGRESS, "outcome": claim.get("outcome")}
+                    pipe.set(key, json.dumps(taken), ex=self.ttl)
+                    pipe.execute()
+                    return claim
+                except redis.WatchError:
+                    return {"state": ClaimState.IN_PROGRESS}
 
     def done(self, message_id: str, outcome: Any) -> None:
         """Mark the deed done with its JSON-safe ``outcome``."""
         claim = json.dumps({"state": ClaimState.DONE, "outcome": outcome})
+        with self.redis.translated():
+            self.redis.client.set(self.redis.keys.claim(message_id), claim, ex=self.ttl)
+
+    def partial(self, message_id: str, outcome: Any) -> None:
+        """Mark the deed done in part, with the ``outcome`` so far: a later attempt does the rest."""
+        claim = json.dumps({"state": ClaimState.PARTIAL, "outcome": outcome})
         with self.redis.translated():
             self.redis.client.set(self.redis.keys.claim(message_id), claim, ex=self.ttl)
 

@@ -146,3 +146,14 @@ def test_a_mail_deferred_on_every_attempt_fails_once_retries_run_out(mail_worker
     # The first attempt and PIPELINE_MAIL_MAX_RETRIES (5) retries, then the failure.
     assert result.info()["attempt"] == 6
     assert mail_worker.mails == []
+
+
+def test_deferred_recipients_are_retried_alone_and_the_others_get_the_mail_once(mail_worker):
+    to = ["ok@example.com", "later@defer.example.com", "no@bounce.example.com"]
+    result = AsyncResult(send_email.send(to=to, template="welcome", context=WELCOME).message_id)
+    outcome = result.get(timeout=30)
+    assert outcome["accepted"] == ["ok@example.com", "later@defer.example.com"]
+    assert outcome["refused"]["no@bounce.example.com"][0] == 550 and outcome["deferred"] == {}
+    assert result.info()["attempt"] == 2
+    mail_worker.wait_for(2)
+    assert [recipients for _, recipients in mail_worker.envelopes] == [["ok@example.com"], ["later@defer.example.com"]]

@@ -27,7 +27,8 @@ class Inbox:
 
     Push replies onto ``script`` (e.g. ``"451 4.3.0 Try again later"``) and the next DATA
     commands get them instead of ``250``; ``DROP_AFTER_DATA`` keeps the mail and drops the
-    connection without a reply. Recipients at ``bounce.example.com`` are refused with 550.
+    connection without a reply. Recipients at ``bounce.example.com`` are refused with 550;
+    recipients at ``defer.example.com`` get 451 the first time they are named, then are taken.
     """
 
     def __init__(self) -> None:
@@ -36,6 +37,7 @@ class Inbox:
         self.script: deque[str] = deque()
         self.servers: list = []
         self.arrived = threading.Condition()
+        self.deferred: set[str] = set()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         if all(known is not server for known in self.servers):
@@ -46,6 +48,9 @@ class Inbox:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.endswith("@bounce.example.com"):
             return "550 5.1.1 No such user"
+        if address.endswith("@defer.example.com") and address not in self.deferred:
+            self.deferred.add(address)
+            return "451 4.2.1 Mailbox busy, try later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -67,6 +72,7 @@ class Inbox:
             self.mails.clear()
             self.envelopes.clear()
             self.script.clear()
+            self.deferred.clear()
 
     @property
     def connections(self) -> int:
