@@ -9,6 +9,7 @@ This package knows nothing of Dramatiq or Redis; :mod:`pipeline.actors` wires it
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypedDict, cast
 
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PRIORITIES = {"password_reset": 9, "order_confirmation": 6}
 #: Priority of a mail whose template is not listed above.
 DEFAULT_MAIL_PRIORITY = 5
+#: SMTP timeouts a copy of a mail job waits, at most, for the attempt that holds its claim.
+CLAIM_WAIT_TIMEOUTS = 2
+#: Seconds between two looks at a claim another attempt holds.
+CLAIM_POLL = 0.1
 #: The lowest SMTP reply code that refuses for good (4xx: try again later).
 PERMANENT_REPLY = 500
 #: Priority of mails sent in bulk (newsletters, reminders): behind everything else.
@@ -85,6 +90,18 @@ class Mailer:
         self.renderer = get_renderer(settings.template_dirs)
         self.sender = SmtpSender(settings)
 
+    def _claim(self, job_id: str) -> Mapping[str, Any] | None:
+        """Claim the job's send. A claim another attempt holds (a copy of the message delivered
+        while the first still talks to a slow server) is waited for, a while: it ends done (this
+        copy sends nothing), in part, or given up (this copy sends).
+        """
+        deadline = time.monotonic() + self.settings.smtp_timeout * CLAIM_WAIT_TIMEOUTS
+        while True:
+            claim = self.claims.claim(job_id)
+            if claim is None or claim["state"] in (CLAIM_DONE, CLAIM_PARTIAL) or time.monotonic() > deadline:
+                return claim
+            time.sleep(CLAIM_POLL)
+
     def deliver(
         self,
         job_id: str,
@@ -120,7 +137,7 @@ class Mailer:
         envelope = build_message(
             rendered, settings=self.settings, message_id=job_id, to=to, cc=cc, bcc=bcc, reply_to=reply_to
         )
-        earlier = self.claims.claim(job_id)
+        earlier = self._claim(job_id)
         so_far: Mapping[str, Any] | None = None
         if earlier is not None:
             if earlier["state"] == CLAIM_DONE:

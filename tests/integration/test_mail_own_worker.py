@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+
 import pytest
 from mail_support import WELCOME, mail_env
 from testenv import make_settings
@@ -73,3 +77,26 @@ def test_template_dirs_override_and_add_templates(purge, start_worker, smtp_serv
         AsyncResult(message.message_id).get(timeout=20)
     subjects = sorted(mail["Subject"] for mail in inbox.wait_for(2))
     assert subjects == ["[Shop] Bye Sam", "[Shop] Our own welcome"]
+
+
+def test_two_copies_of_a_mail_job_in_flight_at_once_send_one_mail(smtp_server, clean_redis):
+    inbox, port = smtp_server
+    inbox.data_delay = 1.0
+    settings = make_settings(smtp_port=port, mail_sender="Shop <shop@example.com>")
+    job = str(uuid.uuid4())
+    outcomes = []
+
+    def deliver() -> None:
+        # Each copy runs in a worker thread of its own, with its own SMTP connection.
+        mailer = Mailer(settings, Claims(get_redis()))
+        outcomes.append(mailer.deliver(job, to="a@example.com", template="welcome", context=WELCOME))
+
+    copies = [threading.Thread(target=deliver) for _ in range(2)]
+    for copy in copies:
+        copy.start()
+        time.sleep(0.2)  # the second copy arrives while the first waits for the server
+    for copy in copies:
+        copy.join(30)
+    assert len(inbox.wait_for(1)) == 1
+    assert sorted(outcome["duplicate_suppressed"] for outcome in outcomes) == [False, True]
+    assert len(inbox.mails) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import email.policy
@@ -38,6 +39,8 @@ class Inbox:
         self.servers: list = []
         self.arrived = threading.Condition()
         self.deferred: set[str] = set()
+        #: Seconds the server takes to answer DATA, as a slow server does.
+        self.data_delay = 0.0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         if all(known is not server for known in self.servers):
@@ -55,6 +58,8 @@ class Inbox:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         reply = self.script.popleft() if self.script else "250 Message accepted"
         if reply.startswith("250") or reply == DROP_AFTER_DATA:
             with self.arrived:
