@@ -14,7 +14,6 @@ import os
 import re
 import types
 import typing
-import unicodedata
 from collections.abc import Mapping
 from email.utils import getaddresses
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import SettingsError
+from pipeline.header_text import first_header_breaker
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 
 #: Prefix of every environment variable pipeline reads.
@@ -148,7 +148,7 @@ class Settings:
         _check_minimum("PIPELINE_MAIL_MAX_RETRIES", self.mail_max_retries, 0)
         _check_positive("PIPELINE_SMTP_TIMEOUT", self.smtp_timeout)
         _check_sender(self.mail_sender)
-        if any(_is_control(c) for c in self.mail_subject_prefix):
+        if first_header_breaker(self.mail_subject_prefix) is not None:
             raise SettingsError(
                 "PIPELINE_MAIL_SUBJECT_PREFIX", self.mail_subject_prefix, "holds a line break or control character"
             )
@@ -287,14 +287,9 @@ def _check_positive(variable: str, value: float) -> None:
         raise SettingsError(variable, str(value), "must be more than 0")
 
 
-def _is_control(character: str) -> bool:
-    """True for a character that has no place in a mail header (controls, line separators)."""
-    return unicodedata.category(character) in ("Cc", "Zl", "Zp")
-
-
 def _check_sender(sender: str) -> None:
     """The sender must be exactly one address, ``Name <local@domain>`` or ``local@domain``."""
-    if any(_is_control(c) for c in sender):
+    if first_header_breaker(sender) is not None:
         raise SettingsError("PIPELINE_MAIL_SENDER", sender, "holds a line break or control character")
     parsed = getaddresses([sender])
     if len(parsed) != 1:

@@ -10,15 +10,12 @@ start at all.)
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
 
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
-
-logger = logging.getLogger(__name__)
 
 
 class DelayedStarts:

@@ -24,14 +24,12 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.errors import HeaderInjection, MailError
+from pipeline.header_text import first_header_breaker
 
 #: The folder of the templates that ship with pipeline, in a source checkout.
 SOURCE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 #: Where ``pip install`` puts them (``data_files`` in setup.cfg).
 INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "pipeline" / "templates"
-#: Unicode categories no header value may hold: controls (CR, LF, VT, FF, NUL...), line and
-#: paragraph separators.
-HEADER_BREAKERS = frozenset({"Cc", "Zl", "Zp"})
 #: What a template name may be: no dots or slashes, so it never leaves a template folder.
 TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -128,12 +126,12 @@ def check_header(name: str, value: str) -> str:
     Raises:
       HeaderInjection: It does; the message names the header and the character.
     """
-    for character in value:
-        if unicodedata.category(character) in HEADER_BREAKERS:
-            raise HeaderInjection(
-                f"{name} {value!r} holds {unicodedata.name(character, repr(character))} "
-                f"(U+{ord(character):04X}), a line break or control character (header injection refused)"
-            )
+    character = first_header_breaker(value)
+    if character is not None:
+        raise HeaderInjection(
+            f"{name} {value!r} holds {unicodedata.name(character, repr(character))} "
+            f"(U+{ord(character):04X}), a line break or control character (header injection refused)"
+        )
     return value
 
 

@@ -16,6 +16,8 @@ import pytest
 import redis
 import testenv
 
+from pipeline.store.keys import Keys
+
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds a worker process gets to say it is ready.
 WORKER_BOOT_TIMEOUT = 30
@@ -45,7 +47,7 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def _delete_own_keys(client: redis.Redis) -> None:
-    keys = list(client.scan_iter(testenv.NAMESPACE + ":*", count=1000))
+    keys = list(client.scan_iter(Keys(testenv.NAMESPACE).pattern(), count=1000))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
 
