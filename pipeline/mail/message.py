@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.charset import QP, Charset
 from email.header import Header
+from email.headerregistry import Address
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -36,6 +37,9 @@ class Envelope:
     message: Message
     sender: str
     recipients: list[str] = field(default_factory=list)
+    #: An address has a non-ASCII local part: the mail needs a server that offers SMTPUTF8,
+    #: and goes out with its headers in UTF-8.
+    smtputf8: bool = False
 
 
 def _text_part(text: str, subtype: str) -> MIMEText:
@@ -73,15 +77,15 @@ def parse_addresses(name: str, values: str | Iterable[str] | None) -> list[tuple
 def check_address(name: str, given: str, address: str) -> str:
     """``address`` (from ``given``, for errors) checked, its domain in IDNA (ASCII) form.
 
+    A non-ASCII local part is kept as it is: the mail then needs SMTPUTF8 (see :class:`Envelope`).
+
     Raises:
-      MailError: Not ``local@domain``, a non-ASCII local part, too long (local part 64, domain
-        255, address 254), or a domain that is not a host name.
+      MailError: Not ``local@domain``, too long (local part 64, domain 255, address 254), or a
+        domain that is not a host name.
     """
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or any(c.isspace() for c in address) or "." not in domain:
         raise MailError(f"{name}: {given!r} is not a valid address")
-    if not local.isascii():
-        raise MailError(f"{name}: {given!r} has a non-ASCII local part, which needs SMTPUTF8 (not sent by pipeline)")
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
@@ -97,7 +101,16 @@ def check_address(name: str, given: str, address: str) -> str:
     return checked
 
 
-def _header_list(addresses: Sequence[tuple[str, str]]) -> str:
+def _utf8_address(name: str, address: str) -> Address:
+    # Given as parts: Address(addr_spec=...) refuses a non-ASCII local part as a defect.
+    local, _, domain = address.rpartition("@")
+    return Address(display_name=name, username=local, domain=domain)
+
+
+def _header_list(addresses: Sequence[tuple[str, str]], utf8: bool) -> str:
+    if utf8:
+        # Raw UTF-8, as RFC 6532 lets a mail sent with SMTPUTF8 carry its headers.
+        return ", ".join(str(_utf8_address(name, address)) for name, address in addresses)
     return ", ".join(formataddr(pair, charset="utf-8") for pair in addresses)
 
 
@@ -145,20 +158,21 @@ def build_message(
     message = MIMEMultipart("alternative", boundary=f"=_{uuid.uuid4().hex}")
     message.attach(_text_part(rendered.text, "plain"))
     message.attach(_text_part(rendered.html, "html"))
-    message["From"] = _header_list([sender])
-    message["To"] = _header_list(recipients)
+    utf8 = not all(address.isascii() for _, address in [sender, *recipients, *copies, *hidden, *reply])
+    message["From"] = _header_list([sender], utf8)
+    message["To"] = _header_list(recipients, utf8)
     if copies:
-        message["Cc"] = _header_list(copies)
+        message["Cc"] = _header_list(copies, utf8)
     if reply:
-        message["Reply-To"] = _header_list(reply)
+        message["Reply-To"] = _header_list(reply, utf8)
     # A Header object, not its encoded text: the generator then folds it knowing the header's
     # name, and parsers read back the subject as it was, without a leading space. (typeshed
     # types a header value as text only; the email package takes a Header too.)
-    if subject.isascii():
+    if subject.isascii() or utf8:
         message["Subject"] = subject
     else:
         message["Subject"] = Header(subject, "utf-8", header_name="Subject")  # type: ignore[assignment]
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = f"<{check_header('message id', message_id)}@{domain}>"
     envelope_to = [address for _, address in [*recipients, *copies, *hidden]]
-    return Envelope(message=message, sender=sender[1], recipients=envelope_to)
+    return Envelope(message=message, sender=sender[1], recipients=envelope_to, smtputf8=utf8)

@@ -22,6 +22,8 @@ from pipeline.settings import Settings
 IDLE_CHECK_AFTER = 5.0
 #: How a message is written for SMTP: the ``email.mime`` classes' policy, with CRLF line ends.
 _WIRE_POLICY = email.policy.compat32.clone(linesep="\r\n")
+#: How a message with a non-ASCII address is written: headers in UTF-8, for SMTPUTF8.
+_UTF8_WIRE_POLICY = email.policy.SMTPUTF8.clone(linesep="\r\n")
 
 
 class SmtpSender:
@@ -129,10 +131,19 @@ class SmtpSender:
         smtplib's ``sendmail`` does the same, but does not say whether a broken connection broke
         before the data was sent or after.
         """
-        data = envelope.message.as_bytes(policy=_WIRE_POLICY)
+        data = envelope.message.as_bytes(policy=_UTF8_WIRE_POLICY if envelope.smtputf8 else _WIRE_POLICY)
         try:
             smtp.ehlo_or_helo_if_needed()
-            code, reply = smtp.mail(envelope.sender)
+            options: list[str] = []
+            if envelope.smtputf8:
+                if not smtp.has_extn("smtputf8"):
+                    wide = [a for a in [envelope.sender, *envelope.recipients] if not a.isascii()]
+                    raise SmtpRejected(
+                        f"{', '.join(wide)}: a non-ASCII local part needs SMTPUTF8, which "
+                        f"{self.settings.smtp_host}:{self.settings.smtp_port} does not offer"
+                    )
+                options.append("SMTPUTF8")
+            code, reply = smtp.mail(envelope.sender, options)
             if code != 250:
                 self._reject(smtp, code, reply, f"sender {envelope.sender!r} refused")
             refused = {}

@@ -77,6 +77,12 @@ FAILED_IN_THE_WORKER = {
         "header injection",
     ),
     "no recipient": (send_email, {"to": [], "template": "welcome", "context": WELCOME}, {}, "at least one recipient"),
+    "non-ASCII address, no SMTPUTF8": (
+        send_email,
+        {"to": "zoë@example.com", "template": "welcome", "context": WELCOME},
+        {},
+        "zoë@example.com: a non-ASCII local part needs SMTPUTF8",
+    ),
 }
 
 #: Calls refused in the sender: (actor, positional arguments, keyword arguments, error type, text).
@@ -111,7 +117,7 @@ REFUSED_AT_SEND = {
 @pytest.fixture(scope="module")
 def bad_input_worker(amqp, redis_client, tmp_path_factory):
     folders = make_folders(tmp_path_factory.mktemp("bad-input"))
-    with running_smtp_server() as smtp:
+    with running_smtp_server(enable_SMTPUTF8=False) as smtp:
         for queue in (DEFAULT_QUEUE, SLOW_QUEUE):
             flush_queue(queue)
         env = {**export_env(*folders), **mail_env(smtp.port)}

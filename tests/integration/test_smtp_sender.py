@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from smtp import free_port
+from smtp import free_port, running_smtp_server
 
 from pipeline.errors import SmtpRejected, SmtpUnavailable
 from pipeline.mail.message import build_message
@@ -106,3 +106,21 @@ def test_a_recipient_that_cannot_be_encoded_fails_for_good_and_leaves_the_connec
     assert [m["Message-ID"] for m in inbox.wait_for(2)] == ["<1@example.com>", "<3@example.com>"]
     assert inbox.connections == 1
     sender.close()
+
+
+def test_a_non_ascii_address_goes_out_with_smtputf8_when_the_server_offers_it(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(settings)
+    sender.send(envelope(settings, to="Zoë <zoë@bücher.example>"))
+    inbox.wait_for(1)
+    assert inbox.envelopes == [("shop@example.com", ["zoë@xn--bcher-kva.example"])]
+    assert "To: Zoë <zoë@xn--bcher-kva.example>".encode() in inbox.raw[0]
+    sender.close()
+
+
+def test_a_non_ascii_address_fails_at_once_naming_it_when_the_server_lacks_smtputf8():
+    with running_smtp_server(enable_SMTPUTF8=False) as controller:
+        settings = Settings(smtp_port=controller.port, mail_sender="Shop <shop@example.com>")
+        with pytest.raises(SmtpRejected, match=r"zoë@example\.com: a non-ASCII local part needs SMTPUTF8"):
+            SmtpSender(settings).send(envelope(settings, to="zoë@example.com"))
+        assert controller.handler.mails == []

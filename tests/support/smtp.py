@@ -34,6 +34,8 @@ class Inbox:
 
     def __init__(self) -> None:
         self.mails: list[EmailMessage] = []
+        #: The mails as they came over the wire.
+        self.raw: list[bytes] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.script: deque[str] = deque()
         self.servers: list = []
@@ -63,6 +65,7 @@ class Inbox:
         reply = self.script.popleft() if self.script else "250 Message accepted"
         if reply.startswith("250") or reply == DROP_AFTER_DATA:
             with self.arrived:
+                self.raw.append(envelope.content)
                 self.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
                 self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
                 self.arrived.notify_all()
@@ -75,6 +78,7 @@ class Inbox:
         """Forget the mails received and the replies scripted (for a server shared by tests)."""
         with self.arrived:
             self.mails.clear()
+            self.raw.clear()
             self.envelopes.clear()
             self.script.clear()
             self.deferred.clear()
@@ -109,12 +113,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_smtp_server() -> Iterator[Controller]:
+def running_smtp_server(**options: object) -> Iterator[Controller]:
     """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, stopped when the block ends.
 
-    Its handler, an :class:`Inbox`, is ``controller.handler``.
+    Its handler, an :class:`Inbox`, is ``controller.handler``; ``options`` go to aiosmtpd (it
+    offers SMTPUTF8 unless ``enable_SMTPUTF8=False``).
     """
-    controller = Controller(Inbox(), hostname="127.0.0.1", port=free_port(), decode_data=False)
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=free_port(), decode_data=False, **options)
     controller.start()
     try:
         yield controller

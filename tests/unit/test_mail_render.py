@@ -200,7 +200,6 @@ def test_a_subject_or_display_name_with_any_line_breaker_is_refused(breaker):
         ("a@" + ("b" * 60 + ".") * 5 + "com", "too long"),
         ("a@exa_mple.com", "not a host name"),
         ("a@-example.com", "not a host name"),
-        ("zoë@example.com", "non-ASCII local part"),
     ],
 )
 def test_addresses_are_checked_before_any_smtp(address, complaint):
@@ -210,3 +209,13 @@ def test_addresses_are_checked_before_any_smtp(address, complaint):
 
 def test_an_internationalised_domain_goes_out_in_idna_form():
     assert parse_addresses("to", "Zoë <zoe@bücher.example>") == [("Zoë", "zoe@xn--bcher-kva.example")]
+
+
+def test_a_non_ascii_local_part_makes_a_utf8_mail_for_smtputf8():
+    envelope = build_message(
+        Rendered("Grüße", "t", "h"), settings=Settings(), message_id="j", to="Zoë <zoë@bücher.example>"
+    )
+    assert envelope.smtputf8 and envelope.recipients == ["zoë@xn--bcher-kva.example"]
+    assert envelope.message["To"] == "Zoë <zoë@xn--bcher-kva.example>"
+    ascii_only = build_message(Rendered("Hi", "t", "h"), settings=Settings(), message_id="j", to="a@example.com")
+    assert not ascii_only.smtputf8
