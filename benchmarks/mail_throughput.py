@@ -4,7 +4,7 @@
 that name would hide the standard library's email package.)
 
     .venv/bin/python benchmarks/mail_throughput.py [--mails 5000] [--threads 8] [--rounds 2]
-        [--security none,starttls]
+        [--security none,starttls] [--delay 0]
 
 Starts a real SMTP server (aiosmtpd) on a free local port, sends ``--mails`` welcome mails
 with ``send_email.send_many`` and times one worker process (``--threads`` threads) draining
@@ -12,16 +12,24 @@ them, until every job's record is ``SUCCESS``. The baseline, in the same run, is
 worker with ``PIPELINE_SMTP_REUSE_CONNECTION=false``: a new connection (connect, banner, EHLO,
 QUIT, and with ``starttls`` a TLS handshake and a login, as any real relay asks) for every
 mail. Modes alternate for ``--rounds`` rounds; figures are medians.
+
+On loopback a mail's own CPU hides what a connection costs. ``--delay 20`` puts a proxy between
+the worker and the server that holds every reply of the server 20 ms, as a network would: then
+each round trip counts, as it does against a real relay. The server offers PIPELINING, which the
+sender uses to send a mail's whole envelope in one round trip.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,21 +120,85 @@ def start_server(security: str, folder: Path) -> tuple[Controller, dict[str, str
     }
 
 
+class DelayProxy:
+    """A TCP proxy on a free port to ``target``, holding everything the server sends ``delay`` seconds.
+
+    Chunks keep their order and are not held up by one another: each waits its own delay.
+    """
+
+    def __init__(self, target: int, delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        held: asyncio.Queue = asyncio.Queue()
+
+        async def upstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await client_reader.read(65536):
+                    server_writer.write(data)
+                    await server_writer.drain()
+            server_writer.close()
+
+        async def downstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await server_reader.read(65536):
+                    await held.put((self.loop.time() + self.delay, data))
+            await held.put((self.loop.time() + self.delay, b""))
+
+        async def release() -> None:
+            while True:
+                due, data = await held.get()
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                if not data:
+                    client_writer.close()
+                    return
+                with contextlib.suppress(ConnectionError):
+                    client_writer.write(data)
+                    await client_writer.drain()
+
+        await asyncio.gather(upstream(), downstream(), release(), return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop the proxy's loop."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
 def main() -> None:
-    # aiosmtpd warns on every login that an attribute it sets itself is deprecated.
+    # aiosmtpd warns on every login that an attribute it sets itself is deprecated; the proxy's
+    # connections end as the worker stops, which asyncio would report one by one.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mails", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--security", default="none,starttls", help="comma-separated: none, starttls")
+    parser.add_argument("--delay", type=float, default=0.0, help="milliseconds every server reply is held")
     args = parser.parse_args()
 
-    print(f"{args.mails} mails, one worker process with {args.threads} threads, median of {args.rounds} rounds")
+    delay = f", every reply held {args.delay:g} ms" if args.delay else ""
+    print(f"{args.mails} mails, one worker process with {args.threads} threads, median of {args.rounds} rounds{delay}")
     try:
         for security in args.security.split(","):
             with tempfile.TemporaryDirectory() as folder:
                 controller, server = start_server(security, Path(folder))
+                proxy = None
+                if args.delay:
+                    proxy = DelayProxy(int(server["PIPELINE_SMTP_PORT"]), args.delay / 1000)
+                    server = {**server, "PIPELINE_SMTP_PORT": str(proxy.port)}
                 try:
                     results = medians(
                         args.rounds,
@@ -136,6 +208,8 @@ def main() -> None:
                         ),
                     )
                 finally:
+                    if proxy is not None:
+                        proxy.close()
                     controller.stop()
             base, ours = results["per-mail"]["mails_per_s"], results["reuse"]["mails_per_s"]
             print(f"SMTP security {security}:")

@@ -9,6 +9,7 @@ a connection that broke once the mail's data was on its way is
 from __future__ import annotations
 
 import email.policy
+import re
 import smtplib
 import ssl
 import threading
@@ -18,6 +19,10 @@ from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, Smtp
 from pipeline.mail.message import Envelope
 from pipeline.settings import Settings
 
+#: The reply that lets the client send a mail's content after DATA.
+DATA_GO_AHEAD = 354
+#: A dot at the start of a line, which DATA doubles so that it does not end the content.
+DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 #: Seconds a reused SMTP connection may sit idle before it is checked with NOOP first.
 IDLE_CHECK_AFTER = 5.0
 #: How a message is written for SMTP: the ``email.mime`` classes' policy, with CRLF line ends.
@@ -143,12 +148,11 @@ class SmtpSender:
                         f"{self.settings.smtp_host}:{self.settings.smtp_port} does not offer"
                     )
                 options.append("SMTPUTF8")
-            code, reply = smtp.mail(envelope.sender, options)
+            (code, reply), recipient_replies, data_reply = self._envelope(smtp, envelope, options)
             if code != 250:
                 self._reject(smtp, code, reply, f"sender {envelope.sender!r} refused")
             refused = {}
-            for recipient in envelope.recipients:
-                code, reply = smtp.rcpt(recipient)
+            for recipient, (code, reply) in zip(envelope.recipients, recipient_replies, strict=True):
                 if code not in (250, 251):
                     refused[recipient] = (code, _text(reply))
             if len(refused) == len(envelope.recipients):
@@ -171,8 +175,15 @@ class SmtpSender:
                     "local part needs SMTPUTF8"
                 ) from exc
             raise
+        if data_reply is not None and data_reply[0] != DATA_GO_AHEAD:
+            self._reject(smtp, data_reply[0], data_reply[1], "data refused")
         try:
-            code, reply = smtp.data(data)
+            if data_reply is None:
+                code, reply = smtp.data(data)
+            else:
+                # DATA was sent with the envelope and the server said go ahead: the content now.
+                smtp.send(_dot_stuffed(data))
+                code, reply = smtp.getreply()
         except smtplib.SMTPDataError as exc:
             self._reject(smtp, exc.smtp_code, exc.smtp_error, "data refused")
         except BaseException as exc:
@@ -187,6 +198,32 @@ class SmtpSender:
             self._reject(smtp, code, reply, "data refused")
         return refused
 
+    @staticmethod
+    def _envelope(
+        smtp: smtplib.SMTP, envelope: Envelope, options: list[str]
+    ) -> tuple[tuple[int, bytes], list[tuple[int, bytes]], tuple[int, bytes] | None]:
+        """Send MAIL and every RCPT, and DATA too where the server offers ``PIPELINING``.
+
+        With PIPELINING (RFC 2920) the commands go in one write and their replies are read in
+        order: one round trip for the whole envelope instead of one per command, which is most of
+        what a mail costs across a network.
+
+        Returns:
+          The MAIL reply, each RCPT reply, and the DATA reply (None when DATA was not sent).
+        """
+        if not smtp.has_extn("pipelining"):
+            mail = smtp.mail(envelope.sender, options)
+            if mail[0] != 250:
+                return mail, [], None
+            return mail, [smtp.rcpt(recipient) for recipient in envelope.recipients], None
+        if "SMTPUTF8" in options:
+            smtp.command_encoding = "utf-8"
+        commands = [f"MAIL FROM:{smtplib.quoteaddr(envelope.sender)}{''.join(' ' + o for o in options)}"]
+        commands += [f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in envelope.recipients]
+        smtp.send("".join(command + "\r\n" for command in [*commands, "DATA"]))
+        replies = [smtp.getreply() for _ in range(len(commands) + 1)]
+        return replies[0], replies[1:-1], replies[-1]
+
     def _reject(self, smtp: smtplib.SMTP, code: int, reply: bytes | str, what: str) -> None:
         self._reset(smtp)
         if code >= 500:
@@ -198,6 +235,14 @@ class SmtpSender:
             smtp.rset()
         except (OSError, smtplib.SMTPException):
             self.close()
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """A message's content as DATA sends it: a leading dot doubled, ended by a lone dot."""
+    stuffed = DOT_AT_LINE_START.sub(b"..", data)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
 
 
 class _BeforeData(Exception):

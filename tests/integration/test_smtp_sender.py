@@ -124,3 +124,35 @@ def test_a_non_ascii_address_fails_at_once_naming_it_when_the_server_lacks_smtpu
         with pytest.raises(SmtpRejected, match=r"zoë@example\.com: a non-ASCII local part needs SMTPUTF8"):
             SmtpSender(settings).send(envelope(settings, to="zoë@example.com"))
         assert controller.handler.mails == []
+
+
+def test_without_pipelining_the_envelope_goes_command_by_command(smtp_server, settings):
+    inbox, _ = smtp_server
+    inbox.pipelining = False
+    sender = SmtpSender(settings)
+    refused = sender.send(envelope(settings, to="Ann <a@example.com>, no@bounce.example.com"))
+    assert refused == {"no@bounce.example.com": (550, "5.1.1 No such user")}
+    assert inbox.envelopes == [("shop@example.com", ["a@example.com"])]
+    sender.close()
+
+
+def test_a_pipelined_envelope_whose_recipients_are_all_refused_sends_no_data(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(settings)
+    with pytest.raises(SmtpRejected, match="every recipient refused"):
+        sender.send(envelope(settings, to="x@bounce.example.com, y@bounce.example.com"))
+    # The connection is clean for the next mail, sent on it.
+    sender.send(envelope(settings, to="a@example.com", job="next"))
+    assert [m["Message-ID"] for m in inbox.wait_for(1)] == ["<next@example.com>"] and inbox.connections == 1
+    sender.close()
+
+
+def test_a_line_starting_with_a_dot_survives_a_pipelined_send(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(settings)
+    sender.send(
+        build_message(Rendered("Hi", ".\n..two\n.", "<p>.</p>"), settings=settings, message_id="j", to="a@example.com")
+    )
+    (mail,) = inbox.wait_for(1)
+    assert mail.get_body(("plain",)).get_content().replace("\r\n", "\n").startswith(".\n..two\n.")
+    sender.close()

@@ -43,11 +43,17 @@ class Inbox:
         self.deferred: set[str] = set()
         #: Seconds the server takes to answer DATA, as a slow server does.
         self.data_delay = 0.0
+        #: Whether EHLO offers PIPELINING (RFC 2920), as most servers do.
+        self.pipelining = True
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         if all(known is not server for known in self.servers):
             self.servers.append(server)
         session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads commands one by one from the stream, so it serves pipelined
+            # commands as they come; it just does not say so.
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
