@@ -6,6 +6,7 @@ import logging
 import threading
 
 from pipeline.errors import ResultBackendUnavailable
+from pipeline.jobs.background import Background
 from pipeline.settings import mask_url
 from pipeline.store.records import RecordStore
 
@@ -28,32 +29,25 @@ class CatchUp:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("pipeline-catch-up", self._run)
 
     def start(self) -> None:
         """Start the thread."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="pipeline-catch-up", daemon=True)
-            self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop the thread after a last try; log how many writes are lost if Redis is still away."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(STOP_WAIT)
-        self._thread = None
+        self._background.stop(STOP_WAIT)
         if self.store.kept:
             try:
                 self.store.catch_up()
             except ResultBackendUnavailable as exc:
                 logger.error("%d record writes are lost: Redis is still away (%s).", self.store.kept, exc)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         wait = INTERVAL
         url = mask_url(self.store.settings.redis_url)
-        while not self._stop.wait(wait):
+        while not stop.wait(wait):
             if not self.store.kept:
                 continue
             try:

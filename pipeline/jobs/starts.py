@@ -14,8 +14,12 @@ import threading
 import time
 from typing import Any
 
+from pipeline.jobs.background import Background
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
+
+#: Seconds a stopping worker waits for the thread.
+STOP_WAIT = 5.0
 
 
 class DelayedStarts:
@@ -31,27 +35,20 @@ class DelayedStarts:
         self.delay = delay
         self._pending: dict[str, tuple[float, int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("pipeline-starts", self._run)
 
     @property
     def running(self) -> bool:
         """True while the writing thread runs; without it starts must be written at once."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._background.running
 
     def start(self) -> None:
         """Start the thread that writes due starts."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="pipeline-starts", daemon=True)
-            self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop the thread, writing the starts of jobs still running."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._thread = None
+        self._background.stop(STOP_WAIT)
         self.write_due(everything=True)
 
     def add(self, message_id: str, attempt: int, fields: dict[str, Any]) -> None:
@@ -80,6 +77,6 @@ class DelayedStarts:
             self.store.begin_write(message_id, JobState.STARTED, attempt=attempt, keep=True, **fields)
         self.store.settle_thread()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.delay / 2):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.delay / 2):
             self.write_due()
