@@ -14,7 +14,7 @@ from typing import Any
 from dramatiq.middleware import TimeLimitExceeded
 
 import pipeline.broker  # noqa: F401 - sets the global broker before any actor is declared
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, shown
 from pipeline.export.exporter import Exporter, ExportPointer
 from pipeline.export.orders import choose_columns
 from pipeline.export.sources import check_request
@@ -98,10 +98,10 @@ def _check_export(
     check_request(orders, file, filter)
     if columns is not None:
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-            raise SourceError(f"columns must be a list of column names, not {columns!r}"[:200])
+            raise SourceError(f"columns must be a list of column names, not {shown(columns)}")
         choose_columns(columns)
     if not isinstance(name, str) or not 0 < len(name) <= MAX_EXPORT_NAME or not name.isprintable():
-        raise SourceError(f"name must be printable text of 1 to {MAX_EXPORT_NAME} characters, not {name!r}"[:300])
+        raise SourceError(f"name must be printable text of 1 to {MAX_EXPORT_NAME} characters, not {shown(name)}")
     if notify is not None:
         # The mail actor's own check: an address it would refuse is refused here, at send.
         parse_addresses("notify", notify)

@@ -9,6 +9,19 @@ edge, so a caller catches one family.
 
 from __future__ import annotations
 
+import reprlib
+
+#: How an error message shows a value a caller gave: its repr, shortened (a 5,000-character
+#: name, a long list), so that the message stays readable and a log line stays a line.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 6
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message shows it: its repr, shortened to a readable length."""
+    return _SHOWN.repr(value)
+
 
 class PipelineError(Exception):
     """Base class of every error pipeline raises."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.errors import InvalidJobId
+from pipeline.errors import InvalidJobId, shown
 
 #: A job id: lowercase hexadecimal UUID with dashes, as ``str(uuid.uuid4())`` writes it.
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -22,7 +22,7 @@ def check_job_id(value: object) -> str:
       InvalidJobId: It is not; the message shows it (shortened).
     """
     if not is_job_id(value):
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        raise InvalidJobId(f"{shown} is not a job id (a message id such as 'f81d4fae-7dec-11d0-a765-00a0c91e6bf6')")
+        raise InvalidJobId(
+            f"{shown(value)} is not a job id (a message id such as 'f81d4fae-7dec-11d0-a765-00a0c91e6bf6')"
+        )
     return value  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, shown
 
 #: Most orders an export may carry inline in its message; more belong in a file or a plug-in.
 INLINE_LIMIT = 1_000
@@ -74,8 +74,7 @@ def check_request(orders: Any = None, file: Any = None, filter: Any = None) -> N
                 "PIPELINE_ORDER_SOURCE plug-in and pass filter=..."
             )
     if file is not None and (not isinstance(file, str) or "\0" in file or not file or len(file) > MAX_PATH_LENGTH):
-        shown = repr(file) if len(repr(file)) <= 80 else repr(file)[:77] + "..."
-        raise SourceError(f"file must be a path relative to PIPELINE_IMPORT_DIR, not {shown}")
+        raise SourceError(f"file must be a path relative to PIPELINE_IMPORT_DIR, not {shown(file)}")
     if filter is not None and not isinstance(filter, dict):
         raise SourceError(f"filter must be an object, not {type(filter).__name__}")
 
