@@ -266,20 +266,23 @@ class JobRecords(Middleware):
             except TypeError as exc:
                 message.fail()
                 not_json: JobError = {"type": "TypeError", "message": f"the result is not JSON-safe: {exc}"}
-                self._write(message, JobState.FAILURE, attempt, error=not_json, **fields)
+                self._fail(message, attempt, error=not_json, **fields)
             return
         error = error_info(exception) if exception is not None else FAILED_BEFORE_RUN
         if message.failed:
-            self._write(message, JobState.FAILURE, attempt, error=error, **fields)
+            self._fail(message, attempt, error=error, **fields)
         else:
             fields.pop("finished_at")
             due = iso_from_millis(retry_eta) if retry_eta else None
             self._write(message, JobState.RETRY, attempt, error=error, next_attempt_at=due, **fields)
 
+    def _fail(self, message: MessageProxy, attempt: int, **fields: Any) -> None:
+        """Write ``FAILURE`` for a message this worker fails, so that its nack writes nothing more."""
+        with self._failed_lock:
+            self._failed_here.add(message.message_id)
+        self._write(message, JobState.FAILURE, attempt, **fields)
+
     def _write(self, message: MessageProxy, state: JobState, attempt: int, **fields: Any) -> None:
-        if state is JobState.FAILURE:
-            with self._failed_lock:
-                self._failed_here.add(message.message_id)
         # While more work waits, the answer is read with the thread's next write: the record is
         # in Redis's hands as soon as it is sent, and the worker need not wait a round trip. A
         # thread about to idle reads its answers now, so a write Redis refused is found and
@@ -292,9 +295,8 @@ class JobRecords(Middleware):
         """Record ``FAILURE`` for a message a middleware failed and skipped (it is dead-lettered)."""
         set_current_message_id(None)
         if message.failed and is_job_id(message.message_id):
-            self._write(
+            self._fail(
                 message,
-                JobState.FAILURE,
                 _attempt(message),
                 error=FAILED_BEFORE_RUN,
                 finished_at=now_iso(),
@@ -313,8 +315,6 @@ class JobRecords(Middleware):
             stuffed = getattr(message, "_exception", None)
             error = error_info(stuffed) if stuffed is not None else FAILED_BEFORE_RUN
             self._write(message, JobState.FAILURE, _attempt(message), error=error, finished_at=now_iso())
-            with self._failed_lock:
-                self._failed_here.discard(message.message_id)
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
         """Read the answers the thread's last writes still wait for."""
