@@ -31,11 +31,12 @@ from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, PublishOutcomeUnknown, QueueMismatch
 from pipeline.jobs.checks import MessageChecks, refusals_raised
+from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, checks_finished
 from pipeline.jobs.logs import WorkerLogs
-from pipeline.jobs.options import BROKER_PRIORITY_OPTION
 from pipeline.jobs.prefetch import LongJobPrefetch
 from pipeline.jobs.priorities import MessagePriorities
+from pipeline.jobs.properties import connection_name, message_properties
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
 from pipeline.settings import Settings, get_settings, mask_url
@@ -43,8 +44,6 @@ from pipeline.store.records import get_store
 
 #: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.
 PRECONDITION_FAILED = 406
-#: Delivery mode of a persistent message: written to disk by RabbitMQ.
-PERSISTENT = 2
 
 
 class PipelineBroker(RabbitmqBroker):
@@ -56,14 +55,30 @@ class PipelineBroker(RabbitmqBroker):
     """
 
     def __init__(self, settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> None:
-        super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
         self.settings = settings
+        super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
         self._publishing = threading.local()
 
     @property
+    def parameters(self) -> Any:
+        """The connection parameters, named for this process as a connection opens."""
+        name = connection_name(self.settings.service_name)
+        nodes = self._parameters if isinstance(self._parameters, list) else [self._parameters]
+        for node in nodes:
+            node.client_properties = {"connection_name": name}
+        return self._parameters
+
+    @parameters.setter
+    def parameters(self, value: Any) -> None:
+        self._parameters = value
+
+    @property
     def channel(self) -> Any:
-        """This thread's channel (Dramatiq's), noting when a publish on it broke midway."""
-        return _WatchedChannel(RabbitmqBroker.channel.fget(self), self._publishing)  # type: ignore[attr-defined]
+        """This thread's channel (Dramatiq's), publishing with pipeline's properties and noting
+        when a publish on it broke midway.
+        """
+        channel = RabbitmqBroker.channel.fget(self)  # type: ignore[attr-defined]
+        return _WatchedChannel(channel, self._publishing, self.settings.service_name)
 
     @channel.deleter
     def channel(self) -> None:
@@ -120,6 +135,7 @@ class PipelineBroker(RabbitmqBroker):
           InvalidPriority: The message's priority does not fit its queue.
         """
         self._publishing.broke = False
+        self._publishing.message = message
         try:
             with refusals_raised():
                 return super().enqueue(message, delay=delay)
@@ -135,6 +151,8 @@ class PipelineBroker(RabbitmqBroker):
                 ) from exc
             self._emit_optional("after_enqueue_failure", message)
             raise self._unavailable(exc) from exc
+        finally:
+            self._publishing.message = None
 
     def _emit_optional(self, signal: str, *args: Any) -> None:
         """Call pipeline's own hook ``signal`` on the middleware that define it, in reverse order.
@@ -204,7 +222,7 @@ class PipelineBroker(RabbitmqBroker):
         (queue_name,) = queue_names
         with refusals_raised():
             self._emit_batch("before", messages)
-        bodies = [(m.encode(), m.options.get(BROKER_PRIORITY_OPTION)) for m in messages]
+        bodies = [(m.encode(), message_properties(m, self.settings.service_name)) for m in messages]
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:
                 # Declared again for every batch: a transaction has no mandatory-flag check,
@@ -220,12 +238,11 @@ class PipelineBroker(RabbitmqBroker):
         self._emit_batch("after", messages)
         return list(messages)
 
-    def _publish_transaction(self, queue_name: str, bodies: Sequence[tuple[bytes, int | None]]) -> None:
+    def _publish_transaction(self, queue_name: str, bodies: Sequence[tuple[bytes, pika.BasicProperties]]) -> None:
         channel = self.connection.channel()
         try:
             channel.tx_select()
-            for body, priority in bodies:
-                properties = pika.BasicProperties(delivery_mode=PERSISTENT, priority=priority)
+            for body, properties in bodies:
                 channel.basic_publish(exchange="", routing_key=queue_name, body=body, properties=properties)
             channel.tx_commit()
         finally:
@@ -234,16 +251,21 @@ class PipelineBroker(RabbitmqBroker):
 
 
 class _WatchedChannel:
-    """A channel that notes in ``state.broke`` when the connection failed during a publish,
-    after which RabbitMQ may or may not have the message.
+    """A channel that publishes ``state.message`` with pipeline's properties (Dramatiq's carry
+    only the priority), and notes in ``state.broke`` when the connection failed during a
+    publish, after which RabbitMQ may or may not have the message.
     """
 
-    def __init__(self, channel: Any, state: threading.local) -> None:
+    def __init__(self, channel: Any, state: threading.local, app_id: str) -> None:
         self._channel = channel
         self._state = state
+        self._app_id = app_id
 
     def basic_publish(self, *args: Any, **kwargs: Any) -> None:
         """Dramatiq's publish, watched."""
+        message = getattr(self._state, "message", None)
+        if message is not None:
+            kwargs["properties"] = message_properties(message, self._app_id)
         try:
             self._channel.basic_publish(*args, **kwargs)
         except pika.exceptions.AMQPConnectionError:
@@ -258,8 +280,9 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, WorkerLogs, PipelineRetries (in place of Retries,
-    with the retry count and backoff from the settings).
+    MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, ConsumerTimeoutCheck,
+    WorkerLogs, PipelineRetries (in place of Retries, with the retry count and backoff from the
+    settings).
     """
     retries = PipelineRetries(
         max_retries=settings.max_retries,
@@ -273,6 +296,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
         MessagePriorities(settings),
         JobRecords(get_store(settings)),
         LongJobPrefetch(),
+        ConsumerTimeoutCheck(settings),
         WorkerLogs(mask_url(settings.broker_url)),
     )
     for extra in extras:

@@ -58,12 +58,20 @@ class InvalidMessage(PermanentError):
     """A message's arguments failed its actor's send-time check; nothing was queued."""
 
 
+class UndecodableMessage(PermanentError):
+    """A delivered body is not a message Dramatiq can decode: it was dead-lettered unrun."""
+
+
 class QueueMismatch(PermanentError):
     """A queue already exists in RabbitMQ with other arguments than the settings ask for."""
 
 
 class BrokerUnavailable(TransientError):
     """RabbitMQ could not be reached, or refused the message, after the broker's retries."""
+
+
+class ManagementUnavailable(TransientError):
+    """RabbitMQ's management HTTP API could not be reached or refused a request."""
 
 
 class PublishOutcomeUnknown(PipelineError):

@@ -22,6 +22,8 @@ from pipeline.errors import JobStopped, PermanentError
 WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
 #: The logger of Dramatiq's consumer thread of a queue, which logs a lost RabbitMQ connection.
 CONSUMER_THREAD_LOGGER = "dramatiq.worker.ConsumerThread({queue})"
+#: The logger of Dramatiq's RabbitMQ consumer, which logs a body it cannot decode.
+RABBITMQ_CONSUMER_LOGGER = "dramatiq.brokers.rabbitmq._RabbitmqConsumer"
 
 
 class _Redacted:
@@ -87,6 +89,16 @@ class NamedBroker(logging.Filter):
         return True
 
 
+class UndecodableBodies(logging.Filter):
+    """The filter of Dramatiq's RabbitMQ consumer logger: drops its traceback of a body it cannot
+    decode, which :class:`~pipeline.jobs.finished.FinishedCheck` reports in one line instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the decode failure's line."""
+        return not (isinstance(record.msg, str) and record.msg.startswith("Failed to decode message"))
+
+
 def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
     if not any(type(f) is type(new) for f in logger.filters):
         logger.addFilter(new)
@@ -103,6 +115,7 @@ class WorkerLogs(Middleware):
     def __init__(self, masked_broker_url: str) -> None:
         self.url = masked_broker_url
         _add_once(logging.getLogger(WORKER_THREAD_LOGGER), ReadableWorkerLogs())
+        _add_once(logging.getLogger(RABBITMQ_CONSUMER_LOGGER), UndecodableBodies())
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Name the broker in each consumer's connection errors."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import uuid
 
 import dramatiq
+import pika
 import pytest
 from export_support import export_env, make_folders
 from mail_support import WELCOME, mail_env
@@ -180,3 +182,31 @@ def test_a_raw_message_with_an_id_of_another_form_is_dead_lettered_unrun(bad_inp
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered")
     assert "'job:1:done'" in worker.log and "no job id" in worker.log
     assert list(clean_redis.scan_iter("pipeline-test:job:*")) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe not even text", b'{"queue_name": "default"', b"[1, 2, 3]"],
+    ids=["not UTF-8", "cut JSON", "JSON but no message"],
+)
+def test_a_body_that_is_not_a_message_fails_its_job_named_by_the_message_id_property(bad_input_worker, amqp, body):
+    worker, _, _ = bad_input_worker
+    message_id = str(uuid.uuid4())
+    properties = pika.BasicProperties(message_id=message_id, type="ping", delivery_mode=2)
+    amqp.basic_publish("", DEFAULT_QUEUE, body, properties)
+    result = AsyncResult(message_id)
+    error = result.get(timeout=20, propagate=False)
+    record = result.info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 1 and record["actor"] == "ping", record
+    assert error["type"] == "pipeline.errors.UndecodableMessage" and "not a valid message" in error["message"]
+    wait_until(lambda: f"Job {message_id} failed" in worker.log, what="the failure's log line")
+    assert "Failed to decode message" not in worker.log
+
+
+def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_line(bad_input_worker, amqp):
+    worker, _, _ = bad_input_worker
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    amqp.basic_publish("", DEFAULT_QUEUE, b"garbage", pika.BasicProperties(message_id="order-17"))
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the body dead-lettered")
+    wait_until(lambda: "'order-17', no job id" in worker.log, what="the dead-letter's log line")
+    assert "Failed to decode message" not in worker.log

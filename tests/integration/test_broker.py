@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from urllib.parse import quote
 
@@ -46,6 +48,38 @@ def test_the_actor_default_priority_applies_when_the_sender_gives_none(purge, am
     message = ping.send(1)
     _, properties, _ = amqp.basic_get(DEFAULT_QUEUE, auto_ack=True)
     assert properties.priority == 0 and message.options["broker_priority"] == 0
+
+
+def test_a_message_carries_properties_a_person_can_read_in_the_management_ui(purge, amqp):
+    purge(DEFAULT_QUEUE)
+    message = ping.send(1, priority=7)
+    _, properties, _ = amqp.basic_get(DEFAULT_QUEUE, auto_ack=True)
+    assert properties.message_id == message.message_id
+    assert properties.type == "ping" and properties.app_id == "pipeline"
+    assert properties.content_type == "application/json" and properties.content_encoding == "utf-8"
+    assert properties.timestamp == message.message_timestamp // 1000
+    assert properties.headers == {"actor": "ping", "attempt": 1, "priority": 7}
+    assert properties.delivery_mode == 2 and properties.priority == 7
+
+
+def test_a_batch_carries_the_same_properties(purge, amqp):
+    purge(DEFAULT_QUEUE)
+    (message,) = ping.send_many([((1,), {})], priority=2)
+    _, properties, _ = amqp.basic_get(DEFAULT_QUEUE, auto_ack=True)
+    assert properties.message_id == message.message_id and properties.type == "ping"
+    assert properties.headers["priority"] == 2 and properties.app_id == "pipeline"
+
+
+def test_connections_are_named_for_the_service_host_and_process(purge):
+    purge(DEFAULT_QUEUE)
+    ping.send(1)
+    expected = f"pipeline on {socket.gethostname()} (pid {os.getpid()})"
+
+    def named() -> bool:
+        connections = testenv.management("GET", "connections") or []
+        return any(c.get("client_properties", {}).get("connection_name") == expected for c in connections)
+
+    wait_until(named, what=f"a connection named {expected!r} in the management API")
 
 
 def test_a_priority_above_the_queue_maximum_is_refused(purge):
