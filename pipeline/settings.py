@@ -46,6 +46,9 @@ class Settings:
 
     #: RabbitMQ URL (``amqp://user:password@host:port/vhost``); ``;`` separates several nodes.
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: RabbitMQ management API URL (``http://user:password@host:15672``); unset: the first broker
+    #: node's host and credentials on port 15672.
+    management_url: str | None = None
     #: Redis URL of the job records.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every Redis key and channel, so that two deployments can share one Redis.
@@ -63,6 +66,8 @@ class Settings:
     started_after: int = 50
     #: Wait for RabbitMQ's publisher confirm on every send.
     confirm_delivery: bool = True
+    #: The name of this service: each message's AMQP ``app_id`` and part of its connections' names.
+    service_name: str = "pipeline"
     #: Times a failing job is retried before it is failed and dead-lettered.
     max_retries: int = 5
     #: Milliseconds before the first retry; doubles with every attempt.
@@ -133,6 +138,8 @@ class Settings:
     def __post_init__(self) -> None:
         _check_url("PIPELINE_BROKER_URL", self.broker_url, ("amqp", "amqps"))
         _check_url("PIPELINE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        if self.management_url is not None:
+            _check_url("PIPELINE_MANAGEMENT_URL", self.management_url, ("http", "https"))
         _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
         if not NAMESPACE.fullmatch(self.namespace):
             raise SettingsError(
@@ -189,7 +196,8 @@ class Settings:
         for field in dataclasses.fields(self):
             if field.repr:
                 value = getattr(self, field.name)
-                shown.append(f"{field.name}={mask_url(value) if field.name.endswith('_url') else value!r}")
+                masked = field.name.endswith("_url") and isinstance(value, str)
+                shown.append(f"{field.name}={mask_url(value) if masked else value!r}")
         return f"Settings({', '.join(shown)})"
 
     def max_priority(self, queue_name: str) -> int:

@@ -27,6 +27,7 @@ NAMESPACE = "pipeline-test"
 ENV = {
     "PIPELINE_BROKER_URL": BROKER_URL,
     "PIPELINE_REDIS_URL": REDIS_URL,
+    "PIPELINE_MANAGEMENT_URL": MANAGEMENT_URL,
     "PIPELINE_NAMESPACE": NAMESPACE,
     # Exports and imports land in no folder of the checkout.
     "PIPELINE_EXPORT_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), "pipeline-test-exports"),
