@@ -43,6 +43,8 @@ class JobRecord(TypedDict):
     next_attempt_at: NotRequired[str | None]
     finished_at: NotRequired[str]
     revoked_at: NotRequired[str]
+    requeued_at: NotRequired[str]
+    requeues: NotRequired[int]
     result: NotRequired[Any]
     error: NotRequired[JobError]
     progress: NotRequired[Progress]

@@ -41,8 +41,12 @@ class ConsumerTimeoutCheck(Middleware):
         queues = sorted({q_name(queue) for queue in worker.consumers})
         threading.Thread(target=self.check, args=(queues,), name="consumer-timeout-check", daemon=True).start()
 
-    def check(self, queues: list[str]) -> list[str]:
-        """Compare each queue's timeout with the settings; the lines logged, for callers that show them."""
+    def check(self, queues: list[str]) -> list[tuple[int, str]]:
+        """Compare each queue's timeout with the settings and log what is found.
+
+        Returns:
+          The lines logged with their levels (a WARNING is a timeout that needs a change).
+        """
         api = ManagementApi.from_settings(self.settings)
         assumed = self.settings.rabbitmq_consumer_timeout
         lines: list[tuple[int, str]] = []
@@ -84,7 +88,7 @@ class ConsumerTimeoutCheck(Middleware):
                 )
         for level, line in lines:
             logger.log(level, line)
-        return [line for _, line in lines]
+        return lines
 
     def _longest_hold(self, queue: str) -> int:
         """Milliseconds a worker may hold a delivery of ``queue``: a retry waiting out its backoff,

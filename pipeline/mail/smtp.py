@@ -71,6 +71,19 @@ class SmtpSender:
             raise SmtpUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port} unreachable: {exc!r}") from exc
         return smtp
 
+    def check(self) -> None:
+        """Connect, greet, upgrade to TLS and log in as the settings say, then hang up.
+
+        Raises:
+          SmtpUnavailable: The server cannot be reached, or TLS failed.
+          SmtpRejected: The server cannot do what the settings ask, or refused the login.
+        """
+        smtp = self._connect()
+        try:
+            smtp.quit()
+        except (OSError, smtplib.SMTPException):
+            smtp.close()
+
     def _tls_context(self) -> ssl.SSLContext:
         ca_file = self.settings.smtp_ca_file
         return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)

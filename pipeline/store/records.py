@@ -55,6 +55,18 @@ MAX_KEPT_WRITES = 50_000
 CATCH_UP_BATCH = 500
 
 
+#: Moves a FAILURE record (KEYS[1], its done list KEYS[2]) back to QUEUED; 1 when it did.
+REQUEUE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'result', 'next_attempt_at', 'started_at')
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'requeued_at', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'requeues', 1)
+redis.call('DEL', KEYS[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
 class RecordStore:
     """Reads and writes job records in one Redis database.
 
@@ -323,6 +335,31 @@ class RecordStore:
                 return int(cast("int", self.client.incr(self.keys.duplicates)))
         except ResultBackendUnavailable:
             return 0
+
+    def requeue(self, message_id: str, requeued_at: str) -> bool:
+        """Move a ``FAILURE`` record back to ``QUEUED``, for a dead-lettered message put back in its
+        queue: its error, end and result are cleared, ``requeues`` counts one more and
+        ``requeued_at`` says when.
+
+        Returns:
+          False when the record is not a failure (none, or in another state): nothing changed.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        with self.translated():
+            moved = self.client.eval(
+                REQUEUE_SCRIPT,
+                2,
+                self.keys.record(message_id),
+                self.keys.done(message_id),
+                json.dumps(JobState.FAILURE.value),
+                json.dumps(JobState.QUEUED.value),
+                rank(JobState.QUEUED),
+                json.dumps(requeued_at),
+                self.settings.result_ttl,
+            )
+        return bool(moved)
 
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""

@@ -1,0 +1,68 @@
+"""Following a job until it ends, with a live progress bar drawn by rich."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from pipeline.errors import JobTimeout
+from pipeline.job_record import JobRecord
+from pipeline.results import AsyncResult
+from pipeline.states import JobState
+
+#: Seconds between two looks at a running job's progress.
+TICK = 0.25
+
+
+def follow(message_id: str, *, timeout: float | None = None, console: Console | None = None) -> JobRecord | None:
+    """Show job ``message_id``'s progress until it ends (or ``timeout`` seconds pass).
+
+    The bar shows done / total, the rate, the time left and the phase the job reports; on a
+    terminal it is redrawn in place, elsewhere (a pipe, a log) it is left out and only the end
+    is printed by the caller.
+
+    Returns:
+      The job's last record; None when it has none (an unknown id answers at once).
+    """
+    handle = AsyncResult(message_id)
+    if handle.state is JobState.PENDING:
+        return None
+    console = console or Console(file=sys.stderr)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.speed_text}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"{message_id[:8]} QUEUED", total=None, speed_text="")
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                handle.get(timeout=min(TICK, left) if left is not None else TICK, propagate=False)
+                break
+            except JobTimeout:
+                pass
+            record = handle.info()
+            if record is None:
+                break
+            progress: dict[str, Any] = dict(record.get("progress") or {})
+            phase = f" {progress['phase']}" if progress.get("phase") else ""
+            bar.update(
+                task,
+                description=f"{message_id[:8]} {record['state']}{phase}",
+                completed=progress.get("done", 0),
+                total=progress.get("total"),
+            )
+            speed = bar.tasks[0].speed
+            bar.update(task, speed_text=f"{speed:,.0f}/s" if speed else "")
+    return handle.info()

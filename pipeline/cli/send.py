@@ -1,0 +1,100 @@
+"""``pipeline export`` and ``pipeline email``: send a job from the shell, print its id, and with
+``--wait`` follow it to its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.exit_codes import RET_OK
+from pipeline.cli.status import show_job
+from pipeline.errors import InvalidMessage
+
+
+def _sent(message_id: str, args: argparse.Namespace) -> int:
+    if args.wait:
+        return show_job(message_id, as_json=args.json, live=True)
+    print(json.dumps({"message_id": message_id}) if args.json else message_id)
+    return RET_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``pipeline export``."""
+    from pipeline.actors import export_orders
+
+    kwargs: dict[str, Any] = {"file": args.file}
+    if args.columns:
+        kwargs["columns"] = [column.strip() for column in args.columns.split(",") if column.strip()]
+    if args.notify:
+        kwargs["notify"] = args.notify
+    if args.name:
+        kwargs["name"] = args.name
+    return _sent(export_orders.send(priority=args.priority, **kwargs).message_id, args)
+
+
+def context_argument(text: str) -> dict[str, Any]:
+    """A mail's context from ``--context``: a JSON object, or ``@path`` to a file holding one.
+
+    Raises:
+      InvalidMessage: The file cannot be read, or the text is not a JSON object.
+    """
+    source = "--context"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidMessage(f"--context file {source!r} cannot be read: {exc.strerror}") from exc
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidMessage(f"{source} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"{source} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def run_email(args: argparse.Namespace) -> int:
+    """``pipeline email``."""
+    from pipeline.actors import send_email
+
+    context = context_argument(args.context) if args.context else {}
+    message = send_email.send(to=args.to, template=args.template, context=context, priority=args.priority)
+    return _sent(message.message_id, args)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", type=int, metavar="N", help="RabbitMQ priority, higher is sooner")
+    parser.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    parser.add_argument("--json", action="store_true", help="print the id (or, with --wait, the record) as JSON")
+
+
+def add_parsers(commands: Any) -> None:
+    """Add ``export`` and ``email`` to the command's subparsers."""
+    export = commands.add_parser(
+        "export",
+        help="export an order file of the import folder to Excel",
+        description="Send an export of FILE (under PIPELINE_IMPORT_DIR) and print the job's id. Exit 0: sent "
+        "(with --wait: succeeded); 1: failed; 5: refused or RabbitMQ unreachable.",
+    )
+    export.add_argument("file", help="the order file, relative to the import folder (.jsonl, .json or .csv)")
+    export.add_argument("--columns", metavar="A,B", help="the order columns to keep, comma-separated")
+    export.add_argument("--notify", metavar="EMAIL", help="mail this address a link when the file is ready")
+    export.add_argument("--name", help="the file name's stem (default: orders)")
+    _common(export)
+    export.set_defaults(handler=run_export)
+
+    email = commands.add_parser(
+        "email",
+        help="send a templated mail",
+        description="Send TEMPLATE to TO and print the job's id. Exit 0: sent (with --wait: delivered); "
+        "1: failed; 5: refused or RabbitMQ unreachable.",
+    )
+    email.add_argument("to", help="the recipient's address")
+    email.add_argument("template", help="the template's name (NAME.txt and NAME.html)")
+    email.add_argument("--context", metavar="JSON|@FILE", help="the template's variables: a JSON object or @file.json")
+    _common(email)
+    email.set_defaults(handler=run_email)

@@ -1,0 +1,203 @@
+"""The operator's commands (send, follow, queues, dead letters, doctor) as subprocesses against
+the real services: output, JSON and exit statuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from export_support import export_env, make_folders
+from mail_support import WELCOME, mail_env
+from sample_source import make_order
+from services import ROOT, WorkerProcess, flush_queue, queue_depth
+from smtp import running_smtp_server
+from waiting import wait_until
+
+from pipeline.cli import RET_BAD_ID, RET_ERROR, RET_FAILED, RET_OK, RET_UNKNOWN
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.results import AsyncResult
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def operated(amqp, redis_client, tmp_path_factory):
+    """A worker on both queues with an SMTP server and export folders; the environment the
+    commands run with."""
+    exports, imports = make_folders(tmp_path_factory.mktemp("operator"))
+    with running_smtp_server() as smtp:
+        for queue in (DEFAULT_QUEUE, SLOW_QUEUE):
+            flush_queue(queue)
+        env = {**export_env(exports, imports), **mail_env(smtp.port)}
+        worker = WorkerProcess([DEFAULT_QUEUE, SLOW_QUEUE], 2, env, ["pipeline.actors", "sample_actors"])
+        yield env, imports, smtp.handler
+        worker.discard()
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_export_with_wait_follows_the_job_and_prints_the_file(operated):
+    env, imports, _ = operated
+    (imports / "q3.jsonl").write_text("".join(json.dumps(make_order(i)) + "\n" for i in range(1, 40)))
+    out = run_cli(env, "export", "q3.jsonl", "--columns", "id,total", "--priority", "3", "--wait", "--json")
+    assert out.returncode == RET_OK, out.stderr
+    record = json.loads(out.stdout)
+    assert record["state"] == "SUCCESS" and record["priority"] == 3
+    assert record["result"]["rows"]["Orders"] == 39 and os.path.exists(record["result"]["path"])
+
+
+def test_export_without_wait_prints_the_id_at_once(operated):
+    env, imports, _ = operated
+    (imports / "one.jsonl").write_text(json.dumps(make_order(1)) + "\n")
+    out = run_cli(env, "export", "one.jsonl")
+    assert out.returncode == RET_OK, out.stderr
+    message_id = out.stdout.strip()
+    assert AsyncResult(message_id).get(timeout=20)["rows"]["Orders"] == 1
+
+
+def test_email_with_a_context_file_is_delivered_and_followed(operated, tmp_path):
+    env, _, inbox = operated
+    context = tmp_path / "context.json"
+    context.write_text(json.dumps(WELCOME))
+    out = run_cli(env, "email", "ann@example.com", "welcome", "--context", f"@{context}", "--wait")
+    assert out.returncode == RET_OK, out.stderr
+    assert ": SUCCESS" in out.stdout
+    assert any(mail["To"] == "ann@example.com" for mail in inbox.mails)
+
+
+@pytest.mark.parametrize(
+    ("context", "reason"),
+    [("[1, 2]", "must be a JSON object"), ("{not json", "not valid JSON"), ("@/nonexistent.json", "cannot be read")],
+)
+def test_email_with_a_bad_context_exits_5_naming_it(operated, context, reason):
+    env, _, _ = operated
+    out = run_cli(env, "email", "ann@example.com", "welcome", "--context", context)
+    assert out.returncode == RET_ERROR and reason in out.stderr
+
+
+def test_status_follow_of_an_unknown_id_answers_at_once(operated):
+    env, _, _ = operated
+    out = run_cli(env, "status", str(uuid.uuid4()), "--follow", "--wait", "30")
+    assert out.returncode == RET_UNKNOWN and "PENDING" in out.stdout
+
+
+def test_status_follow_refuses_an_id_of_another_form(operated):
+    env, _, _ = operated
+    out = run_cli(env, "status", "job:1:done", "--follow")
+    assert out.returncode == RET_BAD_ID and "not a job id" in out.stderr
+
+
+def test_queues_lists_each_queue_with_its_priority_from_the_management_api(operated):
+    env, _, _ = operated
+    out = run_cli(env, "queues", "--json")
+    assert out.returncode == RET_OK, out.stderr
+    shown = json.loads(out.stdout)
+    by_name = {row["queue"]: row for row in shown["queues"]}
+    assert shown["source"] == "management API"
+    assert by_name["default"]["max_priority"] == 10 and by_name["slow"]["max_priority"] == 5
+    assert by_name["default"]["consumers"] >= 1
+
+
+def test_queues_without_the_management_api_falls_back_to_passive_declares(operated):
+    env, _, _ = operated
+    out = run_cli({**env, "PIPELINE_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:1"}, "queues", "--json")
+    assert out.returncode == RET_OK, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["source"].startswith("passive declares") and "default" in [r["queue"] for r in shown["queues"]]
+
+
+def failed_mail(amqp) -> str:
+    """A mail job that fails at once (unknown template) and is dead-lettered; its id."""
+    message_id = run_mail(amqp, "no_such_template")
+    AsyncResult(message_id).get(timeout=20, propagate=False)
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") >= 1, what="the mail dead-lettered")
+    return message_id
+
+
+def run_mail(amqp, template: str) -> str:
+    from pipeline.actors import send_email
+
+    return send_email.send(to="ann@example.com", template=template, context={"secret": "reset-token-123"}).message_id
+
+
+def test_dlq_list_and_show_explain_a_dead_letter_without_moving_it_or_showing_arguments(operated, amqp):
+    env, _, _ = operated
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    message_id = failed_mail(amqp)
+    out = run_cli(env, "dlq", "list", "--json")
+    assert out.returncode == RET_OK, out.stderr
+    (row,) = [r for r in json.loads(out.stdout) if r["message_id"] == message_id]
+    assert row["actor"] == "send_email" and row["state"] == "FAILURE" and "no_such_template" in row["reason"]
+    assert "context: object of 1 keys" in row["arguments"]
+    assert "reset-token-123" not in out.stdout and "ann@example.com" not in out.stdout
+    shown = run_cli(env, "dlq", "show", message_id, "--json")
+    assert shown.returncode == RET_OK and json.loads(shown.stdout)["headers"]["actor"] == "send_email"
+    assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1
+    assert run_cli(env, "dlq", "show", str(uuid.uuid4())).returncode == RET_UNKNOWN
+
+
+def test_dlq_requeue_runs_the_message_again_under_its_id_and_notes_it(operated, amqp):
+    env, _, _ = operated
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    message_id = failed_mail(amqp)
+    out = run_cli(env, "dlq", "requeue", message_id, "--json")
+    assert out.returncode == RET_OK, out.stderr
+    assert json.loads(out.stdout) == {"requeued": [message_id], "not_found": []}
+    # It runs again (and fails again, the template still missing): the record says so.
+    wait_until(lambda: (AsyncResult(message_id).info() or {}).get("requeues") == 1, what="the requeue noted")
+    AsyncResult(message_id).get(timeout=20, propagate=False)
+    record = AsyncResult(message_id).info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 1 and "requeued_at" in record
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered again")
+
+
+def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operated, amqp):
+    env, _, _ = operated
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    failed_mail(amqp)
+    missing = str(uuid.uuid4())
+    out = run_cli(env, "dlq", "requeue", missing)
+    assert out.returncode == RET_UNKNOWN and missing in out.stdout
+    purged = run_cli(env, "dlq", "purge", "default", "--json")
+    assert json.loads(purged.stdout) == {"queue": "default.XQ", "purged": 1}
+    assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 0
+
+
+def test_doctor_passes_every_check_when_all_is_well(operated):
+    env, _, _ = operated
+    out = run_cli(env, "doctor", "--json")
+    results = json.loads(out.stdout)
+    assert out.returncode == RET_OK, results
+    assert [r["check"] for r in results] == [
+        "RabbitMQ", "Redis", "management", "queues", "timeouts", "SMTP", "exports", "imports",
+    ]  # fmt: skip
+
+
+def test_doctor_names_each_failure_with_its_fix(operated, tmp_path):
+    env, _, _ = operated
+    broken = {
+        **env,
+        "PIPELINE_QUEUE_PRIORITIES": "default=3,slow=5",
+        "PIPELINE_SMTP_PORT": "1",
+        "PIPELINE_IMPORT_DIR": str(tmp_path / "missing"),
+    }
+    out = run_cli(broken, "doctor")
+    assert out.returncode == RET_FAILED
+    lines = {line.split()[1]: line for line in out.stdout.splitlines()}
+    assert lines["queues"].startswith("FAIL") and "PRECONDITION_FAILED" in lines["queues"]
+    assert lines["SMTP"].startswith("FAIL") and "PIPELINE_SMTP_HOST" in lines["SMTP"]
+    assert lines["imports"].startswith("FAIL") and "create it" in lines["imports"]
+    assert lines["Redis"].startswith("ok") and lines["exports"].startswith("ok")
