@@ -34,6 +34,7 @@ from pipeline.jobs.checks import MessageChecks, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, checks_finished
 from pipeline.jobs.logs import WorkerLogs
+from pipeline.jobs.metrics import metrics_middleware
 from pipeline.jobs.prefetch import LongJobPrefetch
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.properties import connection_name, message_properties
@@ -282,7 +283,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
     MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, ConsumerTimeoutCheck,
     WorkerLogs, PipelineRetries (in place of Retries, with the retry count and backoff from the
-    settings).
+    settings); and Dramatiq's Prometheus last when ``PIPELINE_METRICS_PORT`` is set.
     """
     retries = PipelineRetries(
         max_retries=settings.max_retries,
@@ -301,6 +302,8 @@ def build_broker(settings: Settings) -> PipelineBroker:
     )
     for extra in extras:
         broker.add_middleware(extra, before=PipelineRetries)
+    for metrics in metrics_middleware(settings):
+        broker.add_middleware(metrics)
     return broker
 
 

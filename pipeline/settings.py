@@ -114,6 +114,8 @@ class Settings:
     export_reuse_window: int = 10_800
     #: Milliseconds RabbitMQ lets a delivery stay unacknowledged (its ``consumer_timeout``).
     rabbitmq_consumer_timeout: int = 1_800_000
+    #: Port a worker serves Prometheus metrics on (``/metrics``); none when unset.
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +166,8 @@ class Settings:
                 "PIPELINE_SMTP_SECURITY", self.smtp_security, f"expected one of {', '.join(SMTP_SECURITY)}"
             )
         _check_minimum("PIPELINE_EXPORT_TIME_LIMIT", self.export_time_limit, 1)
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65_536:
+            raise SettingsError("PIPELINE_METRICS_PORT", str(self.metrics_port), "a port is 1 to 65535")
         _check_minimum("PIPELINE_EXPORT_REUSE_WINDOW", self.export_reuse_window, 0)
         # Every delivery a worker holds unacked (a running export, a retry waiting in .DQ) must
         # be acked before RabbitMQ's consumer timeout, or RabbitMQ closes the channel and

@@ -1,0 +1,63 @@
+"""Prometheus metrics of a worker, served when ``PIPELINE_METRICS_PORT`` is set.
+
+Dramatiq's own ``Prometheus`` middleware counts what an operator asks of a worker: messages by
+queue and actor (``dramatiq_messages_total``, of which ``dramatiq_message_errors_total``
+failed), retries (``dramatiq_message_retries_total``), dead-letters
+(``dramatiq_message_rejects_total``), the messages in flight
+(``dramatiq_messages_inprogress``, ``dramatiq_delayed_messages_inprogress``) and durations
+(``dramatiq_message_duration_milliseconds``). The ``dramatiq`` command serves them from a
+process of its own on the port from the settings, across all worker processes (the host is
+Dramatiq's ``dramatiq_prom_host``, every interface by default).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from http.server import HTTPServer
+from typing import Any
+
+from dramatiq.middleware import Middleware
+
+from pipeline.errors import SettingsError
+from pipeline.settings import Settings, get_settings
+
+
+def serve_metrics() -> None:
+    """Serve the metrics of every worker process on ``PIPELINE_METRICS_PORT`` until stopped.
+
+    The ``dramatiq`` command runs it in a process of its own, which imports it by name: the
+    port is read from the settings there.
+    """
+    from dramatiq.middleware import prometheus
+
+    port = get_settings().metrics_port
+    server = HTTPServer((prometheus.HTTP_HOST, port or prometheus.HTTP_PORT), prometheus._metrics_handler)
+    server.serve_forever()
+
+
+def metrics_middleware(settings: Settings) -> list[Middleware]:
+    """Dramatiq's ``Prometheus`` middleware on ``settings.metrics_port``; none when it is unset.
+
+    Raises:
+      SettingsError: A port is set but ``prometheus-client`` is not installed.
+    """
+    if settings.metrics_port is None:
+        return []
+    # Asked without importing it: prometheus_client picks its multiprocess mode when imported,
+    # which Dramatiq's middleware sets up only once the worker process has booted.
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise SettingsError(
+            "PIPELINE_METRICS_PORT",
+            str(settings.metrics_port),
+            "metrics need prometheus-client: install pipeline with its 'metrics' extra",
+        )
+    from dramatiq.middleware.prometheus import Prometheus
+
+    class PipelineMetrics(Prometheus):
+        """Dramatiq's metrics, served on the port of the settings rather than ``dramatiq_prom_port``."""
+
+        @property
+        def forks(self) -> list[Any]:
+            return [serve_metrics]
+
+    return [PipelineMetrics()]
