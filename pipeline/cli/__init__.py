@@ -10,6 +10,8 @@
     Dead-lettered messages, why they failed, and putting them back.
 ``pipeline doctor``
     Every check before starting workers, with fixes; exit 1 when one fails.
+``pipeline demo``
+    The whole system once, on this machine: workers, an export with notify, a mail.
 ``pipeline check``
     Exit 0 when RabbitMQ and Redis answer, 1 when either does not: a ready health check.
 """
@@ -20,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import dlq, doctor, queues, send, status
+from pipeline.cli import demo, dlq, doctor, queues, send, status
 from pipeline.cli.exit_codes import (
     RET_BAD_ID,
     RET_ERROR,
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_parser(commands)
     dlq.add_parser(commands)
     doctor.add_parser(commands)
+    demo.add_parser(commands)
     check = commands.add_parser("check", help="exit 0 if RabbitMQ and Redis answer, 1 if not")
     check.set_defaults(handler=_check)
     return parser
