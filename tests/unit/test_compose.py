@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,9 +15,33 @@ from pipeline.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def read_env_file() -> dict[str, str]:
+    """``.env`` as Docker Compose (and a shell's ``set -a; . ./.env``) reads it: ``${NAME}`` is
+    replaced by what the file set before."""
+    values: dict[str, str] = {}
+    for line in (ROOT / ".env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = interpolate(value.strip(), values)
+    return values
+
+
+def interpolate(text: str, values: dict[str, str]) -> str:
+    def value(match: re.Match[str]) -> str:
+        assert match[1] in values, f"${{{match[1]}}} is not set in .env"
+        return values[match[1]]
+
+    return re.sub(r"\$\{(\w+)\}", value, text)
+
+
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def env_file() -> dict[str, str]:
+    return read_env_file()
+
+
+@pytest.fixture(scope="module")
+def compose(env_file) -> dict:
+    return yaml.safe_load(interpolate((ROOT / "docker-compose.yml").read_text(), env_file))
 
 
 def ports(service: dict) -> set[str]:
@@ -79,3 +104,38 @@ def test_worker_settings_are_valid_and_match_the_rabbitmq_config(compose, queue)
     timeout = int(next(line.split("=")[1] for line in config.splitlines() if line.startswith("consumer_timeout")))
     assert settings.rabbitmq_consumer_timeout == timeout
     assert settings.export_time_limit * 1000 < timeout
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_workers_have_a_health_check_that_asks_both_services(compose, queue):
+    assert compose["services"][f"worker-{queue}"]["healthcheck"]["test"] == ["CMD", "pipeline", "check"]
+
+
+def test_exports_are_served_over_http_where_the_workers_link_them(compose):
+    server = compose["services"]["exports"]
+    assert "exports:/exports:ro" in server["volumes"] and "http.server" in server["command"]
+    (published,) = ports(server)
+    host_port = published.split(":")[0]
+    for queue in QUEUES:
+        worker = compose["services"][f"worker-{queue}"]
+        assert worker["environment"]["PIPELINE_EXPORT_BASE_URL"] == f"http://localhost:{host_port}"
+        assert "exports:/exports" in worker["volumes"]
+
+
+def test_the_image_runs_as_the_unprivileged_user_the_file_server_runs_as(compose):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.search(r"useradd .*--uid (\d+) (\w+)", dockerfile)
+    assert user is not None and f"USER {user[2]}" in dockerfile and user[2] != "root"
+    assert "chown pipeline /exports" in dockerfile
+    assert str(compose["services"]["exports"]["user"]) == user[1]
+
+
+def test_the_env_file_is_the_one_place_of_credentials_and_the_hosts_urls(compose, env_file):
+    rabbit = compose["services"]["rabbitmq"]["environment"]
+    assert rabbit["RABBITMQ_DEFAULT_USER"] == env_file["RABBITMQ_USER"]
+    for name in ("PIPELINE_BROKER_URL", "PIPELINE_TEST_BROKER_URL"):
+        url = urlsplit(env_file[name])
+        assert (url.username, url.password) == (env_file["RABBITMQ_USER"], env_file["RABBITMQ_PASSWORD"])
+        assert url.hostname == "127.0.0.1" and url.port == 5672
+    settings = Settings.from_env({k: v for k, v in env_file.items() if k.startswith("PIPELINE_")})
+    assert urlsplit(settings.management_url or "").port == 15672
