@@ -4,6 +4,8 @@
     Send a job and print its id; ``--wait`` follows it with a progress bar.
 ``pipeline status ID [--json] [--wait SECONDS] [--follow]``
     Print a job's record; the exit status says how the job stands (see :mod:`~pipeline.cli.exit_codes`).
+``pipeline jobs [--state S] [--actor A] [--since 1h] [--limit N]``
+    The latest jobs, newest first, from the job index.
 ``pipeline queues``
     Each queue's backlog, consumers, rates and max priority.
 ``pipeline dlq list|show|requeue|purge``
@@ -22,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import demo, dlq, doctor, queues, send, status
+from pipeline.cli import demo, dlq, doctor, jobs, queues, send, status
 from pipeline.cli.exit_codes import (
     RET_BAD_ID,
     RET_ERROR,
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     send.add_parsers(commands)
     status.add_parser(commands)
+    jobs.add_parser(commands)
     queues.add_parser(commands)
     dlq.add_parser(commands)
     doctor.add_parser(commands)

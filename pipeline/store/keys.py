@@ -32,6 +32,22 @@ class Keys:
         """List that receives a snapshot of the record when the job finishes; same TTL as the record."""
         return f"{self.namespace}:job:{message_id}:done"
 
+    @property
+    def index(self) -> str:
+        """Prefix of the job index: ``<prefix>:<STATE>`` and ``<prefix>:actor:<name>`` are sorted
+        sets of job ids scored by the Unix microseconds of their last change, each pruned of
+        members older than their records can live.
+        """
+        return f"{self.namespace}:jobs"
+
+    def state_index(self, state: str) -> str:
+        """Sorted set of the jobs in ``state``, by when they entered it."""
+        return f"{self.index}:{state}"
+
+    def actor_index(self, actor: str) -> str:
+        """Sorted set of ``actor``'s jobs, by their last change."""
+        return f"{self.index}:actor:{actor}"
+
     def claim(self, message_id: str) -> str:
         """String claiming a job's one-time side effect (a mail); same TTL as the record."""
         return f"{self.namespace}:claim:{message_id}"

@@ -55,7 +55,8 @@ MAX_KEPT_WRITES = 50_000
 CATCH_UP_BATCH = 500
 
 
-#: Moves a FAILURE record (KEYS[1], its done list KEYS[2]) back to QUEUED; 1 when it did.
+#: Moves a FAILURE record (KEYS[1], its done list KEYS[2], the index prefix KEYS[3]) back to
+#: QUEUED, in the index too; 1 when it did.
 REQUEUE_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'result', 'next_attempt_at', 'started_at')
@@ -63,8 +64,28 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'requeued_at', AR
 redis.call('HINCRBY', KEYS[1], 'requeues', 1)
 redis.call('DEL', KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+local id = string.match(KEYS[1], '([^:]+)$')
+local now = redis.call('TIME')
+local score = tonumber(now[1]) * 1000000 + tonumber(now[2])
+redis.call('ZREM', KEYS[3] .. ':' .. cjson.decode(ARGV[1]), id)
+redis.call('ZADD', KEYS[3] .. ':' .. cjson.decode(ARGV[2]), score, id)
 return 1
 """
+#: Deletes a record (KEYS[1]) and its done list (KEYS[2]), and its entries in the index (prefix
+#: KEYS[3]); the number of keys deleted.
+DELETE_SCRIPT = """
+local id = string.match(KEYS[1], '([^:]+)$')
+local state = redis.call('HGET', KEYS[1], 'state')
+local actor = redis.call('HGET', KEYS[1], 'actor')
+if state then redis.call('ZREM', KEYS[3] .. ':' .. cjson.decode(state), id) end
+if actor then redis.call('ZREM', KEYS[3] .. ':actor:' .. cjson.decode(actor), id) end
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
+
+
+#: Index members looked through at most to answer one listing (expired ones, or with an actor
+#: and a state, those in other states, are skipped).
+MAX_INDEX_WINDOW = 100_000
 
 
 class RecordStore:
@@ -116,7 +137,7 @@ class RecordStore:
         args: list[Any] = ["" if state is None else rank(state, attempt), ttl]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        return [self.keys.record(message_id), self.keys.done(message_id)], args
+        return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
 
     def send_call(
         self, call: WriteCall, keep: bool, pending: PendingWrite | None = None, command: str = "EVALSHA"
@@ -350,9 +371,10 @@ class RecordStore:
         with self.translated():
             moved = self.client.eval(
                 REQUEUE_SCRIPT,
-                2,
+                3,
                 self.keys.record(message_id),
                 self.keys.done(message_id),
+                self.keys.index,
                 json.dumps(JobState.FAILURE.value),
                 json.dumps(JobState.QUEUED.value),
                 rank(JobState.QUEUED),
@@ -363,8 +385,54 @@ class RecordStore:
 
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""
+        keys = (self.keys.record(message_id), self.keys.done(message_id), self.keys.index)
         with self.translated():
-            return bool(self.client.delete(self.keys.record(message_id), self.keys.done(message_id)))
+            return bool(self.client.eval(DELETE_SCRIPT, 3, *keys))
+
+    def recent(
+        self, *, state: JobState | None = None, actor: str | None = None, since: float = 0.0, limit: int = 50
+    ) -> list[JobRecord]:
+        """The records of the latest jobs, newest first, from the index (never a SCAN).
+
+        Parameters:
+          state: Only jobs in this state.
+          actor: Only jobs of this actor.
+          since: Only jobs whose last change is at or after this Unix time (seconds).
+          limit: At most this many records.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        floor = int(since * 1_000_000)
+        if actor is not None:
+            sets = [self.keys.actor_index(actor)]
+        else:
+            chosen = [state] if state is not None else [s for s in JobState if s is not JobState.PENDING]
+            sets = [self.keys.state_index(each.value) for each in chosen]
+        found: list[JobRecord] = []
+        window = limit
+        with self.translated():
+            # Members whose record expired (or, with an actor, in another state) are skipped: look
+            # at a wider window of the newest members until enough records are found.
+            while True:
+                pipe = self.client.pipeline(transaction=False)
+                for key in sets:
+                    pipe.zrevrangebyscore(key, "+inf", floor, 0, window, withscores=True)
+                answers = pipe.execute()
+                newest = sorted((pair for pairs in answers for pair in pairs), key=lambda pair: -pair[1])[:window]
+                records = self._records([member for member, _ in newest])
+                found = [r for r in records if state is None or r.get("state") == state.value]
+                exhausted = all(len(pairs) < window for pairs in answers)
+                if len(found) >= limit or exhausted or window >= MAX_INDEX_WINDOW:
+                    return found[:limit]
+                window *= 4
+
+    def _records(self, message_ids: list[str]) -> list[JobRecord]:
+        """The records of ``message_ids`` that still exist, in order, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.hgetall(self.keys.record(message_id))
+        return [_decode(raw) for raw in pipe.execute() if raw]
 
     def wait(self, message_id: str, timeout: float | None) -> JobRecord:
         """Block until ``message_id``'s record is finished and return it.

@@ -19,6 +19,7 @@ import redis
 
 from pipeline.errors import ResultBackendUnavailable
 from pipeline.states import FAILURE_RANK, FINAL_RANK, SUCCESS_RANK, JobState
+from pipeline.store.keys import FAILURE_TTL
 
 if TYPE_CHECKING:
     from pipeline.store.records import RecordStore
@@ -46,14 +47,19 @@ def passes(reply: redis.ResponseError) -> bool:
     return isinstance(reply, PASSING_REPLY_TYPES) or str(reply).startswith(PASSING_REPLY_CODES)
 
 
-#: Writes fields unless the record is final or ranks above the write. KEYS: record, done list.
-#: ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, field, value, ...
+#: Writes fields unless the record is final or ranks above the write. KEYS: record, done list,
+#: index prefix. ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds,
+#: field, value, ...
 #: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
 #: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
+#: When the state changes, the job moves to its new state's sorted set in the index (scored by
+#: the change's Unix microseconds) and its actor's set is brought up to date; each set it is
+#: added to drops the members older than their records can live (never a SCAN).
 #: Returns {applied (0/1), state JSON or false}.
 WRITE_SCRIPT = (
     """
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
+local before = redis.call('HGET', KEYS[1], 'state')
 local new = tonumber(ARGV[1])
 if new == nil then
   if current == nil then return {0, false} end
@@ -75,8 +81,25 @@ if new >= FINAL_RANK and (current == nil or current ~= new) then
   redis.call('RPUSH', KEYS[2], cjson.encode(snapshot))
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
-return {1, redis.call('HGET', KEYS[1], 'state')}
+local after = redis.call('HGET', KEYS[1], 'state')
+if after and after ~= before then
+  local now = redis.call('TIME')
+  local score = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local id = string.match(KEYS[1], '([^:]+)$')
+  if before then redis.call('ZREM', KEYS[3] .. ':' .. cjson.decode(before), id) end
+  local into = KEYS[3] .. ':' .. cjson.decode(after)
+  redis.call('ZADD', into, score, id)
+  redis.call('ZREMRANGEBYSCORE', into, '-inf', score - tonumber(ARGV[2]) * 1000000)
+  local actor = redis.call('HGET', KEYS[1], 'actor')
+  if actor then
+    local by_actor = KEYS[3] .. ':actor:' .. cjson.decode(actor)
+    redis.call('ZADD', by_actor, score, id)
+    redis.call('ZREMRANGEBYSCORE', by_actor, '-inf', score - math.max(tonumber(ARGV[2]), FAILURE_TTL) * 1000000)
+  end
+end
+return {1, after}
 """.replace("FAILURE_RANK", str(FAILURE_RANK))
+    .replace("FAILURE_TTL", str(FAILURE_TTL))
     .replace("SUCCESS_RANK", str(SUCCESS_RANK))
     .replace("FINAL_RANK", str(FINAL_RANK))
 )
