@@ -38,7 +38,7 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.speed_text}"),
+        TextColumn("{task.fields[speed_text]}"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:

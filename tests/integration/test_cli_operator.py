@@ -201,3 +201,19 @@ def test_doctor_names_each_failure_with_its_fix(operated, tmp_path):
     assert lines["SMTP"].startswith("FAIL") and "PIPELINE_SMTP_HOST" in lines["SMTP"]
     assert lines["imports"].startswith("FAIL") and "create it" in lines["imports"]
     assert lines["Redis"].startswith("ok") and lines["exports"].startswith("ok")
+
+
+def test_follow_draws_done_total_and_phase_on_a_terminal_until_the_job_ends(operated):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline.actors import export_orders
+    from pipeline.cli.follow import follow
+
+    message = export_orders.send(filter={"count": 600, "pause": 0.004})
+    screen = StringIO()
+    record = follow(message.message_id, timeout=60, console=Console(file=screen, force_terminal=True, width=120))
+    assert record is not None and record["state"] == "SUCCESS"
+    drawn = screen.getvalue()
+    assert "/600" in drawn and "writing" in drawn and message.message_id[:8] in drawn
