@@ -27,7 +27,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     kwargs: dict[str, Any] = {"file": args.file}
     if args.columns:
-        kwargs["columns"] = [column.strip() for column in args.columns.split(",") if column.strip()]
+        kwargs["columns"] = [name.strip() for given in args.columns for name in given.split(",") if name.strip()]
     if args.notify:
         kwargs["notify"] = args.notify
     if args.name:
@@ -81,7 +81,9 @@ def add_parsers(commands: Any) -> None:
         "(with --wait: succeeded); 1: failed; 5: refused or RabbitMQ unreachable.",
     )
     export.add_argument("file", help="the order file, relative to the import folder (.jsonl, .json or .csv)")
-    export.add_argument("--columns", metavar="A,B", help="the order columns to keep, comma-separated")
+    export.add_argument(
+        "--columns", nargs="+", metavar="COLUMN", help="the order columns to keep (names, or one comma-separated list)"
+    )
     export.add_argument("--notify", metavar="EMAIL", help="mail this address a link when the file is ready")
     export.add_argument("--name", help="the file name's stem (default: orders)")
     _common(export)

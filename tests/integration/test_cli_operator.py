@@ -52,7 +52,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_export_with_wait_follows_the_job_and_prints_the_file(operated):
     env, imports, _ = operated
     (imports / "q3.jsonl").write_text("".join(json.dumps(make_order(i)) + "\n" for i in range(1, 40)))
-    out = run_cli(env, "export", "q3.jsonl", "--columns", "id,total", "--priority", "3", "--wait", "--json")
+    out = run_cli(env, "export", "q3.jsonl", "--columns", "id", "total", "--priority", "3", "--wait", "--json")
     assert out.returncode == RET_OK, out.stderr
     record = json.loads(out.stdout)
     assert record["state"] == "SUCCESS" and record["priority"] == 3
@@ -62,7 +62,7 @@ def test_export_with_wait_follows_the_job_and_prints_the_file(operated):
 def test_export_without_wait_prints_the_id_at_once(operated):
     env, imports, _ = operated
     (imports / "one.jsonl").write_text(json.dumps(make_order(1)) + "\n")
-    out = run_cli(env, "export", "one.jsonl")
+    out = run_cli(env, "export", "one.jsonl", "--columns", "id,total")
     assert out.returncode == RET_OK, out.stderr
     message_id = out.stdout.strip()
     assert AsyncResult(message_id).get(timeout=20)["rows"]["Orders"] == 1
@@ -217,3 +217,14 @@ def test_follow_draws_done_total_and_phase_on_a_terminal_until_the_job_ends(oper
     assert record is not None and record["state"] == "SUCCESS"
     drawn = screen.getvalue()
     assert "/600" in drawn and "writing" in drawn and message.message_id[:8] in drawn
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["export"], ["email"], ["status"], ["jobs"], ["queues"], ["dlq"], ["dlq", "list"], ["dlq", "show"],
+     ["dlq", "requeue"], ["dlq", "purge"], ["doctor"], ["demo"], ["check"]],
+    ids=lambda words: " ".join(words),
+)  # fmt: skip
+def test_every_command_has_help(command):
+    out = run_cli({}, *command, "--help")
+    assert out.returncode == RET_OK and out.stdout.startswith("usage: pipeline " + " ".join(command))
