@@ -24,8 +24,8 @@ from typing import Any
 import dramatiq
 import pika
 import pika.exceptions
-from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
-from dramatiq.common import q_name
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
+from dramatiq.common import xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
@@ -38,6 +38,7 @@ from pipeline.jobs.metrics import metrics_middleware
 from pipeline.jobs.prefetch import LongJobPrefetch
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.properties import connection_name, message_properties
+from pipeline.jobs.queue_types import QUORUM, QueueTypeReport, queue_type_arguments
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
 from pipeline.settings import Settings, get_settings, mask_url
@@ -88,10 +89,16 @@ class PipelineBroker(RabbitmqBroker):
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
         arguments = super()._build_queue_arguments(queue_name)
         arguments.pop("x-max-priority", None)
-        highest = self.settings.max_priority(q_name(queue_name))
-        if highest:
-            arguments["x-max-priority"] = highest
-        return arguments
+        return arguments | queue_type_arguments(self.settings, queue_name)
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self._declare_checked(queue_name, self._declare_xq_of_type)
+
+    def _declare_xq_of_type(self, queue_name: str) -> Any:
+        if self.settings.queue_type != QUORUM:
+            return super()._declare_xq_queue(queue_name)
+        arguments = {"x-message-ttl": DEAD_MESSAGE_TTL, "x-queue-type": QUORUM}
+        return self.channel.queue_declare(queue=xq_name(queue_name), durable=True, arguments=arguments)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         """Dramatiq's consumer of ``queue_name``, which also marks each delivery with its job's
@@ -119,7 +126,8 @@ class PipelineBroker(RabbitmqBroker):
                 f"queue {queue_name!r} already exists in RabbitMQ with other arguments than "
                 f"{self._build_queue_arguments(queue_name)} ({exc.reply_text}); a queue's arguments are "
                 "fixed when it is created: delete it (and its .DQ and .XQ) once it is drained, or set "
-                "PIPELINE_QUEUE_PRIORITIES to what it was declared with"
+                "PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES and PIPELINE_DELIVERY_LIMIT to what it was "
+                "declared with"
             ) from exc
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
@@ -282,7 +290,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
     MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, ConsumerTimeoutCheck,
-    WorkerLogs, PipelineRetries (in place of Retries, with the retry count and backoff from the
+    QueueTypeReport, WorkerLogs, PipelineRetries (in place of Retries, with the retry count and backoff from the
     settings); and Dramatiq's Prometheus last when ``PIPELINE_METRICS_PORT`` is set.
     """
     retries = PipelineRetries(
@@ -298,6 +306,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
         JobRecords(get_store(settings)),
         LongJobPrefetch(),
         ConsumerTimeoutCheck(settings),
+        QueueTypeReport(settings),
         WorkerLogs(mask_url(settings.broker_url)),
     )
     for extra in extras:

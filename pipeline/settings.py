@@ -30,6 +30,9 @@ ENV_PREFIX = "PIPELINE_"
 #: The ways to secure an SMTP connection (``PIPELINE_SMTP_SECURITY``).
 SMTP_SECURITY = ("none", "starttls", "ssl")
 
+#: The RabbitMQ queue types pipeline declares (``PIPELINE_QUEUE_TYPE``).
+QUEUE_TYPES = ("classic", "quorum")
+
 #: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
 MAX_QUEUE_PRIORITY = 255
 
@@ -59,6 +62,11 @@ class Settings:
     redis_socket_timeout: float = 5.0
     #: Seconds a job record lives after its last change.
     result_ttl: int = 86_400
+    #: ``classic`` queues (one node's) or ``quorum`` queues (replicated across a cluster).
+    queue_type: str = "classic"
+    #: Deliveries of one message a quorum queue makes before it dead-letters it (a job that
+    #: kills its worker every time would otherwise be delivered forever).
+    delivery_limit: int = 20
     #: ``x-max-priority`` of each queue, as ``queue=max,...``; a queue not listed gets none.
     queue_priorities: dict[str, int] = dataclasses.field(default_factory=lambda: {DEFAULT_QUEUE: 10, SLOW_QUEUE: 5})
     #: Milliseconds a job runs before its ``STARTED`` is written; a quicker job's start is
@@ -165,6 +173,9 @@ class Settings:
             raise SettingsError(
                 "PIPELINE_SMTP_SECURITY", self.smtp_security, f"expected one of {', '.join(SMTP_SECURITY)}"
             )
+        if self.queue_type not in QUEUE_TYPES:
+            raise SettingsError("PIPELINE_QUEUE_TYPE", self.queue_type, f"expected one of {', '.join(QUEUE_TYPES)}")
+        _check_minimum("PIPELINE_DELIVERY_LIMIT", self.delivery_limit, 1)
         _check_minimum("PIPELINE_EXPORT_TIME_LIMIT", self.export_time_limit, 1)
         if self.metrics_port is not None and not 0 < self.metrics_port < 65_536:
             raise SettingsError("PIPELINE_METRICS_PORT", str(self.metrics_port), "a port is 1 to 65535")

@@ -85,6 +85,13 @@ def _queue_arguments(settings: Settings) -> str:
     return "; ".join(found)
 
 
+def _priorities(settings: Settings) -> str:
+    from pipeline.broker import broker
+    from pipeline.jobs.queue_types import priority_meaning, server_version
+
+    return priority_meaning(settings, server_version(broker))
+
+
 def _consumer_timeout(settings: Settings) -> str:
     from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 
@@ -135,6 +142,7 @@ CHECKS: tuple[tuple[str, Callable[[Settings], str]], ...] = (
     ("Redis", _redis),
     ("management", _management),
     ("queues", _queue_arguments),
+    ("priorities", _priorities),
     ("timeouts", _consumer_timeout),
     ("SMTP", _smtp),
     ("exports", _export_folder),
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         for result in results:
-            print(f"{'ok' if result['ok'] else 'FAIL':<4}  {result['check']:<10}  {result['detail']}")
+            print(f"{'ok' if result['ok'] else 'FAIL':<4}  {result['check']:<11} {result['detail']}")
     return RET_OK if all(result["ok"] for result in results) else RET_FAILED
 
 

@@ -181,8 +181,9 @@ def test_doctor_passes_every_check_when_all_is_well(operated):
     out = run_cli(env, "doctor", "--json")
     results = json.loads(out.stdout)
     assert out.returncode == RET_OK, results
+    assert "served by priority (default 0..10, slow 0..5)" in results[4]["detail"]
     assert [r["check"] for r in results] == [
-        "RabbitMQ", "Redis", "management", "queues", "timeouts", "SMTP", "exports", "imports",
+        "RabbitMQ", "Redis", "management", "queues", "priorities", "timeouts", "SMTP", "exports", "imports",
     ]  # fmt: skip
 
 

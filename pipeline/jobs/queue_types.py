@@ -1,0 +1,80 @@
+"""Classic or quorum queues, and what a message's priority means on each.
+
+Classic queues take ``x-max-priority`` and serve a backlog by priority. Quorum queues (the
+replicated type for clusters) take no such argument, and what they do with a message's
+priority depends on the server: nothing before RabbitMQ 4.0, two levels from 4.0 (above 4 goes
+first), 32 strict levels from 4.3 (a message without one counts as 4). pipeline keeps sending
+each message's priority, so a server upgrade starts honouring it, and says at a worker's start
+what it means on the server it reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
+
+from pipeline.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: ``PIPELINE_QUEUE_TYPE`` of replicated queues.
+QUORUM = "quorum"
+
+
+def queue_type_arguments(settings: Settings, queue_name: str) -> dict[str, Any]:
+    """The arguments that make ``queue_name`` the queue type of the settings, with its priority
+    (classic) or delivery limit (quorum).
+    """
+    if settings.queue_type == QUORUM:
+        return {"x-queue-type": QUORUM, "x-delivery-limit": settings.delivery_limit}
+    highest = settings.max_priority(q_name(queue_name))
+    return {"x-max-priority": highest} if highest else {}
+
+
+def server_version(broker: dramatiq.Broker) -> tuple[int, ...]:
+    """The RabbitMQ version the broker's connection reached, as numbers (``(3, 10, 8)``)."""
+    properties = broker.connection._impl.server_properties  # type: ignore[attr-defined]
+    raw = properties.get("version", b"")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def priority_meaning(settings: Settings, version: tuple[int, ...]) -> str:
+    """What a message's priority does on queues of the settings' type on RabbitMQ ``version``."""
+    shown = ".".join(map(str, version)) or "unknown"
+    if settings.queue_type != QUORUM:
+        ranges = ", ".join(f"{queue} 0..{highest}" for queue, highest in sorted(settings.queue_priorities.items()))
+        return f"classic queues: a backlog is served by priority ({ranges})"
+    if version < (4, 0):
+        return (
+            f"quorum queues on RabbitMQ {shown} have no priorities: messages are served in the order they came; "
+            "their priorities are kept for a server that honours them (4.0 and later)"
+        )
+    if version < (4, 3):
+        return f"quorum queues on RabbitMQ {shown} have two priorities: 5 and above go before 0 to 4"
+    return f"quorum queues on RabbitMQ {shown} serve a backlog by priority, 0 to 31 (a message without one counts as 4)"
+
+
+class QueueTypeReport(Middleware):
+    """Says at a worker's start which queue type it uses and what priorities mean there.
+
+    Parameters:
+      settings: Give the queue type and the priority ranges.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Log what priorities mean on the server this worker reached."""
+        try:
+            version = server_version(broker)
+        except Exception as exc:  # noqa: BLE001 - a report, never a reason not to start
+            logger.info("Priorities: the RabbitMQ version could not be read (%s)", exc)
+            return
+        logger.info("Priorities: %s", priority_meaning(self.settings, version))
