@@ -35,8 +35,8 @@ class Keys:
     @property
     def index(self) -> str:
         """Prefix of the job index: ``<prefix>:<STATE>`` and ``<prefix>:actor:<name>`` are sorted
-        sets of job ids scored by the Unix microseconds of their last change, each pruned of
-        members older than their records can live.
+        sets of job ids scored in Unix microseconds (when a job entered the state; when its
+        record was made), pruned of members older than their records can live.
         """
         return f"{self.namespace}:jobs"
 
@@ -45,7 +45,7 @@ class Keys:
         return f"{self.index}:{state}"
 
     def actor_index(self, actor: str) -> str:
-        """Sorted set of ``actor``'s jobs, by their last change."""
+        """Sorted set of ``actor``'s jobs, by when their records were made."""
         return f"{self.index}:actor:{actor}"
 
     def claim(self, message_id: str) -> str:

@@ -53,8 +53,9 @@ def passes(reply: redis.ResponseError) -> bool:
 #: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
 #: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
 #: When the state changes, the job moves to its new state's sorted set in the index (scored by
-#: the change's Unix microseconds) and its actor's set is brought up to date; each set it is
-#: added to drops the members older than their records can live (never a SCAN).
+#: the change's Unix microseconds); a new record also joins its actor's set. About one add in
+#: sixteen (by the clock's microseconds) also drops the set's members older than their records
+#: can live, which keeps every set bounded without a SCAN and at little cost per write.
 #: Returns {applied (0/1), state JSON or false}.
 WRITE_SCRIPT = (
     """
@@ -89,12 +90,15 @@ if after and after ~= before then
   if before then redis.call('ZREM', KEYS[3] .. ':' .. cjson.decode(before), id) end
   local into = KEYS[3] .. ':' .. cjson.decode(after)
   redis.call('ZADD', into, score, id)
-  redis.call('ZREMRANGEBYSCORE', into, '-inf', score - tonumber(ARGV[2]) * 1000000)
-  local actor = redis.call('HGET', KEYS[1], 'actor')
+  local prune = tonumber(now[2]) % 16 == 0
+  if prune then redis.call('ZREMRANGEBYSCORE', into, '-inf', score - tonumber(ARGV[2]) * 1000000) end
+  local actor = (not before) and redis.call('HGET', KEYS[1], 'actor')
   if actor then
     local by_actor = KEYS[3] .. ':actor:' .. cjson.decode(actor)
     redis.call('ZADD', by_actor, score, id)
-    redis.call('ZREMRANGEBYSCORE', by_actor, '-inf', score - math.max(tonumber(ARGV[2]), FAILURE_TTL) * 1000000)
+    if prune then
+      redis.call('ZREMRANGEBYSCORE', by_actor, '-inf', score - math.max(tonumber(ARGV[2]), FAILURE_TTL) * 1000000)
+    end
   end
 end
 return {1, after}
