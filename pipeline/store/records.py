@@ -134,7 +134,7 @@ class RecordStore:
                 fields = {**fields, "attempt": attempt}
         # A failure lives as long as its message may wait in the dead-letter queue.
         ttl = max(self.settings.result_ttl, FAILURE_TTL) if state is JobState.FAILURE else self.settings.result_ttl
-        args: list[Any] = ["" if state is None else rank(state, attempt), ttl]
+        args: list[Any] = ["" if state is None else rank(state, attempt), ttl, time.time_ns() // 1000]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
         return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
@@ -162,14 +162,14 @@ class RecordStore:
                 # write's NOSCRIPT answer would only be read, and the write made, much later.
                 self.client.script_load(WRITE_SCRIPT)
             try:
-                line.connection.send_command(*packed)
+                line.send(*packed)
             except (redis.ConnectionError, redis.TimeoutError):
                 if line.fresh:
                     raise
                 # A connection Redis closed while idle: one new connection, one more try.
                 for lost in line.drop_connection():
                     lost.lost(redis.ConnectionError("connection lost"))
-                line.connection.send_command(*packed)
+                line.send(*packed)
             line.fresh = False
         except redis.RedisError as exc:
             for lost in line.drop_connection():

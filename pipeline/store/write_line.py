@@ -48,19 +48,21 @@ def passes(reply: redis.ResponseError) -> bool:
 
 
 #: Writes fields unless the record is final or ranks above the write. KEYS: record, done list,
-#: index prefix. ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds,
-#: field, value, ...
+#: index prefix. ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, the
+#: writer's clock in Unix microseconds, then field, value, ...
 #: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
 #: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
 #: When the state changes, the job moves to its new state's sorted set in the index (scored by
-#: the change's Unix microseconds); a new record also joins its actor's set. About one add in
-#: sixteen (by the clock's microseconds) also drops the set's members older than their records
-#: can live, which keeps every set bounded without a SCAN and at little cost per write.
-#: Returns {applied (0/1), state JSON or false}.
+#: the writer's clock); a new record also joins its actor's set. About one add in sixteen (by
+#: the clock's microseconds) also drops the set's members older than their records can live,
+#: which keeps every set bounded without a SCAN and at little cost per write.
+#: Returns {applied (0/1), state JSON or false}. Its shebang makes Redis 7 refuse it on a
+#: read-only replica (a primary demoted by a failover) even when it would write nothing, so a
+#: connection left on the old primary fails and is opened again to the new one.
 WRITE_SCRIPT = (
-    """
-local current = tonumber(redis.call('HGET', KEYS[1], 'rank'))
-local before = redis.call('HGET', KEYS[1], 'state')
+    """#!lua
+local stored = redis.call('HMGET', KEYS[1], 'rank', 'state')
+local current, before = tonumber(stored[1]), stored[2]
 local new = tonumber(ARGV[1])
 if new == nil then
   if current == nil then return {0, false} end
@@ -69,10 +71,10 @@ end
 if current ~= nil then
   if (current >= FINAL_RANK and not (current == FAILURE_RANK and new == SUCCESS_RANK))
       or (current < FINAL_RANK and new < current) then
-    return {0, redis.call('HGET', KEYS[1], 'state')}
+    return {0, before}
   end
 end
-redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if new >= FINAL_RANK and (current == nil or current ~= new) then
   local flat = redis.call('HGETALL', KEYS[1])
@@ -82,18 +84,19 @@ if new >= FINAL_RANK and (current == nil or current ~= new) then
   redis.call('RPUSH', KEYS[2], cjson.encode(snapshot))
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
-local after = redis.call('HGET', KEYS[1], 'state')
+local after, actor = before, nil
+for i = 4, #ARGV, 2 do
+  if ARGV[i] == 'state' then after = ARGV[i + 1] elseif ARGV[i] == 'actor' then actor = ARGV[i + 1] end
+end
 if after and after ~= before then
-  local now = redis.call('TIME')
-  local score = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local score = tonumber(ARGV[3])
   local id = string.match(KEYS[1], '([^:]+)$')
-  if before then redis.call('ZREM', KEYS[3] .. ':' .. cjson.decode(before), id) end
-  local into = KEYS[3] .. ':' .. cjson.decode(after)
+  if before then redis.call('ZREM', KEYS[3] .. ':' .. string.sub(before, 2, -2), id) end
+  local into = KEYS[3] .. ':' .. string.sub(after, 2, -2)
   redis.call('ZADD', into, score, id)
-  local prune = tonumber(now[2]) % 16 == 0
+  local prune = score % 16 == 0
   if prune then redis.call('ZREMRANGEBYSCORE', into, '-inf', score - tonumber(ARGV[2]) * 1000000) end
-  local actor = (not before) and redis.call('HGET', KEYS[1], 'actor')
-  if actor then
+  if actor and not before then
     local by_actor = KEYS[3] .. ':actor:' .. cjson.decode(actor)
     redis.call('ZADD', by_actor, score, id)
     if prune then
@@ -123,6 +126,15 @@ class WriteLine:
         #: True until a write went out on the connection: a fresh connection that fails is
         #: not tried again at once (Redis is away, not an idle connection closed).
         self.fresh = True
+
+    def send(self, *command: Any) -> None:
+        """Send ``command`` without reading its answer. A fresh connection is opened through its
+        own ``connect``, which a Sentinel-managed connection needs to find the current primary
+        (sending first would open it to the default host).
+        """
+        if self.fresh:
+            self.connection.connect()
+        self.connection.send_command(*command)
 
     def drop_connection(self) -> list[PendingWrite]:
         """Close the connection (a new one opens on the next write).
