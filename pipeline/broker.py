@@ -17,6 +17,7 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -60,13 +61,21 @@ class PipelineBroker(RabbitmqBroker):
         self.settings = settings
         super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
         self._publishing = threading.local()
+        for node in self._nodes():
+            if node.ssl_options is not None:
+                # pika's amqps default checks the certificate but names no host to check it
+                # against, which fails every connection: name the node's, with the CA bundle.
+                context = ssl.create_default_context(cafile=str(settings.broker_ca_file or "") or None)
+                node.ssl_options = pika.SSLOptions(context, server_hostname=node.host)
+
+    def _nodes(self) -> list[Any]:
+        return self._parameters if isinstance(self._parameters, list) else [self._parameters]
 
     @property
     def parameters(self) -> Any:
         """The connection parameters, named for this process as a connection opens."""
         name = connection_name(self.settings.service_name)
-        nodes = self._parameters if isinstance(self._parameters, list) else [self._parameters]
-        for node in nodes:
+        for node in self._nodes():
             node.client_properties = {"connection_name": name}
         return self._parameters
 

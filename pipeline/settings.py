@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pipeline.errors import SettingsError
 from pipeline.header_text import first_header_breaker
@@ -36,6 +36,9 @@ QUEUE_TYPES = ("classic", "quorum")
 #: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
 MAX_QUEUE_PRIORITY = 255
 
+#: The password part of a URL's netloc: after ``scheme://user:`` up to the last ``@`` of the netloc.
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@;]*:)[^/;]*@")
+
 #: What a namespace may be: it starts every Redis key, so nothing that could collide with a separator.
 NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -47,13 +50,21 @@ class Settings:
     Build it with :meth:`from_env`; each field's docstring-comment gives its unit.
     """
 
-    #: RabbitMQ URL (``amqp://user:password@host:port/vhost``); ``;`` separates several nodes.
+    #: RabbitMQ URL (``amqp://user:password@host:port/vhost``, ``amqps://`` for TLS); ``;``
+    #: separates the nodes of a cluster, tried in turn.
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: CA bundle that signs RabbitMQ's certificate (``amqps``); the system's CAs when unset.
+    broker_ca_file: Path | None = None
     #: RabbitMQ management API URL (``http://user:password@host:15672``); unset: the first broker
     #: node's host and credentials on port 15672.
     management_url: str | None = None
-    #: Redis URL of the job records.
+    #: Redis URL of the job records: ``redis://``, ``rediss://`` (TLS), ``unix://``, or
+    #: ``redis+sentinel://host:26379,host2:26379/service/db`` (see :mod:`pipeline.store.redis_url`).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: CA bundle that signs the Redis server's certificate (``rediss``); the system's CAs when unset.
+    redis_ca_file: Path | None = None
+    #: Password of the Redis sentinels, when they ask for one of their own.
+    redis_sentinel_password: str | None = dataclasses.field(default=None, repr=False)
     #: Prefix of every Redis key and channel, so that two deployments can share one Redis.
     namespace: str = "pipeline"
     #: Seconds a Redis connection may take to open.
@@ -147,7 +158,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_url("PIPELINE_BROKER_URL", self.broker_url, ("amqp", "amqps"))
-        _check_url("PIPELINE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        _check_url(
+            "PIPELINE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+        )
         if self.management_url is not None:
             _check_url("PIPELINE_MANAGEMENT_URL", self.management_url, ("http", "https"))
         _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
@@ -227,19 +240,11 @@ def get_settings() -> Settings:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for logs and error messages."""
-    masked = []
-    for part in url.split(";"):
-        split = urlsplit(part)
-        if split.password is None:
-            masked.append(part)
-            continue
-        user = split.username or ""
-        host = split.hostname or ""
-        port = f":{split.port}" if split.port else ""
-        netloc = f"{user}:***@{host}{port}"
-        masked.append(urlunsplit(split._replace(netloc=netloc)))
-    return ";".join(masked)
+    """``url`` with any password replaced by ``***``, fit for logs and error messages.
+
+    Works on each ``;``-separated node and on a netloc of several hosts (a Sentinel URL).
+    """
+    return _PASSWORD_IN_URL.sub(r"\1***@", url)
 
 
 def _parse(variable: str, raw: str, kind: object) -> object:

@@ -15,6 +15,7 @@ import redis
 from pipeline.errors import ResultBackendUnavailable
 from pipeline.settings import Settings, get_settings, mask_url
 from pipeline.store.keys import Keys
+from pipeline.store.redis_url import make_client
 
 
 class RedisConnection:
@@ -30,13 +31,8 @@ class RedisConnection:
 
     @functools.cached_property
     def client(self) -> redis.Redis:
-        """The redis-py client, created on first use."""
-        return redis.Redis.from_url(
-            self.settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=self.settings.redis_connect_timeout,
-            socket_timeout=self.settings.redis_socket_timeout,
-        )
+        """The redis-py client, created on first use (see :mod:`pipeline.store.redis_url`)."""
+        return make_client(self.settings)
 
     def new_connection(self) -> redis.Connection:
         """A connection outside the pool, with the pool's options (the caller closes it)."""
