@@ -85,7 +85,8 @@ class NamedBroker(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Add the URL to a connection error's line."""
         if isinstance(record.msg, str) and "connection error" in record.msg and self.url not in record.msg:
-            record.msg = f"{record.msg} (RabbitMQ at {self.url})"
+            # The message is a format string: a URL's own "%" (as in /%2F) must not read as one.
+            record.msg = f"{record.msg} (RabbitMQ at {self.url.replace('%', '%%')})"
         return True
 
 
