@@ -13,7 +13,6 @@ import json
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, cast
@@ -165,18 +164,21 @@ class Exporter:
             return earlier
         final = self.settings.export_dir / export_file_name(name, job_id)
         final.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_parts_of(final)
-        part = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+        # What earlier runs of the job left, when they died; a run still going on elsewhere (its
+        # worker cut off from RabbitMQ, not dead) keeps its files and writes the same file.
+        for token in scratch.dead_runs(self.settings.export_dir, job_id):
+            self._part(final, token).unlink(missing_ok=True)
         stop = revoked or _never
-        try:
-            with scratch.scratch_folder(self.settings.export_dir, job_id):
+        with scratch.scratch_folder(self.settings.export_dir, job_id) as run:
+            part = self._part(final, run.token)
+            try:
                 writer = self._write(source, chosen, part, progress or _no_progress, stop)
-            # Revoked while saving: no file, no reuse entry.
-            if stop():
-                raise JobStopped(f"export stopped after {writer.order_rows} orders, saved: the job was revoked")
-            os.replace(part, final)
-        finally:
-            part.unlink(missing_ok=True)
+                # Revoked while saving: no file, no reuse entry.
+                if stop():
+                    raise JobStopped(f"export stopped after {writer.order_rows} orders, saved: the job was revoked")
+                os.replace(part, final)
+            finally:
+                part.unlink(missing_ok=True)
         pointer: ExportPointer = {
             "path": str(final.resolve()),
             "url": self._url(final),
@@ -224,10 +226,9 @@ class Exporter:
         return path.resolve().as_uri()
 
     @staticmethod
-    def _remove_parts_of(final: Path) -> None:
-        """Remove what an earlier, interrupted attempt of the same job left behind."""
-        for stale in final.parent.glob(f".{final.name}.*.part"):
-            stale.unlink(missing_ok=True)
+    def _part(final: Path, token: str) -> Path:
+        """Where run ``token`` writes ``final`` before it is complete."""
+        return final.with_name(f".{final.name}.{token}.part")
 
     def _request_digest(self, source: OrderSource, columns: list[str]) -> str:
         # The folder is part of the request: a deployment sharing the Redis but writing

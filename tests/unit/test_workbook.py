@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
+import os
+from pathlib import Path
 
 import openpyxl
 import pytest
@@ -119,15 +122,40 @@ def test_progress_is_reported_with_total_and_phase(tmp_path):
     assert reports[0] == (0, 30, "writing") and reports[-1] == (30, 30, "saving")
 
 
-def test_leftovers_of_an_interrupted_attempt_are_removed(exporter, tmp_path):
+def run_left_behind(folder, job_id: str, token: str) -> Path:
+    """The scratch folder and half file a run of ``job_id`` left (its lock file, not held)."""
+    scratch = folder / ".scratch" / f"{job_id}-{token}"
+    scratch.mkdir(parents=True)
+    (scratch / ".lock").touch()
+    (scratch / "openpyxl.sheet").write_bytes(b"rows")
+    (folder / f".orders-{job_id}.xlsx.{token}.part").write_bytes(b"half a file")
+    return scratch
+
+
+def test_leftovers_of_a_dead_run_are_removed_and_other_jobs_keep_theirs(exporter, tmp_path):
     folder = tmp_path / "exports"
-    folder.mkdir()
-    stale = folder / ".orders-job-1.xlsx.0123abcd.part"
-    stale.write_bytes(b"half a file")
-    other = folder / ".orders-job-2.xlsx.0123abcd.part"
-    other.write_bytes(b"another job's")
+    run_left_behind(folder, "job-1", "0123abcd")
+    other = run_left_behind(folder, "job-2", "0123abcd")
     exporter.export("job-1", orders=[make_order(1)])
-    assert sorted(p.name for p in folder.iterdir()) == [other.name, "orders-job-1.xlsx"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".orders-job-2.xlsx.0123abcd.part",
+        ".scratch",
+        "orders-job-1.xlsx",
+    ]
+    assert [p.name for p in (folder / ".scratch").iterdir()] == [other.name]
+
+
+def test_a_run_still_going_on_elsewhere_keeps_its_files(exporter, tmp_path):
+    folder = tmp_path / "exports"
+    alive = run_left_behind(folder, "job-1", "feedface")
+    held = os.open(alive / ".lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        exporter.export("job-1", orders=[make_order(1)])
+    finally:
+        os.close(held)
+    assert (folder / ".orders-job-1.xlsx.feedface.part").exists() and (alive / "openpyxl.sheet").exists()
+    assert (folder / "orders-job-1.xlsx").exists()
 
 
 @pytest.mark.parametrize(
