@@ -18,6 +18,7 @@ from pipeline.errors import SourceError, shown
 from pipeline.export.exporter import Exporter, ExportPointer
 from pipeline.export.orders import choose_columns
 from pipeline.export.sources import check_request
+from pipeline.job_id import derived_job_id
 from pipeline.jobs.actor_class import actor
 from pipeline.jobs.current import current_message_id, is_revoked, report_progress
 from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, priority_for
@@ -146,6 +147,11 @@ def export_orders(
     )
     if notify:
         export = {"name": name, "rows": pointer["rows"]["Orders"], "size": pointer["size"], "url": pointer["url"]}
-        mail_job = send_email.send(to=notify, template="export_ready", context={"export": export})
+        mail = send_email.message_with_options(
+            kwargs={"to": notify, "template": "export_ready", "context": {"export": export}}
+        )
+        # The mail's id comes from the export's: a second run of the export (delivered again
+        # while the first went on) sends the same mail job, which then runs once.
+        mail_job = send_email.broker.enqueue(mail.copy(message_id=derived_job_id(job_id, "notify")))
         pointer["notified"] = {"to": notify, "message_id": mail_job.message_id}
     return pointer

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 from pipeline.errors import InvalidJobId, shown
 
 #: A job id: lowercase hexadecimal UUID with dashes, as ``str(uuid.uuid4())`` writes it.
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+#: The namespace of the job ids derived from other jobs' (:func:`derived_job_id`).
+DERIVED = uuid.UUID("0c6b3c1e-5d1f-4c43-9a57-7a0f3c2a8e11")
+
+
+def derived_job_id(job_id: str, purpose: str) -> str:
+    """The id of the job ``job_id`` sends for ``purpose``, the same on every run of it, so that a
+    job run twice sends that job once (a second send is taken for a re-publish).
+    """
+    return str(uuid.uuid5(DERIVED, f"{job_id}/{purpose}"))
 
 
 def is_job_id(value: object) -> bool:

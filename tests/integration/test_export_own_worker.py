@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from export_support import export_env, finished_files, make_folders
@@ -46,6 +47,7 @@ def test_a_worker_killed_mid_export_is_redelivered_and_makes_one_file(purge, sta
     start_worker([SLOW_QUEUE], threads=1, env=export_env(*folders))
     pointer = result.get(timeout=60)
     assert pointer["rows"]["Orders"] == 4000
+    # The new run removed what the killed one left: its half file and its scratch folder.
     assert finished_files(folders[0]) == [pointer["file_name"]]
 
 
@@ -95,3 +97,19 @@ def test_a_slow_worker_holds_one_message_per_thread(purge, start_worker, folders
     # not in the worker's memory behind the running export.
     assert queue_depth(amqp, SLOW_QUEUE) == 2
     assert [r.get(timeout=30)["rows"]["Orders"] for r in (first, *later)] == [2000, 1, 2]
+
+
+def test_an_export_run_twice_at_once_mails_its_link_once(purge, start_worker, smtp_server, folders, amqp):
+    inbox, port = smtp_server
+    purge(SLOW_QUEUE)
+    purge(DEFAULT_QUEUE)
+    start_worker([SLOW_QUEUE, DEFAULT_QUEUE], threads=3, env={**export_env(*folders), "PIPELINE_SMTP_PORT": str(port)})
+    message = export_orders.send(filter={"count": 150, "pause": 0.01}, notify="boss@example.com")
+    # The same message again while the first runs, as RabbitMQ delivers it when it took the
+    # first worker for dead: two runs at once.
+    amqp.basic_publish("", SLOW_QUEUE, message.encode())
+    pointer = AsyncResult(message.message_id).get(timeout=30)
+    AsyncResult(pointer["notified"]["message_id"]).get(timeout=30)
+    time.sleep(1.5)
+    assert [mail["To"] for mail in inbox.mails] == ["boss@example.com"]
+    assert finished_files(folders[0]) == [pointer["file_name"]]
