@@ -45,6 +45,8 @@ from pipeline.jobs.retries import PipelineRetries
 from pipeline.settings import Settings, get_settings, mask_url
 from pipeline.store.records import get_store
 
+#: What pika raises when a publish cannot be made on the connection or channel at hand.
+_PUBLISH_FAILURES = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 #: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.
 PRECONDITION_FAILED = 406
 
@@ -157,6 +159,10 @@ class PipelineBroker(RabbitmqBroker):
         try:
             with refusals_raised():
                 return super().enqueue(message, delay=delay)
+        except OSError as exc:
+            # pika lets a TLS failure (an unknown CA, a wrong host name) through as it is.
+            self._emit_optional("after_enqueue_failure", message)
+            raise self._unavailable(exc) from exc
         except ConnectionClosed as exc:
             if self._publishing.broke:
                 # A publish broke after it may have reached RabbitMQ: the record stays, since a
@@ -249,7 +255,12 @@ class PipelineBroker(RabbitmqBroker):
                 self.declare_queue(queue_name, ensure=True)
                 self._publish_transaction(queue_name, bodies)
                 break
-            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as exc:
+            except (
+                pika.exceptions.AMQPConnectionError,
+                pika.exceptions.AMQPChannelError,
+                ConnectionClosed,
+                OSError,
+            ) as exc:
                 del self.connection
                 if attempt == MAX_ENQUEUE_ATTEMPTS:
                     raise self._unavailable(exc) from exc

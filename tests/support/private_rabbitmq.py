@@ -25,14 +25,21 @@ NODE_TIMEOUT = 90
 
 
 class PrivateRabbitMQ:
-    """A ``rabbitmq-server`` node in ``folder``, started with :meth:`start`, stopped with :meth:`stop`."""
+    """A ``rabbitmq-server`` node in ``folder``, started with :meth:`start`, stopped with :meth:`stop`.
 
-    def __init__(self, folder: Path) -> None:
+    Parameters:
+      folder: Where it keeps its data and logs.
+      config: Lines of a ``rabbitmq.conf`` (none by default).
+    """
+
+    def __init__(self, folder: Path, config: str = "") -> None:
         self.folder = folder
         self.port = free_port()
         self.node = f"pipeline-test-{self.port}@localhost"
         folder.mkdir(parents=True, exist_ok=True)
         shutil.chown(folder, "rabbitmq", "rabbitmq")
+        if config:
+            (folder / "rabbitmq.conf").write_text(config)
         self.env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
@@ -42,7 +49,7 @@ class PrivateRabbitMQ:
             "RABBITMQ_LOG_BASE": str(folder / "log"),
             "RABBITMQ_PID_FILE": str(folder / "pid"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(folder / "none"),
+            "RABBITMQ_CONFIG_FILE": str(folder / ("rabbitmq.conf" if config else "none")),
         }
 
     def start(self) -> None:
