@@ -102,13 +102,19 @@ def test_status_follow_refuses_an_id_of_another_form(operated):
 
 def test_queues_lists_each_queue_with_its_priority_from_the_management_api(operated):
     env, _, _ = operated
-    out = run_cli(env, "queues", "--json")
-    assert out.returncode == RET_OK, out.stderr
-    shown = json.loads(out.stdout)
-    by_name = {row["queue"]: row for row in shown["queues"]}
-    assert shown["source"] == "management API"
-    assert by_name["default"]["max_priority"] == 10 and by_name["slow"]["max_priority"] == 5
-    assert by_name["default"]["consumers"] >= 1
+
+    def shown() -> dict:
+        out = run_cli(env, "queues", "--json")
+        assert out.returncode == RET_OK, out.stderr
+        return json.loads(out.stdout)
+
+    def by_name() -> dict:
+        return {row["queue"]: row for row in shown()["queues"]}
+
+    assert shown()["source"] == "management API"
+    assert by_name()["default"]["max_priority"] == 10 and by_name()["slow"]["max_priority"] == 5
+    # The management API's figures lag the server by its statistics interval (5 s).
+    wait_until(lambda: by_name()["default"]["consumers"] >= 1, timeout=15, what="the worker counted as a consumer")
 
 
 def test_queues_without_the_management_api_falls_back_to_passive_declares(operated):

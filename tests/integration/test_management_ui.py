@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import testenv
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -65,7 +67,8 @@ def test_the_ui_shows_the_queues_priorities_and_a_message_type_and_id(browser, p
     message = ping.send({"order": 17}, priority=4)
     management = urlsplit(testenv.MANAGEMENT_URL)
     base = f"{management.scheme}://{management.hostname}:{management.port}/"
-    wait = WebDriverWait(browser, 20)
+    # The UI redraws its tables every few seconds: an element found may go stale before use.
+    wait = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
 
     browser.get(base)
     wait.until(expected_conditions.presence_of_element_located((By.NAME, "username")))
@@ -82,27 +85,23 @@ def test_the_ui_shows_the_queues_priorities_and_a_message_type_and_id(browser, p
         assert "Pri" in rows[queue], rows
 
     browser.get(base + f"#/queues/{quote(testenv.vhost(), safe='')}/{DEFAULT_QUEUE}")
-    heading = wait.until(
-        lambda b: next((h for h in b.find_elements(By.TAG_NAME, "h2") if h.text == "Get messages"), None)
-    )
-    heading.click()
-    button = wait.until(
-        lambda b: next(
-            (
-                e
-                for e in b.find_elements(By.CSS_SELECTOR, "input[type=submit]")
-                if e.get_attribute("value") == "Get Message(s)"
-            ),
-            None,
-        )
-    )
-    button.click()
+    wait.until(lambda b: _click(b, "h2", lambda e: e.text == "Get messages"))
+    wait.until(lambda b: _click(b, "input[type=submit]", lambda e: e.get_attribute("value") == "Get Message(s)"))
     wait.until(lambda b: "message_id:" in page_text(b))
     browser.save_screenshot(str(tmp_path / "3-get-messages.png"))
     shown = page_text(browser)
     assert f"message_id: {message.message_id}" in shown
     assert "type: ping" in shown and "app_id: pipeline" in shown and "content_type: application/json" in shown
     assert (tmp_path / "3-get-messages.png").stat().st_size > 0
+
+
+def _click(browser: WebDriver, selector: str, wanted: Callable[[WebElement], bool]) -> bool:
+    """Click the first element matching ``selector`` that is ``wanted``; False when none is there yet."""
+    found = next((e for e in browser.find_elements(By.CSS_SELECTOR, selector) if wanted(e)), None)
+    if found is None:
+        return False
+    found.click()
+    return True
 
 
 def _queue_rows(browser: WebDriver) -> dict[str, str] | None:

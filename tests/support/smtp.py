@@ -119,13 +119,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_smtp_server(**options: object) -> Iterator[Controller]:
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, stopped when the block ends.
+def running_smtp_server(hostname: str = "127.0.0.1", **options: object) -> Iterator[Controller]:
+    """A real SMTP server (aiosmtpd) on ``hostname`` and a free port, stopped when the block ends.
 
     Its handler, an :class:`Inbox`, is ``controller.handler``; ``options`` go to aiosmtpd (it
     offers SMTPUTF8 unless ``enable_SMTPUTF8=False``).
     """
-    controller = Controller(Inbox(), hostname="127.0.0.1", port=free_port(), decode_data=False, **options)
+    controller = Controller(Inbox(), hostname=hostname, port=free_port(), decode_data=False, **options)
     controller.start()
     try:
         yield controller
