@@ -1,8 +1,9 @@
 """The no-op actor of the throughput benchmark, on pipeline's broker or on plain Dramatiq.
 
 ``BENCH_MODE=pipeline`` (the default) declares it on pipeline's broker, with job records;
-``BENCH_MODE=plain`` on a bare ``RabbitmqBroker`` (confirms on, like pipeline's) with Dramatiq's
-own ``Results`` middleware on a ``RedisBackend``: the baseline.
+``BENCH_MODE=plain`` on a bare ``RabbitmqBroker`` with Dramatiq's own ``Results`` middleware on
+a ``RedisBackend``: the baseline. ``BENCH_CONFIRM=on`` (the default) or ``off`` sets publisher
+confirms for both (pipeline's through ``PIPELINE_CONFIRM_DELIVERY``, which the benchmark sets).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dramatiq
 #: The benchmark's own queue, declared without priorities in both modes.
 QUEUE = "bench"
 MODE = os.environ.get("BENCH_MODE", "pipeline")
+CONFIRM = os.environ.get("BENCH_CONFIRM", "on") == "on"
 
 if MODE == "pipeline":
     from pipeline.broker import broker
@@ -28,7 +30,7 @@ else:
     from pipeline.settings import get_settings
 
     settings = get_settings()
-    broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=CONFIRM)
     backend = RedisBackend(url=settings.redis_url)
     broker.add_middleware(Results(backend=backend))
     dramatiq.set_broker(broker)

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,11 +18,13 @@ ROOT = HERE.parent
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
-def start_worker(modules: list[str], queues: list[str], threads: int, env: dict[str, str]) -> subprocess.Popen:
-    """A ``dramatiq`` worker process with one process of ``threads`` threads, once it is ready."""
+def start_worker(
+    modules: list[str], queues: list[str], threads: int, env: dict[str, str], processes: int = 1
+) -> subprocess.Popen:
+    """A ``dramatiq`` worker of ``processes`` processes of ``threads`` threads, once every one is ready."""
     env = {**os.environ, "PIPELINE_REDIS_URL": REDIS_URL, **env}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)])
-    command = [sys.executable, "-m", "dramatiq", *modules, "--processes", "1", "--threads", str(threads)]
+    command = [sys.executable, "-m", "dramatiq", *modules, "--processes", str(processes), "--threads", str(threads)]
     process = subprocess.Popen(
         [*command, "--queues", *queues],
         env=env,
@@ -31,11 +34,14 @@ def start_worker(modules: list[str], queues: list[str], threads: int, env: dict[
         start_new_session=True,
     )
     ready = threading.Event()
+    seen = [0]
 
     def read() -> None:
         for line in process.stdout:
             if "Worker process is ready" in line:
-                ready.set()
+                seen[0] += 1
+                if seen[0] == processes:
+                    ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     if not ready.wait(60):
@@ -53,6 +59,32 @@ def stop_worker(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores the whole machine kept busy over ``seconds`` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    cores = os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def wait_for_quiet(threshold: float = 0.05, longest: float = 60.0) -> float:
+    """Wait until other processes keep less than ``threshold`` cores busy (the benchmark itself is
+    idle while it waits), ``longest`` seconds at most; the load last seen, in cores.
+    """
+    deadline = time.monotonic() + longest
+    while True:
+        load = busy_cores()
+        if load < threshold or time.monotonic() > deadline:
+            return load
+
+
 def delete_keys(patterns: tuple[str, ...] = ("pipeline:*", "dramatiq-results*")) -> None:
     """Remove what the benchmarks wrote to their Redis database."""
     import redis
@@ -64,14 +96,21 @@ def delete_keys(patterns: tuple[str, ...] = ("pipeline:*", "dramatiq-results*"))
             client.delete(*keys[start : start + 5000])
 
 
-def medians(rounds: int, modes: tuple[str, ...], run: Callable[[str], dict[str, float]]) -> dict[str, dict[str, float]]:
+def medians(
+    rounds: int, modes: tuple[str, ...], run: Callable[[str], dict[str, float]], loads: list[float] | None = None
+) -> dict[str, dict[str, float]]:
     """Run every mode ``rounds`` times, alternating, and keep each figure's median per mode.
 
-    A shared, noisy machine drifts; alternating keeps the drift from favouring one mode.
+    A shared, noisy machine drifts; alternating keeps the drift from favouring one mode. Before
+    each run it waits for the machine to be quiet (see :func:`wait_for_quiet`) and appends the
+    other load it saw to ``loads``.
     """
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(rounds):
         for mode in modes:
+            load = wait_for_quiet()
+            if loads is not None:
+                loads.append(load)
             runs[mode].append(run(mode))
     return {
         mode: {key: statistics.median(r[key] for r in results) for key in results[0]} for mode, results in runs.items()

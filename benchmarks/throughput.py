@@ -1,19 +1,22 @@
 """Throughput and latency of pipeline's job records against plain Dramatiq with its Results.
 
-    .venv/bin/python benchmarks/throughput.py [--messages 20000] [--round-trips 300]
+    .venv/bin/python benchmarks/throughput.py [--messages 20000] [--round-trips 300] [--rounds 3]
 
-For each mode (``plain``: Dramatiq's ``Results`` on Redis, the baseline; ``pipeline``: the full
-job record) it measures, against the real RabbitMQ and Redis on this machine:
+Four modes, like against like: plain Dramatiq (``Results`` on Redis, the baseline) and pipeline
+(the full job record), each with publisher confirms on and off (off is plain Dramatiq's
+default; pipeline's is on). For each it measures, against the real RabbitMQ and Redis here:
 
-- enqueue rate: confirmed ``send()`` one by one, messages/s;
-- drain: one worker process with 8 threads started on a backlog of N messages, time until every
-  one has its result (pipeline: every record ``SUCCESS``);
+- enqueue rate: ``send()`` one by one, messages/s;
+- drain: a worker of one process with 8 threads, then of two, started on a backlog of N
+  messages, until every one has its result; every result's value is checked;
 - latency: send then wait for the result, one at a time, p50/p95/p99 over the round trips;
 
-and for pipeline, ``send_many`` against one-by-one confirmed sends. Figures are printed as
-ratios against the baseline measured in the same run: the modes alternate for ``--rounds``
-rounds and each figure is the median of its rounds. It uses Redis database 14 and the
-``bench`` queue, and removes what it created.
+and for pipeline with confirms, ``send_many`` against one-by-one confirmed sends. Figures are
+ratios against plain Dramatiq with the same confirm mode, measured in the same run: the modes
+alternate for ``--rounds`` rounds, each figure is the median of its rounds, and before each run
+the benchmark waits (a minute at most) for the machine's other load to fall below 0.05 cores,
+and prints what it saw. It uses Redis database 14 and the ``bench`` queue, and removes what it
+created.
 """
 
 from __future__ import annotations
@@ -34,46 +37,86 @@ from common import REDIS_URL, delete_keys, medians, start_worker, stop_worker  #
 
 os.environ["PIPELINE_REDIS_URL"] = REDIS_URL
 
+#: The modes, as ``<system>/<confirms>``.
+MODES = ("plain/on", "pipeline/on", "plain/off", "pipeline/off")
 
-def percentile(values: list[float], q: float) -> float:
+
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+def mode_env(mode: str) -> dict[str, str]:
+    system, confirm = mode.split("/")
+    return {"BENCH_MODE": system, "BENCH_CONFIRM": confirm, "PIPELINE_CONFIRM_DELIVERY": str(confirm == "on").lower()}
+
+
 class Mode:
-    """How to wait for results in one mode."""
+    """How to send and wait for results in one mode."""
 
     def __init__(self, name: str) -> None:
-        os.environ["BENCH_MODE"] = name
+        os.environ.update(mode_env(name))
         import bench_actors
 
         self.name = name
+        self.pipeline = name.startswith("pipeline")
         self.actors = bench_actors
         self.broker = bench_actors.broker
 
     def wait(self, message, timeout: float = 60) -> object:
-        if self.name == "pipeline":
+        if self.pipeline:
             from pipeline.results import AsyncResult
 
             return AsyncResult(message.message_id).get(timeout=timeout)
         return message.get_result(backend=self.actors.backend, block=True, timeout=int(timeout * 1000))
 
-    def all_done(self, messages) -> bool:
-        if self.name == "pipeline":
+    def results(self, messages) -> list[object]:
+        """Every message's result (None where there is none yet), in one round trip for pipeline."""
+        if self.pipeline:
             from pipeline.store.connection import get_redis
 
-            pipe = get_redis().client.pipeline(transaction=False)
+            redis = get_redis()
+            pipe = redis.client.pipeline(transaction=False)
             for m in messages:
-                pipe.hget(get_redis().keys.record(m.message_id), "state")
-            return all(state == '"SUCCESS"' for state in pipe.execute())
+                pipe.hmget(redis.keys.record(m.message_id), "state", "result")
+            return [json.loads(result) if state == '"SUCCESS"' else None for state, result in pipe.execute()]
+        from dramatiq.results import ResultMissing
+
+        found = []
+        for m in messages:
+            try:
+                found.append(m.get_result(backend=self.actors.backend))
+            except ResultMissing:
+                found.append(None)
+        return found
+
+    def all_done(self, messages) -> bool:
+        if self.pipeline:
+            return all(r is not None for r in self.results(messages))
         backend = self.actors.backend
         pipe = backend.client.pipeline(transaction=False)
         for m in messages:
             pipe.exists(backend.build_message_key(m))
         return all(pipe.execute())
 
+    def drain(self, messages, processes: int) -> float:
+        """Seconds a worker of ``processes`` processes of 8 threads takes to finish ``messages``; checks every value."""
+        worker = start_worker(["bench_actors"], ["bench"], threads=8, env=mode_env(self.name), processes=processes)
+        try:
+            started = time.perf_counter()
+            while not self.all_done(messages):
+                time.sleep(0.01)
+            took = time.perf_counter() - started
+        finally:
+            stop_worker(worker)
+        values = self.results(messages)
+        wrong = [(m.args[0], v) for m, v in zip(messages, values, strict=True) if v != m.args[0]]
+        if wrong:
+            raise AssertionError(f"{self.name}: {len(wrong)} results wrong, e.g. {wrong[:3]}")
+        return took
+
 
 def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
-    """Run the three measurements in a fresh interpreter state for ``mode_name``."""
+    """Run the measurements in a fresh interpreter state for ``mode_name``."""
     mode = Mode(mode_name)
     mode.broker.declare_queue("bench", ensure=True)
     mode.broker.flush("bench")
@@ -82,16 +125,12 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     started = time.perf_counter()
     sent = [mode.actors.noop.send(i) for i in range(messages)]
     figures["enqueue_per_s"] = messages / (time.perf_counter() - started)
+    figures["drain1_per_s"] = messages / mode.drain(sent, processes=1)
+    sent = [mode.actors.noop.send(messages + i) for i in range(messages)]
+    figures["drain2_per_s"] = messages / mode.drain(sent, processes=2)
 
-    worker = start_worker(["bench_actors"], ["bench"], threads=8, env={"BENCH_MODE": mode_name})
+    worker = start_worker(["bench_actors"], ["bench"], threads=8, env=mode_env(mode_name))
     try:
-        started = time.perf_counter()
-        mode.wait(sent[-1], timeout=600)
-        while not mode.all_done(sent):
-            time.sleep(0.01)
-        figures["drain_s"] = time.perf_counter() - started
-        figures["drain_per_s"] = messages / figures["drain_s"]
-
         latencies = []
         for i in range(round_trips + 20):
             started = time.perf_counter()
@@ -103,7 +142,7 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     finally:
         stop_worker(worker)
 
-    if mode_name == "pipeline":
+    if mode_name == "pipeline/on":
         bulk = min(messages, 20_000)
         started = time.perf_counter()
         mode.actors.noop.send_many([{"n": i} for i in range(bulk)])
@@ -112,14 +151,12 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     return figures
 
 
-def child(mode_name: str, messages: int, round_trips: int) -> None:
-    print(json.dumps(measure(mode_name, messages, round_trips)))
-
-
 def run_child(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
     """One mode's measurements in its own interpreter: the modes set up different global brokers."""
     command = [sys.executable, __file__, "--child", mode_name, "--messages", str(messages)]
-    out = subprocess.run([*command, "--round-trips", str(round_trips)], capture_output=True, text=True, check=True)
+    out = subprocess.run([*command, "--round-trips", str(round_trips)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode_name} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -128,39 +165,43 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--round-trips", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each mode; medians are shown")
-    parser.add_argument("--child", choices=("plain", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.messages, args.round_trips)
+        print(json.dumps(measure(args.child, args.messages, args.round_trips)))
         return
 
+    loads: list[float] = []
     try:
-        results = medians(
-            args.rounds, ("plain", "pipeline"), lambda mode: run_child(mode, args.messages, args.round_trips)
-        )
+        results = medians(args.rounds, MODES, lambda mode: run_child(mode, args.messages, args.round_trips), loads)
     finally:
         delete_keys()
 
-    base, ours = results["plain"], results["pipeline"]
     print(
-        f"{args.messages} messages, {args.round_trips} round trips, one worker process with 8 threads, "
-        f"median of {args.rounds} alternating rounds"
+        f"{args.messages} messages, {args.round_trips} round trips, median of {args.rounds} alternating rounds; "
+        f"other load before each run: {min(loads):.2f} to {max(loads):.2f} cores"
     )
-    print(f"{'measure':<28}{'plain Dramatiq':>16}{'pipeline':>12}{'ratio':>9}")
+    print(f"{'measure':<26}{'plain/on':>10}{'ours/on':>10}{'ratio':>8}   {'plain/off':>10}{'ours/off':>10}{'ratio':>8}")
     rows = [
-        ("enqueue, confirmed (msg/s)", "enqueue_per_s", True),
-        ("drain (msg/s)", "drain_per_s", True),
+        ("send() (msg/s)", "enqueue_per_s", True),
+        ("drain 1x8 (msg/s)", "drain1_per_s", True),
+        ("drain 2x8 (msg/s)", "drain2_per_s", True),
         ("latency p50 (ms)", "p50_ms", False),
         ("latency p95 (ms)", "p95_ms", False),
         ("latency p99 (ms)", "p99_ms", False),
     ]
     for label, key, higher_is_better in rows:
-        ratio = ours[key] / base[key]
-        note = "x" if higher_is_better else "x time"
-        print(f"{label:<28}{base[key]:>16.1f}{ours[key]:>12.1f}{ratio:>8.2f}{note}")
+        cells = []
+        for confirm in ("on", "off"):
+            base, ours = results[f"plain/{confirm}"][key], results[f"pipeline/{confirm}"][key]
+            note = "x" if higher_is_better else "t"
+            cells.append(f"{base:>10.1f}{ours:>10.1f}{ours / base:>7.2f}{note}")
+        print(f"{label:<26}" + "   ".join(cells))
+    print("(x: ratio of rates, higher is better; t: ratio of times, lower is better)")
+    on = results["pipeline/on"]
     print(
-        f"send_many vs send() one by one: {ours['bulk_per_s']:.0f} vs {ours['enqueue_per_s']:.0f} msg/s"
-        f" = {ours['bulk_per_s'] / ours['enqueue_per_s']:.1f}x"
+        f"send_many vs send() one by one, confirms on: {on['bulk_per_s']:.0f} vs {on['enqueue_per_s']:.0f} msg/s"
+        f" = {on['bulk_per_s'] / on['enqueue_per_s']:.1f}x"
     )
 
 
