@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
-from services import ROOT
+from cli_runner import run_cli
 
 from pipeline.actors import ping
 from pipeline.cli import RET_ERROR, RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, RET_USAGE, main
@@ -18,18 +15,6 @@ from pipeline.states import JobState
 from pipeline.store.records import get_store
 
 pytestmark = pytest.mark.integration
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """Run ``pipeline`` with ``args``, with ``env`` over the test environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
 
 
 def finished(message_id: str, state: JobState, **fields) -> str:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import pytest
+from cli_runner import run_cli
 from export_support import export_env, make_folders
 from mail_support import WELCOME, mail_env
 from sample_source import make_order
-from services import ROOT, WorkerProcess, flush_queue, queue_depth
+from services import WorkerProcess, flush_queue, queue_depth
 from smtp import running_smtp_server
 from waiting import wait_until
 
@@ -38,21 +37,10 @@ def operated(amqp, redis_client, tmp_path_factory):
         worker.discard()
 
 
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
-
-
 def test_export_with_wait_follows_the_job_and_prints_the_file(operated):
     env, imports, _ = operated
     (imports / "q3.jsonl").write_text("".join(json.dumps(make_order(i)) + "\n" for i in range(1, 40)))
-    out = run_cli(env, "export", "q3.jsonl", "--columns", "id", "total", "--priority", "3", "--wait", "--json")
+    out = run_cli("export", "q3.jsonl", "--columns", "id", "total", "--priority", "3", "--wait", "--json", **env)
     assert out.returncode == RET_OK, out.stderr
     record = json.loads(out.stdout)
     assert record["state"] == "SUCCESS" and record["priority"] == 3
@@ -62,7 +50,7 @@ def test_export_with_wait_follows_the_job_and_prints_the_file(operated):
 def test_export_without_wait_prints_the_id_at_once(operated):
     env, imports, _ = operated
     (imports / "one.jsonl").write_text(json.dumps(make_order(1)) + "\n")
-    out = run_cli(env, "export", "one.jsonl", "--columns", "id,total")
+    out = run_cli("export", "one.jsonl", "--columns", "id,total", **env)
     assert out.returncode == RET_OK, out.stderr
     message_id = out.stdout.strip()
     assert AsyncResult(message_id).get(timeout=20)["rows"]["Orders"] == 1
@@ -72,7 +60,7 @@ def test_email_with_a_context_file_is_delivered_and_followed(operated, tmp_path)
     env, _, inbox = operated
     context = tmp_path / "context.json"
     context.write_text(json.dumps(WELCOME))
-    out = run_cli(env, "email", "ann@example.com", "welcome", "--context", f"@{context}", "--wait")
+    out = run_cli("email", "ann@example.com", "welcome", "--context", f"@{context}", "--wait", **env)
     assert out.returncode == RET_OK, out.stderr
     assert ": SUCCESS" in out.stdout
     assert any(mail["To"] == "ann@example.com" for mail in inbox.mails)
@@ -84,19 +72,19 @@ def test_email_with_a_context_file_is_delivered_and_followed(operated, tmp_path)
 )
 def test_email_with_a_bad_context_exits_5_naming_it(operated, context, reason):
     env, _, _ = operated
-    out = run_cli(env, "email", "ann@example.com", "welcome", "--context", context)
+    out = run_cli("email", "ann@example.com", "welcome", "--context", context, **env)
     assert out.returncode == RET_ERROR and reason in out.stderr
 
 
 def test_status_follow_of_an_unknown_id_answers_at_once(operated):
     env, _, _ = operated
-    out = run_cli(env, "status", str(uuid.uuid4()), "--follow", "--wait", "30")
+    out = run_cli("status", str(uuid.uuid4()), "--follow", "--wait", "30", **env)
     assert out.returncode == RET_UNKNOWN and "PENDING" in out.stdout
 
 
 def test_status_follow_refuses_an_id_of_another_form(operated):
     env, _, _ = operated
-    out = run_cli(env, "status", "job:1:done", "--follow")
+    out = run_cli("status", "job:1:done", "--follow", **env)
     assert out.returncode == RET_BAD_ID and "not a job id" in out.stderr
 
 
@@ -104,7 +92,7 @@ def test_queues_lists_each_queue_with_its_priority_from_the_management_api(opera
     env, _, _ = operated
 
     def shown() -> dict:
-        out = run_cli(env, "queues", "--json")
+        out = run_cli("queues", "--json", **env)
         assert out.returncode == RET_OK, out.stderr
         return json.loads(out.stdout)
 
@@ -119,7 +107,7 @@ def test_queues_lists_each_queue_with_its_priority_from_the_management_api(opera
 
 def test_queues_without_the_management_api_falls_back_to_passive_declares(operated):
     env, _, _ = operated
-    out = run_cli({**env, "PIPELINE_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:1"}, "queues", "--json")
+    out = run_cli("queues", "--json", **env, PIPELINE_MANAGEMENT_URL="http://guest:guest@127.0.0.1:1")
     assert out.returncode == RET_OK, out.stderr
     shown = json.loads(out.stdout)
     assert shown["source"].startswith("passive declares") and "default" in [r["queue"] for r in shown["queues"]]
@@ -143,23 +131,23 @@ def test_dlq_list_and_show_explain_a_dead_letter_without_moving_it_or_showing_ar
     env, _, _ = operated
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
     message_id = failed_mail(amqp)
-    out = run_cli(env, "dlq", "list", "--json")
+    out = run_cli("dlq", "list", "--json", **env)
     assert out.returncode == RET_OK, out.stderr
     (row,) = [r for r in json.loads(out.stdout) if r["message_id"] == message_id]
     assert row["actor"] == "send_email" and row["state"] == "FAILURE" and "no_such_template" in row["reason"]
     assert "context: object of 1 keys" in row["arguments"]
     assert "reset-token-123" not in out.stdout and "ann@example.com" not in out.stdout
-    shown = run_cli(env, "dlq", "show", message_id, "--json")
+    shown = run_cli("dlq", "show", message_id, "--json", **env)
     assert shown.returncode == RET_OK and json.loads(shown.stdout)["headers"]["actor"] == "send_email"
     assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1
-    assert run_cli(env, "dlq", "show", str(uuid.uuid4())).returncode == RET_UNKNOWN
+    assert run_cli("dlq", "show", str(uuid.uuid4()), **env).returncode == RET_UNKNOWN
 
 
 def test_dlq_requeue_runs_the_message_again_under_its_id_and_notes_it(operated, amqp):
     env, _, _ = operated
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
     message_id = failed_mail(amqp)
-    out = run_cli(env, "dlq", "requeue", message_id, "--json")
+    out = run_cli("dlq", "requeue", message_id, "--json", **env)
     assert out.returncode == RET_OK, out.stderr
     assert json.loads(out.stdout) == {"requeued": [message_id], "not_found": []}
     # It runs again (and fails again, the template still missing): the record says so.
@@ -175,16 +163,16 @@ def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operat
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
     failed_mail(amqp)
     missing = str(uuid.uuid4())
-    out = run_cli(env, "dlq", "requeue", missing)
+    out = run_cli("dlq", "requeue", missing, **env)
     assert out.returncode == RET_UNKNOWN and missing in out.stdout
-    purged = run_cli(env, "dlq", "purge", "default", "--json")
+    purged = run_cli("dlq", "purge", "default", "--json", **env)
     assert json.loads(purged.stdout) == {"queue": "default.XQ", "purged": 1}
     assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 0
 
 
 def test_doctor_passes_every_check_when_all_is_well(operated):
     env, _, _ = operated
-    out = run_cli(env, "doctor", "--json")
+    out = run_cli("doctor", "--json", **env)
     results = json.loads(out.stdout)
     assert out.returncode == RET_OK, results
     assert "served by priority (default 0..10, slow 0..5)" in results[4]["detail"]
@@ -201,7 +189,7 @@ def test_doctor_names_each_failure_with_its_fix(operated, tmp_path):
         "PIPELINE_SMTP_PORT": "1",
         "PIPELINE_IMPORT_DIR": str(tmp_path / "missing"),
     }
-    out = run_cli(broken, "doctor")
+    out = run_cli("doctor", **broken)
     assert out.returncode == RET_FAILED
     lines = {line.split()[1]: line for line in out.stdout.splitlines()}
     assert lines["queues"].startswith("FAIL") and "PRECONDITION_FAILED" in lines["queues"]
@@ -233,5 +221,5 @@ def test_follow_draws_done_total_and_phase_on_a_terminal_until_the_job_ends(oper
     ids=lambda words: " ".join(words),
 )  # fmt: skip
 def test_every_command_has_help(command):
-    out = run_cli({}, *command, "--help")
+    out = run_cli(*command, "--help")
     assert out.returncode == RET_OK and out.stdout.startswith("usage: pipeline " + " ".join(command))

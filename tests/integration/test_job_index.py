@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
-from services import ROOT
+from cli_runner import run_cli
 
 from pipeline.cli import RET_OK, RET_USAGE
 from pipeline.states import JobState
@@ -84,13 +81,6 @@ def test_recent_lists_newest_first_by_state_and_actor_skipping_expired_records(c
     assert [r["message_id"] for r in store.recent(actor="ping", state=JobState.FAILURE)] == [first]
     assert [r["message_id"] for r in store.recent(limit=1)] == [third]
     assert store.recent(since=time.time() + 60) == []
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env=os.environ,
-    )  # fmt: skip
 
 
 def test_pipeline_jobs_lists_and_filters_as_json(clean_redis):
