@@ -53,6 +53,8 @@ def pipeline_run(path: Path, exports: Path) -> dict[str, float]:
     from pipeline.queues import SLOW_QUEUE
     from pipeline.results import AsyncResult
 
+    # A connection left idle while a long baseline ran has missed its heartbeats: start afresh.
+    del broker.connection
     broker.declare_queue(SLOW_QUEUE, ensure=True)
     broker.flush(SLOW_QUEUE)
     env = {

@@ -36,8 +36,7 @@ from pipeline.cli.exit_codes import (
 )
 from pipeline.cli.status import format_record
 from pipeline.errors import InvalidJobId, PipelineError
-from pipeline.settings import get_settings, mask_url
-from pipeline.store.connection import get_redis
+from pipeline.settings import get_settings
 
 __all__ = [
     "RET_BAD_ID",
@@ -54,22 +53,14 @@ __all__ = [
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pipeline.broker import broker
-
     settings = get_settings()
     healthy = True
-    try:
-        broker.connection.process_data_events(0)
-        print(f"RabbitMQ  ok    {mask_url(settings.broker_url)}")
-    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, reported as such
-        healthy = False
-        print(f"RabbitMQ  DOWN  {mask_url(settings.broker_url)}: {exc!r}")
-    try:
-        get_redis().client.ping()
-        print(f"Redis     ok    {mask_url(settings.redis_url)}")
-    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, reported as such
-        healthy = False
-        print(f"Redis     DOWN  {mask_url(settings.redis_url)}: {exc!r}")
+    for name, reachable in (("RabbitMQ", doctor.rabbitmq_reachable), ("Redis", doctor.redis_reachable)):
+        try:
+            print(f"{name:<9} ok    {reachable(settings)}")
+        except doctor.CheckFailed as exc:
+            healthy = False
+            print(f"{name:<9} DOWN  {exc}")
     return RET_OK if healthy else RET_FAILED
 
 

@@ -23,28 +23,36 @@ class CheckFailed(Exception):
     """A check found a problem; the message says what it is and how to fix it."""
 
 
-def _rabbitmq(settings: Settings) -> str:
+def _answers(service: str, url: str, variable: str, ping: Callable[[], object]) -> str:
+    try:
+        ping()
+    except Exception as exc:
+        raise CheckFailed(f"{mask_url(url)} did not answer ({exc!r}): start {service}, or set {variable}") from exc
+    return mask_url(url)
+
+
+def rabbitmq_reachable(settings: Settings) -> str:
+    """The masked broker URL when RabbitMQ answers.
+
+    Raises:
+      CheckFailed: It does not; the message says what to do.
+    """
     from pipeline.broker import broker
 
-    try:
-        broker.connection.process_data_events(0)
-    except Exception as exc:
-        raise CheckFailed(
-            f"{mask_url(settings.broker_url)} did not answer ({exc!r}): start RabbitMQ, or set PIPELINE_BROKER_URL"
-        ) from exc
-    return mask_url(settings.broker_url)
+    return _answers(
+        "RabbitMQ", settings.broker_url, "PIPELINE_BROKER_URL", lambda: broker.connection.process_data_events(0)
+    )
 
 
-def _redis(settings: Settings) -> str:
+def redis_reachable(settings: Settings) -> str:
+    """The masked Redis URL when Redis answers.
+
+    Raises:
+      CheckFailed: It does not; the message says what to do.
+    """
     from pipeline.store.connection import get_redis
 
-    try:
-        get_redis().client.ping()
-    except Exception as exc:
-        raise CheckFailed(
-            f"{mask_url(settings.redis_url)} did not answer ({exc!r}): start Redis, or set PIPELINE_REDIS_URL"
-        ) from exc
-    return mask_url(settings.redis_url)
+    return _answers("Redis", settings.redis_url, "PIPELINE_REDIS_URL", lambda: get_redis().client.ping())
 
 
 def _management(settings: Settings) -> str:
@@ -138,8 +146,8 @@ def _import_folder(settings: Settings) -> str:
 
 #: The checks, in the order they run, with their names.
 CHECKS: tuple[tuple[str, Callable[[Settings], str]], ...] = (
-    ("RabbitMQ", _rabbitmq),
-    ("Redis", _redis),
+    ("RabbitMQ", rabbitmq_reachable),
+    ("Redis", redis_reachable),
     ("management", _management),
     ("queues", _queue_arguments),
     ("priorities", _priorities),
