@@ -1,9 +1,10 @@
-"""Deliveries of jobs that already finished, found in one Redis round trip per batch.
+"""Deliveries of jobs that already finished, asked about a batch at a time, without waiting.
 
 Another service may publish a message again, with the id of a job that ran. Asking Redis, for
 each delivery, whether its job finished would cost a round trip per job; instead the consumer
-reads every delivery already at hand, asks about all of them at once, and marks those whose job
-finished, which the job-records middleware then skips without running them.
+reads every delivery already at hand and sends one read per delivery at once, without waiting
+for the answers (see :mod:`pipeline.store.state_line`): the worker thread that takes a delivery
+reads its answer, and the job-records middleware skips a job that finished.
 
 It also records the failure of a body Dramatiq cannot decode, which it dead-letters: such a
 body has no message id of its own, but the AMQP ``message_id`` property pipeline publishes
@@ -20,11 +21,12 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.errors import DecodeError
 
-from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
+from pipeline.errors import UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
+from pipeline.store.state_line import StateLine
 from pipeline.timestamps import now_iso
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ MAX_BATCH = 256
 
 def state_when_received(message: Any) -> JobState | None:
     """The state a delivery's job had when it was received; None when it was not asked."""
-    return getattr(message, STATE_ATTRIBUTE, None)
+    answer = getattr(message, STATE_ATTRIBUTE, None)
+    return answer.state() if answer is not None else None
 
 
 class FinishedCheck(dramatiq.Consumer):
@@ -51,6 +54,7 @@ class FinishedCheck(dramatiq.Consumer):
     def __init__(self, inner: Any, store: RecordStore) -> None:
         self.inner = inner
         self.store = store
+        self.states = StateLine(store.redis)
         self._ready: collections.deque[Any] = collections.deque()
         self._deliveries = inner.iterator = _Deliveries(inner.iterator)
 
@@ -114,15 +118,13 @@ class FinishedCheck(dramatiq.Consumer):
         self.store.settle_thread()
 
     def _mark(self, batch: list[Any]) -> None:
+        # Asked without waiting: each answer is read by the worker thread that takes the
+        # delivery. Redis failing to answer leaves it unknown, and the job runs (a worker never
+        # stops for Redis), as if it had no record.
         asked = [message for message in batch if is_job_id(message.message_id)]
-        try:
-            states = self.store.states([message.message_id for message in asked])
-        except ResultBackendUnavailable as exc:
-            # Not known: the jobs run (a worker never stops for Redis), as if they had no record.
-            logger.debug("Deliveries not checked for finished jobs: %s", exc)
-            states = [JobState.PENDING] * len(asked)
-        for message, state in zip(asked, states, strict=True):
-            setattr(message, STATE_ATTRIBUTE, state)
+        answers = self.states.ask([message.message_id for message in asked])
+        for message, answer in zip(asked, answers, strict=True):
+            setattr(message, STATE_ATTRIBUTE, answer)
 
     def ack(self, message: Any) -> None:
         """Dramatiq's ack."""

@@ -307,21 +307,6 @@ class RecordStore:
         applied, _ = self.send_call(self._write_call(message_id, None, 0, fields), keep=False).result()
         return applied
 
-    def states(self, message_ids: list[str]) -> list[JobState]:
-        """The states of many records, in one round trip (``PENDING`` where there is none).
-
-        Raises:
-          ResultBackendUnavailable: Redis failed.
-        """
-        if not message_ids:
-            return []
-        with self.translated():
-            pipe = self.client.pipeline(transaction=False)
-            for message_id in message_ids:
-                pipe.hget(self.keys.record(message_id), "state")
-            stored = pipe.execute()
-        return [JobState(json.loads(value)) if value else JobState.PENDING for value in stored]
-
     def state_in_line(self, message_id: str) -> JobState:
         """The state of ``message_id``'s record, read on this thread's write connection.
 
