@@ -112,8 +112,8 @@ class PipelineBroker(RabbitmqBroker):
         return self.channel.queue_declare(queue=xq_name(queue_name), durable=True, arguments=arguments)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
-        """Dramatiq's consumer of ``queue_name``, which also marks each delivery with its job's
-        state, a batch of deliveries per Redis round trip (see :mod:`pipeline.jobs.finished`).
+        """Dramatiq's consumer of ``queue_name``, which also asks, without waiting, whether each
+        delivery's job already finished (see :mod:`pipeline.jobs.finished`).
         """
         consumer = super().consume(queue_name, prefetch, timeout)
         if checks_finished(queue_name):
@@ -159,11 +159,8 @@ class PipelineBroker(RabbitmqBroker):
         try:
             with refusals_raised():
                 return super().enqueue(message, delay=delay)
-        except OSError as exc:
-            # pika lets a TLS failure (an unknown CA, a wrong host name) through as it is.
-            self._emit_optional("after_enqueue_failure", message)
-            raise self._unavailable(exc) from exc
-        except ConnectionClosed as exc:
+        # pika lets a TLS failure (an unknown CA, a wrong host name) through as an OSError.
+        except (ConnectionClosed, OSError) as exc:
             if self._publishing.broke:
                 # A publish broke after it may have reached RabbitMQ: the record stays, since a
                 # worker may yet run the job, and the caller is told the outcome is unknown.
@@ -255,12 +252,7 @@ class PipelineBroker(RabbitmqBroker):
                 self.declare_queue(queue_name, ensure=True)
                 self._publish_transaction(queue_name, bodies)
                 break
-            except (
-                pika.exceptions.AMQPConnectionError,
-                pika.exceptions.AMQPChannelError,
-                ConnectionClosed,
-                OSError,
-            ) as exc:
+            except (*_PUBLISH_FAILURES, ConnectionClosed, OSError) as exc:
                 del self.connection
                 if attempt == MAX_ENQUEUE_ATTEMPTS:
                     raise self._unavailable(exc) from exc
