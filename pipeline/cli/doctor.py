@@ -103,7 +103,7 @@ def _priorities(settings: Settings) -> str:
 def _consumer_timeout(settings: Settings) -> str:
     from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 
-    lines = ConsumerTimeoutCheck(settings).check([DEFAULT_QUEUE, SLOW_QUEUE])
+    lines = ConsumerTimeoutCheck(settings).findings([DEFAULT_QUEUE, SLOW_QUEUE])
     problems = [line for level, line in lines if level >= logging.WARNING]
     if problems:
         raise CheckFailed("; ".join(problems))

@@ -39,13 +39,18 @@ class ConsumerTimeoutCheck(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Start the check of the queues ``worker`` consumes."""
         queues = sorted({q_name(queue) for queue in worker.consumers})
-        threading.Thread(target=self.check, args=(queues,), name="consumer-timeout-check", daemon=True).start()
+        threading.Thread(target=self.report, args=(queues,), name="consumer-timeout-check", daemon=True).start()
 
-    def check(self, queues: list[str]) -> list[tuple[int, str]]:
-        """Compare each queue's timeout with the settings and log what is found.
+    def report(self, queues: list[str]) -> None:
+        """Log what :meth:`findings` finds."""
+        for level, line in self.findings(queues):
+            logger.log(level, line)
+
+    def findings(self, queues: list[str]) -> list[tuple[int, str]]:
+        """Compare each queue's timeout with the settings.
 
         Returns:
-          The lines logged with their levels (a WARNING is a timeout that needs a change).
+          Lines with their log levels (a WARNING is a timeout that needs a change).
         """
         api = ManagementApi.from_settings(self.settings)
         assumed = self.settings.rabbitmq_consumer_timeout
@@ -86,8 +91,6 @@ class ConsumerTimeoutCheck(Middleware):
                         f"of PIPELINE_RABBITMQ_CONSUMER_TIMEOUT: set the setting to {timeout}",
                     )
                 )
-        for level, line in lines:
-            logger.log(level, line)
         return lines
 
     def _longest_hold(self, queue: str) -> int:

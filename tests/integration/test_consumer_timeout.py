@@ -31,26 +31,26 @@ def probe_queue(amqp):
 
 def test_a_queue_without_its_own_timeout_is_held_to_the_setting_and_the_worker_says_so(purge):
     purge(DEFAULT_QUEUE)
-    [(level, line)] = ConsumerTimeoutCheck(make_settings()).check([DEFAULT_QUEUE])
+    [(level, line)] = ConsumerTimeoutCheck(make_settings()).findings([DEFAULT_QUEUE])
     assert "no consumer timeout of its own" in line and "1800000 ms" in line
     assert "RabbitMQ 3." in line and level == logging.INFO
 
 
 def test_a_queue_timeout_that_differs_from_the_setting_is_reported(probe_queue):
     queue = probe_queue({"x-consumer-timeout": 3_600_000})
-    [(level, line)] = ConsumerTimeoutCheck(make_settings()).check([queue])
+    [(level, line)] = ConsumerTimeoutCheck(make_settings()).findings([queue])
     assert "3600000 ms" in line and "set the setting to 3600000" in line and level == logging.WARNING
 
 
 def test_a_queue_timeout_below_the_retry_backoff_is_a_warning_with_its_fix(probe_queue):
     queue = probe_queue({"x-consumer-timeout": 60_000})
-    [(level, line)] = ConsumerTimeoutCheck(make_settings()).check([queue])
+    [(level, line)] = ConsumerTimeoutCheck(make_settings()).findings([queue])
     assert "at or below the 600000 ms" in line and "deliver those jobs again" in line and level == logging.WARNING
 
 
 def test_an_unreachable_management_api_is_one_line_naming_it_without_password():
     settings = make_settings(management_url="http://ops:hidden@127.0.0.1:1")
-    [(level, line)] = ConsumerTimeoutCheck(settings).check([DEFAULT_QUEUE])
+    [(level, line)] = ConsumerTimeoutCheck(settings).findings([DEFAULT_QUEUE])
     assert level == logging.INFO
     assert "not read from the server" in line and "ops:***@127.0.0.1:1" in line and "hidden" not in line
 
