@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
@@ -89,16 +89,22 @@ class JobRecords(Middleware):
         return fields
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
-        """Send a new message's ``QUEUED`` record to Redis, to be confirmed in ``after_enqueue``.
+        """Send a new message's ``QUEUED`` record to Redis, its answer read later.
 
-        The answer is read after RabbitMQ's publisher confirm, so the record costs no waiting of
-        its own. For a retry, remember when it is due, for the ``RETRY`` record.
+        With publisher confirms, ``after_enqueue`` reads it once RabbitMQ has confirmed, so the
+        record costs no waiting of its own. Without, sending is fire-and-forget and so is the
+        record: its answer is read with the thread's next write, and a write Redis did not take
+        is logged then. For a retry, remember when it is due, for the ``RETRY`` record.
         """
         if is_retry(message):
             self._local.retry_eta = message.options.get(ETA_OPTION)
             return
         self._drop_pending()
-        self._local.pending = self.store.begin_write(message.message_id, JobState.QUEUED, **self._describe(message))
+        fields = self._describe(message)
+        if self.store.settings.confirm_delivery:
+            self._local.pending = self.store.begin_write(message.message_id, JobState.QUEUED, **fields)
+        else:
+            self.store.begin_write(message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **fields)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Read the answer to the ``QUEUED`` write, waiting a moment at most: RabbitMQ has the
@@ -110,23 +116,22 @@ class JobRecords(Middleware):
             try:
                 pending.result(wait=QUEUED_ANSWER_WAIT)
             except ResultBackendUnavailable as exc:
-                logger.warning(
-                    "Job %s (%s) was sent; its QUEUED record was not written: %s",
-                    message.message_id,
-                    message.actor_name,
-                    exc,
-                )
+                _unwritten(message)(exc)
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         """RabbitMQ did not take the message: take back its ``QUEUED`` record."""
         self._drop_pending()
         try:
+            # The QUEUED write went out on this thread's connection: once its answer is read,
+            # the record reads what it wrote.
+            self.store.settle_thread()
             if self.store.state(message.message_id) is JobState.QUEUED:
                 self.store.delete(message.message_id)
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
 
     def _drop_pending(self) -> None:
+        """Read and drop the answer of a send that never reached ``after_enqueue`` (the write stands)."""
         pending = getattr(self._local, "pending", None)
         if pending is not None:
             self._local.pending = None
@@ -319,6 +324,17 @@ class JobRecords(Middleware):
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
         """Read the answers the thread's last writes still wait for."""
         self.store.settle_thread()
+
+
+def _unwritten(message: dramatiq.Message[Any]) -> Callable[[ResultBackendUnavailable], None]:
+    """What logs, in one line, that ``message`` was sent without its ``QUEUED`` record."""
+
+    def log(exc: ResultBackendUnavailable) -> None:
+        logger.warning(
+            "Job %s (%s) was sent; its QUEUED record was not written: %s", message.message_id, message.actor_name, exc
+        )
+
+    return log
 
 
 def _attempt(message: MessageProxy) -> int:

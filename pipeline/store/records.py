@@ -11,6 +11,7 @@ that pushes a snapshot of the record onto the job's done list when it reaches a 
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import functools
@@ -19,7 +20,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import redis
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a sender waits, after RabbitMQ's confirm, for the answer to its ``QUEUED`` write.
 QUEUED_ANSWER_WAIT = 0.25
+#: Seconds a process at exit waits for each thread's unread write answers.
+EXIT_ANSWER_WAIT = 0.5
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
 #: Seconds past a blocking wait's own end that Redis may take to answer it.
@@ -106,6 +110,9 @@ class RecordStore:
         self.settings = redis.settings
         self.keys = redis.keys
         self._local = threading.local()
+        # Every thread's write connection, for the answers still unread when the process ends.
+        self._lines: weakref.WeakSet[WriteLine] = weakref.WeakSet()
+        atexit.register(self._settle_lines)
         self._kept: collections.deque[WriteCall] = collections.deque()
         self._kept_lock = threading.Lock()
         self.dropped = 0
@@ -140,7 +147,12 @@ class RecordStore:
         return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
 
     def send_call(
-        self, call: WriteCall, keep: bool, pending: PendingWrite | None = None, command: str = "EVALSHA"
+        self,
+        call: WriteCall,
+        keep: bool,
+        pending: PendingWrite | None = None,
+        command: str = "EVALSHA",
+        on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
     ) -> PendingWrite:
         """Send one write on this thread's own connection; its answer is read later, in order.
 
@@ -149,7 +161,8 @@ class RecordStore:
         line = getattr(self._local, "line", None)
         if line is None or line.pid != os.getpid():
             line = self._local.line = WriteLine(self.redis.new_connection())
-        pending = pending or PendingWrite(self, line, call, keep)
+            self._lines.add(line)
+        pending = pending or PendingWrite(self, line, call, keep, on_lost)
         keys, args = call
         packed = (
             ("HGET", keys[0], "state") if command == "HGET" else ("EVALSHA", self._script.sha, len(keys), *keys, *args)
@@ -189,6 +202,15 @@ class RecordStore:
         while line is not None and line.unread:
             line.unread[-1].settle()
 
+    def _settle_lines(self) -> None:
+        """At exit, read the answers every thread's writes still wait for (a moment at most each):
+        a write Redis did not take is then reported rather than never known.
+        """
+        for line in list(self._lines):
+            if line.pid == os.getpid():
+                while line.unread:
+                    line.unread[-1].settle(wait=EXIT_ANSWER_WAIT)
+
     def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
         """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.
 
@@ -208,7 +230,15 @@ class RecordStore:
         return self.send_call(self._write_call(message_id, state, attempt, fields), keep=False).result()
 
     def begin_write(
-        self, message_id: str, state: JobState, /, *, attempt: int = 0, keep: bool = False, **fields: Any
+        self,
+        message_id: str,
+        state: JobState,
+        /,
+        *,
+        attempt: int = 0,
+        keep: bool = False,
+        on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
+        **fields: Any,
     ) -> PendingWrite:
         """Send the same write as :meth:`write` without waiting for Redis's answer.
 
@@ -218,11 +248,13 @@ class RecordStore:
 
         Parameters:
           keep: Keep the write, to be made by :meth:`catch_up`, when Redis does not take it.
+          on_lost: Told why, when Redis did not take the write (and ``keep`` is false): for a
+            write whose answer nobody waits for.
 
         Raises:
           TypeError: A field is not JSON-safe.
         """
-        return self.send_call(self._write_call(message_id, state, attempt, fields), keep)
+        return self.send_call(self._write_call(message_id, state, attempt, fields), keep, on_lost=on_lost)
 
     def keep(self, call: WriteCall) -> None:
         """Keep a write Redis did not take, for :meth:`catch_up` (dropping the oldest past the bound)."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 WriteCall = tuple[list[str], list[Any]]
 
 #: Record writes a thread may have sent without reading their answers yet.
-MAX_UNREAD_WRITES = 2
+MAX_UNREAD_WRITES = 32
 #: Error replies that pass (memory, a replica, a loading or busy server): a write that got one
 #: is kept and written again; any other error reply is final. redis-py turns some codes into
 #: types (and strips the code), the others stay in the text.
@@ -152,11 +152,19 @@ class WriteLine:
 class PendingWrite:
     """A record write sent to Redis whose answer has not been read yet; see :meth:`result`."""
 
-    def __init__(self, store: RecordStore, line: WriteLine, call: WriteCall, keep: bool) -> None:
+    def __init__(
+        self,
+        store: RecordStore,
+        line: WriteLine,
+        call: WriteCall,
+        keep: bool,
+        on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
+    ) -> None:
         self._store = store
         self._line = line
         self._call = call
         self._keep = keep
+        self._on_lost = on_lost
         self._outcome: tuple[bool, JobState] | None = None
         self._error: redis.RedisError | None = None
         #: Turns the answer into the outcome: the write script's by default.
@@ -168,12 +176,16 @@ class PendingWrite:
         return self._outcome is not None or self._error is not None
 
     def lost(self, error: redis.RedisError) -> None:
-        """Redis did not take this write (or its answer was lost): keep it, or remember why."""
+        """Redis did not take this write (or its answer was lost): keep it, or remember why (and
+        tell ``on_lost``, for a write whose answer nobody waits for).
+        """
         if self._keep:
             self._store.keep(self._call)
             self._outcome = (False, JobState.PENDING)
         else:
             self._error = error
+            if self._on_lost is not None:
+                self._on_lost(self._store.redis.unavailable(error))
 
     def settle(self, wait: float | None = None) -> None:
         """Read this write's answer, and those of the writes sent before it on the connection.

@@ -51,15 +51,20 @@ def test_a_job_longer_than_started_after_reads_started_while_it_runs(purge, star
     assert result.get(timeout=10) == 10
 
 
-def test_unconfirmed_sends_still_write_the_record_and_run(purge, start_worker, clean_redis):
+def test_unconfirmed_sends_write_the_record_an_instant_later_and_run(purge, start_worker, clean_redis):
     purge(DEFAULT_QUEUE)
     script = (
         "from pipeline.actors import ping\n"
         "from pipeline.broker import broker\n"
         "from pipeline.results import AsyncResult\n"
         "assert broker.confirm_delivery is False\n"
+        "import time\n"
         "message = ping.send('unconfirmed')\n"
-        "print(message.message_id, AsyncResult(message.message_id).state)\n"
+        "result = AsyncResult(message.message_id)\n"
+        "deadline = time.monotonic() + 2\n"
+        "while result.state == 'PENDING' and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print(message.message_id, result.state)\n"
     )
     env = {**os.environ, "PIPELINE_CONFIRM_DELIVERY": "false"}
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
