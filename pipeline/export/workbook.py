@@ -13,7 +13,6 @@ writer counts the cells it cut and the characters it replaced, for the export's 
 
 from __future__ import annotations
 
-import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -124,6 +123,7 @@ class WorkbookWriter:
         #: Characters replaced because XML cannot hold them.
         self.replaced_characters = 0
         self._money_formats: dict[str, str] = {}
+        self._cells: dict[tuple[str, str], WriteOnlyCell] = {}
 
     @property
     def order_rows(self) -> int:
@@ -158,26 +158,40 @@ class WorkbookWriter:
             return cell
         return text
 
-    def _money(self, amount: Decimal, currency: str) -> WriteOnlyCell:
+    def _styled(self, column: str, number_format: str, value: Any) -> WriteOnlyCell:
+        """The cell of ``column`` holding ``value`` in ``number_format``.
+
+        A write-only sheet writes a row's cells as it is appended, so one cell per column and
+        format serves every row: it is styled once, not once per row (styling a cell costs more
+        than writing it).
+        """
+        cell = self._cells.get((column, number_format))
+        if cell is None:
+            cell = self._cells[column, number_format] = WriteOnlyCell(self.orders.first)
+            cell.number_format = number_format
+        cell.value = value
+        return cell
+
+    def _money(self, column: str, amount: Decimal, currency: str) -> WriteOnlyCell:
         number_format = self._money_formats.get(currency)
         if number_format is None:
             number_format = self._money_formats[currency] = f'#,##0.00 "{currency}"'
         # The double nearest to the exact amount: what a spreadsheet can hold of it.
-        cell = WriteOnlyCell(self.orders.first, value=float(amount))
-        cell.number_format = number_format
-        return cell
+        return self._styled(column, number_format, float(amount))
 
     def add(self, order: Order) -> None:
         """Append one order to the Orders sheets and its lines to the Items sheets."""
         row = []
-        for column in self.columns:
+        for position, column in enumerate(self.columns):
             value = column.value(order)
             if column.kind == "text":
                 row.append(self.text(value))
             elif column.kind == "money":
-                row.append(self._money(value, order.currency))
+                row.append(self._money(f"order {position}", value, order.currency))
             elif column.kind == "datetime":
-                row.append(self._moment(value))
+                # Shown to the second, a fraction would round up (23:59:59.9999 into the next
+                # day, or year): the cell holds the second the moment is in.
+                row.append(self._styled(f"order {position}", DATETIME_FORMAT, value.replace(microsecond=0)))
             else:
                 row.append(value)
         self.orders.append(row)
@@ -189,17 +203,10 @@ class WorkbookWriter:
                     self.text(item.sku),
                     self.text(item.name),
                     item.quantity,
-                    self._money(item.unit_price, order.currency),
-                    self._money(item.unit_price * item.quantity, order.currency),
+                    self._money("unit price", item.unit_price, order.currency),
+                    self._money("amount", item.unit_price * item.quantity, order.currency),
                 ]
             )
-
-    def _moment(self, value: datetime.datetime) -> WriteOnlyCell:
-        # Shown to the second, a fraction would round up (23:59:59.9999 into the next day, or
-        # year): the cell holds the second the moment is in.
-        cell = WriteOnlyCell(self.orders.first, value=value.replace(microsecond=0))
-        cell.number_format = DATETIME_FORMAT
-        return cell
 
     def save(self, path: Path) -> None:
         """Set each sheet's autofilter over its rows and write the workbook to ``path``."""

@@ -45,6 +45,31 @@ def test_cells_are_typed_and_formatted(exporter):
     assert pointer["rows"] == {"Orders": 2, "Items": 4}
 
 
+def test_every_row_keeps_its_own_values_and_currency_formats(exporter):
+    currencies = ["EUR", "USD", "EUR", "JPY", "USD"]
+    orders = [{**make_order(n, items=2), "currency": currency} for n, currency in enumerate(currencies)]
+    pointer = exporter.export("job-1", orders=orders)
+    book = openpyxl.load_workbook(pointer["path"])
+    rows = list(book["Orders"].iter_rows(min_row=2))
+    lines = list(book["Items"].iter_rows(min_row=2))
+    for n, currency in enumerate(currencies):
+        money = f'#,##0.00 "{currency}"'
+        assert rows[n][0].value == f"A-{n:06d}"
+        assert rows[n][1].value == datetime.datetime(2026, 3, 1 + n, n, 15) and rows[n][1].is_date
+        assert rows[n][6].value == 6.5 and rows[n][6].number_format == money
+        for i, line in enumerate(lines[2 * n : 2 * n + 2]):
+            assert [cell.value for cell in line] == [
+                f"A-{n:06d}",
+                f"SKU-{n}-{i}",
+                f"Item {i} of order {n}",
+                i + 1,
+                i + 1.5,
+                (i + 1) * (i + 1.5),
+            ]
+            assert line[4].number_format == money and line[5].number_format == money
+            assert line[3].number_format == "General"
+
+
 def test_chosen_columns_only(exporter):
     pointer = exporter.export("job-1", orders=[make_order(1)], columns=["total", "id"])
     orders = openpyxl.load_workbook(pointer["path"])["Orders"]
