@@ -52,6 +52,8 @@ def passes(reply: redis.ResponseError) -> bool:
 #: writer's clock in Unix microseconds, then field, value, ...
 #: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
 #: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
+#: The record is read once, whole, and the snapshot is that read with the write laid over it:
+#: each Redis call from Lua costs more than the command itself.
 #: When the state changes, the job moves to its new state's sorted set in the index (scored by
 #: the writer's clock); a new record also joins its actor's set. About one add in sixteen (by
 #: the clock's microseconds) also drops the set's members older than their records can live,
@@ -61,8 +63,10 @@ def passes(reply: redis.ResponseError) -> bool:
 #: connection left on the old primary fails and is opened again to the new one.
 WRITE_SCRIPT = (
     """#!lua
-local stored = redis.call('HMGET', KEYS[1], 'rank', 'state')
-local current, before = tonumber(stored[1]), stored[2]
+local flat = redis.call('HGETALL', KEYS[1])
+local record = {}
+for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+local current, before = tonumber(record['rank']), record['state']
 local new = tonumber(ARGV[1])
 if new == nil then
   if current == nil then return {0, false} end
@@ -76,17 +80,13 @@ if current ~= nil then
 end
 redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+record['rank'] = tostring(new)
+for i = 4, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
+local after, actor = record['state'], record['actor']
 if new >= FINAL_RANK and (current == nil or current ~= new) then
-  local flat = redis.call('HGETALL', KEYS[1])
-  local snapshot = {}
-  for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
-  redis.call('DEL', KEYS[2])
-  redis.call('RPUSH', KEYS[2], cjson.encode(snapshot))
+  if current ~= nil and current >= FINAL_RANK then redis.call('DEL', KEYS[2]) end
+  redis.call('RPUSH', KEYS[2], cjson.encode(record))
   redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-local after, actor = before, nil
-for i = 4, #ARGV, 2 do
-  if ARGV[i] == 'state' then after = ARGV[i + 1] elseif ARGV[i] == 'actor' then actor = ARGV[i + 1] end
 end
 if after and after ~= before then
   local score = tonumber(ARGV[3])
