@@ -50,7 +50,7 @@ class ReadableWorkerLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite ``record`` in place; False drops it."""
-        if isinstance(record.msg, str) and "haven't added the Results middleware" in record.msg:
+        if isinstance(record.msg, str) and DISCARDED_RESULT_WARNING in record.msg:
             return False
         if not isinstance(record.args, tuple):
             return True
@@ -100,6 +100,24 @@ class UndecodableBodies(logging.Filter):
         return not (isinstance(record.msg, str) and record.msg.startswith("Failed to decode message"))
 
 
+#: The start of Dramatiq's warning, once per job that returns a value, that the value is discarded.
+DISCARDED_RESULT_WARNING = "haven't added the Results middleware"
+
+
+class _WorkerThreadLogger(logging.LoggerAdapter[logging.Logger]):
+    """A worker thread's logger that drops, before any record is made, Dramatiq's warning that
+    a returned value is discarded: made for every job, that record cost more than the job's
+    own bookkeeping (the filter alone would still pay for it).
+    """
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log a warning, unless it is the discarded-value one."""
+        if isinstance(msg, str) and DISCARDED_RESULT_WARNING in msg:
+            return
+        # The record names Dramatiq's line that logged it, not this one.
+        self.logger.warning(msg, *args, stacklevel=2, **kwargs)
+
+
 def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
     if not any(type(f) is type(new) for f in logger.filters):
         logger.addFilter(new)
@@ -119,6 +137,11 @@ class WorkerLogs(Middleware):
         _add_once(logging.getLogger(RABBITMQ_CONSUMER_LOGGER), UndecodableBodies())
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Name the broker in each consumer's connection errors."""
+        """Name the broker in each consumer's connection errors; spare the worker threads the
+        discarded-value warning.
+        """
+        for thread in worker.workers:
+            if not isinstance(thread.logger, _WorkerThreadLogger):
+                thread.logger = _WorkerThreadLogger(thread.logger, {})
         for queue in worker.consumers:
             _add_once(logging.getLogger(CONSUMER_THREAD_LOGGER.format(queue=queue)), NamedBroker(self.url))
