@@ -69,7 +69,6 @@ class JobRecords(Middleware):
         # other message (dead-lettered by a middleware) writes one itself.
         self._failed_here: set[str] = set()
         self._failed_lock = threading.Lock()
-        self._work_queue: Any = None
 
     @staticmethod
     def _describe(message: dramatiq.Message[Any] | MessageProxy) -> dict[str, Any]:
@@ -152,7 +151,6 @@ class JobRecords(Middleware):
         that writes the starts of jobs that run longer than a moment, and the one that makes
         the writes Redis did not take once it is back.
         """
-        self._work_queue = worker.work_queue
         self.watcher.start()
         if self.starts.delay > 0:
             self.starts.start()
@@ -288,13 +286,11 @@ class JobRecords(Middleware):
         self._write(message, JobState.FAILURE, attempt, **fields)
 
     def _write(self, message: MessageProxy, state: JobState, attempt: int, **fields: Any) -> None:
-        # While more work waits, the answer is read with the thread's next write: the record is
-        # in Redis's hands as soon as it is sent, and the worker need not wait a round trip. A
-        # thread about to idle reads its answers now, so a write Redis refused is found and
-        # kept (and written when Redis is back) rather than waiting for the next job.
+        # The answer is read with the thread's next write, or by the catch-up thread once the
+        # thread has had no work for a moment: the record is in Redis's hands as soon as it is
+        # sent, and the message is acknowledged without waiting a round trip (with publisher
+        # confirms, the sender's confirm may wait for that acknowledgement).
         self.store.begin_write(message.message_id, state, attempt=attempt, keep=True, **fields)
-        if self._work_queue is None or self._work_queue.empty():
-            self.store.settle_thread()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Record ``FAILURE`` for a message a middleware failed and skipped (it is dead-lettered)."""

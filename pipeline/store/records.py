@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a sender waits, after RabbitMQ's confirm, for the answer to its ``QUEUED`` write.
 QUEUED_ANSWER_WAIT = 0.25
-#: Seconds a process at exit waits for each thread's unread write answers.
-EXIT_ANSWER_WAIT = 0.5
+#: Seconds another thread (or the process at exit) waits for an idle line's unread answers.
+IDLE_ANSWER_WAIT = 0.5
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
 #: Seconds past a blocking wait's own end that Redis may take to answer it.
@@ -169,6 +169,10 @@ class RecordStore:
         )
         if command == "HGET":
             pending.parse = state_reply
+        with line.lock:
+            return self._send_on(line, pending, packed)
+
+    def _send_on(self, line: WriteLine, pending: PendingWrite, packed: tuple[Any, ...]) -> PendingWrite:
         try:
             if line.fresh:
                 # A new connection may reach a Redis that just started, without the script: a
@@ -189,6 +193,7 @@ class RecordStore:
                 lost.lost(exc)
             pending.lost(exc)
             return pending
+        line.last_sent = time.monotonic()
         line.unread.append(pending)
         # Answers older than the last few have long arrived: reading them now costs no wait
         # and keeps unread answers from piling up in the socket.
@@ -202,14 +207,32 @@ class RecordStore:
         while line is not None and line.unread:
             line.unread[-1].settle()
 
+    def settle_idle_lines(self, idle: float) -> None:
+        """Read the answers of every thread's writes sent ``idle`` seconds ago or more, on lines
+        no thread is using: a thread whose writes wait for no answer of their own (a worker's)
+        does not wait for them either, and a write Redis refused is still found (and kept)
+        while its thread has no more work.
+        """
+        now = time.monotonic()
+        for line in list(self._lines):
+            if line.pid != os.getpid() or not line.unread or now - line.last_sent < idle:
+                continue
+            if line.lock.acquire(blocking=False):
+                try:
+                    while line.unread:
+                        line.unread[-1].settle(wait=IDLE_ANSWER_WAIT)
+                finally:
+                    line.lock.release()
+
     def _settle_lines(self) -> None:
         """At exit, read the answers every thread's writes still wait for (a moment at most each):
         a write Redis did not take is then reported rather than never known.
         """
         for line in list(self._lines):
             if line.pid == os.getpid():
-                while line.unread:
-                    line.unread[-1].settle(wait=EXIT_ANSWER_WAIT)
+                with line.lock:
+                    while line.unread:
+                        line.unread[-1].settle(wait=IDLE_ANSWER_WAIT)
 
     def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
         """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.

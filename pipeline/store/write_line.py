@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,10 @@ class WriteLine:
     """One thread's own Redis connection for record writes, outside the pool.
 
     Writes are the hot path of every job; a connection of its own spares them the pool's lock
-    and lets writes be sent now and their answers read later, in order (Redis pipelining).
+    and lets writes be sent now and their answers read later, in order (Redis pipelining). Its
+    thread reads the answers with its next writes; once the line has been idle for a moment,
+    another thread may read them (see :meth:`~pipeline.store.records.RecordStore.settle_idle_lines`),
+    holding :attr:`lock`, which the line's own thread holds while it uses the line.
     """
 
     def __init__(self, connection: redis.Connection) -> None:
@@ -126,6 +130,9 @@ class WriteLine:
         #: True until a write went out on the connection: a fresh connection that fails is
         #: not tried again at once (Redis is away, not an idle connection closed).
         self.fresh = True
+        self.lock = threading.RLock()
+        #: When the last write went out (``time.monotonic()``).
+        self.last_sent = 0.0
 
     def send(self, *command: Any) -> None:
         """Send ``command`` without reading its answer. A fresh connection is opened through its
@@ -197,6 +204,11 @@ class PendingWrite:
           wait: Seconds to wait at most for the answer; None: the socket timeout. An answer
             not there in time is taken as lost, with the connection.
         """
+        line = self._line
+        with line.lock:
+            self._read_answers(wait)
+
+    def _read_answers(self, wait: float | None) -> None:
         line = self._line
         while not self.settled and self in line.unread:
             oldest = line.unread[0]
