@@ -11,7 +11,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 import testenv
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -67,8 +67,11 @@ def test_the_ui_shows_the_queues_priorities_and_a_message_type_and_id(browser, p
     message = ping.send({"order": 17}, priority=4)
     management = urlsplit(testenv.MANAGEMENT_URL)
     base = f"{management.scheme}://{management.hostname}:{management.port}/"
-    # The UI redraws its tables every few seconds: an element found may go stale before use.
-    wait = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
+    # The UI redraws its tables every few seconds: an element found may go stale before use; a
+    # section opening is drawn (and its button clickable) a moment after it is clicked.
+    wait = WebDriverWait(
+        browser, 20, ignored_exceptions=[StaleElementReferenceException, ElementNotInteractableException]
+    )
 
     browser.get(base)
     wait.until(expected_conditions.presence_of_element_located((By.NAME, "username")))
