@@ -204,8 +204,8 @@ class RecordStore:
     def settle_thread(self) -> None:
         """Read every answer this thread's writes still wait for (before the thread ends)."""
         line = getattr(self._local, "line", None)
-        while line is not None and line.unread:
-            line.unread[-1].settle()
+        if line is not None:
+            line.read_all()
 
     def settle_idle_lines(self, idle: float) -> None:
         """Read the answers of every thread's writes sent ``idle`` seconds ago or more, on lines
@@ -219,8 +219,7 @@ class RecordStore:
                 continue
             if line.lock.acquire(blocking=False):
                 try:
-                    while line.unread:
-                        line.unread[-1].settle(wait=IDLE_ANSWER_WAIT)
+                    line.read_all(IDLE_ANSWER_WAIT)
                 finally:
                     line.lock.release()
 
@@ -230,9 +229,7 @@ class RecordStore:
         """
         for line in list(self._lines):
             if line.pid == os.getpid():
-                with line.lock:
-                    while line.unread:
-                        line.unread[-1].settle(wait=IDLE_ANSWER_WAIT)
+                line.read_all(IDLE_ANSWER_WAIT)
 
     def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
         """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.

@@ -143,6 +143,12 @@ class WriteLine:
             self.connection.connect()
         self.connection.send_command(*command)
 
+    def read_all(self, wait: float | None = None) -> None:
+        """Read the answer of every write sent on the line (see :meth:`PendingWrite.settle`)."""
+        with self.lock:
+            while self.unread:
+                self.unread[-1].settle(wait)
+
     def drop_connection(self) -> list[PendingWrite]:
         """Close the connection (a new one opens on the next write).
 
