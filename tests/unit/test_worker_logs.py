@@ -38,6 +38,16 @@ def test_worker_threads_make_no_record_of_the_discarded_value_warning_and_keep_t
     captured = _Records()
     logger = logging.getLogger(WORKER_THREAD_LOGGER)
     logger.addHandler(captured)
+    # Every record made, dropped by a filter or not: the warning must cost no record at all.
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting_factory(*args, **kwargs):
+        record = factory(*args, **kwargs)
+        made.append(str(record.msg))
+        return record
+
+    logging.setLogRecordFactory(counting_factory)
     try:
         thread = SimpleNamespace(logger=get_logger("dramatiq.worker", WorkerThread))
         WorkerLogs("amqp://guest:***@localhost:5672/%2F").after_worker_boot(
@@ -50,7 +60,9 @@ def test_worker_threads_make_no_record_of_the_discarded_value_warning_and_keep_t
         thread.logger.warning("Message %s was skipped.", "ping(job 1)")
         thread.logger.error("Failed to process message %s with unhandled exception.", "ping(job 2)")
     finally:
+        logging.setLogRecordFactory(factory)
         logger.removeHandler(captured)
+    assert not [msg for msg in made if "haven't added the Results middleware" in msg]
     assert [r.getMessage() for r in captured.records] == [
         "Message ping(job 1) was skipped.",
         "Failed to process message ping(job 2) with unhandled exception.",
