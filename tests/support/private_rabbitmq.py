@@ -55,15 +55,7 @@ class PrivateRabbitMQ:
     def start(self) -> None:
         """Start the node and wait until it runs (the first moments, it is not even known)."""
         subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=NODE_TIMEOUT)
-        deadline = time.monotonic() + NODE_TIMEOUT
-        while True:
-            try:
-                self.ctl("await_startup")
-                return
-            except subprocess.CalledProcessError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        self.ctl_until_done("await_startup")
 
     @property
     def url(self) -> str:
@@ -80,11 +72,25 @@ class PrivateRabbitMQ:
             capture_output=True,
         )
 
+    def ctl_until_done(self, *command: str) -> None:
+        """Run ``rabbitmqctl`` until it succeeds: a node starting, or stopping its app, or a
+        busy machine, may leave the CLI unable to reach it for a moment (exit 69, unavailable).
+        """
+        deadline = time.monotonic() + NODE_TIMEOUT
+        while True:
+            try:
+                self.ctl(*command)
+                return
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def restart(self) -> None:
         """Stop the broker on the node and start it again: every connection is closed."""
         self.ctl("stop_app")
-        self.ctl("start_app")
-        self.ctl("await_startup")
+        self.ctl_until_done("start_app")
+        self.ctl_until_done("await_startup")
 
     def reachable(self) -> bool:
         """True when the node takes AMQP connections."""
