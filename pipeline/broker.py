@@ -164,6 +164,7 @@ class PipelineBroker(RabbitmqBroker):
             if self._publishing.broke:
                 # A publish broke after it may have reached RabbitMQ: the record stays, since a
                 # worker may yet run the job, and the caller is told the outcome is unknown.
+                self._emit_optional("after_enqueue_outcome_unknown", message)
                 raise PublishOutcomeUnknown(
                     f"RabbitMQ at {mask_url(self.settings.broker_url)} may or may not have taken message "
                     f"{message.message_id}: the connection broke while it was published ({exc}); look at "

@@ -88,34 +88,50 @@ class JobRecords(Middleware):
         return fields
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
-        """Send a new message's ``QUEUED`` record to Redis, its answer read later.
-
-        With publisher confirms, ``after_enqueue`` reads it once RabbitMQ has confirmed, so the
-        record costs no waiting of its own. Without, sending is fire-and-forget and so is the
-        record: its answer is read with the thread's next write, and a write Redis did not take
-        is logged then. For a retry, remember when it is due, for the ``RETRY`` record.
+        """With publisher confirms, send a new message's ``QUEUED`` record to Redis, its answer
+        read in ``after_enqueue`` once RabbitMQ has confirmed: the record costs no waiting of its
+        own. For a retry, remember when it is due, for the ``RETRY`` record.
         """
         if is_retry(message):
             self._local.retry_eta = message.options.get(ETA_OPTION)
             return
         self._drop_pending()
-        fields = self._describe(message)
         if self.store.settings.confirm_delivery:
+            fields = self._describe(message)
             self._local.pending = self.store.begin_write(message.message_id, JobState.QUEUED, **fields)
-        else:
-            self.store.begin_write(message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **fields)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Read the answer to the ``QUEUED`` write, waiting a moment at most: RabbitMQ has the
         message, so a Redis that is away or slow only costs the record, which the worker writes.
+
+        Without publisher confirms, sending is fire-and-forget and so is the record: the
+        ``QUEUED`` write is made now, after the publish (the message is on its way sooner), held
+        back to go to Redis together with the thread's next writes (within a few milliseconds),
+        and a write Redis did not take is logged once its answer is read.
         """
+        if is_retry(message):
+            return
+        if not self.store.settings.confirm_delivery:
+            self.store.write_soon(
+                message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **self._describe(message)
+            )
+            return
         pending = getattr(self._local, "pending", None)
-        if pending is not None and not is_retry(message):
+        if pending is not None:
             self._local.pending = None
             try:
                 pending.result(wait=QUEUED_ANSWER_WAIT)
             except ResultBackendUnavailable as exc:
                 _unwritten(message)(exc)
+
+    def after_enqueue_outcome_unknown(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        """The connection broke while ``message`` was published: RabbitMQ may have it, so its
+        record reads ``QUEUED`` (without publisher confirms, it was not written yet).
+        """
+        if not self.store.settings.confirm_delivery and not is_retry(message):
+            self.store.write_soon(
+                message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **self._describe(message)
+            )
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         """RabbitMQ did not take the message: take back its ``QUEUED`` record."""

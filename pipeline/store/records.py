@@ -31,8 +31,10 @@ from pipeline.job_record import JobRecord
 from pipeline.settings import Settings
 from pipeline.states import JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
+from pipeline.store.held_writes import HOLD_AT_MOST, HeldWritesSender
 from pipeline.store.keys import FAILURE_TTL
 from pipeline.store.write_line import (
+    MAX_HELD_WRITES,
     MAX_UNREAD_WRITES,
     WRITE_SCRIPT,
     PendingWrite,
@@ -112,6 +114,7 @@ class RecordStore:
         self._local = threading.local()
         # Every thread's write connection, for the answers still unread when the process ends.
         self._lines: weakref.WeakSet[WriteLine] = weakref.WeakSet()
+        self._held_sender = HeldWritesSender(self.send_held, HOLD_AT_MOST)
         atexit.register(self._settle_lines)
         self._kept: collections.deque[WriteCall] = collections.deque()
         self._kept_lock = threading.Lock()
@@ -146,6 +149,14 @@ class RecordStore:
             args += [name, json.dumps(value)]
         return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
 
+    def _line(self) -> WriteLine:
+        """This thread's write line (a new one in a forked child)."""
+        line = getattr(self._local, "line", None)
+        if line is None or line.pid != os.getpid():
+            line = self._local.line = WriteLine(self.redis.new_connection())
+            self._lines.add(line)
+        return line
+
     def send_call(
         self,
         call: WriteCall,
@@ -158,53 +169,134 @@ class RecordStore:
 
         ``command`` HGET reads the record's state instead (``call`` holds just the record's key).
         """
-        line = getattr(self._local, "line", None)
-        if line is None or line.pid != os.getpid():
-            line = self._local.line = WriteLine(self.redis.new_connection())
-            self._lines.add(line)
-        pending = pending or PendingWrite(self, line, call, keep, on_lost)
-        keys, args = call
-        packed = (
-            ("HGET", keys[0], "state") if command == "HGET" else ("EVALSHA", self._script.sha, len(keys), *keys, *args)
-        )
-        if command == "HGET":
-            pending.parse = state_reply
+        line = self._line()
+        if pending is None:
+            pending = self._pending(line, call, keep, on_lost)
+            if command == "HGET":
+                pending.command = ("HGET", call[0][0], "state")
+                pending.parse = state_reply
         with line.lock:
-            return self._send_on(line, pending, packed)
+            # Writes this thread held back go first: its writes reach Redis in order.
+            batch, line.held = [*line.held, pending], []
+            self._send_on(line, batch)
+        return pending
 
-    def _send_on(self, line: WriteLine, pending: PendingWrite, packed: tuple[Any, ...]) -> PendingWrite:
+    def _pending(
+        self,
+        line: WriteLine,
+        call: WriteCall,
+        keep: bool,
+        on_lost: Callable[[ResultBackendUnavailable], object] | None,
+    ) -> PendingWrite:
+        """A write of the write script, not sent yet."""
+        pending = PendingWrite(self, line, call, keep, on_lost)
+        keys, args = call
+        pending.command = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        return pending
+
+    def _send_on(self, line: WriteLine, batch: list[PendingWrite]) -> None:
+        """Send ``batch`` on ``line`` in one write; a write that cannot be sent is lost (kept, or
+        its loss told).
+        """
+        commands = [pending.command for pending in batch]
         try:
             if line.fresh:
                 # A new connection may reach a Redis that just started, without the script: a
                 # write's NOSCRIPT answer would only be read, and the write made, much later.
                 self.client.script_load(WRITE_SCRIPT)
             try:
-                line.send(*packed)
+                line.send(commands)
             except (redis.ConnectionError, redis.TimeoutError):
                 if line.fresh:
                     raise
                 # A connection Redis closed while idle: one new connection, one more try.
                 for lost in line.drop_connection():
                     lost.lost(redis.ConnectionError("connection lost"))
-                line.send(*packed)
+                line.send(commands)
             line.fresh = False
         except redis.RedisError as exc:
             for lost in line.drop_connection():
                 lost.lost(exc)
-            pending.lost(exc)
-            return pending
+            for pending in batch:
+                pending.lost(exc)
+            return
         line.last_sent = time.monotonic()
-        line.unread.append(pending)
+        line.unread.extend(batch)
         # Answers older than the last few have long arrived: reading them now costs no wait
         # and keeps unread answers from piling up in the socket.
         while len(line.unread) > MAX_UNREAD_WRITES:
             line.unread[0].settle()
-        return pending
+
+    def write_soon(
+        self,
+        message_id: str,
+        state: JobState,
+        /,
+        *,
+        on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Make the same write as :meth:`write` soon, sent together with this thread's others.
+
+        The write is held back, and goes out with the thread's next write that is not held, or
+        once :data:`MAX_HELD_WRITES` are held, or :data:`HOLD_AT_MOST` seconds after the oldest
+        was made (by this thread's next write, or another that watches), or before this thread's
+        next read, or at exit: one send to Redis for many writes, for writes nobody waits for
+        (an unconfirmed send's ``QUEUED``).
+
+        Parameters:
+          on_lost: Told why, when Redis did not take the write.
+
+        Raises:
+          TypeError: A field is not JSON-safe.
+        """
+        call = self._write_call(message_id, state, 0, fields)
+        line = self._line()
+        pending = self._pending(line, call, False, on_lost)
+        with line.lock:
+            line.held.append(pending)
+            if len(line.held) == 1:
+                line.held_since = time.monotonic()
+                self._held_sender.wake()
+            elif len(line.held) >= MAX_HELD_WRITES or time.monotonic() - line.held_since >= HOLD_AT_MOST:
+                self._send_held(line)
+
+    def _send_held(self, line: WriteLine) -> None:
+        """Send the writes ``line`` holds (its lock held)."""
+        if line.held:
+            batch, line.held = line.held, []
+            self._send_on(line, batch)
+
+    def send_held(self, older_than: float = 0.0) -> bool:
+        """Send the writes every thread of this process holds since ``older_than`` seconds or more.
+
+        Returns:
+          Whether a thread still holds writes.
+        """
+        now, holding = time.monotonic(), False
+        for line in list(self._lines):
+            if line.pid != os.getpid() or not line.held:
+                continue
+            with line.lock:
+                if line.held and now - line.held_since >= older_than:
+                    self._send_held(line)
+                holding = holding or bool(line.held)
+        return holding
+
+    def _make_own_held(self) -> None:
+        """Send the writes this thread holds and read their answers, so that its reads see them."""
+        line = getattr(self._local, "line", None)
+        if line is not None and line.held:
+            with line.lock:
+                self._send_held(line)
+                line.read_all()
 
     def settle_thread(self) -> None:
         """Read every answer this thread's writes still wait for (before the thread ends)."""
         line = getattr(self._local, "line", None)
         if line is not None:
+            with line.lock:
+                self._send_held(line)
             line.read_all()
 
     def settle_idle_lines(self, idle: float) -> None:
@@ -227,6 +319,7 @@ class RecordStore:
         """At exit, read the answers every thread's writes still wait for (a moment at most each):
         a write Redis did not take is then reported rather than never known.
         """
+        self.send_held()
         for line in list(self._lines):
             if line.pid == os.getpid():
                 line.read_all(IDLE_ANSWER_WAIT)
@@ -372,13 +465,17 @@ class RecordStore:
         return state
 
     def read(self, message_id: str) -> JobRecord | None:
-        """The record of ``message_id``, or None when there is none."""
+        """The record of ``message_id``, or None when there is none (this thread's own writes seen)."""
+        self._make_own_held()
         with self.translated():
             raw = cast("dict[str, str]", self.client.hgetall(self.keys.record(message_id)))
         return _decode(raw) if raw else None
 
     def state(self, message_id: str) -> JobState:
-        """The state of ``message_id``'s record; ``PENDING`` when there is none."""
+        """The state of ``message_id``'s record; ``PENDING`` when there is none (this thread's own
+        writes seen).
+        """
+        self._make_own_held()
         with self.translated():
             stored = cast("str | None", self.client.hget(self.keys.record(message_id), "state"))
         return JobState(json.loads(stored)) if stored else JobState.PENDING

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 WriteCall = tuple[list[str], list[Any]]
 
 #: Record writes a thread may have sent without reading their answers yet.
-MAX_UNREAD_WRITES = 32
+MAX_UNREAD_WRITES = 64
+#: Writes a thread may hold back to send together (see :attr:`WriteLine.held`); one more sends
+#: them all.
+MAX_HELD_WRITES = 32
 #: Error replies that pass (memory, a replica, a loading or busy server): a write that got one
 #: is kept and written again; any other error reply is final. redis-py turns some codes into
 #: types (and strips the code), the others stay in the text.
@@ -133,15 +136,19 @@ class WriteLine:
         self.lock = threading.RLock()
         #: When the last write went out (``time.monotonic()``).
         self.last_sent = 0.0
+        #: Writes held back, to go out together in one send (unconfirmed sends' records).
+        self.held: list[PendingWrite] = []
+        #: When the oldest held write was made (``time.monotonic()``).
+        self.held_since = 0.0
 
-    def send(self, *command: Any) -> None:
-        """Send ``command`` without reading its answer. A fresh connection is opened through its
-        own ``connect``, which a Sentinel-managed connection needs to find the current primary
-        (sending first would open it to the default host).
+    def send(self, commands: list[tuple[Any, ...]]) -> None:
+        """Send ``commands`` in one write to the socket, without reading their answers. A fresh
+        connection is opened through its own ``connect``, which a Sentinel-managed connection
+        needs to find the current primary (sending first would open it to the default host).
         """
         if self.fresh:
             self.connection.connect()
-        self.connection.send_command(*command)
+        self.connection.send_packed_command(self.connection.pack_commands(commands))
 
     def read_all(self, wait: float | None = None) -> None:
         """Read the answer of every write sent on the line (see :meth:`PendingWrite.settle`)."""
@@ -178,6 +185,8 @@ class PendingWrite:
         self._call = call
         self._keep = keep
         self._on_lost = on_lost
+        #: The command that makes the write: the write script's by default.
+        self.command: tuple[Any, ...] = ()
         self._outcome: tuple[bool, JobState] | None = None
         self._error: redis.RedisError | None = None
         #: Turns the answer into the outcome: the write script's by default.
