@@ -267,7 +267,8 @@ class JobRecords(Middleware):
     ) -> None:
         """Record ``SUCCESS``, ``RETRY`` or ``FAILURE`` from the outcome and the retry decision."""
         set_current_message_id(None)
-        attempt, started_at = getattr(self._local, "started", (0, now_iso()))
+        started = getattr(self._local, "started", None)
+        attempt, started_at = started if started is not None else (0, now_iso())
         retry_eta = getattr(self._local, "retry_eta", None)
         self._local.retry_eta = None
         # A start not written yet goes with the final write: one write for a quick job.
