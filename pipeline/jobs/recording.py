@@ -112,9 +112,7 @@ class JobRecords(Middleware):
         if is_retry(message):
             return
         if not self.store.settings.confirm_delivery:
-            self.store.write_soon(
-                message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **self._describe(message)
-            )
+            self._write_queued_soon(message)
             return
         pending = getattr(self._local, "pending", None)
         if pending is not None:
@@ -129,9 +127,13 @@ class JobRecords(Middleware):
         record reads ``QUEUED`` (without publisher confirms, it was not written yet).
         """
         if not self.store.settings.confirm_delivery and not is_retry(message):
-            self.store.write_soon(
-                message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **self._describe(message)
-            )
+            self._write_queued_soon(message)
+
+    def _write_queued_soon(self, message: dramatiq.Message[Any]) -> None:
+        """Hold back an unconfirmed send's ``QUEUED`` write, to go to Redis with the thread's next ones."""
+        self.store.write_soon(
+            message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **self._describe(message)
+        )
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         """RabbitMQ did not take the message: take back its ``QUEUED`` record."""

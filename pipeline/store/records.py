@@ -170,15 +170,11 @@ class RecordStore:
         ``command`` HGET reads the record's state instead (``call`` holds just the record's key).
         """
         line = self._line()
-        if pending is None:
-            pending = self._pending(line, call, keep, on_lost)
-            if command == "HGET":
-                pending.command = ("HGET", call[0][0], "state")
-                pending.parse = state_reply
+        pending = pending or self._pending(line, call, keep, on_lost, command)
         with line.lock:
-            # Writes this thread held back go first: its writes reach Redis in order.
-            batch, line.held = [*line.held, pending], []
-            self._send_on(line, batch)
+            # Sent after the writes this thread held back: its writes reach Redis in order.
+            line.held.append(pending)
+            self._send_held(line)
         return pending
 
     def _pending(
@@ -187,11 +183,16 @@ class RecordStore:
         call: WriteCall,
         keep: bool,
         on_lost: Callable[[ResultBackendUnavailable], object] | None,
+        command: str = "EVALSHA",
     ) -> PendingWrite:
-        """A write of the write script, not sent yet."""
+        """A write not sent yet: of the write script, or (``command`` HGET) a read of the state."""
         pending = PendingWrite(self, line, call, keep, on_lost)
         keys, args = call
-        pending.command = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        if command == "HGET":
+            pending.command = ("HGET", keys[0], "state")
+            pending.parse = state_reply
+        else:
+            pending.command = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
         return pending
 
     def _send_on(self, line: WriteLine, batch: list[PendingWrite]) -> None:
@@ -287,12 +288,12 @@ class RecordStore:
         """Send the writes this thread holds and read their answers, so that its reads see them."""
         line = getattr(self._local, "line", None)
         if line is not None and line.held:
-            with line.lock:
-                self._send_held(line)
-                line.read_all()
+            self.settle_thread()
 
     def settle_thread(self) -> None:
-        """Read every answer this thread's writes still wait for (before the thread ends)."""
+        """Send the writes this thread holds, and read every answer its writes still wait for
+        (before the thread ends).
+        """
         line = getattr(self._local, "line", None)
         if line is not None:
             with line.lock:

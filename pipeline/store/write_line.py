@@ -185,7 +185,7 @@ class PendingWrite:
         self._call = call
         self._keep = keep
         self._on_lost = on_lost
-        #: The command that makes the write: the write script's by default.
+        #: The command that makes the write, set by the store before it is sent.
         self.command: tuple[Any, ...] = ()
         self._outcome: tuple[bool, JobState] | None = None
         self._error: redis.RedisError | None = None
