@@ -89,16 +89,21 @@ class MessageChecks(Middleware):
             raise Refusal(refusal) from exc
 
 
+#: JSON as a message body holds it, without NaN or infinities (made once: ``json.dumps`` with
+#: an option builds a new encoder on every call).
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Refuse arguments that are not JSON values, naming the first such argument."""
     try:
-        json.dumps([args, kwargs], allow_nan=False)
+        _STRICT_JSON.encode([args, kwargs])
         return
     except (TypeError, ValueError):
         pass
     named = [(f"argument {n + 1}", value) for n, value in enumerate(args)] + [(repr(k), v) for k, v in kwargs.items()]
     for name, value in named:
         try:
-            json.dumps(value, allow_nan=False)
+            _STRICT_JSON.encode(value)
         except (TypeError, ValueError) as exc:
             raise Refusal(InvalidMessage(f"{actor_name}: {name} is not a JSON value ({exc})")) from None

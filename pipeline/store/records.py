@@ -40,6 +40,7 @@ from pipeline.store.write_line import (
     PendingWrite,
     WriteCall,
     WriteLine,
+    json_value,
     passes,
     state_reply,
 )
@@ -146,7 +147,7 @@ class RecordStore:
         ttl = max(self.settings.result_ttl, FAILURE_TTL) if state is JobState.FAILURE else self.settings.result_ttl
         args: list[Any] = ["" if state is None else rank(state, attempt), ttl, time.time_ns() // 1000]
         for name, value in fields.items():
-            args += [name, json.dumps(value)]
+            args += [name, json_value(value)]
         return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
 
     def _line(self) -> WriteLine:
