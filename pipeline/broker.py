@@ -31,9 +31,11 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, PipelineError, PublishOutcomeUnknown, QueueMismatch
+from pipeline.jobs.amqp_writes import buffer_acks, join_writes
 from pipeline.jobs.checks import MessageChecks, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, checks_finished
+from pipeline.jobs.hooks import HookTable
 from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.metrics import metrics_middleware
 from pipeline.jobs.prefetch import LongJobPrefetch
@@ -61,6 +63,7 @@ class PipelineBroker(RabbitmqBroker):
 
     def __init__(self, settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> None:
         self.settings = settings
+        self._hooks = HookTable()
         super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
         self._publishing = threading.local()
         for node in self._nodes():
@@ -69,6 +72,31 @@ class PipelineBroker(RabbitmqBroker):
                 # against, which fails every connection: name the node's, with the CA bundle.
                 context = ssl.create_default_context(cafile=str(settings.broker_ca_file or "") or None)
                 node.ssl_options = pika.SSLOptions(context, server_hostname=node.host)
+
+    def add_middleware(self, middleware: dramatiq.Middleware, **where: Any) -> None:
+        """Add ``middleware`` as Dramatiq does (``before=`` or ``after=`` a class)."""
+        super().add_middleware(middleware, **where)
+        self._hooks.clear()
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Dramatiq's ``emit_before``, calling only the middleware that act on the signal."""
+        signal = "before_" + signal
+        for middleware in self._hooks.acting(self.middleware, signal):
+            try:
+                getattr(middleware, signal)(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Dramatiq's ``emit_after``, calling only the middleware that act on the signal."""
+        signal = "after_" + signal
+        for middleware in reversed(self._hooks.acting(self.middleware, signal)):
+            try:
+                getattr(middleware, signal)(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
 
     def _nodes(self) -> list[Any]:
         return self._parameters if isinstance(self._parameters, list) else [self._parameters]
@@ -84,6 +112,18 @@ class PipelineBroker(RabbitmqBroker):
     @parameters.setter
     def parameters(self, value: Any) -> None:
         self._parameters = value
+
+    @property
+    def connection(self) -> Any:
+        """This thread's connection (Dramatiq's), writing each message's frames at once."""
+        connection = getattr(self.state, "connection", None)
+        if connection is None:
+            connection = join_writes(RabbitmqBroker.connection.fget(self))  # type: ignore[attr-defined]
+        return connection
+
+    @connection.deleter
+    def connection(self) -> None:
+        RabbitmqBroker.connection.fdel(self)  # type: ignore[attr-defined]
 
     @property
     def channel(self) -> Any:
@@ -113,9 +153,10 @@ class PipelineBroker(RabbitmqBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         """Dramatiq's consumer of ``queue_name``, which also asks, without waiting, whether each
-        delivery's job already finished (see :mod:`pipeline.jobs.finished`).
+        delivery's job already finished (see :mod:`pipeline.jobs.finished`), and sends the acks
+        of jobs that finished together (see :mod:`pipeline.jobs.amqp_writes`).
         """
-        consumer = super().consume(queue_name, prefetch, timeout)
+        consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
             return FinishedCheck(consumer, get_store(self.settings))
         return consumer
