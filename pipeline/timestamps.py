@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import time
 
-#: The last second formatted, and its text up to the seconds: a burst of jobs formats each
-#: second once (every job's record carries several timestamps).
-_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+#: Seconds formatted lately, to their text up to the seconds: a burst of jobs formats each second
+#: once (a job's record carries several timestamps, some from when it was sent, some from now).
+_seconds: dict[int, str] = {}
+#: Seconds kept in :data:`_seconds` at most; past it, the cache starts again.
+_KEEP_SECONDS = 512
 
 
 def now_iso() -> str:
@@ -17,11 +19,11 @@ def now_iso() -> str:
 
 def iso_from_millis(millis: int) -> str:
     """A Unix time in milliseconds (Dramatiq's ``eta``) in the format of :func:`now_iso`."""
-    global _last_second
     seconds, part = divmod(int(millis), 1000)
-    second, text = _last_second
-    if second != seconds:
+    text = _seconds.get(seconds)
+    if text is None:
+        if len(_seconds) >= _KEEP_SECONDS:
+            _seconds.clear()
         moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-        text = moment.isoformat(timespec="seconds").removesuffix("+00:00")
-        _last_second = (seconds, text)
+        text = _seconds[seconds] = moment.isoformat(timespec="seconds").removesuffix("+00:00")
     return f"{text}.{part:03d}+00:00"
