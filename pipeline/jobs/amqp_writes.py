@@ -15,6 +15,7 @@ that finished meanwhile go out together.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import pika
@@ -31,11 +32,16 @@ def join_writes(connection: pika.BlockingConnection) -> pika.BlockingConnection:
     transport joins them first (up to :data:`JOIN_AT_MOST` bytes), on this connection only.
 
     Returns:
-      ``connection``.
+      ``connection``; as pika made it where its transport is not the one this knows (a pika
+      release that changed it): the bytes are the same either way.
     """
-    transport: Any = connection._impl._transport
-    produce = transport._produce
-    chunks = transport._tx_buffers
+    transport: Any = getattr(connection._impl, "_transport", None)
+    produce = getattr(transport, "_produce", None)
+    chunks = getattr(transport, "_tx_buffers", None)
+    if produce is None or not isinstance(chunks, collections.deque):
+        return connection
+    if not hasattr(transport, "_tx_buffered_byte_count"):
+        return connection
 
     def joined_produce() -> None:
         if len(chunks) > 1 and transport._tx_buffered_byte_count <= JOIN_AT_MOST:
@@ -75,11 +81,13 @@ class BufferedAcks:
 
 
 def buffer_acks(consumer: Any) -> Any:
-    """Make Dramatiq's RabbitMQ ``consumer`` send its acks together, in one write.
+    """Make Dramatiq's RabbitMQ ``consumer`` send its acks together, in one write (where its
+    channel is pika's, as this knows it).
 
     Returns:
       ``consumer``.
     """
     join_writes(consumer.connection)
-    consumer.channel = BufferedAcks(consumer.channel)
+    if hasattr(consumer.channel, "_impl"):
+        consumer.channel = BufferedAcks(consumer.channel)
     return consumer
