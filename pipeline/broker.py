@@ -205,31 +205,17 @@ class PipelineBroker(RabbitmqBroker):
             if self._publishing.broke:
                 # A publish broke after it may have reached RabbitMQ: the record stays, since a
                 # worker may yet run the job, and the caller is told the outcome is unknown.
-                self._emit_optional("after_enqueue_outcome_unknown", message)
+                self.emit_after("enqueue_outcome_unknown", message)
                 raise PublishOutcomeUnknown(
                     f"RabbitMQ at {mask_url(self.settings.broker_url)} may or may not have taken message "
                     f"{message.message_id}: the connection broke while it was published ({exc}); look at "
                     "its AsyncResult before sending it again",
                     message.message_id,
                 ) from exc
-            self._emit_optional("after_enqueue_failure", message)
+            self.emit_after("enqueue_failure", message)
             raise self._unavailable(exc) from exc
         finally:
             self._publishing.message = None
-
-    def _emit_optional(self, signal: str, *args: Any) -> None:
-        """Call pipeline's own hook ``signal`` on the middleware that define it, in reverse order.
-
-        Failures are logged, not raised, as Dramatiq's ``emit_after`` does.
-        """
-        for middleware in reversed(self.middleware):
-            hook = getattr(middleware, signal, None)
-            if hook is None:
-                continue
-            try:
-                hook(self, *args)
-            except Exception:
-                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
 
     def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Tell every middleware a batch is ``before`` or ``after`` its enqueue.

@@ -13,14 +13,12 @@ from dramatiq.middleware import Middleware
 
 
 def acts_on(middleware: Middleware, signal: str) -> bool:
-    """Whether ``middleware``'s hook for ``signal`` does anything (is not the base class's no-op).
-
-    A middleware without the hook at all counts as acting: calling it fails as Dramatiq's own
-    emit would, and that failure is logged.
+    """Whether ``middleware``'s hook for ``signal`` does anything: it has one, and it is not the
+    base class's no-op. Pipeline's own signals (``after_enqueue_failure``, say) reach only the
+    middleware that define them.
     """
     hook = getattr(middleware, signal, None)
-    base = getattr(Middleware, signal, None)
-    return hook is None or base is None or getattr(hook, "__func__", None) is not base
+    return hook is not None and getattr(hook, "__func__", None) is not getattr(Middleware, signal, None)
 
 
 class HookTable:

@@ -44,8 +44,8 @@ def test_a_hook_left_as_the_base_no_op_does_not_act():
     assert acts_on(Noting("a", []), "before_enqueue")
     assert not acts_on(Silent(), "before_enqueue")
     assert not acts_on(Noting("a", []), "before_ack")
-    # No such hook at all: calling it must fail, as Dramatiq's emit does.
-    assert acts_on(Silent(), "before_something_else")
+    # A signal of pipeline's own reaches only the middleware that define its hook.
+    assert not acts_on(Silent(), "after_enqueue_failure")
 
 
 def test_the_table_follows_a_longer_list_of_middleware():
@@ -91,3 +91,21 @@ def test_a_middleware_error_before_reaches_the_caller(broker):
     with pytest.raises(MiddlewareError, match="refused"):
         broker.emit_before("enqueue", None, 0)
     assert calls == []
+
+
+class Undoing(Middleware):
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def after_enqueue_failure(self, broker, message):
+        self.calls.append("failure")
+
+
+def test_a_signal_of_pipelines_own_reaches_only_the_middleware_that_define_it(broker, caplog):
+    calls: list[str] = []
+    broker.add_middleware(Silent())
+    broker.add_middleware(Undoing(calls))
+    broker.add_middleware(Noting("a", calls))
+    with caplog.at_level(logging.CRITICAL):
+        broker.emit_after("enqueue_failure", None)
+    assert calls == ["failure"] and caplog.records == []
