@@ -121,7 +121,20 @@ def sentinel_setup(folder: Path, servers: list[ServerProcess], service: str) -> 
     servers.append(
         ServerProcess(
             ["redis-server", str(config), "--sentinel"],
-            lambda: redis.Redis(port=sentinel).execute_command("SENTINEL", "REPLICAS", service),
+            lambda: _replica_eligible(sentinel, service, replica),
         )
     )
     return primary, replica, sentinel
+
+
+def _replica_eligible(sentinel: int, service: str, replica: int) -> bool:
+    """Whether the sentinel could promote ``replica`` now: it lists it, and has read from the
+    replica itself that its link to the primary is up (until then a ``SENTINEL FAILOVER`` is
+    refused with ``NOGOODSLAVE``).
+    """
+    entries = redis.Redis(port=sentinel, decode_responses=True).execute_command("SENTINEL", "REPLICAS", service)
+    for entry in entries or []:
+        fields = dict(zip(entry[::2], entry[1::2], strict=True)) if isinstance(entry, list) else entry
+        if str(fields.get("port")) == str(replica):
+            return fields.get("flags") == "slave" and fields.get("master-link-status") == "ok"
+    return False
