@@ -126,6 +126,11 @@ def _count(row: int, field: str, value: Any) -> int:
     return number
 
 
+#: The earliest and latest date and time an Excel cell holds (its 1900 date system), in UTC.
+EARLIEST_CELL_TIME = datetime.datetime(1900, 1, 1)
+LATEST_CELL_TIME = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+
 def _timestamp(row: int, field: str, value: Any) -> datetime.datetime:
     if isinstance(value, datetime.datetime):
         moment = value
@@ -135,7 +140,15 @@ def _timestamp(row: int, field: str, value: Any) -> datetime.datetime:
         except ValueError:
             raise InvalidOrder(f"row {row}: {field} {value!r} is not an ISO 8601 date and time") from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise InvalidOrder(f"row {row}: {field} {value!r} falls outside the years 1 to 9999 in UTC") from None
+    if not EARLIEST_CELL_TIME <= moment <= LATEST_CELL_TIME:
+        raise InvalidOrder(
+            f"row {row}: {field} {value!r} is outside the dates an Excel cell holds "
+            f"({EARLIEST_CELL_TIME:%Y-%m-%d} to {LATEST_CELL_TIME:%Y-%m-%d}, UTC)"
+        )
     return moment
 
 

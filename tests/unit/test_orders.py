@@ -48,6 +48,29 @@ def test_a_bad_field_names_row_field_and_value(field, value, message):
     assert str(raised.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0001-01-01T00:00:00+01:00", "falls outside the years 1 to 9999 in UTC"),
+        ("9999-12-31T23:00:00-02:00", "falls outside the years 1 to 9999 in UTC"),
+        ("1899-12-31T23:59:59", "is outside the dates an Excel cell holds (1900-01-01 to 9999-12-31, UTC)"),
+        ("0001-01-01T00:00:00", "is outside the dates an Excel cell holds"),
+        (datetime.datetime(1850, 5, 1), "is outside the dates an Excel cell holds"),
+    ],
+)
+def test_a_date_at_the_edges_of_time_names_its_row_and_field(value, message):
+    with pytest.raises(InvalidOrder) as raised:
+        validate_order({**make_order(1), "created_at": value}, 17)
+    assert str(raised.value).startswith(f"row 17: created_at {value!r} ") and message in str(raised.value)
+
+
+def test_the_first_and_last_moments_excel_holds_are_taken():
+    first = validate_order({**make_order(1), "created_at": "1900-01-01T00:00:00Z"}, 1)
+    last = validate_order({**make_order(1), "created_at": "9999-12-31T23:59:59+00:00"}, 1)
+    assert first.created_at == datetime.datetime(1900, 1, 1)
+    assert last.created_at == datetime.datetime(9999, 12, 31, 23, 59, 59)
+
+
 def test_a_bad_item_names_its_position():
     raw = make_order(1)
     raw["items"][1]["quantity"] = 0
