@@ -1,5 +1,6 @@
 """The actors of pipeline. Workers run ``dramatiq pipeline.actors --queues QUEUE``; other
-services ``from pipeline.actors import ...`` and call ``.send()``.
+services ``from pipeline.actors import ...`` and call ``.send()``, and declare actors of their
+own with ``from pipeline.actors import actor``.
 
 Each actor is a thin declaration (queue, priority, retries, time limit) around a call into a
 domain module that knows nothing of Dramatiq.
@@ -21,13 +22,15 @@ from pipeline.export.sources import check_request
 from pipeline.job_id import derived_job_id
 from pipeline.jobs.actor_class import actor
 from pipeline.jobs.current import current_message_id, is_revoked, report_progress
-from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, priority_for
+from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, check_mail_request, priority_for
 from pipeline.mail.message import parse_addresses
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.settings import get_settings
 from pipeline.store.claims import Claims
 from pipeline.store.connection import get_redis
 from pipeline.store.exports import ExportMemory
+
+__all__ = ["actor", "export_orders", "ping", "send_email"]
 
 
 @actor(queue_name=DEFAULT_QUEUE, max_retries=0)
@@ -54,6 +57,7 @@ def _mail_priority(kwargs: Mapping[str, Any]) -> int:
     max_retries=get_settings().mail_max_retries,
     broker_priority=_mail_priority,
     bulk_priority=BULK_MAIL_PRIORITY,
+    check=check_mail_request,
 )
 def send_email(
     to: str | Sequence[str],

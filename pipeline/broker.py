@@ -17,27 +17,27 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 import pika
 import pika.exceptions
-from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
-from dramatiq.common import xq_name
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, MAX_DECLARE_ATTEMPTS, MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
+from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
-from pipeline.errors import BrokerUnavailable, PipelineError, PublishOutcomeUnknown, QueueMismatch
-from pipeline.jobs.amqp_writes import buffer_acks, join_writes
-from pipeline.jobs.checks import MessageChecks, refusals_raised
+from pipeline.errors import BrokerUnavailable, MessageTooLarge, PipelineError, PublishOutcomeUnknown, QueueMismatch
+from pipeline.jobs.checks import MessageChecks, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
-from pipeline.jobs.finished import FinishedCheck, checks_finished
-from pipeline.jobs.hooks import HookTable
+from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
 from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.metrics import metrics_middleware
+from pipeline.jobs.options import ETA_OPTION, RETRY_DUE_OPTION
+from pipeline.jobs.pika_adapter import buffer_acks
 from pipeline.jobs.prefetch import LongJobPrefetch
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.properties import connection_name, message_properties
@@ -56,16 +56,26 @@ PRECONDITION_FAILED = 406
 class PipelineBroker(RabbitmqBroker):
     """Dramatiq's RabbitMQ broker with per-queue priorities, batch sends and clear errors.
 
+    It builds on Dramatiq's public members only: it declares queues in :meth:`declare_queue`
+    and publishes in :meth:`enqueue`, each overridden as a whole, on the thread's
+    ``channel``; everything else (connections, consumers, middleware dispatch) is Dramatiq's.
+
     Parameters:
       settings: Gives the URL, the confirm mode and each queue's ``x-max-priority``.
       middleware: Passed on to Dramatiq; see :func:`build_broker` for pipeline's list.
+      received: The states the consumers ask for their deliveries, shared with the
+        job-records middleware (see :class:`~pipeline.jobs.finished.ReceivedStates`).
     """
 
-    def __init__(self, settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        middleware: list[dramatiq.Middleware] | None = None,
+        received: ReceivedStates | None = None,
+    ) -> None:
         self.settings = settings
-        self._hooks = HookTable()
+        self.received = received if received is not None else ReceivedStates(get_store(settings))
         super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
-        self._publishing = threading.local()
         for node in self._nodes():
             if node.ssl_options is not None:
                 # pika's amqps default checks the certificate but names no host to check it
@@ -73,33 +83,8 @@ class PipelineBroker(RabbitmqBroker):
                 context = ssl.create_default_context(cafile=str(settings.broker_ca_file or "") or None)
                 node.ssl_options = pika.SSLOptions(context, server_hostname=node.host)
 
-    def add_middleware(self, middleware: dramatiq.Middleware, **where: Any) -> None:
-        """Add ``middleware`` as Dramatiq does (``before=`` or ``after=`` a class)."""
-        super().add_middleware(middleware, **where)
-        self._hooks.clear()
-
-    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        """Dramatiq's ``emit_before``, calling only the middleware that act on the signal."""
-        signal = "before_" + signal
-        for middleware in self._hooks.acting(self.middleware, signal):
-            try:
-                getattr(middleware, signal)(self, *args, **kwargs)
-            except MiddlewareError:
-                raise
-            except Exception:
-                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
-
-    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        """Dramatiq's ``emit_after``, calling only the middleware that act on the signal."""
-        signal = "after_" + signal
-        for middleware in reversed(self._hooks.acting(self.middleware, signal)):
-            try:
-                getattr(middleware, signal)(self, *args, **kwargs)
-            except Exception:
-                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
-
     def _nodes(self) -> list[Any]:
-        return self._parameters if isinstance(self._parameters, list) else [self._parameters]
+        return self._node_parameters if isinstance(self._node_parameters, list) else [self._node_parameters]
 
     @property
     def parameters(self) -> Any:
@@ -107,86 +92,108 @@ class PipelineBroker(RabbitmqBroker):
         name = connection_name(self.settings.service_name)
         for node in self._nodes():
             node.client_properties = {"connection_name": name}
-        return self._parameters
+        return self._node_parameters
 
     @parameters.setter
     def parameters(self, value: Any) -> None:
-        self._parameters = value
+        self._node_parameters = value
 
-    @property
-    def connection(self) -> Any:
-        """This thread's connection (Dramatiq's), writing each message's frames at once."""
-        connection = getattr(self.state, "connection", None)
-        if connection is None:
-            connection = join_writes(RabbitmqBroker.connection.fget(self))  # type: ignore[attr-defined]
-        return connection
-
-    @connection.deleter
-    def connection(self) -> None:
-        RabbitmqBroker.connection.fdel(self)  # type: ignore[attr-defined]
-
-    @property
-    def channel(self) -> Any:
-        """This thread's channel (Dramatiq's), publishing with pipeline's properties and noting
-        when a publish on it broke midway.
+    def queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        """The arguments ``queue_name`` and its delay queue are declared with: dead letters to
+        its ``.XQ``, and its priority range (classic) or delivery limit (quorum).
         """
-        channel = RabbitmqBroker.channel.fget(self)  # type: ignore[attr-defined]
-        return _WatchedChannel(channel, self._publishing, self.settings.service_name)
+        canonical = q_name(queue_name)
+        dead_letters = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": xq_name(canonical)}
+        return dead_letters | queue_type_arguments(self.settings, canonical)
 
-    @channel.deleter
-    def channel(self) -> None:
-        RabbitmqBroker.channel.fdel(self)  # type: ignore[attr-defined]
+    def dead_letter_arguments(self) -> dict[str, Any]:
+        """The arguments of a dead-letter queue: Dramatiq's message TTL, and the queue type."""
+        arguments: dict[str, Any] = {"x-message-ttl": DEAD_MESSAGE_TTL}
+        if self.settings.queue_type == QUORUM:
+            arguments["x-queue-type"] = QUORUM
+        return arguments
 
-    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
-        arguments = super()._build_queue_arguments(queue_name)
-        arguments.pop("x-max-priority", None)
-        return arguments | queue_type_arguments(self.settings, queue_name)
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Declare a queue as Dramatiq does, and with ``ensure`` make it, its ``.DQ`` and ``.XQ``
+        on the server with pipeline's arguments.
 
-    def _declare_xq_queue(self, queue_name: str) -> Any:
-        return self._declare_checked(queue_name, self._declare_xq_of_type)
+        Raises:
+          QueueMismatch: The queue exists with other arguments.
+          ConnectionClosed: RabbitMQ could not be reached (``ensure`` only).
+        """
+        super().declare_queue(queue_name)
+        canonical = q_name(queue_name)
+        if not ensure or canonical not in self.queues_pending:
+            return
+        for attempt in range(1, MAX_DECLARE_ATTEMPTS + 1):
+            try:
+                self._declare_on_server(canonical)
+                break
+            except _PUBLISH_FAILURES as exc:
+                del self.connection
+                if attempt == MAX_DECLARE_ATTEMPTS:
+                    raise ConnectionClosed(exc) from None
+        self.queues_pending.discard(canonical)
 
-    def _declare_xq_of_type(self, queue_name: str) -> Any:
-        if self.settings.queue_type != QUORUM:
-            return super()._declare_xq_queue(queue_name)
-        arguments = {"x-message-ttl": DEAD_MESSAGE_TTL, "x-queue-type": QUORUM}
-        return self.channel.queue_declare(queue=xq_name(queue_name), durable=True, arguments=arguments)
+    def _declare_on_server(self, queue_name: str) -> list[Any]:
+        """Declare ``queue_name``, its delay and its dead-letter queue; RabbitMQ's answers."""
+        arguments = self.queue_arguments(queue_name)
+        declared = []
+        for name, each in (
+            (queue_name, arguments),
+            (dq_name(queue_name), arguments),
+            (xq_name(queue_name), self.dead_letter_arguments()),
+        ):
+            try:
+                declared.append(self.channel.queue_declare(queue=name, durable=True, arguments=each))
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != PRECONDITION_FAILED:
+                    raise
+                del self.channel
+                raise QueueMismatch(
+                    f"queue {name!r} already exists in RabbitMQ with other arguments than {each} "
+                    f"({exc.reply_text}); a queue's arguments are fixed when it is created: delete it (and "
+                    "its .DQ and .XQ) once it is drained, or set PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES "
+                    "and PIPELINE_DELIVERY_LIMIT to what it was declared with"
+                ) from exc
+        return declared
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        """Messages ready in ``queue_name``, its delay queue and its dead-letter queue."""
+        queue, delayed, dead = self._declare_on_server(q_name(queue_name))
+        return queue.method.message_count, delayed.method.message_count, dead.method.message_count
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         """Dramatiq's consumer of ``queue_name``, which also asks, without waiting, whether each
         delivery's job already finished (see :mod:`pipeline.jobs.finished`), and sends the acks
-        of jobs that finished together (see :mod:`pipeline.jobs.amqp_writes`).
+        of jobs that finished together (see :mod:`pipeline.jobs.pika_adapter`).
         """
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
-            return FinishedCheck(consumer, get_store(self.settings))
+            return FinishedCheck(consumer, self.received)
         return consumer
-
-    def _declare_queue(self, queue_name: str) -> Any:
-        return self._declare_checked(queue_name, super()._declare_queue)
-
-    def _declare_dq_queue(self, queue_name: str) -> Any:
-        return self._declare_checked(queue_name, super()._declare_dq_queue)
-
-    def _declare_checked(self, queue_name: str, declare: Any) -> Any:
-        try:
-            return declare(queue_name)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != PRECONDITION_FAILED:
-                raise
-            del self.channel
-            raise QueueMismatch(
-                f"queue {queue_name!r} already exists in RabbitMQ with other arguments than "
-                f"{self._build_queue_arguments(queue_name)} ({exc.reply_text}); a queue's arguments are "
-                "fixed when it is created: delete it (and its .DQ and .XQ) once it is drained, or set "
-                "PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES and PIPELINE_DELIVERY_LIMIT to what it was "
-                "declared with"
-            ) from exc
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
 
+    def _emit_own(self, signal: str, *args: Any) -> None:
+        """Tell the middleware that define it of a signal of pipeline's own (Dramatiq's do not)."""
+        for middleware in reversed(self.middleware):
+            hook = getattr(middleware, signal, None)
+            if hook is None:
+                continue
+            try:
+                hook(self, *args)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", signal, middleware, exc_info=True)
+
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-        """Publish ``message`` (after ``delay`` milliseconds); see Dramatiq's ``enqueue``.
+        """Publish ``message`` (after ``delay`` milliseconds) with pipeline's AMQP properties.
+
+        As Dramatiq's ``enqueue``: a delayed message goes to the queue's ``.DQ`` with its due
+        time (``eta``), middleware hear ``before_enqueue`` and ``after_enqueue``, and a publish
+        that fails is tried again on a new connection. A retry's due time is also noted on the
+        retried message (``retry_due``), where the job-records middleware reads it.
 
         Raises:
           BrokerUnavailable: RabbitMQ could not be reached or refused the message after the
@@ -194,28 +201,70 @@ class PipelineBroker(RabbitmqBroker):
           PublishOutcomeUnknown: The connection broke while the message was published, and the
             retries failed too: RabbitMQ may have it.
           InvalidPriority: The message's priority does not fit its queue.
+          InvalidMessage: The message could never be published (too large for the server).
         """
-        self._publishing.broke = False
-        self._publishing.message = message
-        try:
-            with refusals_raised():
-                return super().enqueue(message, delay=delay)
-        # pika lets a TLS failure (an unknown CA, a wrong host name) through as an OSError.
-        except (ConnectionClosed, OSError) as exc:
-            if self._publishing.broke:
-                # A publish broke after it may have reached RabbitMQ: the record stays, since a
-                # worker may yet run the job, and the caller is told the outcome is unknown.
-                self.emit_after("enqueue_outcome_unknown", message)
-                raise PublishOutcomeUnknown(
-                    f"RabbitMQ at {mask_url(self.settings.broker_url)} may or may not have taken message "
-                    f"{message.message_id}: the connection broke while it was published ({exc}); look at "
-                    "its AsyncResult before sending it again",
-                    message.message_id,
-                ) from exc
-            self.emit_after("enqueue_failure", message)
-            raise self._unavailable(exc) from exc
-        finally:
-            self._publishing.message = None
+        canonical = message.queue_name
+        queue_name = canonical
+        if delay is not None:
+            queue_name = dq_name(canonical)
+            due = current_millis() + delay
+            retried, message = message, message.copy(queue_name=queue_name, options={ETA_OPTION: due})
+            if is_retry(retried):
+                retried.options[RETRY_DUE_OPTION] = due
+        with refusals_raised():
+            self.emit_before("enqueue", message, delay)
+        body = message.encode()
+        properties = message_properties(message, self.settings.service_name)
+        broke = False
+        for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
+            try:
+                self.declare_queue(canonical, ensure=True)
+                try:
+                    self.channel.basic_publish(
+                        exchange="",
+                        routing_key=queue_name,
+                        body=body,
+                        properties=properties,
+                        # Unroutable messages are returned only with confirms (Dramatiq's rule).
+                        mandatory=self.confirm_delivery,
+                    )
+                except pika.exceptions.AMQPConnectionError:
+                    # Broken after the publish may have reached RabbitMQ.
+                    broke = True
+                    raise
+                break
+            # pika lets a TLS failure (an unknown CA, a wrong host name) through as an OSError.
+            except (*_PUBLISH_FAILURES, ConnectionClosed, OSError) as exc:
+                if _too_large(exc):
+                    # No retry can pass: the same body is refused again, so refuse it now.
+                    with contextlib.suppress(*_PUBLISH_FAILURES, OSError):
+                        del self.connection
+                    self._emit_own("after_enqueue_failure", message)
+                    raise MessageTooLarge(
+                        f"message {message.message_id} is {len(body):,} bytes, more than RabbitMQ at "
+                        f"{mask_url(self.settings.broker_url)} takes ({getattr(exc, 'reply_text', '')}): send a "
+                        "reference to the data (a file, a row id), not the data"
+                    ) from exc
+                if isinstance(exc, pika.exceptions.UnroutableError):
+                    self.queues_pending.add(canonical)
+                with contextlib.suppress(*_PUBLISH_FAILURES, OSError):
+                    del self.connection
+                if attempt < MAX_ENQUEUE_ATTEMPTS:
+                    continue
+                if broke:
+                    # The record stays, since a worker may yet run the job, and the caller is
+                    # told the outcome is unknown.
+                    self._emit_own("after_enqueue_outcome_unknown", message)
+                    raise PublishOutcomeUnknown(
+                        f"RabbitMQ at {mask_url(self.settings.broker_url)} may or may not have taken message "
+                        f"{message.message_id}: the connection broke while it was published ({exc}); look at "
+                        "its AsyncResult before sending it again",
+                        message.message_id,
+                    ) from exc
+                self._emit_own("after_enqueue_failure", message)
+                raise self._unavailable(exc) from exc
+        self.emit_after("enqueue", message, delay)
+        return message
 
     def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Tell every middleware a batch is ``before`` or ``after`` its enqueue.
@@ -299,30 +348,13 @@ class PipelineBroker(RabbitmqBroker):
                 channel.close()
 
 
-class _WatchedChannel:
-    """A channel that publishes ``state.message`` with pipeline's properties (Dramatiq's carry
-    only the priority), and notes in ``state.broke`` when the connection failed during a
-    publish, after which RabbitMQ may or may not have the message.
-    """
-
-    def __init__(self, channel: Any, state: threading.local, app_id: str) -> None:
-        self._channel = channel
-        self._state = state
-        self._app_id = app_id
-
-    def basic_publish(self, *args: Any, **kwargs: Any) -> None:
-        """Dramatiq's publish, watched."""
-        message = getattr(self._state, "message", None)
-        if message is not None:
-            kwargs["properties"] = message_properties(message, self._app_id)
-        try:
-            self._channel.basic_publish(*args, **kwargs)
-        except pika.exceptions.AMQPConnectionError:
-            self._state.broke = True
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._channel, name)
+def _too_large(exc: BaseException) -> bool:
+    """Whether RabbitMQ closed the channel because a message is over its ``max_message_size``."""
+    return (
+        isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+        and exc.reply_code == PRECONDITION_FAILED
+        and "max size" in exc.reply_text
+    )
 
 
 def build_broker(settings: Settings) -> PipelineBroker:
@@ -339,12 +371,13 @@ def build_broker(settings: Settings) -> PipelineBroker:
         max_backoff=settings.retry_max_backoff,
     )
     middleware = [retries if m is Retries else m() for m in default_middleware]
-    broker = PipelineBroker(settings, middleware=middleware)
+    received = ReceivedStates(get_store(settings))
+    broker = PipelineBroker(settings, middleware=middleware, received=received)
     extras = (
         MessageChecks(),
         MessagePriorities(settings),
-        JobRecords(get_store(settings)),
-        LongJobPrefetch(),
+        JobRecords(get_store(settings), received),
+        LongJobPrefetch(settings),
         ConsumerTimeoutCheck(settings),
         QueueTypeReport(settings),
         WorkerLogs(mask_url(settings.broker_url)),

@@ -58,6 +58,10 @@ class InvalidMessage(PermanentError):
     """A message's arguments failed its actor's send-time check; nothing was queued."""
 
 
+class MessageTooLarge(InvalidMessage):
+    """RabbitMQ refused a message for its size (its ``max_message_size``); nothing was queued."""
+
+
 class UndecodableMessage(PermanentError):
     """A delivered body is not a message Dramatiq can decode: it was dead-lettered unrun."""
 

@@ -72,7 +72,7 @@ def _queue_arguments(settings: Settings) -> str:
     api = ManagementApi.from_settings(settings)
     found = []
     for name in (DEFAULT_QUEUE, SLOW_QUEUE):
-        expected = broker._build_queue_arguments(name)
+        expected = broker.queue_arguments(name)
         try:
             declared = api.queue(broker_vhost(settings), name).get("arguments") or {}
         except PipelineError as exc:
@@ -94,10 +94,9 @@ def _queue_arguments(settings: Settings) -> str:
 
 
 def _priorities(settings: Settings) -> str:
-    from pipeline.broker import broker
     from pipeline.jobs.queue_types import priority_meaning, server_version
 
-    return priority_meaning(settings, server_version(broker))
+    return priority_meaning(settings, server_version(settings))
 
 
 def _consumer_timeout(settings: Settings) -> str:

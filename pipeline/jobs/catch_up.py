@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from pipeline.background import Background
 from pipeline.errors import ResultBackendUnavailable
-from pipeline.jobs.background import Background
 from pipeline.settings import mask_url
 from pipeline.store.records import RecordStore
 
@@ -14,8 +14,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two looks for kept writes while Redis answers.
 INTERVAL = 0.5
-#: Seconds without a write after which a thread's unread answers are read by this thread.
-IDLE_LINE = 0.2
 #: Seconds between two tries at most while Redis is away (the wait doubles up to it).
 MAX_INTERVAL = 10.0
 #: Seconds a stopping worker gives its last try.
@@ -23,9 +21,7 @@ STOP_WAIT = 2.0
 
 
 class CatchUp:
-    """A thread that writes the kept record writes once Redis takes writes again, and reads the
-    answers to the writes of worker threads that have had no work for a moment (a refused
-    write is then found and kept; see :meth:`~pipeline.store.records.RecordStore.settle_idle_lines`).
+    """A thread that writes the kept record writes once Redis takes writes again.
 
     Parameters:
       store: The store whose kept writes it makes.
@@ -52,7 +48,6 @@ class CatchUp:
         wait = INTERVAL
         url = mask_url(self.store.settings.redis_url)
         while not stop.wait(wait):
-            self.store.settle_idle_lines(IDLE_LINE)
             if not self.store.kept:
                 continue
             try:

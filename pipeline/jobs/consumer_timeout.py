@@ -1,8 +1,9 @@
 """At a worker's start, compare the consumer timeout RabbitMQ applies with the one the settings
 assume, so that a time limit the server would cut short is found before a job runs into it.
 
-The settings check every time limit against ``PIPELINE_RABBITMQ_CONSUMER_TIMEOUT``; the server's
-own value is what counts. RabbitMQ 3.12 and later let a queue carry its own timeout (argument
+How long a worker may hold a delivery comes from what the actors of each queue declare (see
+:mod:`pipeline.jobs.holds`), whichever service declared them; the server's own timeout is what
+counts. RabbitMQ 3.12 and later let a queue carry its own timeout (argument
 ``x-consumer-timeout`` or policy key ``consumer-timeout``), which the management API shows; the
 node-wide ``consumer_timeout`` of the server's config file is shown by no API, so without a
 per-queue value the setting is taken at its word, and the worker says so.
@@ -11,15 +12,16 @@ per-queue value the setting is taken at its word, and the worker says so.
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Mapping
 
 import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
+from pipeline.background import Background
 from pipeline.errors import ManagementUnavailable
+from pipeline.jobs.holds import holds
 from pipeline.management import ManagementApi, broker_vhost, queue_consumer_timeout
-from pipeline.queues import SLOW_QUEUE
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,21 +39,29 @@ class ConsumerTimeoutCheck(Middleware):
         self.settings = settings
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Start the check of the queues ``worker`` consumes."""
+        """Start the check of the queues ``worker`` consumes, against what their actors declare."""
         queues = sorted({q_name(queue) for queue in worker.consumers})
-        threading.Thread(target=self.report, args=(queues,), name="consumer-timeout-check", daemon=True).start()
+        held = holds(broker, queues, worker.worker_threads, worker.queue_prefetch)
+        Background("consumer-timeout-check", lambda _: self.report(queues, held)).start()
 
-    def report(self, queues: list[str]) -> None:
+    def report(self, queues: list[str], held: Mapping[str, int] | None = None) -> None:
         """Log what :meth:`findings` finds."""
-        for level, line in self.findings(queues):
+        for level, line in self.findings(queues, held):
             logger.log(level, line)
 
-    def findings(self, queues: list[str]) -> list[tuple[int, str]]:
-        """Compare each queue's timeout with the settings.
+    def findings(self, queues: list[str], held: Mapping[str, int] | None = None) -> list[tuple[int, str]]:
+        """Compare each queue's timeout with how long a worker may hold its deliveries.
+
+        Parameters:
+          queues: The queues consumed.
+          held: Milliseconds a worker may hold a delivery of each queue (see
+            :func:`~pipeline.jobs.holds.longest_hold`); pipeline's retry backoff
+            (``PIPELINE_RETRY_MAX_BACKOFF``) at least.
 
         Returns:
           Lines with their log levels (a WARNING is a timeout that needs a change).
         """
+        held = held or {}
         api = ManagementApi.from_settings(self.settings)
         assumed = self.settings.rabbitmq_consumer_timeout
         lines: list[tuple[int, str]] = []
@@ -62,7 +72,12 @@ class ConsumerTimeoutCheck(Middleware):
             lines.append((logging.INFO, f"Consumer timeout not read from the server ({exc}); assuming {assumed} ms"))
             found = {}
             version = ""
+        for queue in queues:
+            limit = max(self.settings.retry_max_backoff, held.get(queue, 0))
+            if queue not in found and limit >= assumed:
+                lines.append(self._too_long(queue, limit, assumed, "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT"))
         for queue, timeout in found.items():
+            limit = max(self.settings.retry_max_backoff, held.get(queue, 0))
             if timeout is None:
                 lines.append(
                     (
@@ -72,8 +87,9 @@ class ConsumerTimeoutCheck(Middleware):
                         "(PIPELINE_RABBITMQ_CONSUMER_TIMEOUT): keep it equal to the server's",
                     )
                 )
+                if limit >= assumed:
+                    lines.append(self._too_long(queue, limit, assumed, "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT"))
                 continue
-            limit = self._longest_hold(queue)
             if timeout <= limit:
                 lines.append(
                     (
@@ -93,11 +109,12 @@ class ConsumerTimeoutCheck(Middleware):
                 )
         return lines
 
-    def _longest_hold(self, queue: str) -> int:
-        """Milliseconds a worker may hold a delivery of ``queue``: a retry waiting out its backoff,
-        or (on the slow queue) an export running to its time limit.
-        """
-        hold = self.settings.retry_max_backoff
-        if queue == SLOW_QUEUE:
-            hold = max(hold, self.settings.export_time_limit * 1000)
-        return hold
+    @staticmethod
+    def _too_long(queue: str, hold: int, timeout: int, source: str) -> tuple[int, str]:
+        return (
+            logging.WARNING,
+            f"Queue {queue!r}: a worker may hold a delivery {hold} ms (its actors' time limits and retry "
+            f"backoff, and the prefetch), at or above the consumer timeout of {timeout} ms ({source}): RabbitMQ "
+            "will close the channel and deliver those jobs again, and again; lower the actor's time_limit or "
+            "the prefetch, or raise the queue's consumer timeout",
+        )

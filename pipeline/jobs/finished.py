@@ -1,10 +1,11 @@
 """Deliveries of jobs that already finished, asked about a batch at a time, without waiting.
 
 Another service may publish a message again, with the id of a job that ran. Asking Redis, for
-each delivery, whether its job finished would cost a round trip per job; instead the consumer
-reads every delivery already at hand and sends one read per delivery at once, without waiting
-for the answers (see :mod:`pipeline.store.state_line`): the worker thread that takes a delivery
-reads its answer, and the job-records middleware skips a job that finished.
+each delivery, whether its job finished would cost a round trip per job before it runs; instead
+the consumer hands a state read per delivery to the store's writer as it receives them, without
+waiting for the answers, and notes each future in :class:`ReceivedStates`, an object it shares
+with the job-records middleware: the worker thread that takes a delivery reads its answer there,
+and the middleware skips a job that finished.
 
 It also records the failure of a body Dramatiq cannot decode, which it dead-letters: such a
 body has no message id of its own, but the AMQP ``message_id`` property pipeline publishes
@@ -15,46 +16,91 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
+from concurrent.futures import Future
 from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name
 from dramatiq.errors import DecodeError
 
-from pipeline.errors import UndecodableMessage, shown
+from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
-from pipeline.store.state_line import StateLine
+from pipeline.store.writer import When
 from pipeline.timestamps import now_iso
 
 logger = logging.getLogger(__name__)
 
-#: Attribute a delivery gets: the state of its job when the consumer received it.
-STATE_ATTRIBUTE = "pipeline_state"
 #: Deliveries asked about in one round trip at most.
 MAX_BATCH = 256
+#: States asked about and not taken yet that are remembered at most (deliveries a middleware
+#: skipped before their state was taken are forgotten, oldest first, past it).
+MAX_ASKED = 10_000
 
 
-def state_when_received(message: Any) -> JobState | None:
-    """The state a delivery's job had when it was received; None when it was not asked."""
-    answer = getattr(message, STATE_ATTRIBUTE, None)
-    return answer.state() if answer is not None else None
+class ReceivedStates:
+    """The state each delivery's job had when the consumer received it, asked without waiting.
 
-
-class FinishedCheck(dramatiq.Consumer):
-    """A consumer that marks each delivery with its job's state, a batch per round trip.
+    The consumer (:class:`FinishedCheck`) asks; the job-records middleware takes the answer
+    when the delivery's job is about to run. Shared by both as an explicit object, so neither
+    leaves anything on the message for the other.
 
     Parameters:
-      inner: Dramatiq's consumer of the queue.
       store: The job records.
     """
 
-    def __init__(self, inner: Any, store: RecordStore) -> None:
-        self.inner = inner
+    def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self.states = StateLine(store.redis)
+        self._asked: dict[str, Future[JobState]] = {}
+        self._lock = threading.Lock()
+
+    def ask(self, message_ids: list[str]) -> None:
+        """Ask the state of each job without waiting."""
+        # Handed in together, then sent by this thread in one round trip (or with the batch of
+        # the thread sending): the answers are in before a worker thread takes the deliveries.
+        futures = [(message_id, self.store.state_soon(message_id, When.LATER)) for message_id in message_ids]
+        self.store.writer.send_waiting()
+        with self._lock:
+            self._asked.update(futures)
+            while len(self._asked) > MAX_ASKED:
+                del self._asked[next(iter(self._asked))]
+
+    def take(self, message_id: str) -> JobState | None:
+        """The state ``message_id``'s job had when received; None when it was not asked.
+
+        ``PENDING`` also when Redis failed to say: the job then runs, as it would without a record.
+        """
+        with self._lock:
+            future = self._asked.pop(message_id, None)
+        if future is None:
+            return None
+        try:
+            return self.store.answer(future)
+        except ResultBackendUnavailable as exc:
+            logger.debug("Job %s was not checked for a finished run: %s", message_id, exc)
+            return JobState.PENDING
+
+    def forget(self, message_id: str) -> None:
+        """Drop the question about a delivery that will not run (skipped before it started)."""
+        with self._lock:
+            self._asked.pop(message_id, None)
+
+
+class FinishedCheck(dramatiq.Consumer):
+    """A consumer that asks each delivery's job's state as it receives it, without waiting.
+
+    Parameters:
+      inner: Dramatiq's consumer of the queue.
+      received: Where the questions are noted, for the job-records middleware.
+    """
+
+    def __init__(self, inner: Any, received: ReceivedStates) -> None:
+        self.inner = inner
+        self.received = received
+        self.store = received.store
         self._ready: collections.deque[Any] = collections.deque()
         self._deliveries = inner.iterator = _Deliveries(inner.iterator)
 
@@ -88,7 +134,26 @@ class FinishedCheck(dramatiq.Consumer):
             method, properties, body = self._deliveries.last
             if method is not None:
                 self._record_undecodable(properties, body)
+        if message is not None:
+            problem = malformed(message)
+            if problem is not None:
+                self._refuse_malformed(message, problem)
+                return None
         return message
+
+    def _refuse_malformed(self, message: Any, problem: str) -> None:
+        """Dead-letter a decoded message whose fields no middleware can use, recording why."""
+        message_id = message.message_id
+        error = UndecodableMessage(f"message {shown(message_id)} cannot run: {problem}; dead-lettered")
+        logger.warning("A message on queue %r was dead-lettered: %s", self.inner.queue_name, error)
+        if is_job_id(message_id):
+            fields: dict[str, Any] = {"queue": q_name(self.inner.queue_name), "finished_at": now_iso()}
+            if isinstance(message.actor_name, str):
+                fields["actor"] = message.actor_name
+            error_record = error_info(error)
+            error_record.pop("traceback", None)
+            self.store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
+        self.inner.nack(message)
 
     def _record_undecodable(self, properties: Any, body: bytes) -> None:
         message_id = properties.message_id
@@ -115,16 +180,12 @@ class FinishedCheck(dramatiq.Consumer):
         error_record = error_info(error)
         error_record.pop("traceback", None)
         self.store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
-        self.store.settle_thread()
 
     def _mark(self, batch: list[Any]) -> None:
         # Asked without waiting: each answer is read by the worker thread that takes the
         # delivery. Redis failing to answer leaves it unknown, and the job runs (a worker never
         # stops for Redis), as if it had no record.
-        asked = [message for message in batch if is_job_id(message.message_id)]
-        answers = self.states.ask([message.message_id for message in asked])
-        for message, answer in zip(asked, answers, strict=True):
-            setattr(message, STATE_ATTRIBUTE, answer)
+        self.received.ask([message.message_id for message in batch if is_job_id(message.message_id)])
 
     def ack(self, message: Any) -> None:
         """Dramatiq's ack."""
@@ -160,6 +221,27 @@ class _Deliveries:
     def __next__(self) -> Any:
         self.last = next(self.iterator)
         return self.last
+
+
+#: The fields of a message and the types Dramatiq's middleware rely on.
+FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("actor_name", str, "text"),
+    ("args", (list, tuple), "a list"),
+    ("kwargs", dict, "an object"),
+    ("options", dict, "an object"),
+    ("message_timestamp", int, "a whole number of milliseconds"),
+)
+
+
+def malformed(message: Any) -> str | None:
+    """What makes a decoded message unusable (a field of the wrong type, as another service may
+    publish it), or None.
+    """
+    for field, kind, described in FIELD_TYPES:
+        value = getattr(message, field, None)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field} {shown(value)} is not {described}"
+    return None
 
 
 def checks_finished(queue_name: str) -> bool:

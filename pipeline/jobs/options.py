@@ -14,3 +14,6 @@ RETRIES_OPTION = "retries"
 ETA_OPTION = "eta"
 #: Message option counting the deliveries RabbitMQ repeated (a worker died holding the message).
 REDELIVERIES_OPTION = "pipeline_redeliveries"
+#: Message option the broker notes on a message it sends again for a retry: when the retry is
+#: due (Unix milliseconds), for the ``RETRY`` record.
+RETRY_DUE_OPTION = "retry_due"

@@ -18,6 +18,7 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
+from pipeline.management import ManagementApi
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,14 @@ def queue_type_arguments(settings: Settings, queue_name: str) -> dict[str, Any]:
     return {"x-max-priority": highest} if highest else {}
 
 
-def server_version(broker: dramatiq.Broker) -> tuple[int, ...]:
-    """The RabbitMQ version the broker's connection reached, as numbers (``(3, 10, 8)``)."""
-    properties = broker.connection._impl.server_properties  # type: ignore[attr-defined]
-    raw = properties.get("version", b"")
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+def server_version(settings: Settings) -> tuple[int, ...]:
+    """The version of the RabbitMQ the settings name, as numbers (``(3, 10, 8)``), as its
+    management API says.
+
+    Raises:
+      ManagementUnavailable: The management API did not answer.
+    """
+    text = ManagementApi.from_settings(settings).version()
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
@@ -73,7 +77,7 @@ class QueueTypeReport(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Log what priorities mean on the server this worker reached."""
         try:
-            version = server_version(broker)
+            version = server_version(self.settings)
         except Exception as exc:  # noqa: BLE001 - a report, never a reason not to start
             logger.info("Priorities: the RabbitMQ version could not be read (%s)", exc)
             return

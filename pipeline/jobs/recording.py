@@ -2,7 +2,9 @@
 
 It must stand before :class:`~pipeline.jobs.retries.PipelineRetries` in the broker's list:
 Dramatiq runs ``after_*`` hooks in reverse order, so the record is written once the retry
-decision is made.
+decision is made (a test fails when the order is changed). What it learns from the other
+middleware it reads on the message: ``message.failed``, the retry count, and the due time of a
+retry the broker noted (``retry_due``).
 
 Redis being away never stops a job: a sender logs one line and the worker writes the record;
 a worker keeps the writes Redis did not take and :class:`~pipeline.jobs.catch_up.CatchUp`
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import dramatiq
@@ -27,12 +30,19 @@ from pipeline.job_record import JobError, error_info
 from pipeline.jobs.catch_up import CatchUp
 from pipeline.jobs.checks import is_retry
 from pipeline.jobs.current import set_current_message_id
-from pipeline.jobs.finished import state_when_received
-from pipeline.jobs.options import BROKER_PRIORITY_OPTION, ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
+from pipeline.jobs.finished import ReceivedStates
+from pipeline.jobs.options import (
+    BROKER_PRIORITY_OPTION,
+    ETA_OPTION,
+    REDELIVERIES_OPTION,
+    RETRIES_OPTION,
+    RETRY_DUE_OPTION,
+)
 from pipeline.jobs.starts import DelayedStarts
 from pipeline.states import JobState
 from pipeline.store.records import QUEUED_ANSWER_WAIT, RecordStore
 from pipeline.store.revocations import RevocationWatcher
+from pipeline.store.writer import When
 from pipeline.timestamps import iso_from_millis, now_iso
 
 logger = logging.getLogger(__name__)
@@ -57,14 +67,20 @@ class JobRecords(Middleware):
 
     Parameters:
       store: Where the records go.
+      received: The states the consumer asked for its deliveries (see
+        :class:`~pipeline.jobs.finished.FinishedCheck`); a new, empty one when omitted.
     """
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, received: ReceivedStates | None = None) -> None:
         self.store = store
+        self.received = received if received is not None else ReceivedStates(store)
         self.watcher = RevocationWatcher(store.redis)
         self.starts = DelayedStarts(store, store.settings.started_after / 1000)
         self.catch_up = CatchUp(store)
-        self._local = threading.local()
+        # The attempt and start time of each running job, from before it runs to its end.
+        self._started: dict[str, tuple[int, str]] = {}
+        # The QUEUED write of each message being sent, from before its publish to after it.
+        self._queued: dict[str, Future[Any]] = {}
         # Failed messages whose FAILURE this process wrote, until their nack: a nack of any
         # other message (dead-lettered by a middleware) writes one itself.
         self._failed_here: set[str] = set()
@@ -93,32 +109,32 @@ class JobRecords(Middleware):
         own. For a retry, remember when it is due, for the ``RETRY`` record.
         """
         if is_retry(message):
-            self._local.retry_eta = message.options.get(ETA_OPTION)
             return
-        self._drop_pending()
         if self.store.settings.confirm_delivery:
             fields = self._describe(message)
-            self._local.pending = self.store.begin_write(message.message_id, JobState.QUEUED, **fields)
+            # Sent by the writer's thread while this one waits for RabbitMQ's confirm.
+            self._queued[message.message_id] = self.store.begin_write(
+                message.message_id, JobState.QUEUED, when=When.SOON, **fields
+            )
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Read the answer to the ``QUEUED`` write, waiting a moment at most: RabbitMQ has the
         message, so a Redis that is away or slow only costs the record, which the worker writes.
 
         Without publisher confirms, sending is fire-and-forget and so is the record: the
-        ``QUEUED`` write is made now, after the publish (the message is on its way sooner), held
-        back to go to Redis together with the thread's next writes (within a few milliseconds),
-        and a write Redis did not take is logged once its answer is read.
+        ``QUEUED`` write is made now, after the publish (the message is on its way sooner), sent
+        to Redis together with the process's other waiting writes, and a write Redis did not
+        take is logged once its answer is in.
         """
         if is_retry(message):
             return
         if not self.store.settings.confirm_delivery:
             self._write_queued_soon(message)
             return
-        pending = getattr(self._local, "pending", None)
+        pending = self._queued.pop(message.message_id, None)
         if pending is not None:
-            self._local.pending = None
             try:
-                pending.result(wait=QUEUED_ANSWER_WAIT)
+                self.store.answer(pending, wait=QUEUED_ANSWER_WAIT)
             except ResultBackendUnavailable as exc:
                 _unwritten(message)(exc)
 
@@ -126,33 +142,25 @@ class JobRecords(Middleware):
         """The connection broke while ``message`` was published: RabbitMQ may have it, so its
         record reads ``QUEUED`` (without publisher confirms, it was not written yet).
         """
+        self._queued.pop(message.message_id, None)
         if not self.store.settings.confirm_delivery and not is_retry(message):
             self._write_queued_soon(message)
 
     def _write_queued_soon(self, message: dramatiq.Message[Any]) -> None:
-        """Hold back an unconfirmed send's ``QUEUED`` write, to go to Redis with the thread's next ones."""
-        self.store.write_soon(
-            message.message_id, JobState.QUEUED, on_lost=_unwritten(message), **self._describe(message)
+        """Hand an unconfirmed send's ``QUEUED`` write to the writer, its answer not awaited."""
+        self.store.begin_write(
+            message.message_id, JobState.QUEUED, on_lost=_unwritten(message), when=When.LATER, **self._describe(message)
         )
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         """RabbitMQ did not take the message: take back its ``QUEUED`` record."""
-        self._drop_pending()
+        self._queued.pop(message.message_id, None)
         try:
-            # The QUEUED write went out on this thread's connection: once its answer is read,
-            # the record reads what it wrote.
-            self.store.settle_thread()
+            # The QUEUED write was handed to the writer before: this read comes after it.
             if self.store.state(message.message_id) is JobState.QUEUED:
                 self.store.delete(message.message_id)
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
-
-    def _drop_pending(self) -> None:
-        """Read and drop the answer of a send that never reached ``after_enqueue`` (the write stands)."""
-        pending = getattr(self._local, "pending", None)
-        if pending is not None:
-            self._local.pending = None
-            pending.cancel()
 
     def before_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Nothing to do before a batch: its records are written once RabbitMQ committed it."""
@@ -209,7 +217,7 @@ class JobRecords(Middleware):
         else:
             self._skip_if_finished(message)
         attempt = _attempt(message)
-        self._local.started = (attempt, fields["started_at"])
+        self._started[message.message_id] = (attempt, fields["started_at"])
         set_current_message_id(message.message_id)
         if self.starts.running:
             self.starts.add(message.message_id, attempt, fields)
@@ -220,11 +228,11 @@ class JobRecords(Middleware):
         """Skip a first delivery whose job already finished: another service published the
         message again, with the id of a job that ran. The skip is logged and counted.
         """
-        state = state_when_received(message)
+        state = self.received.take(message.message_id)
         if state is None:
             # Not received through the checking consumer: ask now.
             try:
-                state = self.store.state_in_line(message.message_id)
+                state = self.store.state(message.message_id)
             except ResultBackendUnavailable as exc:
                 logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
                 return
@@ -269,10 +277,10 @@ class JobRecords(Middleware):
     ) -> None:
         """Record ``SUCCESS``, ``RETRY`` or ``FAILURE`` from the outcome and the retry decision."""
         set_current_message_id(None)
-        started = getattr(self._local, "started", None)
+        started = self._started.pop(message.message_id, None)
         attempt, started_at = started if started is not None else (0, now_iso())
-        retry_eta = getattr(self._local, "retry_eta", None)
-        self._local.retry_eta = None
+        # Noted on the message by the broker when the retries middleware sent it again.
+        retry_due = message.options.pop(RETRY_DUE_OPTION, None)
         # A start not written yet goes with the final write: one write for a quick job.
         _, start_fields = self.starts.take(message.message_id)
         if isinstance(exception, JobStopped):
@@ -295,7 +303,7 @@ class JobRecords(Middleware):
             self._fail(message, attempt, error=error, **fields)
         else:
             fields.pop("finished_at")
-            due = iso_from_millis(retry_eta) if retry_eta else None
+            due = iso_from_millis(retry_due) if retry_due else None
             self._write(message, JobState.RETRY, attempt, error=error, next_attempt_at=due, **fields)
 
     def _fail(self, message: MessageProxy, attempt: int, **fields: Any) -> None:
@@ -314,6 +322,8 @@ class JobRecords(Middleware):
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Record ``FAILURE`` for a message a middleware failed and skipped (it is dead-lettered)."""
         set_current_message_id(None)
+        self.received.forget(message.message_id)
+        self._started.pop(message.message_id, None)
         if message.failed and is_job_id(message.message_id):
             self._fail(
                 message,
@@ -337,8 +347,8 @@ class JobRecords(Middleware):
             self._write(message, JobState.FAILURE, _attempt(message), error=error, finished_at=now_iso())
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
-        """Read the answers the thread's last writes still wait for."""
-        self.store.settle_thread()
+        """Wait for the answers the process's writes still wait for."""
+        self.store.flush()
 
 
 def _unwritten(message: dramatiq.Message[Any]) -> Callable[[ResultBackendUnavailable], None]:

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from pipeline.jobs.background import Background
+from pipeline.background import Background
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
 
@@ -75,7 +75,6 @@ class DelayedStarts:
         for message_id, (_, attempt, fields) in entries:
             # Kept and written later if Redis does not take it now.
             self.store.begin_write(message_id, JobState.STARTED, attempt=attempt, keep=True, **fields)
-        self.store.settle_thread()
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self.delay / 2):

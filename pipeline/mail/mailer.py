@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypedDict, cast
 
-from pipeline.errors import DeliveryUncertain, ResultBackendUnavailable, SmtpUnavailable
-from pipeline.mail.message import build_message
-from pipeline.mail.rendering import get_renderer
+from pipeline.errors import DeliveryUncertain, MailError, ResultBackendUnavailable, SmtpUnavailable
+from pipeline.mail.message import build_message, parse_addresses
+from pipeline.mail.rendering import check_template_request, get_renderer
 from pipeline.mail.smtp import SmtpSender
 from pipeline.settings import Settings
 
@@ -74,6 +74,26 @@ class SendClaims(Protocol):
 def priority_for(template: str) -> int:
     """The RabbitMQ priority of a mail of ``template`` when the sender gives none."""
     return TEMPLATE_PRIORITIES.get(template, DEFAULT_MAIL_PRIORITY)
+
+
+def check_mail_request(
+    to: object,
+    template: object,
+    context: object = None,
+    cc: object = None,
+    bcc: object = None,
+    reply_to: object = None,
+) -> None:
+    """Check a mail's arguments as a sender gives them: what can be told without the templates.
+
+    Raises:
+      MailError: An address, the template name or the context is not of a form a mail takes.
+    """
+    check_template_request(template, {} if context is None else context)
+    for name, value in (("to", to), ("cc", cc), ("bcc", bcc), ("reply_to", reply_to)):
+        parse_addresses(name, value)  # type: ignore[arg-type]
+    if not parse_addresses("to", to):  # type: ignore[arg-type]
+        raise MailError("to: at least one recipient is needed")
 
 
 class Mailer:

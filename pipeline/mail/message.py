@@ -17,7 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, getaddresses
 
-from pipeline.errors import MailError
+from pipeline.errors import MailError, shown
 from pipeline.mail.rendering import Rendered, check_header
 from pipeline.settings import Settings
 
@@ -63,6 +63,8 @@ def parse_addresses(name: str, values: str | Iterable[str] | None) -> list[tuple
     """
     if values is None:
         return []
+    if not isinstance(values, str | list | tuple):
+        raise MailError(f"{name}: {shown(values)} is not an address or a list of addresses")
     items = [values] if isinstance(values, str) else list(values)
     addresses = []
     for item in items:

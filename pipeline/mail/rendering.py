@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from pipeline.errors import HeaderInjection, MailError
+from pipeline.errors import HeaderInjection, MailError, shown
 from pipeline.header_text import first_header_breaker
 
 #: The folder of the templates that ship with pipeline, in a source checkout.
@@ -68,8 +68,7 @@ class TemplateRenderer:
             the context lacks a variable.
           HeaderInjection: The rendered subject holds a line break.
         """
-        if not TEMPLATE_NAME.fullmatch(name):
-            raise MailError(f"template name {name!r} is not a plain name (letters, digits, '_' and '-')")
+        check_template_request(name, context)
         with self._errors_named(f"{name}.txt"):
             text_template = self.environment.get_template(f"{name}.txt")
             blocks = text_template.new_context(dict(context))
@@ -114,6 +113,18 @@ def _line_of(exc: BaseException, filename: str) -> str:
         if frame.f_code.co_filename.endswith(filename):
             line = number
     return f"line {line} " if line is not None else ""
+
+
+def check_template_request(name: object, context: object) -> None:
+    """Check what a mail is rendered from, before anything is sent or queued.
+
+    Raises:
+      MailError: ``name`` is not a plain template name, or ``context`` not a mapping of names.
+    """
+    if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
+        raise MailError(f"template name {shown(name)} is not a plain name (letters, digits, '_' and '-')")
+    if not isinstance(context, Mapping) or not all(isinstance(key, str) for key in context):
+        raise MailError(f"context {shown(context)} is not a mapping of variable names to values")
 
 
 def check_header(name: str, value: str) -> str:

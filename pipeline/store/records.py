@@ -11,18 +11,17 @@ that pushes a snapshot of the record onto the job's done list when it reaches a 
 
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
 import functools
+import hashlib
 import json
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from concurrent.futures import Future
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -31,26 +30,16 @@ from pipeline.job_record import JobRecord
 from pipeline.settings import Settings
 from pipeline.states import JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
-from pipeline.store.held_writes import HOLD_AT_MOST, HeldWritesSender
 from pipeline.store.keys import FAILURE_TTL
-from pipeline.store.write_line import (
-    MAX_HELD_WRITES,
-    MAX_UNREAD_WRITES,
-    WRITE_SCRIPT,
-    PendingWrite,
-    WriteCall,
-    WriteLine,
-    json_value,
-    passes,
-    state_reply,
-)
+from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
+from pipeline.store.writer import RedisWriter, When
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Seconds a sender waits, after RabbitMQ's confirm, for the answer to its ``QUEUED`` write.
 QUEUED_ANSWER_WAIT = 0.25
-#: Seconds another thread (or the process at exit) waits for an idle line's unread answers.
-IDLE_ANSWER_WAIT = 0.5
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
 #: Seconds past a blocking wait's own end that Redis may take to answer it.
@@ -98,7 +87,9 @@ MAX_INDEX_WINDOW = 100_000
 class RecordStore:
     """Reads and writes job records in one Redis database.
 
-    Nothing connects until the first call. Redis errors surface as
+    Nothing connects until the first call. Every write and state read goes through the
+    process's :class:`~pipeline.store.writer.RedisWriter`, in the order they were made, so a
+    thread's reads see its own writes. Redis errors surface as
     :class:`~pipeline.errors.ResultBackendUnavailable` naming the URL (password masked). A
     write sent with ``keep=True`` (a worker's) that Redis does not take is kept instead, and
     :meth:`catch_up` writes it once Redis is back: every write is idempotent (ranks), so a late
@@ -112,11 +103,11 @@ class RecordStore:
         self.redis = redis
         self.settings = redis.settings
         self.keys = redis.keys
-        self._local = threading.local()
-        # Every thread's write connection, for the answers still unread when the process ends.
-        self._lines: weakref.WeakSet[WriteLine] = weakref.WeakSet()
-        self._held_sender = HeldWritesSender(self.send_held, HOLD_AT_MOST)
-        atexit.register(self._settle_lines)
+        self.writer = RedisWriter(redis, scripts=(WRITE_SCRIPT,))
+        self._sha = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
+        # A command's answer is awaited as long as redis-py may take to connect, send it and
+        # try once more on a new connection.
+        self._answer_wait = self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + WAIT_MARGIN
         self._kept: collections.deque[WriteCall] = collections.deque()
         self._kept_lock = threading.Lock()
         self.dropped = 0
@@ -150,181 +141,46 @@ class RecordStore:
             args += [name, json_value(value)]
         return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
 
-    def _line(self) -> WriteLine:
-        """This thread's write line (a new one in a forked child)."""
-        line = getattr(self._local, "line", None)
-        if line is None or line.pid != os.getpid():
-            line = self._local.line = WriteLine(self.redis.new_connection())
-            self._lines.add(line)
-        return line
-
-    def send_call(
+    def _send(
         self,
         call: WriteCall,
-        keep: bool,
-        pending: PendingWrite | None = None,
-        command: str = "EVALSHA",
+        keep: bool = False,
         on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
-    ) -> PendingWrite:
-        """Send one write on this thread's own connection; its answer is read later, in order.
+        when: When = When.NOW,
+    ) -> Future[tuple[bool, JobState]]:
+        """Hand one write to the writer; keep it, or tell ``on_lost``, when Redis does not take it."""
+        keys, args = call
+        future = self.writer.submit("EVALSHA", self._sha, len(keys), *keys, *args, parse=script_reply, when=when)
+        if keep or on_lost is not None:
+            future.add_done_callback(functools.partial(self._after_write, call, keep, on_lost))
+        return future
 
-        ``command`` HGET reads the record's state instead (``call`` holds just the record's key).
-        """
-        line = self._line()
-        pending = pending or self._pending(line, call, keep, on_lost, command)
-        with line.lock:
-            # Sent after the writes this thread held back: its writes reach Redis in order.
-            line.held.append(pending)
-            self._send_held(line)
-        return pending
-
-    def _pending(
+    def _after_write(
         self,
-        line: WriteLine,
         call: WriteCall,
         keep: bool,
         on_lost: Callable[[ResultBackendUnavailable], object] | None,
-        command: str = "EVALSHA",
-    ) -> PendingWrite:
-        """A write not sent yet: of the write script, or (``command`` HGET) a read of the state."""
-        pending = PendingWrite(self, line, call, keep, on_lost)
-        keys, args = call
-        if command == "HGET":
-            pending.command = ("HGET", keys[0], "state")
-            pending.parse = state_reply
-        else:
-            pending.command = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
-        return pending
-
-    def _send_on(self, line: WriteLine, batch: list[PendingWrite]) -> None:
-        """Send ``batch`` on ``line`` in one write; a write that cannot be sent is lost (kept, or
-        its loss told).
-        """
-        commands = [pending.command for pending in batch]
-        try:
-            if line.fresh:
-                # A new connection may reach a Redis that just started, without the script: a
-                # write's NOSCRIPT answer would only be read, and the write made, much later.
-                self.client.script_load(WRITE_SCRIPT)
-            try:
-                line.send(commands)
-            except (redis.ConnectionError, redis.TimeoutError):
-                if line.fresh:
-                    raise
-                # A connection Redis closed while idle: one new connection, one more try.
-                for lost in line.drop_connection():
-                    lost.lost(redis.ConnectionError("connection lost"))
-                line.send(commands)
-            line.fresh = False
-        except redis.RedisError as exc:
-            for lost in line.drop_connection():
-                lost.lost(exc)
-            for pending in batch:
-                pending.lost(exc)
-            return
-        line.last_sent = time.monotonic()
-        line.unread.extend(batch)
-        # Answers older than the last few have long arrived: reading them now costs no wait
-        # and keeps unread answers from piling up in the socket.
-        while len(line.unread) > MAX_UNREAD_WRITES:
-            line.unread[0].settle()
-
-    def write_soon(
-        self,
-        message_id: str,
-        state: JobState,
-        /,
-        *,
-        on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
-        **fields: Any,
+        future: Future[tuple[bool, JobState]],
     ) -> None:
-        """Make the same write as :meth:`write` soon, sent together with this thread's others.
+        error = future.exception()
+        if error is None:
+            return
+        if keep:
+            self.keep(call)
+        elif on_lost is not None and isinstance(error, ResultBackendUnavailable):
+            on_lost(error)
 
-        The write is held back, and goes out with the thread's next write that is not held, or
-        once :data:`MAX_HELD_WRITES` are held, or :data:`HOLD_AT_MOST` seconds after the oldest
-        was made (by this thread's next write, or another that watches), or before this thread's
-        next read, or at exit: one send to Redis for many writes, for writes nobody waits for
-        (an unconfirmed send's ``QUEUED``).
-
-        Parameters:
-          on_lost: Told why, when Redis did not take the write.
-
-        Raises:
-          TypeError: A field is not JSON-safe.
+    def _answer(self, future: Future[T], what: str, timeout: float | None = None) -> T:
+        """The answer to a command handed to the writer, awaited a bounded time: ``timeout``
+        seconds (the caller's, for a command sent by the writer's thread), else as long as
+        Redis may take.
         """
-        call = self._write_call(message_id, state, 0, fields)
-        line = self._line()
-        pending = self._pending(line, call, False, on_lost)
-        with line.lock:
-            line.held.append(pending)
-            if len(line.held) == 1:
-                line.held_since = time.monotonic()
-                self._held_sender.wake()
-            elif len(line.held) >= MAX_HELD_WRITES or time.monotonic() - line.held_since >= HOLD_AT_MOST:
-                self._send_held(line)
-
-    def _send_held(self, line: WriteLine) -> None:
-        """Send the writes ``line`` holds (its lock held)."""
-        if line.held:
-            batch, line.held = line.held, []
-            self._send_on(line, batch)
-
-    def send_held(self, older_than: float = 0.0) -> bool:
-        """Send the writes every thread of this process holds since ``older_than`` seconds or more.
-
-        Returns:
-          Whether a thread still holds writes.
-        """
-        now, holding = time.monotonic(), False
-        for line in list(self._lines):
-            if line.pid != os.getpid() or not line.held:
-                continue
-            with line.lock:
-                if line.held and now - line.held_since >= older_than:
-                    self._send_held(line)
-                holding = holding or bool(line.held)
-        return holding
-
-    def _make_own_held(self) -> None:
-        """Send the writes this thread holds and read their answers, so that its reads see them."""
-        line = getattr(self._local, "line", None)
-        if line is not None and line.held:
-            self.settle_thread()
-
-    def settle_thread(self) -> None:
-        """Send the writes this thread holds, and read every answer its writes still wait for
-        (before the thread ends).
-        """
-        line = getattr(self._local, "line", None)
-        if line is not None:
-            with line.lock:
-                self._send_held(line)
-            line.read_all()
-
-    def settle_idle_lines(self, idle: float) -> None:
-        """Read the answers of every thread's writes sent ``idle`` seconds ago or more, on lines
-        no thread is using: a thread whose writes wait for no answer of their own (a worker's)
-        does not wait for them either, and a write Redis refused is still found (and kept)
-        while its thread has no more work.
-        """
-        now = time.monotonic()
-        for line in list(self._lines):
-            if line.pid != os.getpid() or not line.unread or now - line.last_sent < idle:
-                continue
-            if line.lock.acquire(blocking=False):
-                try:
-                    line.read_all(IDLE_ANSWER_WAIT)
-                finally:
-                    line.lock.release()
-
-    def _settle_lines(self) -> None:
-        """At exit, read the answers every thread's writes still wait for (a moment at most each):
-        a write Redis did not take is then reported rather than never known.
-        """
-        self.send_held()
-        for line in list(self._lines):
-            if line.pid == os.getpid():
-                line.read_all(IDLE_ANSWER_WAIT)
+        try:
+            if timeout is None:
+                return self.writer.answer(future, self._answer_wait)
+            return self.writer.answer(future, timeout, send=False)
+        except ResultBackendUnavailable as exc:
+            raise ResultBackendUnavailable(f"{what}: {exc}") from exc.__cause__
 
     def write(self, message_id: str, state: JobState, /, *, attempt: int = 0, **fields: Any) -> tuple[bool, JobState]:
         """Move ``message_id``'s record to ``state`` with ``fields``, if that is forward.
@@ -342,7 +198,8 @@ class RecordStore:
           ResultBackendUnavailable: Redis failed; the write may not have been made.
           TypeError: A field is not JSON-safe.
         """
-        return self.send_call(self._write_call(message_id, state, attempt, fields), keep=False).result()
+        future = self._send(self._write_call(message_id, state, attempt, fields))
+        return self._answer(future, f"the write of job {message_id}")
 
     def begin_write(
         self,
@@ -353,23 +210,40 @@ class RecordStore:
         attempt: int = 0,
         keep: bool = False,
         on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
+        when: When = When.NOW,
         **fields: Any,
-    ) -> PendingWrite:
-        """Send the same write as :meth:`write` without waiting for Redis's answer.
+    ) -> Future[tuple[bool, JobState]]:
+        """Hand the same write as :meth:`write` to the writer without waiting for Redis's answer.
 
-        The caller does other waiting meanwhile (a publisher confirm) and then calls
-        :meth:`PendingWrite.result`, or never asks: a worker's writes are read with the thread's
-        next write.
+        The caller does other waiting meanwhile (a publisher confirm) and then asks the future
+        (see :meth:`answer`), or never asks: a worker's writes are made as soon as the writer
+        sends them, together with the process's other waiting writes.
 
         Parameters:
           keep: Keep the write, to be made by :meth:`catch_up`, when Redis does not take it.
           on_lost: Told why, when Redis did not take the write (and ``keep`` is false): for a
             write whose answer nobody waits for.
+          when: Who sends it: this thread (``NOW``, unless another is sending), the writer's
+            thread at once (``SOON``) or within a few milliseconds (``LATER``); see
+            :class:`~pipeline.store.writer.When`.
 
         Raises:
           TypeError: A field is not JSON-safe.
         """
-        return self.send_call(self._write_call(message_id, state, attempt, fields), keep, on_lost=on_lost)
+        return self._send(self._write_call(message_id, state, attempt, fields), keep, on_lost, when)
+
+    def answer(self, future: Future[T], wait: float | None = None) -> T:
+        """The answer to a write or read handed to the writer, waiting ``wait`` seconds at most
+        (None: sent by this thread if it still waits, and as long as Redis may take).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, refused the write, or did not answer in time.
+        """
+        return self._answer(future, "a record command", wait)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every write handed to the writer so far is answered; whether in time."""
+        return self.writer.flush(self._answer_wait if timeout is None else timeout)
 
     def keep(self, call: WriteCall) -> None:
         """Keep a write Redis did not take, for :meth:`catch_up` (dropping the oldest past the bound)."""
@@ -427,7 +301,7 @@ class RecordStore:
                 return written
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Write ``QUEUED`` records for many messages in one round trip.
+        """Write ``QUEUED`` records for many messages, sent together.
 
         Parameters:
           records: Record fields, each with its ``message_id``.
@@ -435,12 +309,11 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
-        with self.translated():
-            pipe = self.client.pipeline(transaction=False)
-            for fields in records:
-                keys, args = self._write_call(fields["message_id"], JobState.QUEUED, 0, fields)
-                self._script(keys=keys, args=args, client=pipe)
-            pipe.execute()
+        calls = [self._write_call(fields["message_id"], JobState.QUEUED, 0, fields) for fields in records]
+        futures = [self._send(call, when=When.LATER) for call in calls]
+        self.writer.send_waiting()
+        for future in futures:
+            self._answer(future, "a QUEUED write")
 
     def update(self, message_id: str, /, **fields: Any) -> bool:
         """Set ``fields`` on an unfinished record without changing its state.
@@ -451,36 +324,38 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
-        applied, _ = self.send_call(self._write_call(message_id, None, 0, fields), keep=False).result()
+        future = self._send(self._write_call(message_id, None, 0, fields))
+        applied, _ = self._answer(future, f"the update of job {message_id}")
         return applied
 
-    def state_in_line(self, message_id: str) -> JobState:
-        """The state of ``message_id``'s record, read on this thread's write connection.
+    def state_soon(self, message_id: str, when: When = When.SOON) -> Future[JobState]:
+        """Ask the state of ``message_id``'s record; the future holds it (``PENDING`` when there
+        is none). ``when`` says who sends the read (see :class:`~pipeline.store.writer.When`).
+        """
+        return self.writer.submit("HGET", self.keys.record(message_id), "state", parse=stored_state, when=when)
 
-        One round trip that also brings the answers to the thread's earlier writes, without the
-        connection pool: the hot path of a worker asking whether a job already finished.
+    def read(self, message_id: str, timeout: float | None = None) -> JobRecord | None:
+        """The record of ``message_id``, or None when there is none (this process's writes
+        handed in before seen).
 
         Raises:
-          ResultBackendUnavailable: Redis failed.
+          ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
         """
-        _, state = self.send_call(([self.keys.record(message_id)], []), keep=False, command="HGET").result()
-        return state
-
-    def read(self, message_id: str) -> JobRecord | None:
-        """The record of ``message_id``, or None when there is none (this thread's own writes seen)."""
-        self._make_own_held()
-        with self.translated():
-            raw = cast("dict[str, str]", self.client.hgetall(self.keys.record(message_id)))
+        when = When.NOW if timeout is None else When.SOON
+        future = self.writer.submit("HGETALL", self.keys.record(message_id), when=when)
+        raw = cast("dict[str, str]", self._answer(future, f"the read of job {message_id}", timeout))
         return _decode(raw) if raw else None
 
-    def state(self, message_id: str) -> JobState:
-        """The state of ``message_id``'s record; ``PENDING`` when there is none (this thread's own
-        writes seen).
+    def state(self, message_id: str, timeout: float | None = None) -> JobState:
+        """The state of ``message_id``'s record; ``PENDING`` when there is none (this process's
+        writes handed in before seen).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
         """
-        self._make_own_held()
-        with self.translated():
-            stored = cast("str | None", self.client.hget(self.keys.record(message_id), "state"))
-        return JobState(json.loads(stored)) if stored else JobState.PENDING
+        when = When.NOW if timeout is None else When.SOON
+        future = self.writer.submit("HGET", self.keys.record(message_id), "state", parse=stored_state, when=when)
+        return self._answer(future, f"the state of job {message_id}", timeout)
 
     def count_duplicate(self) -> int:
         """Count one more message that was not run because its job had finished; the count so far.
@@ -488,8 +363,7 @@ class RecordStore:
         Returns 0 when Redis failed (the count is a statistic, never a reason to fail).
         """
         try:
-            with self.translated():
-                return int(cast("int", self.client.incr(self.keys.duplicates)))
+            return int(self._answer(self.writer.submit("INCR", self.keys.duplicates), "a count"))
         except ResultBackendUnavailable:
             return 0
 
@@ -504,26 +378,26 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
-        with self.translated():
-            moved = self.client.eval(
-                REQUEUE_SCRIPT,
-                3,
-                self.keys.record(message_id),
-                self.keys.done(message_id),
-                self.keys.index,
-                json.dumps(JobState.FAILURE.value),
-                json.dumps(JobState.QUEUED.value),
-                rank(JobState.QUEUED),
-                json.dumps(requeued_at),
-                self.settings.result_ttl,
-            )
-        return bool(moved)
+        future = self.writer.submit(
+            "EVAL",
+            REQUEUE_SCRIPT,
+            3,
+            self.keys.record(message_id),
+            self.keys.done(message_id),
+            self.keys.index,
+            json.dumps(JobState.FAILURE.value),
+            json.dumps(JobState.QUEUED.value),
+            rank(JobState.QUEUED),
+            json.dumps(requeued_at),
+            self.settings.result_ttl,
+        )
+        return bool(self._answer(future, f"the requeue of job {message_id}"))
 
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record; True if there was one."""
         keys = (self.keys.record(message_id), self.keys.done(message_id), self.keys.index)
-        with self.translated():
-            return bool(self.client.eval(DELETE_SCRIPT, 3, *keys))
+        future = self.writer.submit("EVAL", DELETE_SCRIPT, 3, *keys)
+        return bool(self._answer(future, f"the removal of job {message_id}"))
 
     def recent(
         self, *, state: JobState | None = None, actor: str | None = None, since: float = 0.0, limit: int = 50

@@ -19,6 +19,7 @@ import time
 
 import redis
 
+from pipeline.background import Background
 from pipeline.settings import mask_url
 from pipeline.store.connection import RedisConnection
 
@@ -76,14 +77,13 @@ class RevocationWatcher:
         self.redis = redis
         self.ttl = redis.settings.result_ttl
         self._revoked: dict[str, float] = {}
-        self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("pipeline-revocations", self._watch)
 
     @property
     def running(self) -> bool:
         """True once the watcher has loaded the revocations and listens for new ones."""
-        return self._ready.is_set() and self._thread is not None and self._thread.is_alive()
+        return self._ready.is_set() and self._background.running
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the watching thread and wait until it knows every earlier revocation.
@@ -93,11 +93,9 @@ class RevocationWatcher:
         ask Redis directly.
         """
         global _current
-        if self._thread is not None:
+        if self._background.running:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="pipeline-revocations", daemon=True)
-        self._thread.start()
+        self._background.start()
         _current = self
         self._ready.wait(timeout)
 
@@ -106,20 +104,17 @@ class RevocationWatcher:
         global _current
         if _current is self:
             _current = None
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(STOP_WAIT)
-        self._thread = None
+        self._background.stop(STOP_WAIT)
         self._ready.clear()
 
     def __contains__(self, message_id: str) -> bool:
         return message_id in self._revoked
 
-    def _watch(self) -> None:
+    def _watch(self, stop: threading.Event) -> None:
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         delay = RECONNECT_DELAY
         client = self.redis.client
-        while not self._stop.is_set():
+        while not stop.is_set():
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 # Subscribe first, then load: a revocation made in between is seen twice, never missed.
@@ -131,7 +126,7 @@ class RevocationWatcher:
                     logger.warning("Revocation watcher reached Redis at %s again.", self._url)
                 delay = RECONNECT_DELAY
                 self._ready.set()
-                while not self._stop.is_set():
+                while not stop.is_set():
                     message = pubsub.get_message(timeout=POLL_SLICE)
                     if message is not None:
                         self._revoked[_text(message["data"])] = time.time() + self.ttl
@@ -150,7 +145,7 @@ class RevocationWatcher:
                     exc,
                     MAX_RECONNECT_DELAY,
                 )
-                self._stop.wait(delay)
+                stop.wait(delay)
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)
             finally:
                 pubsub.close()

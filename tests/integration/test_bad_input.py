@@ -106,6 +106,52 @@ REFUSED_AT_SEND = {
     "NUL in the file name": (export_orders, (), {"file": "q3\x00.csv"}, InvalidMessage, "file must be a path"),
     "file not a string": (export_orders, (), {"file": ["q3.csv"]}, InvalidMessage, "file must be a path"),
     "notify not an address": (export_orders, (), {"filter": {}, "notify": "boss"}, InvalidMessage, "notify"),
+    "to a number": (
+        send_email,
+        (),
+        {"to": 12345, "template": "welcome"},
+        InvalidMessage,
+        "to: 12345 is not an address",
+    ),
+    "to a mapping": (send_email, (), {"to": {"a": 1}, "template": "welcome"}, InvalidMessage, "is not an address"),
+    "cc a number": (send_email, (), {"to": "a@example.com", "template": "welcome", "cc": 7}, InvalidMessage, "cc: 7"),
+    "an address in a list not text": (
+        send_email,
+        (),
+        {"to": ["a@example.com", 3], "template": "x"},
+        InvalidMessage,
+        "to: 3",
+    ),
+    "template not text": (send_email, (), {"to": "a@example.com", "template": 5}, InvalidMessage, "template name 5"),
+    "context not a mapping": (
+        send_email,
+        (),
+        {"to": "a@example.com", "template": "welcome", "context": ["a"]},
+        InvalidMessage,
+        "context ['a'] is not a mapping",
+    ),
+    "mail address not valid": (
+        send_email,
+        (),
+        {"to": "not-an-address", "template": "welcome"},
+        InvalidMessage,
+        "valid",
+    ),
+    "mail header injection": (
+        send_email,
+        (),
+        {"to": "a@example.com\r\nBcc: v@example.com", "template": "welcome"},
+        InvalidMessage,
+        "header injection",
+    ),
+    "mail template leaving the folder": (
+        send_email,
+        (),
+        {"to": "a@example.com", "template": "../x"},
+        InvalidMessage,
+        "plain name",
+    ),
+    "mail without recipient": (send_email, (), {"to": [], "template": "welcome"}, InvalidMessage, "at least one"),
     "notify with a line break": (
         export_orders,
         (),
@@ -128,13 +174,23 @@ def bad_input_worker(amqp, redis_client, tmp_path_factory):
         worker.discard()
 
 
+#: Cases of :data:`FAILED_IN_THE_WORKER` that the sender refuses too: published past its checks,
+#: as another service might, the worker must still fail them at once.
+REFUSED_AT_SEND_TOO = ("not an address", "header injection", "template name leaving the folder", "no recipient")
+
+
 @pytest.mark.parametrize("case", FAILED_IN_THE_WORKER)
-def test_bad_input_fails_at_the_first_attempt_naming_the_problem(case, bad_input_worker):
+def test_bad_input_fails_at_the_first_attempt_naming_the_problem(case, bad_input_worker, amqp):
     _, (_, imports), inbox = bad_input_worker
     actor, kwargs, files, reason = FAILED_IN_THE_WORKER[case]
     for name, text in files.items():
         (imports / name).write_text(text)
-    result = AsyncResult(actor.send(**kwargs).message_id)
+    if case in REFUSED_AT_SEND_TOO:
+        message = actor.message_with_options(kwargs=kwargs)
+        publish_raw(amqp, message)
+    else:
+        message = actor.send(**kwargs)
+    result = AsyncResult(message.message_id)
     error = result.get(timeout=20, propagate=False)
     record = result.info()
     assert record["state"] == "FAILURE" and record["attempt"] == 1, record
@@ -210,3 +266,30 @@ def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_li
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the body dead-lettered")
     wait_until(lambda: "'order-17', no job id" in worker.log, what="the dead-letter's log line")
     assert "Failed to decode message" not in worker.log
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("message_timestamp", "yesterday", "message_timestamp 'yesterday' is not a whole number of milliseconds"),
+        ("message_timestamp", None, "message_timestamp None is not a whole number"),
+        ("options", [], "options [] is not an object"),
+        ("kwargs", "x", "kwargs 'x' is not an object"),
+    ],
+)
+def test_a_raw_message_with_a_field_of_the_wrong_type_fails_at_once_with_one_line(
+    bad_input_worker, amqp, field, value, reason
+):
+    worker, _, _ = bad_input_worker
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=("x",), kwargs={}, options={})
+    body = {**json.loads(message.encode()), field: value}
+    amqp.basic_publish("", DEFAULT_QUEUE, json.dumps(body).encode())
+    result = AsyncResult(message.message_id)
+    error = result.get(timeout=20, propagate=False)
+    record = result.info()
+    assert record["state"] == "FAILURE" and record["attempt"] == 1 and record["actor"] == "ping", record
+    assert reason in error["message"] and "dead-lettered" in error["message"]
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered")
+    wait_until(lambda: reason in worker.log, what="the dead-letter's log line")
+    assert "CRITICAL" not in worker.log

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
@@ -161,64 +160,3 @@ def test_a_send_many_batch_rabbitmq_did_not_take_raises_and_leaves_no_record(cle
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1/"):
         unreachable.send_many([{"n": 1}, {"n": 2}])
     assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
-
-
-def _count_socket_writes(connection, writes: list[bytes]):
-    """Note every socket write of ``connection`` in ``writes``; returns what undoes it."""
-    transport = connection._impl._transport
-    send = type(transport)._sigint_safe_send
-
-    def noted(sock, data):
-        writes.append(bytes(data))
-        return send(sock, data)
-
-    transport._sigint_safe_send = noted
-    return lambda: delattr(transport, "_sigint_safe_send")
-
-
-def test_a_message_reaches_the_socket_in_one_write_and_a_large_one_arrives_whole(purge, amqp):
-    from pipeline.broker import broker
-
-    purge(DEFAULT_QUEUE)
-    ping.send("warm")  # opens this thread's connection
-    writes: list[bytes] = []
-    undo = _count_socket_writes(broker.connection, writes)
-    try:
-        small = ping.send("small")
-        assert len(writes) == 1 and small.message_id.encode() in writes[0]
-        large = ping.send("x" * 400_000)  # several body frames, past the size joined
-        assert len(writes) > 2
-    finally:
-        undo()
-    bodies = [amqp.basic_get(DEFAULT_QUEUE, auto_ack=True)[2] for _ in range(3)]
-    assert [json.loads(body)["args"] for body in bodies] == [["warm"], ["small"], ["x" * 400_000]]
-    assert json.loads(bodies[1])["message_id"] == small.message_id
-    assert json.loads(bodies[2])["message_id"] == large.message_id
-
-
-def test_a_consumers_acks_go_out_together_and_reach_rabbitmq(purge):
-    from pipeline.broker import broker
-
-    purge(DEFAULT_QUEUE)
-    for n in range(5):
-        ping.send(n)
-    consumer = broker.consume(DEFAULT_QUEUE, prefetch=10, timeout=500)
-    inner = getattr(consumer, "inner", consumer)
-    writes: list[bytes] = []
-    undo = _count_socket_writes(inner.connection, writes)
-    try:
-        received = []
-        while len(received) < 5:
-            message = next(consumer)
-            if message is not None:
-                received.append(message)
-        del writes[:]
-        for message in received:
-            consumer.ack(message)
-        assert writes == []  # handed to the consumer's thread, not sent yet
-        next(consumer)  # the consumer's loop runs the acks and flushes them (then times out)
-        assert len(writes) == 1 and writes[0].count(b"\x00\x3c\x00\x50") == 5  # five Basic.Ack frames
-    finally:
-        undo()
-        consumer.close()
-    assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0

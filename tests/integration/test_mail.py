@@ -107,11 +107,9 @@ def test_a_missing_variable_fails_without_sending(mail_worker):
 
 
 def test_header_injection_is_refused_without_sending(mail_worker):
-    result = AsyncResult(
-        send_email.send(to="a@example.com\r\nBcc: victim@example.com", template="welcome", context=WELCOME).message_id
-    )
+    # Refused by the sender's check, before anything is queued.
     with pytest.raises(PermanentError, match="header injection"):
-        result.get(timeout=20)
+        send_email.send(to="a@example.com\r\nBcc: victim@example.com", template="welcome", context=WELCOME)
     context = {"customer": {"name": "Eve\r\nBcc: victim@example.com"}, "login_url": "x"}
     result = AsyncResult(send_email.send(to="a@example.com", template="welcome", context=context).message_id)
     with pytest.raises(PermanentError, match=r"subject .*header injection"):

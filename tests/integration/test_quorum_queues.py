@@ -51,13 +51,11 @@ def test_quorum_queues_are_declared_with_a_delivery_limit_and_dead_letters(quoru
 
 def test_what_priorities_mean_is_said_for_the_server_reached(quorum_url):
     settings = make_settings(broker_url=quorum_url, queue_type="quorum")
-    broker = build_broker(settings)
-    version = server_version(broker)
+    version = server_version(settings)
     meaning = priority_meaning(settings, version)
     assert version >= (3, 8)
     if version < (4, 0):
         assert "have no priorities" in meaning and ".".join(map(str, version)) in meaning
-    broker.close()
     assert "served by priority (default 0..10, slow 0..5)" in priority_meaning(make_settings(), version)
 
 

@@ -62,7 +62,7 @@ def test_records_follow_a_sentinel_failover_and_a_refused_write_is_made_on_the_n
     after = str(uuid.uuid4())
     store.begin_write(after, JobState.QUEUED, keep=True, actor="ping", queue="default")
     store.begin_write(before, JobState.SUCCESS, attempt=1, keep=True, result={"pong": 2})
-    store.settle_thread()
+    store.flush()
     deadline = time.monotonic() + 20
     while store.kept and time.monotonic() < deadline:
         try:

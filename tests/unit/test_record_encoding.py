@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pipeline.store.write_line import json_value
+from pipeline.store.write_script import json_value
 from pipeline.timestamps import iso_from_millis, now_iso
 
 

@@ -1,7 +1,12 @@
-"""A daemon thread of a worker process: started once, told to stop, waited for a while."""
+"""The one way pipeline runs a background thread: a daemon started on first use, once per process.
+
+A forked child has none of its parent's threads; :meth:`Background.start` called in the child
+starts the child's own.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -19,22 +24,27 @@ class Background:
         self.loop = loop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
 
     @property
     def running(self) -> bool:
-        """True while the thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the thread runs in this process."""
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the thread (once; a running one is left as it is)."""
-        if self._thread is None:
-            self._stop.clear()
+        """Start the thread (once per process; a running one is left as it is)."""
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._stop = threading.Event()
             self._thread = threading.Thread(target=self.loop, args=(self._stop,), name=self.name, daemon=True)
             self._thread.start()
+            self._pid = os.getpid()
 
     def stop(self, wait: float) -> None:
         """Tell the thread to stop and wait for it ``wait`` seconds at most (it is a daemon)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(wait)
-        self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(wait)

@@ -1,0 +1,268 @@
+"""The process's Redis writer: every record write and state read, batched across threads.
+
+Record writes are the hot path of every job, and a worker's threads make them at once. Each
+caller hands its command in and gets a future. Whoever sends takes everything waiting, sends it
+through redis-py's ``pipeline(transaction=False)`` (one round trip for the whole batch, however
+many threads made it) and resolves each future with its own answer: redis-py matches answers
+to commands, and an error reply becomes that command's exception and no other's.
+
+Only one thread sends at a time, under one lock, so commands reach Redis in the order they were
+handed in (a thread's reads see its own writes). Who sends depends on the caller's
+:class:`When`:
+
+- ``NOW``: the caller sends, unless another thread is sending, which then takes the command with
+  its next batch (a worker's final write: no thread hop, and batches form under load);
+- ``SOON``: the writer's thread sends, while the caller waits for something else (a sender's
+  ``QUEUED`` write overlaps RabbitMQ's confirm; a consumer's state reads travel with the
+  deliveries); a caller that then wants the answer first sends it itself if it is still waiting;
+- ``LATER``: the writer's thread sends it within :data:`HOLD_AT_MOST` seconds, with whatever else
+  came meanwhile (an unconfirmed send's ``QUEUED``: many writes per round trip, and the
+  sending thread never waits on Redis).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import enum
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from pipeline.background import Background
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.store.connection import RedisConnection
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Commands sent in one round trip at most.
+MAX_BATCH = 512
+#: Batches a caller sends for others at most before it leaves the rest to the writer's thread.
+MAX_CALLER_BATCHES = 4
+#: Seconds a ``LATER`` command waits at most before it is sent.
+HOLD_AT_MOST = 0.01
+#: ``LATER`` commands that make the writer's thread send at once.
+MAX_HELD = 64
+#: Seconds the process waits at exit for the commands still waiting to be answered.
+EXIT_WAIT = 2.0
+
+
+class When(enum.Enum):
+    """Who sends a command, and when (see the module's description)."""
+
+    NOW = "now"
+    SOON = "soon"
+    LATER = "later"
+
+
+class _Command:
+    """One command handed to the writer: its arguments, how its answer is read, its future."""
+
+    __slots__ = ("args", "future", "parse")
+
+    def __init__(self, args: tuple[Any, ...], parse: Callable[[Any], Any] | None) -> None:
+        self.args = args
+        self.parse = parse
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+#: Every writer of this process, settled at exit.
+_writers: weakref.WeakSet[RedisWriter] = weakref.WeakSet()
+
+
+class RedisWriter:
+    """Sends commands handed in by any thread, batched, one batch at a time.
+
+    Parameters:
+      redis: The Redis to write to (its client's pool gives the connection).
+      scripts: Lua scripts the commands run by ``EVALSHA``; loaded again when Redis forgot them
+        (a restart), and the commands that got ``NOSCRIPT`` sent once more.
+    """
+
+    def __init__(self, redis_connection: RedisConnection, scripts: Sequence[str] = ()) -> None:
+        self.redis = redis_connection
+        self.scripts = tuple(scripts)
+        self._waiting: collections.deque[_Command] = collections.deque()
+        self._sending = threading.Lock()
+        # When the writer's thread must send by (time.monotonic()); None: nothing is left to it.
+        self._due: float | None = None
+        self._held = 0
+        self._call = threading.Condition(threading.Lock())
+        self._background = Background("pipeline-redis-writer", self._run)
+        _writers.add(self)
+        _watch_process()
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's waiting commands and locks are not this process's."""
+        self._waiting = collections.deque()
+        self._sending = threading.Lock()
+        self._call = threading.Condition(threading.Lock())
+        self._due = None
+        self._held = 0
+
+    def submit(
+        self, *args: Any, parse: Callable[[Any], Any] | None = None, when: When = When.NOW
+    ) -> concurrent.futures.Future[Any]:
+        """Hand in one command; its future holds ``parse(answer)`` (the answer when no ``parse``).
+
+        The future's exception is :class:`~pipeline.errors.ResultBackendUnavailable` when Redis
+        failed or answered the command with an error.
+        """
+        command = _Command(args, parse)
+        self._waiting.append(command)
+        if when is When.NOW:
+            self.send_waiting()
+        elif when is When.SOON:
+            self._leave_to_thread(0.0)
+        else:
+            self._held += 1
+            # The writer's thread is called on the first held command and once enough are
+            # held: not on every one, which would wake it for each.
+            if self._held == 1:
+                self._leave_to_thread(HOLD_AT_MOST)
+            elif self._held == MAX_HELD:
+                self._leave_to_thread(0.0)
+        return command.future
+
+    def answer(self, future: concurrent.futures.Future[T], timeout: float, *, send: bool = True) -> T:
+        """``future``'s result, waiting ``timeout`` seconds at most.
+
+        Parameters:
+          send: Send the command first when it still waits (then the caller's thread may wait
+            on Redis longer than ``timeout``, up to the socket timeout).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, answered with an error, or not in time.
+        """
+        if send and not future.done():
+            self.send_waiting()
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise ResultBackendUnavailable(f"Redis did not answer within {timeout:.2f} s") from None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every command handed in so far is answered; whether it was in time."""
+        marker = self.submit(when=When.SOON)
+        try:
+            marker.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
+    def send_waiting(self, blocking: bool = False) -> None:
+        """Send what waits, unless another thread is sending (it then takes it), in batches."""
+        for _ in range(MAX_CALLER_BATCHES if not blocking else MAX_BATCH):
+            if not self._waiting:
+                return
+            if not self._sending.acquire(blocking):
+                return
+            try:
+                batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
+                self._held = 0
+                self._send(batch)
+            finally:
+                self._sending.release()
+        if self._waiting:
+            self._leave_to_thread(0.0)
+
+    def _leave_to_thread(self, within: float) -> None:
+        """Have the writer's thread send what waits within ``within`` seconds."""
+        if not self._background.running:
+            self._background.start()
+        by = time.monotonic() + within
+        with self._call:
+            if self._due is None or by < self._due:
+                self._due = by
+                self._call.notify()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._call:
+                while self._due is None or self._due > time.monotonic():
+                    self._call.wait(None if self._due is None else self._due - time.monotonic())
+                self._due = None
+            self.send_waiting(blocking=True)
+
+    def _send(self, batch: list[_Command]) -> None:
+        """Send ``batch`` in one round trip and resolve each command's future with its answer."""
+        commands = [command for command in batch if command.args]
+        try:
+            self._send_commands(commands)
+        except Exception as exc:  # pragma: no cover - a bug must not leave callers waiting
+            logger.exception("The Redis writer failed a batch")
+            for command in commands:
+                if not command.future.done():
+                    command.future.set_exception(self.redis.unavailable(exc))
+        for command in batch:
+            if not command.args:
+                command.future.set_result(None)
+
+    def _send_commands(self, commands: list[_Command]) -> None:
+        if not commands:
+            return
+        try:
+            answers = self._execute(commands)
+            again = [i for i, answer in enumerate(answers) if isinstance(answer, redis.exceptions.NoScriptError)]
+            if again and self.scripts:
+                # Redis lost its scripts (a restart, a failover): load them, send those once more.
+                for script in self.scripts:
+                    self.redis.client.script_load(script)
+                for i, answer in zip(again, self._execute([commands[i] for i in again]), strict=True):
+                    answers[i] = answer
+        except redis.RedisError as exc:
+            error = self.redis.unavailable(exc)
+            for command in commands:
+                command.future.set_exception(error)
+            return
+        for command, answer in zip(commands, answers, strict=True):
+            if isinstance(answer, redis.RedisError):
+                command.future.set_exception(self.redis.unavailable(answer))
+                continue
+            try:
+                command.future.set_result(answer if command.parse is None else command.parse(answer))
+            except (ValueError, TypeError) as exc:
+                command.future.set_exception(ResultBackendUnavailable(f"Redis answered {answer!r}: {exc}"))
+
+    def _execute(self, commands: Sequence[_Command]) -> list[Any]:
+        pipe = self.redis.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command.args)
+        return pipe.execute(raise_on_error=False)
+
+    def settle(self, timeout: float) -> None:
+        """Wait, ``timeout`` seconds at most, for the commands still waiting (at exit)."""
+        if self._waiting and not self.flush(timeout):
+            logger.warning("Redis did not answer the last record writes within %.1f s", timeout)
+
+
+def _settle_all() -> None:
+    for writer in list(_writers):
+        writer.settle(EXIT_WAIT)
+
+
+def _forked() -> None:
+    for writer in list(_writers):
+        writer._forked()
+
+
+_process_watched = threading.Lock()
+
+
+def _watch_process() -> None:
+    """Settle every writer at exit, and reset it in a forked child (hooked once, with the first
+    writer): the one place a writer's life across processes is decided. redis-py's pool opens
+    its own connections again in a child.
+    """
+    if _process_watched.acquire(blocking=False):
+        atexit.register(_settle_all)
+        os.register_at_fork(after_in_child=_forked)

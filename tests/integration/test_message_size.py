@@ -1,0 +1,57 @@
+"""A message over RabbitMQ's ``max_message_size``, on a node of the test's own with a small limit:
+refused at once as invalid, naming its size and the limit, with nothing queued or recorded."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from private_rabbitmq import PrivateRabbitMQ
+from private_services import require
+from testenv import NAMESPACE, make_settings
+
+from pipeline.broker import build_broker
+from pipeline.errors import InvalidMessage, MessageTooLarge
+from pipeline.queues import DEFAULT_QUEUE
+
+pytestmark = pytest.mark.integration
+
+#: The node's limit, in bytes.
+LIMIT = 1_048_576
+
+
+@pytest.fixture(scope="module")
+def small_limit_node() -> Iterator[PrivateRabbitMQ]:
+    require("rabbitmq-server")
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-rabbitmq-size-"))
+    shutil.chown(folder, "rabbitmq", "rabbitmq")
+    node = PrivateRabbitMQ(folder / "node", f"max_message_size = {LIMIT}\n")
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_message_over_the_servers_limit_is_refused_at_once_naming_size_and_limit(small_limit_node, clean_redis):
+    from pipeline.actors import ping
+
+    broker = build_broker(make_settings(broker_url=small_limit_node.url))
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    message = ping.message_with_options(args=("x" * (2 * LIMIT),))
+    started = time.monotonic()
+    with pytest.raises(MessageTooLarge) as raised:
+        broker.enqueue(message)
+    assert time.monotonic() - started < 3
+    assert isinstance(raised.value, InvalidMessage)
+    assert f"{len(message.encode()):,} bytes" in str(raised.value) and str(LIMIT) in str(raised.value)
+    assert list(clean_redis.scan_iter(f"{NAMESPACE}:job:*")) == []
+    # The broker goes on: a message under the limit is taken on a new channel.
+    assert broker.enqueue(ping.message_with_options(args=("small",))).message_id
+    assert broker.get_queue_message_counts(DEFAULT_QUEUE)[0] == 1
+    broker.close()

@@ -1,0 +1,68 @@
+"""The pika adapter against the installed pika and the real RabbitMQ: a consumer's acks wait for
+its loop's next flush, then reach RabbitMQ. It fails when a pika release changes what it relies on."""
+
+from __future__ import annotations
+
+import pika.channel
+import pytest
+
+from pipeline.jobs.pika_adapter import BufferedAcks
+from pipeline.queues import DEFAULT_QUEUE
+
+pytestmark = pytest.mark.integration
+
+
+def _count_socket_writes(connection, writes: list[bytes]):
+    """Note every socket write of ``connection`` in ``writes`` (pika's transport, as installed);
+    returns what undoes it."""
+    transport = connection._impl._transport
+    send = type(transport)._sigint_safe_send
+
+    def noted(sock, data):
+        writes.append(bytes(data))
+        return send(sock, data)
+
+    transport._sigint_safe_send = noted
+    return lambda: delattr(transport, "_sigint_safe_send")
+
+
+def test_the_installed_pika_has_the_channel_the_adapter_uses(purge):
+    from pipeline.broker import broker
+
+    purge(DEFAULT_QUEUE)
+    consumer = broker.consume(DEFAULT_QUEUE, prefetch=1, timeout=100)
+    try:
+        channel = getattr(consumer, "inner", consumer).channel
+        assert isinstance(channel, BufferedAcks)
+        assert isinstance(channel._impl, pika.channel.Channel)
+    finally:
+        consumer.close()
+
+
+def test_a_consumers_acks_go_out_together_and_reach_rabbitmq(purge):
+    from pipeline.actors import ping
+    from pipeline.broker import broker
+
+    purge(DEFAULT_QUEUE)
+    for n in range(5):
+        ping.send(n)
+    consumer = broker.consume(DEFAULT_QUEUE, prefetch=10, timeout=500)
+    inner = getattr(consumer, "inner", consumer)
+    writes: list[bytes] = []
+    undo = _count_socket_writes(inner.connection, writes)
+    try:
+        received = []
+        while len(received) < 5:
+            message = next(consumer)
+            if message is not None:
+                received.append(message)
+        del writes[:]
+        for message in received:
+            consumer.ack(message)
+        assert writes == []  # handed to the consumer's thread, not sent yet
+        next(consumer)  # the consumer's loop runs the acks and flushes them together (then times out)
+        assert sum(write.count(b"\x00\x3c\x00\x50") for write in writes) == 5  # five Basic.Ack frames
+    finally:
+        undo()
+        consumer.close()
+    assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0

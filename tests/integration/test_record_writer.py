@@ -1,0 +1,168 @@
+"""The process's Redis writer, on the real Redis and on one of the test's own that stops: every
+thread's writes and reads go through it in order, each answer reaches its own command, and a
+refusal is told to the write it belongs to."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+
+import dramatiq
+import pytest
+from testenv import make_settings
+from waiting import wait_until
+
+from pipeline.errors import ResultBackendUnavailable
+from pipeline.jobs.finished import ReceivedStates
+from pipeline.jobs.recording import JobRecords
+from pipeline.states import JobState
+from pipeline.store.connection import RedisConnection
+from pipeline.store.keys import Keys
+from pipeline.store.records import RecordStore, get_store
+
+pytestmark = pytest.mark.integration
+
+
+def stored_state(client, message_id: str) -> str | None:
+    """The state field as Redis holds it, read past the store."""
+    return client.hget(get_store().keys.record(message_id), "state")
+
+
+def test_a_write_nobody_waits_for_is_made_though_its_thread_ends(clean_redis):
+    message_id = str(uuid.uuid4())
+    thread = threading.Thread(target=lambda: get_store().begin_write(message_id, JobState.QUEUED, actor="ping"))
+    thread.start()
+    thread.join(5)
+    wait_until(lambda: stored_state(clean_redis, message_id) == '"QUEUED"', 2, "the write made")
+
+
+def test_a_threads_own_read_sees_the_writes_it_handed_in(clean_redis):
+    store = get_store()
+    message_id = str(uuid.uuid4())
+    store.begin_write(message_id, JobState.QUEUED, actor="ping")
+    assert store.state(message_id) is JobState.QUEUED
+    assert store.read(message_id)["actor"] == "ping"
+
+
+def test_writes_handed_in_earlier_are_made_before_a_later_one_returns(clean_redis):
+    store = get_store()
+    earlier = [str(uuid.uuid4()) for _ in range(5)]
+    for message_id in earlier:
+        store.begin_write(message_id, JobState.QUEUED, actor="ping")
+    store.write(str(uuid.uuid4()), JobState.QUEUED, actor="ping")
+    assert [stored_state(clean_redis, message_id) for message_id in earlier] == ['"QUEUED"'] * 5
+
+
+def test_a_write_redis_refuses_is_told_and_the_others_are_made(clean_redis):
+    store = get_store()
+    refused, made = str(uuid.uuid4()), str(uuid.uuid4())
+    clean_redis.set(store.keys.record(refused), "not a hash")  # the write script answers WRONGTYPE
+    told: list[ResultBackendUnavailable] = []
+    store.begin_write(refused, JobState.QUEUED, on_lost=told.append, actor="ping")
+    store.begin_write(made, JobState.QUEUED, on_lost=told.append, actor="ping")
+    assert store.flush()
+    assert len(told) == 1 and "WRONGTYPE" in str(told[0])
+    assert stored_state(clean_redis, made) == '"QUEUED"'
+
+
+def test_a_kept_write_redis_refuses_waits_for_the_catch_up(clean_redis):
+    store = RecordStore(get_store().redis)
+    refused = str(uuid.uuid4())
+    clean_redis.set(store.keys.record(refused), "not a hash")
+    store.begin_write(refused, JobState.SUCCESS, attempt=1, keep=True, result=1)
+    assert store.flush()
+    assert store.kept == 1
+
+
+def test_an_unconfirmed_send_of_unknown_outcome_reads_queued(clean_redis):
+    # Without publisher confirms the QUEUED write follows the publish; a publish that broke
+    # midway may still reach a worker, so its record must say the job may be queued.
+    store = get_store(make_settings(confirm_delivery=False))
+    message = dramatiq.Message(queue_name="default", actor_name="ping", args=(1,), kwargs={}, options={})
+    JobRecords(store).after_enqueue_outcome_unknown(dramatiq.get_broker(), message)
+    assert store.state(message.message_id) is JobState.QUEUED
+
+
+def test_answers_are_matched_to_their_reads_whichever_thread_takes_them(clean_redis):
+    store = get_store()
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    store.write(ids[0], JobState.QUEUED, actor="ping")
+    store.write(ids[2], JobState.QUEUED, actor="ping")
+    store.write(ids[2], JobState.SUCCESS, result=1)
+    clean_redis.set(Keys("pipeline-test").record(ids[4]), "not a hash")  # answers WRONGTYPE
+    received = ReceivedStates(store)
+    received.ask(ids)
+    seen: dict[int, JobState | None] = {}
+    # Taken out of order, from other threads: each gets its own answer.
+    threads = [threading.Thread(target=lambda i=i: seen.__setitem__(i, received.take(ids[i]))) for i in (5, 2, 0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    seen |= {i: received.take(ids[i]) for i in (1, 3, 4)}
+    assert [seen[i] for i in range(6)] == [
+        JobState.QUEUED, JobState.PENDING, JobState.SUCCESS, JobState.PENDING, JobState.PENDING, JobState.PENDING
+    ]  # fmt: skip
+    assert received.take(ids[0]) is None  # each answer is taken once
+
+
+def test_a_redis_that_went_away_leaves_states_unknown_and_a_new_connection_after(private_redis):
+    store = RecordStore(RedisConnection(make_settings(redis_url=private_redis.url, redis_socket_timeout=1.0)))
+    received = ReceivedStates(store)
+    first = str(uuid.uuid4())
+    received.ask([first])
+    assert received.take(first) is JobState.PENDING
+    private_redis.stop()
+    gone = [str(uuid.uuid4()), str(uuid.uuid4())]
+    received.ask(gone)
+    assert [received.take(message_id) for message_id in gone] == [JobState.PENDING] * 2
+    private_redis.start()
+    message_id = str(uuid.uuid4())
+    private_redis.client().hset(f"pipeline-test:job:{message_id}", "state", '"STARTED"')
+    received.ask([message_id])
+    assert received.take(message_id) is JobState.STARTED
+
+
+def test_no_answer_ever_reaches_another_write_under_error_replies_from_many_threads(clean_redis):
+    # 8 threads make 50,000 writes between them; about one record in twenty is a key of the
+    # wrong type, so its writes are answered with an error. Each write must get its own
+    # answer: the error for those records, and its own state for every other.
+    store = get_store()
+    keys = store.keys
+    states = [JobState.QUEUED, JobState.STARTED, JobState.RETRY, JobState.SUCCESS, JobState.FAILURE]
+    threads, writes_each = 8, 6_250
+    chooser = random.Random(20)
+    plans: list[list[tuple[str, JobState, bool]]] = []
+    for _ in range(threads):
+        plan = []
+        for _ in range(writes_each):
+            message_id, broken = str(uuid.uuid4()), chooser.random() < 0.05
+            if broken:
+                clean_redis.set(keys.record(message_id), "not a hash")
+            plan.append((message_id, chooser.choice(states), broken))
+        plans.append(plan)
+    wrong: list[str] = []
+
+    def run(plan: list[tuple[str, JobState, bool]]) -> None:
+        futures = [(store.begin_write(m, s, attempt=1, actor="ping"), m, s, broken) for m, s, broken in plan]
+        for future, message_id, state, broken in futures:
+            try:
+                applied, after = store.answer(future)
+            except ResultBackendUnavailable as exc:
+                if not broken or "WRONGTYPE" not in str(exc):
+                    wrong.append(f"{message_id}: {exc}")
+                continue
+            if broken or not applied or after is not state:
+                wrong.append(f"{message_id}: {state} answered {(applied, after)}")
+
+    workers = [threading.Thread(target=run, args=(plan,)) for plan in plans]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert wrong == []
+    for plan in plans:
+        for message_id, state, broken in chooser.sample(plan, 200):
+            if not broken:
+                assert stored_state(clean_redis, message_id) == f'"{state.value}"'

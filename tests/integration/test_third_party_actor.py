@@ -1,0 +1,45 @@
+"""An actor another service declares with pipeline's decorator, in a module outside pipeline, on
+a queue pipeline does not know: it gets records, ``AsyncResult``, retries of only what can pass,
+and the start-up checks of its long time limit."""
+
+from __future__ import annotations
+
+import pytest
+from invoice_actors import INVOICE_QUEUE, send_invoice
+from waiting import wait_until
+
+from pipeline.results import AsyncResult
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def invoice_worker(purge, start_worker, clean_redis):
+    purge(INVOICE_QUEUE)
+    yield start_worker([INVOICE_QUEUE], threads=2, modules=["pipeline.actors", "invoice_actors"])
+    purge(INVOICE_QUEUE)
+
+
+def test_its_jobs_get_records_and_results(invoice_worker):
+    result = AsyncResult(send_invoice.send(1001).message_id)
+    assert result.get(timeout=20) == {"invoice": 1001, "runs": 1}
+    record = result.info()
+    assert record["actor"] == "send_invoice" and record["queue"] == INVOICE_QUEUE and record["attempt"] == 1
+
+
+def test_a_passing_failure_is_retried_and_a_lasting_one_fails_at_once(invoice_worker):
+    busy = AsyncResult(send_invoice.send(1002, fail="busy-once").message_id)
+    bad = AsyncResult(send_invoice.send(1003, fail="bad-number").message_id)
+    assert busy.get(timeout=20) == {"invoice": 1002, "runs": 2}
+    assert busy.info()["attempt"] == 2
+    with pytest.raises(ValueError, match="invoice 1003 does not exist"):
+        bad.get(timeout=20)
+    assert bad.info()["attempt"] == 1 and bad.info()["state"] == "FAILURE"
+
+
+def test_its_long_time_limit_is_warned_of_and_its_prefetch_lowered(invoice_worker):
+    wait_until(
+        lambda: f"Queue '{INVOICE_QUEUE}': a worker may hold a delivery 2700000 ms" in invoice_worker.log,
+        what="the consumer-timeout warning for the actor's time limit",
+    )
+    assert "lower the actor's time_limit" in invoice_worker.log
