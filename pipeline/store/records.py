@@ -43,7 +43,7 @@ QUEUED_ANSWER_WAIT = 0.25
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
 #: Seconds past a blocking wait's own end that Redis may take to answer it.
-WAIT_MARGIN = 1.0
+WAIT_MARGIN = 0.5
 #: Worker record writes kept while Redis is away, to be written when it is back; past this
 #: many, the oldest are dropped (and the loss logged).
 MAX_KEPT_WRITES = 50_000
@@ -448,8 +448,9 @@ class RecordStore:
         """Block until ``message_id``'s record is finished and return it.
 
         A blocking Redis call on the record's done list answers at once when the job has
-        already finished, or the moment it does. Each call's answer is awaited only a moment
-        past its own end, so a frozen Redis costs about ``timeout``, never forever.
+        already finished, or the moment it does. Each call's answer, and a new connection's
+        handshake, are awaited only a moment past ``timeout``, so a frozen Redis costs about
+        ``timeout``, never forever.
 
         Raises:
           JobTimeout: ``timeout`` seconds passed first.
@@ -460,32 +461,52 @@ class RecordStore:
         with self.translated():
             while True:
                 left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
-                if left <= 0:
-                    # BLMOVE reads a timeout of 0 as "forever"; no time left means look once.
-                    snapshot = cast("str | None", self.client.lindex(done, 0))
-                else:
-                    snapshot = self._blocking_move(done, left)
+                snapshot = self._blocking_move(done, left)
                 if snapshot is not None:
                     return _decode(json.loads(snapshot))
-                if left <= 0:
-                    state = self.state(message_id)
+                if deadline is not None and time.monotonic() >= deadline:
+                    try:
+                        state = str(self.state(message_id, timeout=WAIT_MARGIN))
+                    except ResultBackendUnavailable:
+                        state = "unknown"
                     raise JobTimeout(f"job {message_id} did not finish within {timeout} s (state {state})")
 
     def _blocking_move(self, key: str, seconds: float) -> str | None:
-        """``BLMOVE key key RIGHT LEFT seconds``, its answer awaited at most a moment past ``seconds``."""
+        """``BLMOVE key key RIGHT LEFT seconds`` (a look, ``LINDEX``, when no time is left), its
+        answer awaited at most a moment past ``seconds``.
+
+        A wait shorter than the socket timeout runs on a connection of its own whose connect and
+        handshake are bounded by it too (a pooled connection's are bounded by the settings').
+        """
         pool = self.client.connection_pool
-        connection = pool.get_connection()
+        bound = max(seconds, 0.0) + min(WAIT_MARGIN, self.settings.redis_socket_timeout)
+        own = bound < self.settings.redis_socket_timeout
+        if own:
+            limits = {
+                "socket_timeout": bound,
+                "socket_connect_timeout": min(bound, self.settings.redis_connect_timeout),
+            }
+            connection = pool.connection_class(**{**pool.connection_kwargs, **limits})
+        else:
+            connection = pool.get_connection()
         try:
-            # BLMOVE takes seconds with a millisecond resolution.
-            connection.send_command("BLMOVE", key, key, "RIGHT", "LEFT", max(round(seconds, 3), 0.001))
-            if not connection.can_read(timeout=seconds + min(WAIT_MARGIN, self.settings.redis_socket_timeout)):
+            if seconds <= 0:
+                # BLMOVE reads a timeout of 0 as "forever"; no time left means look once.
+                connection.send_command("LINDEX", key, 0)
+            else:
+                # BLMOVE takes seconds with a millisecond resolution.
+                connection.send_command("BLMOVE", key, key, "RIGHT", "LEFT", max(round(seconds, 3), 0.001))
+            if not connection.can_read(timeout=bound):
                 raise redis.TimeoutError(f"no answer within {seconds:.1f} s")
             return cast("str | None", connection.read_response())
         except BaseException:
             connection.disconnect()
             raise
         finally:
-            pool.release(connection)
+            if own:
+                connection.disconnect()
+            else:
+                pool.release(connection)
 
 
 def _decode(raw: Mapping[str, str]) -> JobRecord:

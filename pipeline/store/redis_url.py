@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pipeline.settings import Settings
 
@@ -70,6 +72,10 @@ def make_client(settings: Settings) -> redis.Redis:
         "decode_responses": True,
         "socket_connect_timeout": settings.redis_connect_timeout,
         "socket_timeout": settings.redis_socket_timeout,
+        # One more try on a new connection when Redis closed the old one; a Redis that does not
+        # answer in time is not waited for again (redis-py's default retries three times, with
+        # backoff: a frozen Redis would hold a caller for half a minute).
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     }
     url = settings.redis_url
     if urlsplit(url).scheme not in SENTINEL_SCHEMES:

@@ -132,3 +132,22 @@ def test_jobs_sent_and_run_while_redis_is_down_get_their_records_when_it_is_back
     record = results(private_redis, outcome["sent"][:1])[0].info()
     assert record["actor"] == "ping" and record["queue"] == DEFAULT_QUEUE and record["attempt"] == 1
     assert JobState(record["state"]) is JobState.SUCCESS
+
+
+@CONFIRMS
+def test_a_frozen_redis_costs_a_send_no_socket_timeout_and_a_wait_no_more_than_its_own(private_redis, confirms):
+    # The settings' socket timeout (5 s) is far above what a caller gives: a send must not wait
+    # for it before or after its publish, and a wait must end within a second of its timeout,
+    # a new connection's handshake included.
+    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
+    private_redis.freeze()
+    try:
+        outcome, _ = send(env, "ping", 4, confirms)
+        assert outcome["errors"] == {} and max(outcome["seconds"]) < 1.0, outcome["seconds"]
+        waiter = AsyncResult(outcome["sent"][0], make_settings(redis_url=private_redis.url, redis_socket_timeout=5.0))
+        started = time.monotonic()
+        with pytest.raises((ResultBackendUnavailable, JobTimeout)):
+            waiter.get(timeout=1.5)
+        assert time.monotonic() - started < 2.5
+    finally:
+        private_redis.thaw()
