@@ -14,13 +14,13 @@ from typing import Any
 
 from dramatiq.middleware import TimeLimitExceeded
 
-import pipeline.broker  # noqa: F401 - sets the global broker before any actor is declared
+from pipeline.broker import get_broker
 from pipeline.errors import SourceError, shown
 from pipeline.export.exporter import Exporter, ExportPointer
 from pipeline.export.orders import choose_columns
 from pipeline.export.sources import check_request
 from pipeline.job_id import derived_job_id
-from pipeline.jobs.actor_class import actor
+from pipeline.jobs.actor_class import FromSettings, actor
 from pipeline.jobs.current import current_message_id, is_revoked, report_progress
 from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, check_mail_request, priority_for
 from pipeline.mail.message import parse_addresses
@@ -31,6 +31,10 @@ from pipeline.store.connection import get_redis
 from pipeline.store.exports import ExportMemory
 
 __all__ = ["actor", "export_orders", "ping", "send_email"]
+
+# Dramatiq's global broker must be pipeline's before any actor is declared; building it reads no
+# setting and connects nowhere.
+get_broker()
 
 
 @actor(queue_name=DEFAULT_QUEUE, max_retries=0)
@@ -54,7 +58,7 @@ def _mail_priority(kwargs: Mapping[str, Any]) -> int:
 
 @actor(
     queue_name=DEFAULT_QUEUE,
-    max_retries=get_settings().mail_max_retries,
+    max_retries=FromSettings("mail_max_retries"),
     broker_priority=_mail_priority,
     bulk_priority=BULK_MAIL_PRIORITY,
     check=check_mail_request,
@@ -114,7 +118,7 @@ def _check_export(
 
 @actor(
     queue_name=SLOW_QUEUE,
-    time_limit=get_settings().export_time_limit * 1000,
+    time_limit=FromSettings("export_time_limit", 1000),
     # An export that ran out of time would run out of time again: fail it, do not retry it.
     throws=(TimeLimitExceeded,),
     check=_check_export,

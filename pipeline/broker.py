@@ -1,8 +1,10 @@
 """The RabbitMQ broker of pipeline, built from the settings and set as Dramatiq's global broker.
 
-Importing this module creates the broker (nothing connects until the first send or consume)
-and calls ``dramatiq.set_broker``, so it must be imported before any actor is declared;
-:mod:`pipeline.actors` does that.
+Importing this module builds nothing: :func:`get_broker` builds the process's broker on first
+use and sets it as Dramatiq's, which :mod:`pipeline.actors` does before it declares an actor
+(``pipeline.broker.broker`` is the same broker). Building it reads no setting and opens no
+connection: the settings are read when a send or a worker first needs them, and a bad one is
+reported then, by its variable's name.
 
 What it adds to Dramatiq's ``RabbitmqBroker``:
 
@@ -11,13 +13,15 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 - :meth:`PipelineBroker.enqueue_many` publishes a batch in one AMQP transaction: one commit,
   one disk sync, for the whole batch;
 - pika's failures reach callers as :class:`~pipeline.errors.BrokerUnavailable` naming the URL
-  (password masked), and a queue that exists with other arguments as
-  :class:`~pipeline.errors.QueueMismatch`.
+  (password masked), a queue that exists with other arguments as
+  :class:`~pipeline.errors.QueueMismatch`, and a message over the server's size limit as
+  :class:`~pipeline.errors.MessageTooLarge`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -31,11 +35,11 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
 from pipeline.errors import BrokerUnavailable, MessageTooLarge, PipelineError, PublishOutcomeUnknown, QueueMismatch
-from pipeline.jobs.checks import MessageChecks, is_retry, refusals_raised
+from pipeline.jobs.checks import MessageChecks, SettingsAtStart, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
 from pipeline.jobs.logs import WorkerLogs
-from pipeline.jobs.metrics import metrics_middleware
+from pipeline.jobs.metrics import WorkerMetrics
 from pipeline.jobs.options import ETA_OPTION, RETRY_DUE_OPTION
 from pipeline.jobs.pika_adapter import buffer_acks
 from pipeline.jobs.prefetch import LongJobPrefetch
@@ -44,7 +48,7 @@ from pipeline.jobs.properties import connection_name, message_properties
 from pipeline.jobs.queue_types import QUORUM, QueueTypeReport, queue_type_arguments
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
-from pipeline.settings import Settings, get_settings, mask_url
+from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.records import get_store
 
 #: What pika raises when a publish cannot be made on the connection or channel at hand.
@@ -69,26 +73,43 @@ class PipelineBroker(RabbitmqBroker):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings = PROCESS_SETTINGS,
         middleware: list[dramatiq.Middleware] | None = None,
         received: ReceivedStates | None = None,
     ) -> None:
         self.settings = settings
         self.received = received if received is not None else ReceivedStates(get_store(settings))
-        super().__init__(url=settings.broker_url, confirm_delivery=settings.confirm_delivery, middleware=middleware)
-        for node in self._nodes():
-            if node.ssl_options is not None:
-                # pika's amqps default checks the certificate but names no host to check it
-                # against, which fails every connection: name the node's, with the CA bundle.
-                context = ssl.create_default_context(cafile=str(settings.broker_ca_file or "") or None)
-                node.ssl_options = pika.SSLOptions(context, server_hostname=node.host)
+        self._node_parameters: Any = None
+        # The URL and the confirm mode are the settings', read when a connection first opens.
+        super().__init__(middleware=middleware)
+
+    @property
+    def confirm_delivery(self) -> bool:
+        """Whether publishes wait for RabbitMQ's confirm (``PIPELINE_CONFIRM_DELIVERY``)."""
+        return bool(self.settings.confirm_delivery)
+
+    @confirm_delivery.setter
+    def confirm_delivery(self, value: bool) -> None:
+        """Dramatiq's constructor sets its default here; pipeline's comes from the settings."""
 
     def _nodes(self) -> list[Any]:
+        if self._node_parameters is None:
+            url = self.settings.broker_url
+            nodes = [pika.URLParameters(node) for node in url.split(";")]
+            for node in nodes:
+                if node.ssl_options is not None:
+                    # pika's amqps default checks the certificate but names no host to check it
+                    # against, which fails every connection: name the node's, with the CA bundle.
+                    cafile = str(self.settings.broker_ca_file or "") or None
+                    node.ssl_options = pika.SSLOptions(ssl.create_default_context(cafile=cafile), node.host)
+            self._node_parameters = nodes if len(nodes) > 1 else nodes[0]
         return self._node_parameters if isinstance(self._node_parameters, list) else [self._node_parameters]
 
     @property
     def parameters(self) -> Any:
-        """The connection parameters, named for this process as a connection opens."""
+        """The connection parameters of ``PIPELINE_BROKER_URL`` (``;`` between a cluster's
+        nodes), named for this process as a connection opens.
+        """
         name = connection_name(self.settings.service_name)
         for node in self._nodes():
             node.client_properties = {"connection_name": name}
@@ -96,7 +117,7 @@ class PipelineBroker(RabbitmqBroker):
 
     @parameters.setter
     def parameters(self, value: Any) -> None:
-        self._node_parameters = value
+        """Dramatiq's constructor sets its default here; pipeline's come from the settings."""
 
     def queue_arguments(self, queue_name: str) -> dict[str, Any]:
         """The arguments ``queue_name`` and its delay queue are declared with: dead letters to
@@ -203,6 +224,9 @@ class PipelineBroker(RabbitmqBroker):
           InvalidPriority: The message's priority does not fit its queue.
           InvalidMessage: The message could never be published (too large for the server).
         """
+        # Read first, out of the middleware's hooks (which log what they raise): a bad setting
+        # reaches the sender as the SettingsError that names it.
+        self.settings.confirm_delivery  # noqa: B018
         canonical = message.queue_name
         queue_name = canonical
         if delay is not None:
@@ -314,6 +338,7 @@ class PipelineBroker(RabbitmqBroker):
         """
         if not messages:
             return []
+        self.settings.confirm_delivery  # noqa: B018 - a bad setting is raised here, named
         queue_names = {m.queue_name for m in messages}
         if len(queue_names) != 1:
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
@@ -361,34 +386,43 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, ConsumerTimeoutCheck,
-    QueueTypeReport, WorkerLogs, PipelineRetries (in place of Retries, with the retry count and backoff from the
-    settings); and Dramatiq's Prometheus last when ``PIPELINE_METRICS_PORT`` is set.
+    SettingsAtStart, MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, ConsumerTimeoutCheck,
+    QueueTypeReport, WorkerLogs, PipelineRetries (in place of Retries, with the retry count and
+    backoff from the settings); and WorkerMetrics last (Dramatiq's Prometheus, when
+    ``PIPELINE_METRICS_PORT`` is set). Nothing reads ``settings`` until a send or a worker needs it.
     """
-    retries = PipelineRetries(
-        max_retries=settings.max_retries,
-        min_backoff=settings.retry_min_backoff,
-        max_backoff=settings.retry_max_backoff,
-    )
+    retries = PipelineRetries(settings)
     middleware = [retries if m is Retries else m() for m in default_middleware]
     received = ReceivedStates(get_store(settings))
     broker = PipelineBroker(settings, middleware=middleware, received=received)
     extras = (
+        SettingsAtStart(settings),
         MessageChecks(),
         MessagePriorities(settings),
         JobRecords(get_store(settings), received),
         LongJobPrefetch(settings),
         ConsumerTimeoutCheck(settings),
         QueueTypeReport(settings),
-        WorkerLogs(mask_url(settings.broker_url)),
+        WorkerLogs(lambda: settings.broker_url),
     )
     for extra in extras:
         broker.add_middleware(extra, before=PipelineRetries)
-    for metrics in metrics_middleware(settings):
-        broker.add_middleware(metrics)
+    broker.add_middleware(WorkerMetrics(settings))
     return broker
 
 
-#: The process's broker, set as Dramatiq's global broker on import.
-broker = build_broker(get_settings())
-dramatiq.set_broker(broker)
+@functools.cache
+def get_broker() -> PipelineBroker:
+    """The process's broker, built on first use from the process's settings (read when first
+    needed) and set as Dramatiq's global broker: call it before declaring an actor.
+    """
+    built = build_broker(PROCESS_SETTINGS)
+    dramatiq.set_broker(built)
+    return built
+
+
+def __getattr__(name: str) -> Any:
+    """``pipeline.broker.broker``: the process's broker (see :func:`get_broker`)."""
+    if name == "broker":
+        return get_broker()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

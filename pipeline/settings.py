@@ -239,6 +239,24 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+class _ProcessSettings:
+    """Stands for the process's settings, read (see :func:`get_settings`) when one of them is
+    first used: what is built from it at import (the broker, its middleware) reads nothing, and
+    a bad setting is reported, by its variable's name, when a send or a worker starts.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_settings(), name)
+
+    def __repr__(self) -> str:
+        return "<the process's settings>"
+
+
+#: The process's settings, read on first use; pass it where a ``Settings`` is built into
+#: something that lives from import on.
+PROCESS_SETTINGS: Settings = typing.cast("Settings", _ProcessSettings())
+
+
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, fit for logs and error messages.
 

@@ -45,9 +45,18 @@ def _create_temporary_file(suffix: str = "") -> str:
     return name
 
 
-# openpyxl offers no setting for where sheets are streamed; its writer looks this function up in
-# its module on every sheet, so the one place to choose the folder is here.
-_writer.create_temporary_file = _create_temporary_file
+_installed = threading.Lock()
+
+
+def _install() -> None:
+    """Put :func:`_create_temporary_file` in openpyxl's writer, once, when the first run starts
+    (never at import: a service that only imports pipeline keeps openpyxl as it is).
+
+    openpyxl offers no setting for where sheets are streamed; its writer looks this function up
+    in its module on every sheet, so the one place to choose the folder is there.
+    """
+    if _installed.acquire(blocking=False):
+        _writer.create_temporary_file = _create_temporary_file
 
 
 def scratch_root(export_dir: Path) -> Path:
@@ -76,6 +85,7 @@ def scratch_folder(export_dir: Path, job_id: str) -> Iterator[Run]:
     """A scratch folder for this run of ``job_id``'s sheets in this thread, locked while the run
     lives and removed with all it holds at the end.
     """
+    _install()
     token = uuid.uuid4().hex[:12]
     folder = scratch_root(export_dir) / (_prefix(job_id) + token)
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ An actor function therefore cannot take a parameter named ``priority``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,12 +24,43 @@ import dramatiq
 
 from pipeline.jobs.checks import refusals_raised
 from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION
+from pipeline.settings import get_settings
 
 if TYPE_CHECKING:
     from pipeline.broker import PipelineBroker
 
 #: Messages per AMQP transaction in :meth:`PipelineActor.send_many`.
 DEFAULT_BATCH_SIZE = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class FromSettings:
+    """An actor option whose value is a setting's, read when the option is first asked for
+    (when a worker or a send needs it), not when the actor is declared.
+
+    Parameters:
+      name: The field of :class:`~pipeline.settings.Settings`.
+      factor: What the value is multiplied by (1000: seconds to milliseconds).
+    """
+
+    name: str
+    factor: int = 1
+
+    def value(self) -> Any:
+        """The setting's value, times the factor."""
+        return getattr(get_settings(), self.name) * self.factor
+
+
+class ActorOptions(dict[str, Any]):
+    """An actor's options, whose :class:`FromSettings` values are read when asked for."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        return value.value() if isinstance(value, FromSettings) else value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The option's value, or ``default``."""
+        return self[key] if key in self else default  # noqa: SIM401 - self.get is this method
 
 
 class PipelineActor(dramatiq.Actor):
@@ -41,6 +73,7 @@ class PipelineActor(dramatiq.Actor):
     def __init__(self, fn: Callable[..., Any], **arguments: Any) -> None:
         with refusals_raised():
             super().__init__(fn, **arguments)
+        self.options = ActorOptions(self.options)
 
     def send(self, *args: Any, priority: int | None = None, **kwargs: Any) -> dramatiq.Message[Any]:
         """Send a message to this actor.

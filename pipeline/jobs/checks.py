@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +18,11 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from pipeline.errors import InvalidMessage, PermanentError, PipelineError
+from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError
 from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION
+from pipeline.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class Refusal(MiddlewareError):
@@ -45,6 +49,32 @@ def refusals_raised() -> Iterator[None]:
 def is_retry(message: dramatiq.Message[Any] | MessageProxy) -> bool:
     """True for a message the Retries middleware is sending again."""
     return bool(message.options.get(RETRIES_OPTION))
+
+
+#: Exit code of a worker process that stops for a bad setting.
+RET_BAD_SETTING = 2
+
+
+class SettingsAtStart(Middleware):
+    """Reads the settings when a worker process boots, and stops the process, naming the
+    variable, when one is bad: the broker and the actors were built without reading them.
+
+    Parameters:
+      settings: The settings the broker was built with.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        """Read the settings; exit the process when one cannot be used."""
+        try:
+            self.settings.broker_url  # noqa: B018 - reading them is the check
+        except SettingsError as exc:
+            logger.critical("The worker cannot start: %s", exc)
+            # SystemExit passes Dramatiq's hook dispatch, which logs any other exception and
+            # goes on: the worker would run half-configured.
+            raise SystemExit(RET_BAD_SETTING) from exc
 
 
 class MessageChecks(Middleware):

@@ -10,6 +10,7 @@ returned value is discarded (pipeline's records keep every value).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -17,6 +18,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
 from pipeline.errors import JobStopped, PermanentError
+from pipeline.settings import mask_url
 
 #: The logger of Dramatiq's worker threads, which logs each failed or skipped message.
 WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
@@ -128,11 +130,11 @@ class WorkerLogs(Middleware):
     queue's consumer's when a worker boots.
 
     Parameters:
-      masked_broker_url: The broker URL, password masked.
+      broker_url: The broker URL (masked where it is shown), or what gives it when first needed.
     """
 
-    def __init__(self, masked_broker_url: str) -> None:
-        self.url = masked_broker_url
+    def __init__(self, broker_url: str | Callable[[], str]) -> None:
+        self._url = broker_url
         _add_once(logging.getLogger(WORKER_THREAD_LOGGER), ReadableWorkerLogs())
         _add_once(logging.getLogger(RABBITMQ_CONSUMER_LOGGER), UndecodableBodies())
 
@@ -145,3 +147,8 @@ class WorkerLogs(Middleware):
                 thread.logger = _WorkerThreadLogger(thread.logger, {})
         for queue in worker.consumers:
             _add_once(logging.getLogger(CONSUMER_THREAD_LOGGER.format(queue=queue)), NamedBroker(self.url))
+
+    @property
+    def url(self) -> str:
+        """The broker URL, password masked."""
+        return mask_url(self._url() if callable(self._url) else self._url)

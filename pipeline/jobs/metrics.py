@@ -35,14 +35,88 @@ def serve_metrics() -> None:
     server.serve_forever()
 
 
-def metrics_middleware(settings: Settings) -> list[Middleware]:
-    """Dramatiq's ``Prometheus`` middleware on ``settings.metrics_port``; none when it is unset.
+class WorkerMetrics(Middleware):
+    """Dramatiq's ``Prometheus`` middleware on ``PIPELINE_METRICS_PORT``, when it is set.
+
+    Whether metrics are on is read from the settings when a worker first asks (its forks, its
+    process's boot), not when the broker is built: a service that imports the actors reads no
+    setting then.
+
+    Parameters:
+      settings: Give the port.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._built = False
+        self._prometheus: Middleware | None = None
+
+    def _on(self) -> Middleware | None:
+        """Dramatiq's middleware when metrics are on, else None.
+
+        Raises:
+          SettingsError: A port is set but ``prometheus-client`` is not installed.
+        """
+        if not self._built:
+            self._prometheus = _prometheus(self.settings)
+            self._built = True
+        return self._prometheus
+
+    @property
+    def forks(self) -> list[Any]:
+        """The process that serves the metrics, when they are on."""
+        on = self._on()
+        return list(on.forks) if on is not None else []
+
+    def after_process_boot(self, broker: Any) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.after_process_boot(broker)
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.after_worker_shutdown(broker, worker)
+
+    def after_nack(self, broker: Any, message: Any) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.after_nack(broker, message)
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.after_enqueue(broker, message, delay)
+
+    def before_delay_message(self, broker: Any, message: Any) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.before_delay_message(broker, message)
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.before_process_message(broker, message)
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:
+        """Dramatiq's."""
+        if (on := self._on()) is not None:
+            on.after_process_message(broker, message, result=result, exception=exception)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        """Dramatiq's (a skipped message is a processed one to Prometheus too)."""
+        if (on := self._on()) is not None:
+            on.after_skip_message(broker, message)
+
+
+def _prometheus(settings: Settings) -> Middleware | None:
+    """Dramatiq's ``Prometheus`` middleware on ``settings.metrics_port``; None when it is unset.
 
     Raises:
       SettingsError: A port is set but ``prometheus-client`` is not installed.
     """
     if settings.metrics_port is None:
-        return []
+        return None
     # Asked without importing it: prometheus_client picks its multiprocess mode when imported,
     # which Dramatiq's middleware sets up only once the worker process has booted.
     if importlib.util.find_spec("prometheus_client") is None:
@@ -60,4 +134,4 @@ def metrics_middleware(settings: Settings) -> list[Middleware]:
         def forks(self) -> list[Any]:
             return [serve_metrics]
 
-    return [PipelineMetrics()]
+    return PipelineMetrics()

@@ -37,11 +37,15 @@ class MessagePriorities(Middleware):
         return {BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION}
 
     def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
-        """Check the actor's default priorities fit its queue when the actor is declared.
+        """Check the actor's default priorities fit its queue when the actor is declared, where
+        the settings are given (the process's settings are read at the first send instead,
+        which checks each message's priority, the actor's default included).
 
         Raises:
           InvalidPriority: A default does not fit.
         """
+        if not isinstance(self.settings, Settings):
+            return
         for option in (BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION):
             default = actor.options.get(option)
             if default is not None and not callable(default):

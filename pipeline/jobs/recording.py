@@ -75,7 +75,7 @@ class JobRecords(Middleware):
         self.store = store
         self.received = received if received is not None else ReceivedStates(store)
         self.watcher = RevocationWatcher(store.redis)
-        self.starts = DelayedStarts(store, store.settings.started_after / 1000)
+        self.starts = DelayedStarts(store)
         self.catch_up = CatchUp(store)
         # The attempt and start time of each running job, from before it runs to its end.
         self._started: dict[str, tuple[int, str]] = {}

@@ -16,6 +16,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Retries
 
 from pipeline.errors import JobStopped, TransientError
+from pipeline.settings import Settings
 
 #: Actor option: more exception types that count as passing for that actor.
 RETRY_ON_OPTION = "retry_on"
@@ -28,7 +29,22 @@ class PipelineRetries(Retries):
 
     Any other exception fails the message at once, so it is dead-lettered, and a
     :class:`~pipeline.errors.JobStopped` (the actor stopped its revoked job) acknowledges it.
+    The defaults an actor does not override come from ``settings`` when first needed
+    (``PIPELINE_MAX_RETRIES``, ``PIPELINE_RETRY_MIN_BACKOFF``, ``PIPELINE_RETRY_MAX_BACKOFF``).
+
+    Parameters:
+      settings: Give the retry count and the backoff.
     """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    # Dramatiq's Retries reads these attributes as it decides; they are the settings' values,
+    # read then. What its constructor assigns them is not kept.
+    max_retries = property(lambda self: self.settings.max_retries, lambda self, value: None)
+    min_backoff = property(lambda self: self.settings.retry_min_backoff, lambda self, value: None)
+    max_backoff = property(lambda self: self.settings.retry_max_backoff, lambda self, value: None)
 
     @property
     def actor_options(self) -> set[str]:

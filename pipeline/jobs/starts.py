@@ -26,16 +26,19 @@ class DelayedStarts:
     """The starts of running jobs not yet written, and the thread that writes them when due.
 
     Parameters:
-      store: Where records are written.
-      delay: Seconds a job runs before its ``STARTED`` is written.
+      store: Where records are written; its settings give the delay (``PIPELINE_STARTED_AFTER``).
     """
 
-    def __init__(self, store: RecordStore, delay: float) -> None:
+    def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self.delay = delay
         self._pending: dict[str, tuple[float, int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._background = Background("pipeline-starts", self._run)
+
+    @property
+    def delay(self) -> float:
+        """Seconds a job runs before its ``STARTED`` is written."""
+        return float(self.store.settings.started_after) / 1000
 
     @property
     def running(self) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import redis
 
 from pipeline.errors import ResultBackendUnavailable
-from pipeline.settings import Settings, get_settings, mask_url
+from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.keys import Keys
 from pipeline.store.redis_url import make_client
 
@@ -27,7 +27,11 @@ class RedisConnection:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.namespace)
+
+    @functools.cached_property
+    def keys(self) -> Keys:
+        """The key layout of the settings' namespace."""
+        return Keys(self.settings.namespace)
 
     @functools.cached_property
     def client(self) -> redis.Redis:
@@ -52,7 +56,13 @@ class RedisConnection:
         return ResultBackendUnavailable(f"Redis at {mask_url(self.settings.redis_url)} failed: {exc}")
 
 
-@functools.cache
 def get_redis(settings: Settings | None = None) -> RedisConnection:
-    """The Redis of ``settings`` (the process's settings when omitted), one per settings object."""
-    return RedisConnection(settings or get_settings())
+    """The Redis of ``settings`` (the process's settings, read on first use, when omitted), one
+    per settings object.
+    """
+    return _redis_of(settings or PROCESS_SETTINGS)
+
+
+@functools.cache
+def _redis_of(settings: Settings) -> RedisConnection:
+    return RedisConnection(settings)

@@ -27,10 +27,10 @@ import redis
 
 from pipeline.errors import JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
-from pipeline.settings import Settings
+from pipeline.settings import PROCESS_SETTINGS, Settings
 from pipeline.states import JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
-from pipeline.store.keys import FAILURE_TTL
+from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
 from pipeline.store.writer import RedisWriter, When
 
@@ -102,12 +102,8 @@ class RecordStore:
     def __init__(self, redis: RedisConnection) -> None:
         self.redis = redis
         self.settings = redis.settings
-        self.keys = redis.keys
         self.writer = RedisWriter(redis, scripts=(WRITE_SCRIPT,))
         self._sha = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
-        # A command's answer is awaited as long as redis-py may take to connect, send it and
-        # try once more on a new connection.
-        self._answer_wait = self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + WAIT_MARGIN
         self._kept: collections.deque[WriteCall] = collections.deque()
         self._kept_lock = threading.Lock()
         self.dropped = 0
@@ -116,6 +112,18 @@ class RecordStore:
     def client(self) -> redis.Redis:
         """The redis-py client (a connection pool)."""
         return self.redis.client
+
+    @property
+    def keys(self) -> Keys:
+        """The key layout of the records' namespace."""
+        return self.redis.keys
+
+    @functools.cached_property
+    def _answer_wait(self) -> float:
+        """Seconds a command's answer is awaited: as long as redis-py may take to connect, send
+        it and try once more on a new connection.
+        """
+        return self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + WAIT_MARGIN
 
     @functools.cached_property
     def _script(self) -> Any:
@@ -516,7 +524,13 @@ def _decode(raw: Mapping[str, str]) -> JobRecord:
     )
 
 
-@functools.cache
 def get_store(settings: Settings | None = None) -> RecordStore:
-    """The record store for ``settings`` (the process's settings when omitted), one per settings."""
+    """The record store for ``settings`` (the process's settings, read on first use, when
+    omitted), one per settings.
+    """
+    return _store_of(settings or PROCESS_SETTINGS)
+
+
+@functools.cache
+def _store_of(settings: Settings) -> RecordStore:
     return RecordStore(get_redis(settings))

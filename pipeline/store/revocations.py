@@ -75,7 +75,6 @@ class RevocationWatcher:
 
     def __init__(self, redis: RedisConnection) -> None:
         self.redis = redis
-        self.ttl = redis.settings.result_ttl
         self._revoked: dict[str, float] = {}
         self._ready = threading.Event()
         self._background = Background("pipeline-revocations", self._watch)
@@ -106,6 +105,11 @@ class RevocationWatcher:
             _current = None
         self._background.stop(STOP_WAIT)
         self._ready.clear()
+
+    @property
+    def ttl(self) -> int:
+        """Seconds a revocation is remembered: as long as a record lives."""
+        return int(self.redis.settings.result_ttl)
 
     def __contains__(self, message_id: str) -> bool:
         return message_id in self._revoked

@@ -34,8 +34,15 @@ def scrape(port: int) -> str:
 def test_metrics_are_off_unless_a_port_is_set():
     from dramatiq.middleware.prometheus import Prometheus
 
-    assert not any(isinstance(m, Prometheus) for m in build_broker(make_settings()).middleware)
-    assert any(isinstance(m, Prometheus) for m in build_broker(make_settings(metrics_port=9999)).middleware)
+    from pipeline.jobs.metrics import WorkerMetrics, serve_metrics
+
+    def metrics(settings):
+        (found,) = [m for m in build_broker(settings).middleware if isinstance(m, WorkerMetrics)]
+        return found
+
+    off, on = metrics(make_settings()), metrics(make_settings(metrics_port=9999))
+    assert off.forks == [] and off._on() is None
+    assert on.forks == [serve_metrics] and isinstance(on._on(), Prometheus)
 
 
 def test_a_worker_serves_messages_by_actor_and_outcome_on_the_port_set(purge, start_worker, tmp_path):

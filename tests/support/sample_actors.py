@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import time
 
-import pipeline.broker  # noqa: F401 - the global broker comes first
+from pipeline.actors import actor
 from pipeline.errors import PermanentError
-from pipeline.jobs.actor_class import actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult, report_progress, stop_if_revoked
 from pipeline.settings import get_settings
