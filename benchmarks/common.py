@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -72,6 +73,29 @@ def busy_cores(seconds: float = 1.0) -> float:
     busy1, total1 = sample()
     cores = os.cpu_count() or 1
     return cores * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process of the machine has spent so far (user, system and the rest
+    but idle and I/O wait), from /proc/stat: a run's cost on the whole machine, sender, workers,
+    Redis and RabbitMQ together, is the difference of two readings.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # guest time is already in user time
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(process: subprocess.Popen) -> float:
+    """The largest peak resident memory (VmHWM) among ``process``'s worker processes, in MiB."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    pids = children.read_text().split() if children.exists() else []
+    peaks = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks, default=0.0)
 
 
 def wait_for_quiet(threshold: float = 0.05, longest: float = 60.0) -> float:

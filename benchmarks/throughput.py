@@ -10,6 +10,8 @@ default; pipeline's is on). For each it measures, against the real RabbitMQ and 
 - drain: a worker of one process with 8 threads, then of two, started on a backlog of N
   messages, until every one has its result; every result's value is checked;
 - latency: send then wait for the result, one at a time, p50/p95/p99 over the round trips;
+- cost: during each drain, the CPU time of the whole machine (sender, workers, Redis and
+  RabbitMQ together, from /proc/stat) per job, and the worker processes' peak RSS (VmHWM);
 
 and for pipeline with confirms, ``send_many`` against one-by-one confirmed sends. Figures are
 ratios against plain Dramatiq with the same confirm mode, measured in the same run: the modes
@@ -17,6 +19,13 @@ alternate for ``--rounds`` rounds, each figure is the median of its rounds, and 
 the benchmark waits (a minute at most) for the machine's other load to fall below 0.05 cores,
 and prints what it saw. It uses Redis database 14 and the ``bench`` queue, and removes what it
 created.
+
+How it differs from another run of the same kind (20,000 no-op jobs, alternating rounds): a
+drain's clock starts once the worker says it is ready, on a backlog sent before it started, and
+stops when the last result is in (a run that counts the worker's start, or sends while it
+drains, measures those too); each mode runs in a fresh interpreter; the machine is let go
+quiet before each run, and a figure is the median of the rounds, not their mean. Expect a few
+hundredths either way between runs of this machine, and more between machines.
 """
 
 from __future__ import annotations
@@ -33,7 +42,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import REDIS_URL, delete_keys, medians, start_worker, stop_worker  # noqa: E402
+from common import (  # noqa: E402
+    REDIS_URL,
+    delete_keys,
+    machine_cpu_seconds,
+    medians,
+    peak_rss_mib,
+    start_worker,
+    stop_worker,
+)
 
 os.environ["PIPELINE_REDIS_URL"] = REDIS_URL
 
@@ -98,24 +115,29 @@ class Mode:
             pipe.exists(backend.build_message_key(m))
         return all(pipe.execute())
 
-    def drain(self, messages, processes: int) -> float:
-        """Seconds a worker of ``processes`` processes of 8 threads takes to finish ``messages``; checks every value."""
+    def drain(self, messages, processes: int) -> tuple[float, float, float]:
+        """A worker of ``processes`` processes of 8 threads finishing ``messages``: the seconds it
+        takes, the machine's CPU microseconds per job meanwhile, and the worker processes' peak
+        RSS in MiB. Checks every value.
+        """
         worker = start_worker(["bench_actors"], ["bench"], threads=8, env=mode_env(self.name), processes=processes)
         try:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), machine_cpu_seconds()
             # Wait on the last message first: polling every result while the worker drains would
             # load Redis and this machine's two cores with the benchmark's own reads.
             self.wait(messages[-1], timeout=600)
             while not self.all_done(messages):
                 time.sleep(0.01)
             took = time.perf_counter() - started
+            cpu_per_job = (machine_cpu_seconds() - cpu) / len(messages) * 1e6
+            peak = peak_rss_mib(worker)
         finally:
             stop_worker(worker)
         values = self.results(messages)
         wrong = [(m.args[0], v) for m, v in zip(messages, values, strict=True) if v != m.args[0]]
         if wrong:
             raise AssertionError(f"{self.name}: {len(wrong)} results wrong, e.g. {wrong[:3]}")
-        return took
+        return took, cpu_per_job, peak
 
 
 def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
@@ -128,9 +150,11 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     started = time.perf_counter()
     sent = [mode.actors.noop.send(i) for i in range(messages)]
     figures["enqueue_per_s"] = messages / (time.perf_counter() - started)
-    figures["drain1_per_s"] = messages / mode.drain(sent, processes=1)
+    took, figures["cpu1_us"], figures["rss1_mib"] = mode.drain(sent, processes=1)
+    figures["drain1_per_s"] = messages / took
     sent = [mode.actors.noop.send(messages + i) for i in range(messages)]
-    figures["drain2_per_s"] = messages / mode.drain(sent, processes=2)
+    took, figures["cpu2_us"], figures["rss2_mib"] = mode.drain(sent, processes=2)
+    figures["drain2_per_s"] = messages / took
 
     worker = start_worker(["bench_actors"], ["bench"], threads=8, env=mode_env(mode_name))
     try:
@@ -192,6 +216,10 @@ def main() -> None:
         ("latency p50 (ms)", "p50_ms", False),
         ("latency p95 (ms)", "p95_ms", False),
         ("latency p99 (ms)", "p99_ms", False),
+        ("machine CPU/job 1x8 (us)", "cpu1_us", False),
+        ("machine CPU/job 2x8 (us)", "cpu2_us", False),
+        ("worker peak RSS 1x8 (MiB)", "rss1_mib", False),
+        ("worker peak RSS 2x8 (MiB)", "rss2_mib", False),
     ]
     for label, key, higher_is_better in rows:
         cells = []
@@ -200,7 +228,7 @@ def main() -> None:
             note = "x" if higher_is_better else "t"
             cells.append(f"{base:>10.1f}{ours:>10.1f}{ours / base:>7.2f}{note}")
         print(f"{label:<26}" + "   ".join(cells))
-    print("(x: ratio of rates, higher is better; t: ratio of times, lower is better)")
+    print("(x: ratio of rates, higher is better; t: ratio of times, costs or sizes, lower is better)")
     on = results["pipeline/on"]
     print(
         f"send_many vs send() one by one, confirms on: {on['bulk_per_s']:.0f} vs {on['enqueue_per_s']:.0f} msg/s"
