@@ -13,8 +13,9 @@ Dramatiq's ``dramatiq_prom_host``, every interface by default).
 from __future__ import annotations
 
 import importlib.util
-from http.server import HTTPServer
+import os
 from typing import Any
+from wsgiref.simple_server import make_server
 
 from dramatiq.middleware import Middleware
 
@@ -26,13 +27,20 @@ def serve_metrics() -> None:
     """Serve the metrics of every worker process on ``PIPELINE_METRICS_PORT`` until stopped.
 
     The ``dramatiq`` command runs it in a process of its own, which imports it by name: the
-    port is read from the settings there.
+    port is read from the settings there. Each scrape reads the worker processes' metric files
+    (prometheus_client's multiprocess mode, in the folder Dramatiq's middleware keeps them in).
     """
     from dramatiq.middleware import prometheus
 
-    port = get_settings().metrics_port
-    server = HTTPServer((prometheus.HTTP_HOST, port or prometheus.HTTP_PORT), prometheus._metrics_handler)
-    server.serve_forever()
+    # Set before prometheus_client is imported: it picks its multiprocess mode then.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = prometheus.DB_PATH
+    from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    port = get_settings().metrics_port or prometheus.HTTP_PORT
+    with make_server(prometheus.HTTP_HOST, port, make_wsgi_app(registry)) as server:
+        server.serve_forever()
 
 
 class WorkerMetrics(Middleware):

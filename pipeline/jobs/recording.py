@@ -22,6 +22,7 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
+from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, SkipMessage
 
 from pipeline.errors import JobStopped, ResultBackendUnavailable
@@ -340,10 +341,15 @@ class JobRecords(Middleware):
                 self._failed_here.discard(message.message_id)
                 return
         if is_job_id(message.message_id):
-            # Dramatiq puts what failed the message on it (an actor no worker knows, say); there
-            # is no other way to read it than the proxy's own attribute.
-            stuffed = getattr(message, "_exception", None)
-            error = error_info(stuffed) if stuffed is not None else FAILED_BEFORE_RUN
+            # A job that failed while it ran had its FAILURE written with its error above; what
+            # is nacked here failed before it ran: its actor is unknown here (Dramatiq's
+            # consumer fails such a message at once), or a middleware failed it.
+            error = FAILED_BEFORE_RUN
+            if message.actor_name not in broker.get_declared_actors():
+                unknown = ActorNotFound(
+                    f"actor {message.actor_name!r} is declared by no module this worker imports; dead-lettered"
+                )
+                error = error_info(unknown)
             self._write(message, JobState.FAILURE, _attempt(message), error=error, finished_at=now_iso())
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:

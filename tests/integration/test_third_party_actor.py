@@ -43,3 +43,14 @@ def test_its_long_time_limit_is_warned_of_and_its_prefetch_lowered(invoice_worke
         what="the consumer-timeout warning for the actor's time limit",
     )
     assert "lower the actor's time_limit" in invoice_worker.log
+
+
+def test_a_prefetch_the_operator_set_past_the_timeout_is_warned_of_by_its_name(purge, start_worker):
+    purge(INVOICE_QUEUE)
+    env = {"dramatiq_queue_prefetch": "8"}
+    worker = start_worker([INVOICE_QUEUE], threads=2, env=env, modules=["pipeline.actors", "invoice_actors"])
+    wait_until(
+        lambda: f"dramatiq_queue_prefetch=8 with 2 threads lets a message of '{INVOICE_QUEUE}' wait" in worker.log,
+        what="the prefetch warning naming the setting",
+    )
+    assert "set dramatiq_queue_prefetch to 2 or less" in worker.log
