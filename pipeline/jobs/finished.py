@@ -147,13 +147,17 @@ class FinishedCheck(dramatiq.Consumer):
         error = UndecodableMessage(f"message {shown(message_id)} cannot run: {problem}; dead-lettered")
         logger.warning("A message on queue %r was dead-lettered: %s", self.inner.queue_name, error)
         if is_job_id(message_id):
-            fields: dict[str, Any] = {"queue": q_name(self.inner.queue_name), "finished_at": now_iso()}
-            if isinstance(message.actor_name, str):
-                fields["actor"] = message.actor_name
-            error_record = error_info(error)
-            error_record.pop("traceback", None)
-            self.store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
+            self._fail_unrun(message_id, message.actor_name, error)
         self.inner.nack(message)
+
+    def _fail_unrun(self, message_id: str, actor: object, error: UndecodableMessage) -> None:
+        """Record ``FAILURE`` at attempt 1 for a delivery dead-lettered before it could run."""
+        fields: dict[str, Any] = {"queue": q_name(self.inner.queue_name), "finished_at": now_iso()}
+        if isinstance(actor, str):
+            fields["actor"] = actor
+        error_record = error_info(error)
+        error_record.pop("traceback", None)
+        self.store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
 
     def _record_undecodable(self, properties: Any, body: bytes) -> None:
         message_id = properties.message_id
@@ -174,12 +178,7 @@ class FinishedCheck(dramatiq.Consumer):
             return
         error = UndecodableMessage(f"the body of message {message_id} is not a valid message: {reason}; dead-lettered")
         logger.warning("Job %s failed: %s", message_id, error)
-        fields: dict[str, Any] = {"queue": q_name(self.inner.queue_name), "finished_at": now_iso()}
-        if isinstance(properties.type, str):
-            fields["actor"] = properties.type
-        error_record = error_info(error)
-        error_record.pop("traceback", None)
-        self.store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
+        self._fail_unrun(message_id, properties.type, error)
 
     def _mark(self, batch: list[Any]) -> None:
         # Asked without waiting: each answer is read by the worker thread that takes the
