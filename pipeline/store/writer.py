@@ -240,8 +240,15 @@ class RedisWriter:
         return pipe.execute(raise_on_error=False)
 
     def settle(self, timeout: float) -> None:
-        """Wait, ``timeout`` seconds at most, for the commands still waiting (at exit)."""
-        if self._waiting and not self.flush(timeout):
+        """Send the commands still waiting and wait for their answers (at exit): through the
+        writer's thread, ``timeout`` seconds at most, when it runs; else on this thread (no new
+        thread starts at interpreter shutdown), within the socket timeout.
+        """
+        if not self._waiting:
+            return
+        if not self._background.running:
+            self.send_waiting(blocking=True)
+        elif not self.flush(timeout):
             logger.warning("Redis did not answer the last record writes within %.1f s", timeout)
 
 
