@@ -58,6 +58,10 @@ class InvalidMessage(PermanentError):
     """A message's arguments failed its actor's send-time check; nothing was queued."""
 
 
+class InvalidIdempotencyKey(InvalidMessage):
+    """A send's idempotency key is empty, too long or holds control characters; nothing was queued."""
+
+
 class MessageTooLarge(InvalidMessage):
     """RabbitMQ refused a message for its size (its ``max_message_size``); nothing was queued."""
 

@@ -73,6 +73,11 @@ class Settings:
     redis_socket_timeout: float = 5.0
     #: Seconds a job record lives after its last change.
     result_ttl: int = 86_400
+    #: Seconds a send's idempotency key holds: a second send with it publishes nothing.
+    idempotency_window: int = 86_400
+    #: Seconds after which a key whose job never reached ``QUEUED`` (its sender died between
+    #: taking the key and publishing) is taken over by a later send.
+    idempotency_takeover: float = 10.0
     #: ``classic`` queues (one node's) or ``quorum`` queues (replicated across a cluster).
     queue_type: str = "classic"
     #: Deliveries of one message a quorum queue makes before it dead-letters it (a job that
@@ -164,6 +169,8 @@ class Settings:
         if self.management_url is not None:
             _check_url("PIPELINE_MANAGEMENT_URL", self.management_url, ("http", "https"))
         _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
+        _check_minimum("PIPELINE_IDEMPOTENCY_WINDOW", self.idempotency_window, 1)
+        _check_positive("PIPELINE_IDEMPOTENCY_TAKEOVER", self.idempotency_takeover)
         if not NAMESPACE.fullmatch(self.namespace):
             raise SettingsError(
                 "PIPELINE_NAMESPACE", self.namespace, "expected letters, digits, '_', '-' or '.' (at most 64)"

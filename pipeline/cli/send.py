@@ -32,7 +32,8 @@ def run_export(args: argparse.Namespace) -> int:
         kwargs["notify"] = args.notify
     if args.name:
         kwargs["name"] = args.name
-    return _sent(export_orders.send(priority=args.priority, **kwargs).message_id, args)
+    message = export_orders.send(priority=args.priority, idempotency_key=args.idempotency_key, **kwargs)
+    return _sent(message.message_id, args)
 
 
 def context_argument(text: str) -> dict[str, Any]:
@@ -62,12 +63,23 @@ def run_email(args: argparse.Namespace) -> int:
     from pipeline.actors import send_email
 
     context = context_argument(args.context) if args.context else {}
-    message = send_email.send(to=args.to, template=args.template, context=context, priority=args.priority)
+    message = send_email.send(
+        to=args.to,
+        template=args.template,
+        context=context,
+        priority=args.priority,
+        idempotency_key=args.idempotency_key,
+    )
     return _sent(message.message_id, args)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", type=int, metavar="N", help="RabbitMQ priority, higher is sooner")
+    parser.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="send once: a second send with the same key within PIPELINE_IDEMPOTENCY_WINDOW prints the first job's id",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
     parser.add_argument("--json", action="store_true", help="print the id (or, with --wait, the record) as JSON")
 

@@ -9,7 +9,7 @@ Declare actors with :func:`actor` (after :mod:`pipeline.broker` is imported)::
     ping.send(1, priority=9)             # jumps ahead of a backlog
     ping.send_many([{"n": i} for i in range(1000)])   # one confirmation per batch
 
-An actor function therefore cannot take a parameter named ``priority``.
+An actor function therefore cannot take a parameter named ``priority`` or ``idempotency_key``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import dramatiq
 
 from pipeline.jobs.checks import refusals_raised
 from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION
-from pipeline.settings import get_settings
+from pipeline.jobs.send_once import send_once
+from pipeline.settings import PROCESS_SETTINGS, get_settings
 
 if TYPE_CHECKING:
     from pipeline.broker import PipelineBroker
@@ -75,13 +76,18 @@ class PipelineActor(dramatiq.Actor):
             super().__init__(fn, **arguments)
         self.options = ActorOptions(self.options)
 
-    def send(self, *args: Any, priority: int | None = None, **kwargs: Any) -> dramatiq.Message[Any]:
+    def send(
+        self, *args: Any, priority: int | None = None, idempotency_key: str | None = None, **kwargs: Any
+    ) -> dramatiq.Message[Any]:
         """Send a message to this actor.
 
         Parameters:
           *args: Positional arguments of the actor.
           priority: RabbitMQ priority, 0 up to the queue's maximum, higher is sooner; the
             actor's ``broker_priority`` when omitted.
+          idempotency_key: When given, a second send with the same key to this actor within
+            ``PIPELINE_IDEMPOTENCY_WINDOW`` publishes nothing and returns the first job's id
+            (see :mod:`pipeline.jobs.send_once`).
           **kwargs: Keyword arguments of the actor.
 
         Returns:
@@ -90,9 +96,10 @@ class PipelineActor(dramatiq.Actor):
         Raises:
           BrokerUnavailable: RabbitMQ did not take the message.
           InvalidPriority: ``priority`` does not fit the queue.
+          InvalidIdempotencyKey: ``idempotency_key`` is empty, too long or not printable.
         """
         options = {} if priority is None else {PRIORITY_OPTION: priority}
-        return self.send_with_options(args=args, kwargs=kwargs, **options)
+        return self.send_with_options(args=args, kwargs=kwargs, idempotency_key=idempotency_key, **options)
 
     def send_with_options(
         self,
@@ -100,14 +107,22 @@ class PipelineActor(dramatiq.Actor):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         delay: datetime.timedelta | int | None = None,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> dramatiq.Message[Any]:
-        """Dramatiq's ``send_with_options``; a message refused at send raises the pipeline error
-        that refused it (:class:`~pipeline.errors.InvalidPriority`,
-        :class:`~pipeline.errors.InvalidMessage`) whatever the broker.
+        """Dramatiq's ``send_with_options``, with ``idempotency_key`` as :meth:`send` takes it;
+        a message refused at send raises the pipeline error that refused it
+        (:class:`~pipeline.errors.InvalidPriority`, :class:`~pipeline.errors.InvalidMessage`)
+        whatever the broker.
         """
         with refusals_raised():
-            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+            if idempotency_key is None:
+                return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+            if isinstance(delay, datetime.timedelta):
+                delay = int(delay.total_seconds() * 1000)
+            message = self.message_with_options(args=args, kwargs=kwargs, **options)
+            settings = getattr(self.broker, "settings", PROCESS_SETTINGS)
+            return send_once(message, idempotency_key, lambda m: self.broker.enqueue(m, delay=delay), settings)
 
     def send_many(
         self,

@@ -62,6 +62,12 @@ class Keys:
         """Pub/sub channel on which each revoked id is announced."""
         return f"{self.namespace}:revocations"
 
+    def send_key(self, actor_name: str, digest: str) -> str:
+        """String holding the job a send's idempotency key (its SHA-256, ``digest``) went to:
+        ``{"message_id", "claimed_at"}``; lives ``PIPELINE_IDEMPOTENCY_WINDOW`` seconds.
+        """
+        return f"{self.namespace}:send-key:{actor_name}:{digest}"
+
     @property
     def duplicates(self) -> str:
         """Counter of messages not run because their job had finished (a re-publish); no TTL."""

@@ -66,6 +66,16 @@ def test_email_with_a_context_file_is_delivered_and_followed(operated, tmp_path)
     assert any(mail["To"] == "ann@example.com" for mail in inbox.mails)
 
 
+def test_email_sent_twice_with_one_idempotency_key_is_one_job(operated):
+    env, _, _ = operated
+    key = f"welcome-ann-{uuid.uuid4()}"
+    context = json.dumps(WELCOME)
+    first = run_cli("email", "ann@example.com", "welcome", "--context", context, "--idempotency-key", key, **env)
+    again = run_cli("email", "ann@example.com", "welcome", "--context", context, "--idempotency-key", key, **env)
+    assert first.returncode == again.returncode == RET_OK, first.stderr + again.stderr
+    assert first.stdout.strip() == again.stdout.strip()
+
+
 @pytest.mark.parametrize(
     ("context", "reason"),
     [("[1, 2]", "must be a JSON object"), ("{not json", "not valid JSON"), ("@/nonexistent.json", "cannot be read")],

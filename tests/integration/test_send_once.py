@@ -1,0 +1,118 @@
+"""Sends that happen once: a second send with the same idempotency key publishes nothing and
+returns the first job's id, even from 50 processes at once, and a key whose sender died before
+publishing is taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from sample_actors import RUNS_PREFIX, count_runs
+from services import ROOT, queue_depth
+from testenv import make_settings
+from waiting import wait_until
+
+from pipeline.actors import ping
+from pipeline.errors import InvalidIdempotencyKey, InvalidPriority
+from pipeline.jobs.send_once import send_once
+from pipeline.queues import DEFAULT_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.store.connection import get_redis
+from pipeline.store.send_keys import SendKeys
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_second_send_with_the_key_publishes_nothing_and_returns_the_first_id(purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    first = ping.send(1, idempotency_key="order-1001-confirmation")
+    again = ping.send(1, idempotency_key="order-1001-confirmation")
+    other = ping.send(1, idempotency_key="order-1002-confirmation")
+    assert again.message_id == first.message_id != other.message_id
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 2
+    assert AsyncResult(first.message_id).state.value == "QUEUED"
+
+
+def test_the_same_key_for_another_actor_is_another_send(purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    assert ping.send(1, idempotency_key="k").message_id != count_runs.send("x", idempotency_key="k").message_id
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201, "a\nb", "tab\there", 5], ids=["empty", "long", "newline", "tab", "int"])
+def test_an_invalid_key_is_refused_at_send_with_nothing_queued(purge, amqp, clean_redis, key):
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(InvalidIdempotencyKey, match="idempotency_key must be text of 1 to 200 printable"):
+        ping.send(1, idempotency_key=key)
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
+    assert list(clean_redis.scan_iter("pipeline-test:*")) == []
+
+
+SENDER = """
+import sys, time, pathlib
+import sample_actors
+go = pathlib.Path(sys.argv[1])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+print(sample_actors.count_runs.send(sys.argv[2], idempotency_key=sys.argv[3]).message_id, flush=True)
+"""
+
+
+def test_fifty_processes_sending_one_key_at_once_publish_one_job(purge, start_worker, clean_redis, tmp_path):
+    purge(DEFAULT_QUEUE)
+    counter = f"once-{uuid.uuid4()}"
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])}
+    command = [sys.executable, "-c", SENDER, str(go), counter, f"key-{counter}"]
+    senders = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(50)]
+    try:
+        for sender in senders:
+            assert sender.stdout.readline().strip() == "ready"
+        go.touch()
+        ids = {sender.communicate(timeout=60)[0].strip() for sender in senders}
+    finally:
+        for sender in senders:
+            sender.kill()
+    assert len(ids) == 1 and all(sender.returncode == 0 for sender in senders)
+    start_worker([DEFAULT_QUEUE], threads=2)
+    assert AsyncResult(ids.pop()).get(timeout=20) == 1
+    time.sleep(0.5)  # another job of the key would have run by now
+    assert clean_redis.get(RUNS_PREFIX + counter) == "1"
+
+
+def test_a_key_whose_sender_died_before_publishing_is_taken_over_once(purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    settings = make_settings(idempotency_takeover=0.5)
+    keys = SendKeys(get_redis())
+    dead = str(uuid.uuid4())
+    # What a sender killed between taking the key and publishing leaves behind.
+    keys.take("ping", "order-7", dead)
+    message = ping.message_with_options(args=(7,))
+    published: list[str] = []
+
+    def publish(m):
+        published.append(m.message_id)
+        return ping.broker.enqueue(m)
+
+    started = time.monotonic()
+    first = send_once(message, "order-7", publish, settings)
+    assert time.monotonic() - started >= 0.4  # it waited for the dead sender's bound
+    again = send_once(ping.message_with_options(args=(7,)), "order-7", publish, settings)
+    assert first.message_id == again.message_id == message.message_id != dead
+    assert published == [message.message_id]
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 1
+    stored = json.loads(clean_redis.get(next(clean_redis.scan_iter("pipeline-test:send-key:ping:*"))))
+    assert stored["message_id"] == message.message_id
+
+
+def test_a_send_refused_at_send_gives_its_key_back(purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(InvalidPriority, match=r"outside 0\.\.10"):
+        ping.send(1, priority=99, idempotency_key="order-8")
+    assert ping.send(1, idempotency_key="order-8").message_id
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 1, what="the second send published")
