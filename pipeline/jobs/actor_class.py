@@ -24,7 +24,7 @@ import dramatiq
 
 from pipeline.jobs.checks import refusals_raised
 from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION
-from pipeline.jobs.send_once import send_once
+from pipeline.jobs.send_once import claim, publish_or_release, send_once
 from pipeline.settings import PROCESS_SETTINGS, get_settings
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ class PipelineActor(dramatiq.Actor):
         *,
         priority: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        idempotency_keys: Sequence[str | None] | None = None,
     ) -> list[dramatiq.Message[Any]]:
         """Send many messages to this actor, confirmed by RabbitMQ once per batch.
 
@@ -142,6 +143,9 @@ class PipelineActor(dramatiq.Actor):
           priority: RabbitMQ priority of every message; when omitted, the actor's
             ``bulk_priority`` if it declares one, else its default.
           batch_size: Messages per transaction.
+          idempotency_keys: One per call (None: no key), as :meth:`send` takes them: a call
+            whose key a send already used is not published, and its returned message has
+            that send's job id.
 
         Returns:
           The messages, in the order of ``calls``.
@@ -149,23 +153,60 @@ class PipelineActor(dramatiq.Actor):
         Raises:
           BrokerUnavailable: RabbitMQ did not take a batch; earlier batches stand.
           InvalidPriority: ``priority`` does not fit the queue.
+          InvalidIdempotencyKey: A key cannot be one (nothing of its batch was published).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
         if priority is None:
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
-        broker = cast("PipelineBroker", self.broker)
-        sent: list[dramatiq.Message[Any]] = []
-        batch: list[dramatiq.Message[Any]] = []
+        messages = []
         for call in calls:
             args, kwargs = ((), call) if isinstance(call, Mapping) else call
-            batch.append(self.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options))
-            if len(batch) == batch_size:
-                sent += broker.enqueue_many(batch)
-                batch = []
-        sent += broker.enqueue_many(batch)
+            messages.append(self.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options))
+        keys: list[str | None] = list(idempotency_keys) if idempotency_keys is not None else [None] * len(messages)
+        if len(keys) != len(messages):
+            raise ValueError(f"idempotency_keys holds {len(keys)} keys for {len(messages)} calls")
+        sent: list[dramatiq.Message[Any]] = []
+        for start in range(0, len(messages), batch_size):
+            sent += self._send_batch(messages[start : start + batch_size], keys[start : start + batch_size])
         return sent
+
+    def _send_batch(self, messages: list[dramatiq.Message[Any]], keys: list[str | None]) -> list[dramatiq.Message[Any]]:
+        """Publish one batch, but for the calls whose key a send already used."""
+        broker = cast("PipelineBroker", self.broker)
+        settings = getattr(broker, "settings", PROCESS_SETTINGS)
+        out: list[dramatiq.Message[Any]] = list(messages)
+        publish: list[dramatiq.Message[Any]] = []
+        releases: list[Callable[[], None]] = []
+        # A key given twice in one batch is one send: the later call gets the earlier's id.
+        batch_keys: dict[str, str] = {}
+        for position, (message, key) in enumerate(zip(messages, keys, strict=True)):
+            if key is None:
+                publish.append(message)
+                continue
+            if key in batch_keys:
+                out[position] = message.copy(message_id=batch_keys[key])
+                continue
+            try:
+                first, release = claim(message, key, settings)
+            except BaseException:
+                for each in releases:
+                    each()
+                raise
+            if first is not None:
+                out[position] = first
+            else:
+                publish.append(message)
+                releases.append(release)
+            batch_keys[key] = out[position].message_id
+
+        def release_all() -> None:
+            for each in releases:
+                each()
+
+        publish_or_release(lambda: broker.enqueue_many(publish), release_all)
+        return out
 
 
 #: Declares a :class:`PipelineActor`; takes the arguments of ``dramatiq.actor``.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 
@@ -24,6 +24,8 @@ from pipeline.states import JobState
 from pipeline.store.connection import get_redis
 from pipeline.store.records import get_store
 from pipeline.store.send_keys import SendKeys
+
+T = TypeVar("T")
 
 #: Characters an idempotency key holds at most.
 MAX_KEY_LENGTH = 200
@@ -44,6 +46,36 @@ def check_idempotency_key(key: object) -> str:
     return key
 
 
+def claim(
+    message: dramatiq.Message[Any], key: str, settings: Settings
+) -> tuple[dramatiq.Message[Any] | None, Callable[[], None]]:
+    """Take ``key`` for ``message``'s job, or find the job a send with it went to.
+
+    Returns:
+      ``(None, release)`` when ``message`` is to be published (``release`` gives the key back
+      if it is not), or ``(message with the first job's id, a no-op)`` when another send came
+      first.
+
+    Raises:
+      InvalidIdempotencyKey: ``key`` cannot be one.
+      ResultBackendUnavailable: Redis failed.
+    """
+    check_idempotency_key(key)
+    keys, store = SendKeys(get_redis(settings)), get_store(settings)
+    actor_name = message.actor_name
+    while True:
+        holder, mine = keys.take(actor_name, key, message.message_id)
+        if holder is None:
+            return None, functools.partial(keys.release, actor_name, key, mine)
+        if store.state(holder.message_id) is not JobState.PENDING:
+            return message.copy(message_id=holder.message_id), _kept
+        if time.time() - holder.claimed_at >= settings.idempotency_takeover:
+            if keys.take_over(actor_name, key, holder, mine):
+                return None, functools.partial(keys.release, actor_name, key, mine)
+            continue
+        time.sleep(LOOK_EVERY)
+
+
 def send_once(
     message: dramatiq.Message[Any],
     key: str,
@@ -60,30 +92,20 @@ def send_once(
       InvalidIdempotencyKey: ``key`` cannot be one.
       ResultBackendUnavailable: Redis failed: nothing was published.
     """
-    check_idempotency_key(key)
-    keys, store = SendKeys(get_redis(settings)), get_store(settings)
-    actor_name = message.actor_name
-    while True:
-        holder, mine = keys.take(actor_name, key, message.message_id)
-        if holder is None:
-            return _publish(message, publish, functools.partial(keys.release, actor_name, key, mine))
-        if store.state(holder.message_id) is not JobState.PENDING:
-            return message.copy(message_id=holder.message_id)
-        if time.time() - holder.claimed_at >= settings.idempotency_takeover:
-            if keys.take_over(actor_name, key, holder, mine):
-                return _publish(message, publish, functools.partial(keys.release, actor_name, key, mine))
-            continue
-        time.sleep(LOOK_EVERY)
+    first, release = claim(message, key, settings)
+    if first is not None:
+        return first
+    return publish_or_release(lambda: publish(message), release)
 
 
-def _publish(
-    message: dramatiq.Message[Any],
-    publish: Callable[[dramatiq.Message[Any]], dramatiq.Message[Any]],
-    release: Callable[[], None],
-) -> dramatiq.Message[Any]:
-    """Publish; give the key back when RabbitMQ surely does not have the message."""
+def _kept() -> None:
+    """Nothing to give back: the key is another send's."""
+
+
+def publish_or_release(publish: Callable[[], T], release: Callable[[], None]) -> T:
+    """``publish()``; give the keys back (``release``) when RabbitMQ surely does not have it."""
     try:
-        return publish(message)
+        return publish()
     except PublishOutcomeUnknown:
         raise
     except BaseException:

@@ -116,3 +116,22 @@ def test_a_send_refused_at_send_gives_its_key_back(purge, amqp, clean_redis):
         ping.send(1, priority=99, idempotency_key="order-8")
     assert ping.send(1, idempotency_key="order-8").message_id
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 1, what="the second send published")
+
+
+def test_send_many_publishes_only_the_calls_whose_keys_are_new(purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    earlier = ping.send(0, idempotency_key="bulk-0")
+    sent = ping.send_many(
+        [{"payload": n} for n in range(4)], idempotency_keys=["bulk-0", "bulk-1", None, "bulk-1"], batch_size=2
+    )
+    assert sent[0].message_id == earlier.message_id
+    assert sent[3].message_id == sent[1].message_id != sent[2].message_id
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 3  # the earlier send, bulk-1 once, the call without a key
+    again = ping.send_many([{"payload": 1}], idempotency_keys=["bulk-1"])
+    assert again[0].message_id == sent[1].message_id
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 3
+
+
+def test_send_many_wants_one_key_per_call(clean_redis):
+    with pytest.raises(ValueError, match="idempotency_keys holds 1 keys for 2 calls"):
+        ping.send_many([{"payload": 1}, {"payload": 2}], idempotency_keys=["only-one"])
