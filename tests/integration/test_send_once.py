@@ -22,8 +22,6 @@ from pipeline.errors import InvalidIdempotencyKey, InvalidPriority
 from pipeline.jobs.send_once import send_once
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
-from pipeline.store.connection import get_redis
-from pipeline.store.send_keys import SendKeys
 
 pytestmark = pytest.mark.integration
 
@@ -85,29 +83,41 @@ def test_fifty_processes_sending_one_key_at_once_publish_one_job(purge, start_wo
     assert clean_redis.get(RUNS_PREFIX + counter) == "1"
 
 
-def test_a_key_whose_sender_died_before_publishing_is_taken_over_once(purge, amqp, clean_redis):
+DIES_AFTER_TAKING = """
+import os, signal, sys
+from pipeline.store.connection import get_redis
+from pipeline.store.send_keys import SendKeys
+SendKeys(get_redis()).take("count_runs", sys.argv[1], sys.argv[2])
+os.kill(os.getpid(), signal.SIGKILL)  # between taking the key and publishing
+"""
+
+
+def test_a_key_whose_sender_was_killed_before_publishing_is_taken_over_and_runs_once(
+    purge, amqp, start_worker, clean_redis
+):
     purge(DEFAULT_QUEUE)
+    counter, key = f"killed-{uuid.uuid4()}", f"order-{uuid.uuid4()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run([sys.executable, "-c", DIES_AFTER_TAKING, key, str(uuid.uuid4())], env=env, timeout=60)
+    assert killed.returncode == -9
     settings = make_settings(idempotency_takeover=0.5)
-    keys = SendKeys(get_redis())
-    dead = str(uuid.uuid4())
-    # What a sender killed between taking the key and publishing leaves behind.
-    keys.take("ping", "order-7", dead)
-    message = ping.message_with_options(args=(7,))
     published: list[str] = []
 
     def publish(m):
         published.append(m.message_id)
-        return ping.broker.enqueue(m)
+        return count_runs.broker.enqueue(m)
 
     started = time.monotonic()
-    first = send_once(message, "order-7", publish, settings)
-    assert time.monotonic() - started >= 0.4  # it waited for the dead sender's bound
-    again = send_once(ping.message_with_options(args=(7,)), "order-7", publish, settings)
-    assert first.message_id == again.message_id == message.message_id != dead
-    assert published == [message.message_id]
-    assert queue_depth(amqp, DEFAULT_QUEUE) == 1
-    stored = json.loads(clean_redis.get(next(clean_redis.scan_iter("pipeline-test:send-key:ping:*"))))
-    assert stored["message_id"] == message.message_id
+    retried = send_once(count_runs.message_with_options(args=(counter,)), key, publish, settings)
+    assert time.monotonic() - started >= 0.4  # it waited out the dead sender's bound
+    again = send_once(count_runs.message_with_options(args=(counter,)), key, publish, settings)
+    assert again.message_id == retried.message_id and published == [retried.message_id]
+    start_worker([DEFAULT_QUEUE], threads=2)
+    assert AsyncResult(retried.message_id).get(timeout=20) == 1
+    time.sleep(0.5)
+    assert clean_redis.get(RUNS_PREFIX + counter) == "1"
+    stored = json.loads(clean_redis.get(next(clean_redis.scan_iter("pipeline-test:send-key:count_runs:*"))))
+    assert stored["message_id"] == retried.message_id
 
 
 def test_a_send_refused_at_send_gives_its_key_back(purge, amqp, clean_redis):
