@@ -242,7 +242,11 @@ class PipelineBroker(RabbitmqBroker):
         broke = False
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:
-                self.declare_queue(canonical, ensure=True)
+                try:
+                    self.declare_queue(canonical, ensure=True)
+                except QueueMismatch:
+                    self._emit_own("after_enqueue_failure", message)
+                    raise
                 try:
                     self.channel.basic_publish(
                         exchange="",

@@ -105,9 +105,9 @@ class JobRecords(Middleware):
         return fields
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
-        """With publisher confirms, send a new message's ``QUEUED`` record to Redis, its answer
-        read in ``after_enqueue`` once RabbitMQ has confirmed: the record costs no waiting of its
-        own. For a retry, remember when it is due, for the ``RETRY`` record.
+        """With publisher confirms, hand a new message's ``QUEUED`` record to the writer's thread,
+        its answer read in ``after_enqueue`` once RabbitMQ has confirmed: the record costs no
+        waiting of its own. A retry's record is written by the worker that retries it.
         """
         if is_retry(message):
             return

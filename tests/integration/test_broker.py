@@ -7,6 +7,7 @@ import socket
 import uuid
 from urllib.parse import quote
 
+import dramatiq
 import pytest
 import sample_actors
 import testenv
@@ -17,7 +18,7 @@ from waiting import wait_until
 from pipeline.actors import ping
 from pipeline.broker import PipelineBroker, build_broker
 from pipeline.errors import BrokerUnavailable, InvalidPriority, QueueMismatch
-from pipeline.jobs.actor_class import actor
+from pipeline.jobs.actor_class import PipelineActor, actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.settings import Settings
@@ -160,3 +161,20 @@ def test_a_send_many_batch_rabbitmq_did_not_take_raises_and_leaves_no_record(cle
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1/"):
         unreachable.send_many([{"n": 1}, {"n": 2}])
     assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+
+
+def test_a_send_to_a_queue_declared_with_other_arguments_raises_and_leaves_no_record(amqp, clean_redis):
+    queue = f"pipeline_test_{uuid.uuid4().hex[:8]}"
+    channel = amqp.connection.channel()
+    channel.queue_declare(queue, arguments={"x-max-priority": 3}, auto_delete=True)
+    mismatched = build_broker(make_settings(queue_priorities={queue: 7}))
+    sender = dramatiq.actor(
+        lambda: None, actor_name=f"to_{queue}", broker=mismatched, queue_name=queue, actor_class=PipelineActor
+    )
+    try:
+        with pytest.raises(QueueMismatch, match=queue):
+            sender.send()
+        assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+    finally:
+        mismatched.close()
+        channel.queue_delete(queue)
