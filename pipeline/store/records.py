@@ -125,11 +125,6 @@ class RecordStore:
         """
         return self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + WAIT_MARGIN
 
-    @functools.cached_property
-    def _script(self) -> Any:
-        """The write script, registered with the client (loaded into Redis on first use)."""
-        return self.client.register_script(WRITE_SCRIPT)
-
     def translated(self) -> contextlib.AbstractContextManager[None]:
         """Turn redis-py's errors inside the block into ``ResultBackendUnavailable``."""
         return self.redis.translated()
@@ -286,7 +281,7 @@ class RecordStore:
                     self.client.script_load(WRITE_SCRIPT)
                     pipe = self.client.pipeline(transaction=False)
                     for keys, args in batch:
-                        self._script(keys=keys, args=args, client=pipe)
+                        pipe.evalsha(self._sha, len(keys), *keys, *args)
                     replies = pipe.execute(raise_on_error=False)
             except ResultBackendUnavailable:
                 with self._kept_lock:
@@ -349,8 +344,7 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
         """
-        when = When.NOW if timeout is None else When.SOON
-        future = self.writer.submit("HGETALL", self.keys.record(message_id), when=when)
+        future = self.writer.submit("HGETALL", self.keys.record(message_id), when=_sent_by(timeout))
         raw = cast("dict[str, str]", self._answer(future, f"the read of job {message_id}", timeout))
         return _decode(raw) if raw else None
 
@@ -361,8 +355,7 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
         """
-        when = When.NOW if timeout is None else When.SOON
-        future = self.writer.submit("HGET", self.keys.record(message_id), "state", parse=stored_state, when=when)
+        future = self.state_soon(message_id, _sent_by(timeout))
         return self._answer(future, f"the state of job {message_id}", timeout)
 
     def count_duplicate(self) -> int:
@@ -515,6 +508,13 @@ class RecordStore:
                 connection.disconnect()
             else:
                 pool.release(connection)
+
+
+def _sent_by(timeout: float | None) -> When:
+    """Who sends a read: this thread when it waits as long as Redis may take; the writer's
+    thread when the caller gives a timeout, which the caller's own send could not honour.
+    """
+    return When.NOW if timeout is None else When.SOON
 
 
 def _decode(raw: Mapping[str, str]) -> JobRecord:
