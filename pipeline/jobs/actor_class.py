@@ -179,33 +179,32 @@ class PipelineActor(dramatiq.Actor):
         out: list[dramatiq.Message[Any]] = list(messages)
         publish: list[dramatiq.Message[Any]] = []
         releases: list[Callable[[], None]] = []
-        # A key given twice in one batch is one send: the later call gets the earlier's id.
-        batch_keys: dict[str, str] = {}
-        for position, (message, key) in enumerate(zip(messages, keys, strict=True)):
-            if key is None:
-                publish.append(message)
-                continue
-            if key in batch_keys:
-                out[position] = message.copy(message_id=batch_keys[key])
-                continue
-            try:
-                first, release = claim(message, key, settings)
-            except BaseException:
-                for each in releases:
-                    each()
-                raise
-            if first is not None:
-                out[position] = first
-            else:
-                publish.append(message)
-                releases.append(release)
-            batch_keys[key] = out[position].message_id
 
         def release_all() -> None:
-            for each in releases:
-                each()
+            for release in releases:
+                release()
 
-        publish_or_release(lambda: broker.enqueue_many(publish), release_all)
+        def claim_and_publish() -> None:
+            # A key given twice in one batch is one send: the later call gets the earlier's id.
+            batch_keys: dict[str, str] = {}
+            for position, (message, key) in enumerate(zip(messages, keys, strict=True)):
+                if key is None:
+                    publish.append(message)
+                    continue
+                if key in batch_keys:
+                    out[position] = message.copy(message_id=batch_keys[key])
+                    continue
+                first, release = claim(message, key, settings)
+                if first is not None:
+                    out[position] = first
+                else:
+                    publish.append(message)
+                    releases.append(release)
+                batch_keys[key] = out[position].message_id
+            broker.enqueue_many(publish)
+
+        # Every key taken so far is given back when a claim or the publish fails.
+        publish_or_release(claim_and_publish, release_all)
         return out
 
 
