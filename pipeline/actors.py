@@ -15,13 +15,13 @@ from typing import Any
 from dramatiq.middleware import TimeLimitExceeded
 
 from pipeline.broker import get_broker
-from pipeline.errors import SourceError, shown
+from pipeline.errors import JobStopped, SourceError, shown
 from pipeline.export.exporter import Exporter, ExportPointer
 from pipeline.export.orders import choose_columns
 from pipeline.export.sources import check_request
 from pipeline.job_id import derived_job_id
 from pipeline.jobs.actor_class import FromSettings, actor
-from pipeline.jobs.current import current_message_id, is_revoked, report_progress
+from pipeline.jobs.current import current_message_id, interruption, report_progress, should_stop
 from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, check_mail_request, priority_for
 from pipeline.mail.message import parse_addresses
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
@@ -143,16 +143,19 @@ def export_orders(
       ``created_at``, ``reused``, and ``notified`` (the mail job's id) when asked.
     """
     job_id = current_message_id()
-    pointer = _exporter().export(
-        job_id,
-        orders=orders,
-        file=file,
-        filter=filter,
-        columns=columns,
-        name=name,
-        progress=report_progress,
-        revoked=is_revoked,
-    )
+    try:
+        pointer = _exporter().export(
+            job_id,
+            orders=orders,
+            file=file,
+            filter=filter,
+            columns=columns,
+            name=name,
+            progress=report_progress,
+            revoked=should_stop,
+        )
+    except JobStopped as stopped:
+        raise interruption(stopped) from None
     if notify:
         export = {"name": name, "rows": pointer["rows"]["Orders"], "size": pointer["size"], "url": pointer["url"]}
         mail = send_email.message_with_options(

@@ -34,7 +34,14 @@ from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
 
-from pipeline.errors import BrokerUnavailable, MessageTooLarge, PipelineError, PublishOutcomeUnknown, QueueMismatch
+from pipeline.errors import (
+    BrokerUnavailable,
+    MessageTooLarge,
+    PipelineError,
+    PublishOutcomeUnknown,
+    QueueMismatch,
+    ResultBackendUnavailable,
+)
 from pipeline.jobs.checks import MessageChecks, SettingsAtStart, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
@@ -48,8 +55,11 @@ from pipeline.jobs.properties import connection_name, message_properties
 from pipeline.jobs.queue_types import QUORUM, QueueTypeReport, queue_type_arguments
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
+from pipeline.jobs.scheduled import ScheduledPublisher
+from pipeline.jobs.shutdown import GracefulShutdown, Quiet, QuietConsumer
 from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.records import get_store
+from pipeline.store.schedule import Schedule
 
 #: What pika raises when a publish cannot be made on the connection or channel at hand.
 _PUBLISH_FAILURES = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
@@ -69,6 +79,8 @@ class PipelineBroker(RabbitmqBroker):
       middleware: Passed on to Dramatiq; see :func:`build_broker` for pipeline's list.
       received: The states the consumers ask for their deliveries, shared with the
         job-records middleware (see :class:`~pipeline.jobs.finished.ReceivedStates`).
+      quiet: Whether the worker takes deliveries, shared with the shutdown middleware (see
+        :mod:`pipeline.jobs.shutdown`).
     """
 
     def __init__(
@@ -76,9 +88,11 @@ class PipelineBroker(RabbitmqBroker):
         settings: Settings = PROCESS_SETTINGS,
         middleware: list[dramatiq.Middleware] | None = None,
         received: ReceivedStates | None = None,
+        quiet: Quiet | None = None,
     ) -> None:
         self.settings = settings
         self.received = received if received is not None else ReceivedStates(get_store(settings))
+        self.quiet = quiet if quiet is not None else Quiet()
         self._node_parameters: Any = None
         # The URL and the confirm mode are the settings', read when a connection first opens.
         super().__init__(middleware=middleware)
@@ -180,19 +194,26 @@ class PipelineBroker(RabbitmqBroker):
         return declared
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
-        """Messages ready in ``queue_name``, its delay queue and its dead-letter queue."""
+        """Messages ready in ``queue_name``, delayed (in its delay queue and kept in Redis until
+        due) and in its dead-letter queue.
+        """
         queue, delayed, dead = self._declare_on_server(q_name(queue_name))
-        return queue.method.message_count, delayed.method.message_count, dead.method.message_count
+        try:
+            kept = self.schedule.count(q_name(queue_name))
+        except ResultBackendUnavailable:
+            kept = 0
+        return queue.method.message_count, delayed.method.message_count + kept, dead.method.message_count
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         """Dramatiq's consumer of ``queue_name``, which also asks, without waiting, whether each
-        delivery's job already finished (see :mod:`pipeline.jobs.finished`), and sends the acks
-        of jobs that finished together (see :mod:`pipeline.jobs.pika_adapter`).
+        delivery's job already finished (see :mod:`pipeline.jobs.finished`), sends the acks
+        of jobs that finished together (see :mod:`pipeline.jobs.pika_adapter`), and takes no
+        more deliveries once the worker is quiet (see :mod:`pipeline.jobs.shutdown`).
         """
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
-            return FinishedCheck(consumer, self.received)
-        return consumer
+            consumer = FinishedCheck(consumer, self.received)
+        return QuietConsumer(consumer, self.quiet, timeout)
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
@@ -211,10 +232,12 @@ class PipelineBroker(RabbitmqBroker):
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
         """Publish ``message`` (after ``delay`` milliseconds) with pipeline's AMQP properties.
 
-        As Dramatiq's ``enqueue``: a delayed message goes to the queue's ``.DQ`` with its due
-        time (``eta``), middleware hear ``before_enqueue`` and ``after_enqueue``, and a publish
-        that fails is tried again on a new connection. A retry's due time is also noted on the
-        retried message (``retry_due``), where the job-records middleware reads it.
+        A delayed message (a retry's too) is kept in Redis until it is due, then published by a
+        worker of its queue (see :mod:`pipeline.store.schedule`); when Redis does not take it,
+        it goes to the queue's ``.DQ`` with its due time (``eta``), as Dramatiq sends it.
+        Middleware hear ``before_enqueue`` and ``after_enqueue`` as with Dramatiq's, and a
+        publish that fails is tried again on a new connection. A retry's due time is also noted
+        on the retried message (``retry_due``), where the job-records middleware reads it.
 
         Raises:
           BrokerUnavailable: RabbitMQ could not be reached or refused the message after the
@@ -227,7 +250,7 @@ class PipelineBroker(RabbitmqBroker):
         # Read first, out of the middleware's hooks (which log what they raise): a bad setting
         # reaches the sender as the SettingsError that names it.
         self.settings.confirm_delivery  # noqa: B018
-        canonical = message.queue_name
+        canonical = q_name(message.queue_name)
         queue_name = canonical
         if delay is not None:
             queue_name = dq_name(canonical)
@@ -237,6 +260,9 @@ class PipelineBroker(RabbitmqBroker):
                 retried.options[RETRY_DUE_OPTION] = due
         with refusals_raised():
             self.emit_before("enqueue", message, delay)
+        if delay is not None and self._keep_until_due(message, canonical, due):
+            self.emit_after("enqueue", message, delay)
+            return message
         body = message.encode()
         properties = message_properties(message, self.settings.service_name)
         broke = False
@@ -293,6 +319,30 @@ class PipelineBroker(RabbitmqBroker):
                 raise self._unavailable(exc) from exc
         self.emit_after("enqueue", message, delay)
         return message
+
+    @functools.cached_property
+    def schedule(self) -> Schedule:
+        """Where delayed messages wait for their due time (see :mod:`pipeline.store.schedule`)."""
+        return Schedule(self.received.store.redis)
+
+    def _keep_until_due(self, message: dramatiq.Message[Any], queue_name: str, due: int) -> bool:
+        """Keep a delayed message in Redis until ``due``; False when Redis did not take it, and
+        the message then goes to the queue's ``.DQ`` as Dramatiq sends it (held by a worker
+        until its time, which only a delay shorter than RabbitMQ's ``consumer_timeout`` survives).
+        """
+        kept = message.copy(queue_name=queue_name)
+        del kept.options[ETA_OPTION]
+        try:
+            self.schedule.add(queue_name, message.message_id, due, kept.encode().decode())
+        except ResultBackendUnavailable as exc:
+            self.logger.warning(
+                "Delayed message %s goes to %s, held by a worker until due: %s",
+                message.message_id,
+                dq_name(queue_name),
+                exc,
+            )
+            return False
+        return True
 
     def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Tell every middleware a batch is ``before`` or ``after`` its enqueue.
@@ -390,23 +440,27 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    SettingsAtStart, MessageChecks, MessagePriorities, JobRecords, LongJobPrefetch, ConsumerTimeoutCheck,
-    QueueTypeReport, WorkerLogs, PipelineRetries (in place of Retries, with the retry count and
-    backoff from the settings); and WorkerMetrics last (Dramatiq's Prometheus, when
+    SettingsAtStart, MessageChecks, MessagePriorities, GracefulShutdown, JobRecords,
+    LongJobPrefetch, ConsumerTimeoutCheck, QueueTypeReport, ScheduledPublisher, WorkerLogs,
+    PipelineRetries (in place of Retries, with the retry count and backoff from the settings);
+    and WorkerMetrics last (Dramatiq's Prometheus, when
     ``PIPELINE_METRICS_PORT`` is set). Nothing reads ``settings`` until a send or a worker needs it.
     """
     retries = PipelineRetries(settings)
     middleware = [retries if m is Retries else m() for m in default_middleware]
     received = ReceivedStates(get_store(settings))
-    broker = PipelineBroker(settings, middleware=middleware, received=received)
+    quiet = Quiet()
+    broker = PipelineBroker(settings, middleware=middleware, received=received, quiet=quiet)
     extras = (
         SettingsAtStart(settings),
         MessageChecks(),
         MessagePriorities(settings),
+        GracefulShutdown(settings, quiet, get_store(settings)),
         JobRecords(get_store(settings), received),
         LongJobPrefetch(settings),
         ConsumerTimeoutCheck(settings),
         QueueTypeReport(settings),
+        ScheduledPublisher(),
         WorkerLogs(lambda: settings.broker_url),
     )
     for extra in extras:

@@ -124,6 +124,13 @@ class JobStopped(PipelineError):
     """
 
 
+class JobInterrupted(JobStopped):
+    """Raised inside a running actor whose worker is shutting down and asked it to stop (see
+    :func:`pipeline.results.stop_if_revoked`): not a failure. The record reads ``INTERRUPTED``,
+    no retry is spent, and the message goes back to its queue for the next attempt.
+    """
+
+
 class JobFailed(PermanentError):
     """A job ended in ``FAILURE``; raised by ``AsyncResult.get`` when the remote error's type
     cannot be rebuilt as one of pipeline's own errors.

@@ -20,6 +20,7 @@ from pipeline.settings import Settings
 from pipeline.states import READY_STATES, JobState
 from pipeline.store import revocations
 from pipeline.store.records import get_store
+from pipeline.store.schedule import Schedule
 from pipeline.timestamps import now_iso
 
 __all__ = ["AsyncResult", "current_message_id", "is_revoked", "rebuild_error", "report_progress", "stop_if_revoked"]
@@ -128,8 +129,9 @@ class AsyncResult:
         raise rebuild_error(record.get("error") or {"type": "Exception", "message": "the job failed"})
 
     def revoke(self) -> bool:
-        """Cancel the job: a worker skips it if it has not started, and a running job that
-        checks (:func:`is_revoked`) stops. A finished job is left as it is.
+        """Cancel the job: a delayed job is dropped before its time, a worker skips it if it has
+        not started, and a running job that checks (:func:`is_revoked`) stops. A finished job
+        is left as it is.
 
         Returns:
           True if the record is now ``REVOKED`` by this call.
@@ -137,6 +139,10 @@ class AsyncResult:
         applied, _ = self._store.write(self.id, JobState.REVOKED, revoked_at=now_iso(), finished_at=now_iso())
         if applied:
             revocations.announce(self._store.redis, self.id)
+            record = self._store.read(self.id)
+            if record is not None and record.get("queue"):
+                # A delayed job is dropped from its schedule: it is never published.
+                Schedule(self._store.redis).remove(str(record["queue"]), [self.id])
         return applied
 
     def forget(self) -> bool:

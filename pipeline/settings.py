@@ -78,6 +78,10 @@ class Settings:
     #: Seconds after which a key whose job never reached ``QUEUED`` (its sender died between
     #: taking the key and publishing) is taken over by a later send.
     idempotency_takeover: float = 10.0
+    #: Seconds a worker told to stop (SIGTERM) gives its running jobs: near the end it asks them
+    #: to stop, and at the end it hands back what still runs and exits. Keep it below the
+    #: platform's own grace period (a container's 30 s by default, with the SIGKILL after it).
+    shutdown_grace: float = 25.0
     #: ``classic`` queues (one node's) or ``quorum`` queues (replicated across a cluster).
     queue_type: str = "classic"
     #: Deliveries of one message a quorum queue makes before it dead-letters it (a job that
@@ -96,7 +100,7 @@ class Settings:
     max_retries: int = 5
     #: Milliseconds before the first retry; doubles with every attempt.
     retry_min_backoff: int = 15_000
-    #: Milliseconds a retry waits at most; keep it below RabbitMQ's consumer timeout.
+    #: Milliseconds a retry waits at most; any length (the retry waits in Redis, not in a worker).
     retry_max_backoff: int = 600_000
 
     #: SMTP server host.
@@ -171,6 +175,7 @@ class Settings:
         _check_minimum("PIPELINE_RESULT_TTL", self.result_ttl, 1)
         _check_minimum("PIPELINE_IDEMPOTENCY_WINDOW", self.idempotency_window, 1)
         _check_positive("PIPELINE_IDEMPOTENCY_TAKEOVER", self.idempotency_takeover)
+        _check_positive("PIPELINE_SHUTDOWN_GRACE", self.shutdown_grace)
         if not NAMESPACE.fullmatch(self.namespace):
             raise SettingsError(
                 "PIPELINE_NAMESPACE", self.namespace, "expected letters, digits, '_', '-' or '.' (at most 64)"
@@ -200,7 +205,7 @@ class Settings:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65_536:
             raise SettingsError("PIPELINE_METRICS_PORT", str(self.metrics_port), "a port is 1 to 65535")
         _check_minimum("PIPELINE_EXPORT_REUSE_WINDOW", self.export_reuse_window, 0)
-        # Every delivery a worker holds unacked (a running export, a retry waiting in .DQ) must
+        # Every delivery a worker holds unacked (a running export, the prefetch behind it) must
         # be acked before RabbitMQ's consumer timeout, or RabbitMQ closes the channel and
         # redelivers them all: an export that always overruns would then loop forever.
         if self.export_time_limit * 1000 >= self.rabbitmq_consumer_timeout:
@@ -210,13 +215,6 @@ class Settings:
                 f"must be below RabbitMQ's consumer timeout ({self.rabbitmq_consumer_timeout} ms, "
                 "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT): raise consumer_timeout in the RabbitMQ server's "
                 "config and PIPELINE_RABBITMQ_CONSUMER_TIMEOUT with it, or lower the time limit",
-            )
-        if self.retry_max_backoff >= self.rabbitmq_consumer_timeout:
-            raise SettingsError(
-                "PIPELINE_RETRY_MAX_BACKOFF",
-                str(self.retry_max_backoff),
-                f"must be below RabbitMQ's consumer timeout ({self.rabbitmq_consumer_timeout} ms, "
-                "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT): retries wait unacknowledged in the worker",
             )
         for queue, priority in self.queue_priorities.items():
             if not 0 <= priority <= MAX_QUEUE_PRIORITY:

@@ -1,7 +1,8 @@
 """The states of a job and the order they move in.
 
-A job record only moves forward. Forward is measured by a *rank*: ``QUEUED`` is lowest, each
-attempt's ``STARTED`` and ``RETRY`` come after the previous attempt's, and the finished states
+A job record only moves forward. Forward is measured by a *rank*: ``SCHEDULED`` is lowest, then
+``QUEUED``; each attempt's ``STARTED``, then its ``RETRY`` or ``INTERRUPTED``, come after the
+previous attempt's, and the finished states
 (``SUCCESS``, ``FAILURE``, ``REVOKED``) rank above everything and are never left. The record
 store compares ranks atomically in Redis, so a late or duplicate write cannot turn a record back.
 """
@@ -16,12 +17,18 @@ class JobState(enum.StrEnum):
 
     #: No record: the id is unknown, or its record expired.
     PENDING = "PENDING"
+    #: Sent with a delay: kept until its due time, which the record's ``eta`` says, then queued.
+    #: (A retry waiting out its backoff reads ``RETRY``, with ``next_attempt_at``.)
+    SCHEDULED = "SCHEDULED"
     #: Taken by RabbitMQ, waiting for a worker.
     QUEUED = "QUEUED"
     #: A worker is running it (the record says which attempt).
     STARTED = "STARTED"
     #: An attempt failed; another is scheduled.
     RETRY = "RETRY"
+    #: An attempt was cut short by a worker's shutdown (a deploy): not a failure, and no retry
+    #: is spent; the message went back to its queue and the next delivery is the next attempt.
+    INTERRUPTED = "INTERRUPTED"
     #: Finished; the record holds the result.
     SUCCESS = "SUCCESS"
     #: Finished with an error that was not retried (or retries ran out).
@@ -53,9 +60,11 @@ REVOKED_RANK = FINAL_RANK + 2
 def rank(state: JobState, attempt: int = 0) -> int:
     """The rank of ``state`` at ``attempt`` (1 for the first run); higher ranks win.
 
+    ``RETRY`` and ``INTERRUPTED`` share a rank: each ends an attempt that a later one follows.
+
     Raises:
       ValueError: ``PENDING``, which is the absence of a record and is never written, or an
-        attempt below 1 for ``STARTED`` and ``RETRY``.
+        attempt below 1 for ``STARTED``, ``RETRY`` and ``INTERRUPTED``.
     """
     if state is JobState.SUCCESS:
         return SUCCESS_RANK
@@ -65,11 +74,13 @@ def rank(state: JobState, attempt: int = 0) -> int:
         return REVOKED_RANK
     if state is JobState.QUEUED:
         return 0
+    if state is JobState.SCHEDULED:
+        return -1
     if state is JobState.PENDING:
         raise ValueError("PENDING is the absence of a record and is never written")
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, not {attempt}")
-    return 2 * attempt + (1 if state is JobState.RETRY else 0)
+    return 2 * attempt + (0 if state is JobState.STARTED else 1)
 
 
 def may_replace(current_rank: int | None, new_rank: int) -> bool:

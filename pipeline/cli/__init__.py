@@ -8,6 +8,8 @@
     The latest jobs, newest first, from the job index.
 ``pipeline queues``
     Each queue's backlog, consumers, rates and max priority.
+``pipeline workers [--json]`` / ``pipeline workers quiet [ID ...]``
+    The worker processes alive, from their heartbeats; ``quiet`` makes them take no more jobs.
 ``pipeline dlq list|show|requeue|purge``
     Dead-lettered messages, why they failed, and putting them back.
 ``pipeline doctor``
@@ -24,7 +26,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import demo, dlq, doctor, jobs, queues, send, status
+from pipeline.cli import demo, dlq, doctor, jobs, queues, send, status, workers
 from pipeline.cli.exit_codes import (
     RET_BAD_ID,
     RET_ERROR,
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(commands)
     jobs.add_parser(commands)
     queues.add_parser(commands)
+    workers.add_parser(commands)
     dlq.add_parser(commands)
     doctor.add_parser(commands)
     demo.add_parser(commands)

@@ -55,8 +55,7 @@ class ConsumerTimeoutCheck(Middleware):
         Parameters:
           queues: The queues consumed.
           held: Milliseconds a worker may hold a delivery of each queue (see
-            :func:`~pipeline.jobs.holds.longest_hold`); pipeline's retry backoff
-            (``PIPELINE_RETRY_MAX_BACKOFF``) at least.
+            :func:`~pipeline.jobs.holds.longest_hold`).
 
         Returns:
           Lines with their log levels (a WARNING is a timeout that needs a change).
@@ -73,11 +72,11 @@ class ConsumerTimeoutCheck(Middleware):
             found = {}
             version = ""
         for queue in queues:
-            limit = max(self.settings.retry_max_backoff, held.get(queue, 0))
+            limit = held.get(queue, 0)
             if queue not in found and limit >= assumed:
                 lines.append(self._too_long(queue, limit, assumed, "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT"))
         for queue, timeout in found.items():
-            limit = max(self.settings.retry_max_backoff, held.get(queue, 0))
+            limit = held.get(queue, 0)
             if timeout is None:
                 lines.append(
                     (
@@ -113,8 +112,8 @@ class ConsumerTimeoutCheck(Middleware):
     def _too_long(queue: str, hold: int, timeout: int, source: str) -> tuple[int, str]:
         return (
             logging.WARNING,
-            f"Queue {queue!r}: a worker may hold a delivery {hold} ms (its actors' time limits and retry "
-            f"backoff, and the prefetch), at or above the consumer timeout of {timeout} ms ({source}): RabbitMQ "
+            f"Queue {queue!r}: a worker may hold a delivery {hold} ms (its actors' time limits and the "
+            f"prefetch), at or above the consumer timeout of {timeout} ms ({source}): RabbitMQ "
             "will close the channel and deliver those jobs again, and again; lower the actor's time_limit or "
             "the prefetch, or raise the queue's consumer timeout",
         )

@@ -1,4 +1,5 @@
-"""What a running actor asks about its own job: its id, whether it was revoked, and progress.
+"""What a running actor asks about its own job: its id, whether it was revoked or its worker is
+shutting down, and progress.
 
 Progress reports and revocation checks never fail a job: while Redis is away a report is
 dropped (and False returned), and a revocation is looked up in the worker's memory.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from pipeline.errors import JobStopped, PipelineError, ResultBackendUnavailable
+from pipeline.errors import JobInterrupted, JobStopped, PipelineError, ResultBackendUnavailable
 from pipeline.job_id import check_job_id
 from pipeline.job_record import Progress
 from pipeline.states import JobState
@@ -22,6 +23,8 @@ from pipeline.store.records import get_store
 from pipeline.timestamps import now_iso
 
 _running = threading.local()
+# Set once in a worker process whose shutdown asks its running jobs to stop.
+_stop_requested = threading.Event()
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,26 @@ def is_revoked(message_id: str | None = None) -> bool:
     return get_store().state(message_id) is JobState.REVOKED
 
 
+def request_stop() -> None:
+    """Ask every job of this worker process to stop at its next check (its worker shuts down)."""
+    _stop_requested.set()
+
+
+def stop_requested() -> bool:
+    """Whether this worker process is shutting down and asks its jobs to stop."""
+    return _stop_requested.is_set()
+
+
+def should_stop() -> bool:
+    """Whether the job this worker thread runs should stop: it was revoked, or its worker is
+    shutting down.
+    """
+    return stop_requested() or is_revoked()
+
+
 def stop_if_revoked(doing: str = "stopped") -> None:
-    """Stop the job this worker thread runs if it was revoked: call it between batches of work.
+    """Stop the job this worker thread runs if it was revoked or its worker is shutting down:
+    call it between batches of work.
 
     Parameters:
       doing: Where the job stood, for the log (``"stopped after 500 of 2000 rows"``).
@@ -92,6 +113,19 @@ def stop_if_revoked(doing: str = "stopped") -> None:
     Raises:
       JobStopped: The job was revoked; let it propagate (the message is acknowledged and the
         record stays ``REVOKED``).
+      JobInterrupted: The worker is shutting down; let it propagate (the message goes back to
+        its queue, the record reads ``INTERRUPTED``, and no retry is spent).
     """
     if is_revoked():
         raise JobStopped(f"job {current_message_id()} {doing}: it was revoked")
+    if stop_requested():
+        raise JobInterrupted(f"job {current_message_id()} {doing}: its worker is shutting down")
+
+
+def interruption(stopped: JobStopped) -> JobStopped:
+    """``stopped`` as the worker's shutdown explains it: a ``JobInterrupted`` when the job was
+    not revoked but its worker asked it to stop, else ``stopped`` itself.
+    """
+    if isinstance(stopped, JobInterrupted) or not stop_requested() or is_revoked():
+        return stopped
+    return JobInterrupted(str(stopped).replace("the job was revoked", "its worker is shutting down"))

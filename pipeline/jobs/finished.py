@@ -126,6 +126,12 @@ class FinishedCheck(dramatiq.Consumer):
         self._ready.extend(batch[1:])
         return first
 
+    def pop_ready(self) -> Any:
+        """A delivery received and not handed out yet, or None: what a worker going quiet still
+        hands to its threads (to hand back) once it takes no more.
+        """
+        return self._ready.popleft() if self._ready else None
+
     def _next_decoded(self) -> Any:
         """Dramatiq's next delivery, recording the failure of one it could not decode."""
         self._deliveries.last = None

@@ -25,7 +25,7 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, SkipMessage
 
-from pipeline.errors import JobStopped, ResultBackendUnavailable
+from pipeline.errors import JobInterrupted, JobStopped, ResultBackendUnavailable
 from pipeline.job_id import is_job_id
 from pipeline.job_record import JobError, error_info
 from pipeline.jobs.catch_up import CatchUp
@@ -58,13 +58,15 @@ FAILED_BEFORE_RUN: JobError = {
 class JobRecords(Middleware):
     """Writes each message's job record through its life.
 
-    ``QUEUED`` once RabbitMQ has taken the message (written by the sender), ``STARTED`` with
+    ``QUEUED`` once RabbitMQ has taken the message (written by the sender; ``SCHEDULED``, with
+    its ``eta``, for a delayed message, then ``QUEUED`` when it is published), ``STARTED`` with
     the attempt number, ``RETRY`` with the error and when the next attempt is due, then
     ``SUCCESS`` with the return value or ``FAILURE`` with the error, also when a middleware
-    skipped or dead-lettered the message. A message whose record is already finished (revoked
-    before it ran, or redelivered after it succeeded) is skipped. ``attempt`` counts every
-    delivery: a redelivery after a worker died is one more, and the record notes the attempt
-    that was cut off.
+    skipped or dead-lettered the message; ``INTERRUPTED`` (with ``interrupted_at`` and why) when
+    the worker's shutdown stopped the job. A message whose record is already finished (revoked
+    before it ran, or redelivered after it succeeded) is skipped. ``attempt`` counts every run
+    that began: a redelivery after a worker died in a job is one more, and the record notes the
+    attempt that was cut off.
 
     Parameters:
       store: Where the records go.
@@ -115,7 +117,7 @@ class JobRecords(Middleware):
             fields = self._describe(message)
             # Sent by the writer's thread while this one waits for RabbitMQ's confirm.
             self._queued[message.message_id] = self.store.begin_write(
-                message.message_id, JobState.QUEUED, when=When.SOON, **fields
+                message.message_id, _sent_state(delay), when=When.SOON, **fields
             )
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
@@ -130,7 +132,7 @@ class JobRecords(Middleware):
         if is_retry(message):
             return
         if not self.store.settings.confirm_delivery:
-            self._write_queued_soon(message)
+            self._write_queued_soon(message, _sent_state(delay))
             return
         pending = self._queued.pop(message.message_id, None)
         if pending is not None:
@@ -147,10 +149,12 @@ class JobRecords(Middleware):
         if not self.store.settings.confirm_delivery and not is_retry(message):
             self._write_queued_soon(message)
 
-    def _write_queued_soon(self, message: dramatiq.Message[Any]) -> None:
-        """Hand an unconfirmed send's ``QUEUED`` write to the writer, its answer not awaited."""
+    def _write_queued_soon(self, message: dramatiq.Message[Any], state: JobState = JobState.QUEUED) -> None:
+        """Hand an unconfirmed send's ``QUEUED`` (or ``SCHEDULED``) write to the writer, its
+        answer not awaited.
+        """
         self.store.begin_write(
-            message.message_id, JobState.QUEUED, on_lost=_unwritten(message), when=When.LATER, **self._describe(message)
+            message.message_id, state, on_lost=_unwritten(message), when=When.LATER, **self._describe(message)
         )
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
@@ -158,7 +162,7 @@ class JobRecords(Middleware):
         self._queued.pop(message.message_id, None)
         try:
             # The QUEUED write was handed to the writer before: this read comes after it.
-            if self.store.state(message.message_id) is JobState.QUEUED:
+            if self.store.state(message.message_id) in (JobState.QUEUED, JobState.SCHEDULED):
                 self.store.delete(message.message_id)
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
@@ -217,7 +221,7 @@ class JobRecords(Middleware):
             raise SkipMessage(f"job {message.message_id} was revoked")
         else:
             self._skip_if_finished(message)
-        attempt = _attempt(message)
+        attempt = attempt_of(message)
         self._started[message.message_id] = (attempt, fields["started_at"])
         set_current_message_id(message.message_id)
         if self.starts.running:
@@ -263,8 +267,11 @@ class JobRecords(Middleware):
             return
         retries = message.options.get(RETRIES_OPTION, 0)
         earlier = record.get("attempt", 0) if record is not None else 0
-        # RabbitMQ delivered this attempt before: one more attempt than the last one recorded.
-        message.options[REDELIVERIES_OPTION] = max(earlier - retries, message.options.get(REDELIVERIES_OPTION, 0) + 1)
+        # RabbitMQ delivered this message before. When the record shows that this attempt began
+        # (a worker died in it, or a shutdown interrupted it) this delivery is the next one; a
+        # message handed back before it started (a worker shutting down) is still this attempt.
+        if earlier >= attempt_of(message):
+            message.options[REDELIVERIES_OPTION] = earlier - retries
         if record is not None and record["state"] == JobState.STARTED.value:
             fields["cut_off"] = {"attempt": earlier, "started_at": record.get("started_at"), "noticed_at": now_iso()}
 
@@ -284,6 +291,9 @@ class JobRecords(Middleware):
         retry_due = message.options.pop(RETRY_DUE_OPTION, None)
         # A start not written yet goes with the final write: one write for a quick job.
         _, start_fields = self.starts.take(message.message_id)
+        if isinstance(exception, JobInterrupted):
+            self._write(message, JobState.INTERRUPTED, attempt, **interrupted_fields(str(exception)), **start_fields)
+            return
         if isinstance(exception, JobStopped):
             return
         # Every last write says when the attempt started, whichever write of the start lands first.
@@ -325,10 +335,11 @@ class JobRecords(Middleware):
         set_current_message_id(None)
         self.received.forget(message.message_id)
         self._started.pop(message.message_id, None)
+        self.starts.take(message.message_id)
         if message.failed and is_job_id(message.message_id):
             self._fail(
                 message,
-                _attempt(message),
+                attempt_of(message),
                 error=FAILED_BEFORE_RUN,
                 finished_at=now_iso(),
                 **self._describe(message),
@@ -350,7 +361,7 @@ class JobRecords(Middleware):
                     f"actor {message.actor_name!r} is declared by no module this worker imports; dead-lettered"
                 )
                 error = error_info(unknown)
-            self._write(message, JobState.FAILURE, _attempt(message), error=error, finished_at=now_iso())
+            self._write(message, JobState.FAILURE, attempt_of(message), error=error, finished_at=now_iso())
 
     def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: object) -> None:
         """Wait for the answers the process's writes still wait for."""
@@ -368,6 +379,16 @@ def _unwritten(message: dramatiq.Message[Any]) -> Callable[[ResultBackendUnavail
     return log
 
 
-def _attempt(message: MessageProxy) -> int:
+def _sent_state(delay: int | None) -> JobState:
+    """The state a newly sent message's record starts in: ``SCHEDULED`` when it has a delay."""
+    return JobState.QUEUED if delay is None else JobState.SCHEDULED
+
+
+def interrupted_fields(reason: str) -> dict[str, Any]:
+    """The fields of an ``INTERRUPTED`` record: when and why its attempt was cut short."""
+    return {"interrupted_at": now_iso(), "interrupted": reason}
+
+
+def attempt_of(message: MessageProxy | dramatiq.Message[Any]) -> int:
     """The attempt a delivery of ``message`` is: its retries and redeliveries, plus one."""
     return int(message.options.get(RETRIES_OPTION, 0)) + 1 + int(message.options.get(REDELIVERIES_OPTION, 0))

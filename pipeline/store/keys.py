@@ -68,6 +68,30 @@ class Keys:
         """
         return f"{self.namespace}:send-key:{actor_name}:{digest}"
 
+    def scheduled(self, queue_name: str) -> str:
+        """Sorted set of the ids of ``queue_name``'s delayed messages, scored by due time (Unix
+        milliseconds); a member is removed once its message is published.
+        """
+        return f"{self.namespace}:scheduled:{queue_name}"
+
+    def scheduled_messages(self, queue_name: str) -> str:
+        """Hash of the encoded delayed messages of ``queue_name``, by id; as the sorted set."""
+        return f"{self.namespace}:scheduled:{queue_name}:messages"
+
+    @property
+    def workers(self) -> str:
+        """Hash of the worker processes by id (``host:pid``): each one's heartbeat, a JSON
+        object; an entry silent for an hour is dropped by the next listing.
+        """
+        return f"{self.namespace}:workers"
+
+    @property
+    def quiet_requests(self) -> str:
+        """Hash of the workers told to go quiet, by id, holding the start time of the process
+        meant (a later process with the same id is not quiet); entries live a day.
+        """
+        return f"{self.namespace}:workers:quiet"
+
     @property
     def duplicates(self) -> str:
         """Counter of messages not run because their job had finished (a re-publish); no TTL."""

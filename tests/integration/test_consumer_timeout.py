@@ -42,10 +42,17 @@ def test_a_queue_timeout_that_differs_from_the_setting_is_reported(probe_queue):
     assert "3600000 ms" in line and "set the setting to 3600000" in line and level == logging.WARNING
 
 
-def test_a_queue_timeout_below_the_retry_backoff_is_a_warning_with_its_fix(probe_queue):
+def test_a_queue_timeout_below_the_longest_hold_is_a_warning_with_its_fix(probe_queue):
     queue = probe_queue({"x-consumer-timeout": 60_000})
-    [(level, line)] = ConsumerTimeoutCheck(make_settings()).findings([queue])
+    [(level, line)] = ConsumerTimeoutCheck(make_settings()).findings([queue], {queue: 600_000})
     assert "at or below the 600000 ms" in line and "deliver those jobs again" in line and level == logging.WARNING
+
+
+def test_retry_backoffs_longer_than_the_queue_timeout_need_no_warning(probe_queue):
+    # Retries wait in Redis, not in a worker: a long backoff holds no delivery.
+    queue = probe_queue({"x-consumer-timeout": 60_000})
+    settings = make_settings(retry_max_backoff=3_600_000, rabbitmq_consumer_timeout=60_000, export_time_limit=30)
+    assert [line for level, line in ConsumerTimeoutCheck(settings).findings([queue]) if level == logging.WARNING] == []
 
 
 def test_an_unreachable_management_api_is_one_line_naming_it_without_password():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from waiting import settled, wait_until
 from pipeline.actors import ping
 from pipeline.broker import broker
 from pipeline.errors import JobRevoked, JobTimeout, PermanentError
-from pipeline.queues import DEFAULT_QUEUE
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult, report_progress
 from pipeline.states import JobState
 
@@ -58,12 +59,23 @@ def test_send_then_get_from_a_process_that_never_imported_the_actors(worker):
     assert json.loads(out.stdout) == {"pong": {"order": 17}}
 
 
-def test_a_sent_message_is_queued_before_send_returns(clean_redis):
-    message = ping.message_with_options(args=("held",), delay=60_000)
-    sent = broker.enqueue(message, delay=60_000)
+def test_a_sent_message_is_queued_before_send_returns(purge):
+    # No worker of this module consumes the slow queue: the record is the sender's.
+    purge(SLOW_QUEUE)
+    sent = sample_actors.record_order.send("held")
     record = AsyncResult(sent.message_id).info()
     assert record["state"] == "QUEUED"
-    assert record["actor"] == "ping" and record["queue"] == DEFAULT_QUEUE and record["priority"] == 0
+    assert record["actor"] == "record_order" and record["queue"] == SLOW_QUEUE and record["priority"] == 0
+    purge(SLOW_QUEUE)
+
+
+def test_a_delayed_message_is_scheduled_with_its_due_time_before_send_returns(clean_redis):
+    before = datetime.datetime.now(datetime.UTC)
+    sent = broker.enqueue(ping.message_with_options(args=("held",)), delay=60_000)
+    record = AsyncResult(sent.message_id).info()
+    assert record["state"] == "SCHEDULED"
+    due = datetime.datetime.fromisoformat(record["eta"])
+    assert before + datetime.timedelta(seconds=59) < due < before + datetime.timedelta(seconds=62)
     AsyncResult(sent.message_id).revoke()
 
 
@@ -136,7 +148,7 @@ def test_get_times_out_with_a_timeout_error(clean_redis):
     sent = broker.enqueue(ping.message_with_options(args=("later",)), delay=60_000)
     with pytest.raises(TimeoutError):
         AsyncResult(sent.message_id).get(timeout=0.2)
-    with pytest.raises(JobTimeout, match="QUEUED"):
+    with pytest.raises(JobTimeout, match="SCHEDULED"):
         AsyncResult(sent.message_id).get(timeout=0.1)
     AsyncResult(sent.message_id).revoke()
 
@@ -144,7 +156,7 @@ def test_get_times_out_with_a_timeout_error(clean_redis):
 def test_get_with_no_time_to_wait_looks_once(worker, clean_redis):
     sent = broker.enqueue(ping.message_with_options(args=("later",)), delay=60_000)
     started = time.monotonic()
-    with pytest.raises(JobTimeout, match="QUEUED"):
+    with pytest.raises(JobTimeout, match="SCHEDULED"):
         AsyncResult(sent.message_id).get(timeout=0)
     assert time.monotonic() - started < 5
     AsyncResult(sent.message_id).revoke()
@@ -163,13 +175,27 @@ def test_get_returns_within_milliseconds_of_the_end(worker):
 
 def test_revoked_before_start_is_skipped(worker, clean_redis):
     key = str(uuid.uuid4())
-    sent = broker.enqueue(sample_actors.count_runs.message(key), delay=1500)
-    result = AsyncResult(sent.message_id)
+    message = sample_actors.count_runs.message(key)
+    result = AsyncResult(message.message_id)
+    # Revoked before the worker can take it: the message reaches the worker revoked.
     assert result.revoke()
+    sent = broker.enqueue(message)
     with pytest.raises(JobRevoked):
         result.get(timeout=10)
     wait_until(lambda: any(sent.message_id in line for line in worker.lines if "was skipped" in line), what="the skip")
     assert runs(clean_redis, key) == 0
+    assert result.state is JobState.REVOKED
+
+
+def test_a_delayed_job_revoked_before_its_time_is_never_published(worker, clean_redis):
+    key = str(uuid.uuid4())
+    sent = broker.enqueue(sample_actors.count_runs.message(key), delay=1500)
+    result = AsyncResult(sent.message_id)
+    assert result.revoke()
+    assert clean_redis.zscore(f"{result._store.keys.scheduled(DEFAULT_QUEUE)}", sent.message_id) is None
+    time.sleep(2.5)
+    assert runs(clean_redis, key) == 0
+    assert not any(sent.message_id in line for line in worker.lines)
     assert result.state is JobState.REVOKED
 
 

@@ -92,3 +92,28 @@ def ping_later(n: int) -> int:
 def waits_for(message_id: str) -> object:
     """Return another job's result: a job that depends on another one."""
     return AsyncResult(message_id).get(timeout=10)
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=1, min_backoff=20_000, max_backoff=20_000)
+def fails_once_then_waits(key: str) -> int:
+    """Fail the first run with a passing error, whose retry waits 10 to 20 s; then succeed."""
+    runs = int(_redis().incr(RUNS_PREFIX + key))
+    if runs == 1:
+        raise ConnectionError(f"first run of {key} fails on purpose")
+    return runs
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0)
+def sleeps_then_counts(key: str, seconds: float) -> int:
+    """Sleep ``seconds`` without looking up (a job that cannot stop), then count its run."""
+    time.sleep(seconds)
+    return int(_redis().incr(RUNS_PREFIX + key))
+
+
+@actor(queue_name=SLOW_QUEUE, max_retries=0, time_limit=120_000)
+def long_steps(key: str, count: int, pause: float) -> int:
+    """A long job that checks between its ``count`` steps whether to stop, then counts its run."""
+    for done in range(count):
+        stop_if_revoked(f"stopped after {done} of {count} steps")
+        time.sleep(pause)
+    return int(_redis().incr(RUNS_PREFIX + key))

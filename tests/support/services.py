@@ -64,7 +64,11 @@ def amqp() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
     """A channel on the tests' vhost of the real RabbitMQ, for looking at and purging queues."""
     _require("RabbitMQ's management API", testenv.ensure_vhost)
     _require("RabbitMQ", lambda: pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL)).close())
-    connection = pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL))
+    parameters = pika.URLParameters(testenv.BROKER_URL)
+    # The session's connection may sit idle through a long test, where no heartbeat is sent:
+    # without heartbeats RabbitMQ keeps it open.
+    parameters.heartbeat = 0
+    connection = pika.BlockingConnection(parameters)
     yield connection.channel()
     connection.close()
 

@@ -139,3 +139,16 @@ def test_the_env_file_is_the_one_place_of_credentials_and_the_hosts_urls(compose
         assert url.hostname == "127.0.0.1" and url.port == 5672
     settings = Settings.from_env({k: v for k, v in env_file.items() if k.startswith("PIPELINE_")})
     assert urlsplit(settings.management_url or "").port == 15672
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_workers_get_their_shutdown_grace_before_docker_kills_them(compose, queue):
+    worker = compose["services"][f"worker-{queue}"]
+    grace = Settings.from_env({k: str(v) for k, v in worker["environment"].items()}).shutdown_grace
+    assert worker["stop_grace_period"].endswith("s") and int(worker["stop_grace_period"][:-1]) > grace
+
+
+def test_redis_keeps_delayed_jobs_across_a_restart(compose):
+    redis = compose["services"]["redis"]
+    assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])

@@ -99,9 +99,9 @@ def test_the_default_export_time_limit_is_well_above_dramatiqs_ten_minutes():
     assert 600 < Settings().export_time_limit < Settings().rabbitmq_consumer_timeout / 1000
 
 
-def test_a_retry_backoff_above_the_consumer_timeout_is_refused():
-    with pytest.raises(SettingsError, match="PIPELINE_RETRY_MAX_BACKOFF"):
-        Settings.from_env({"PIPELINE_RETRY_MAX_BACKOFF": "1800000"})
+def test_a_retry_backoff_past_the_consumer_timeout_is_taken_since_retries_wait_in_redis():
+    settings = Settings.from_env({"PIPELINE_RETRY_MAX_BACKOFF": str(6 * 3_600_000)})
+    assert settings.retry_max_backoff > settings.rabbitmq_consumer_timeout
 
 
 def test_a_valid_sender_and_namespace_are_kept():

@@ -1,0 +1,97 @@
+"""The worker's part in delayed messages: publish its queues' messages as they fall due.
+
+Every worker process runs one thread that looks, a few times a second, for the messages of the
+queues it consumes that are due (see :mod:`pipeline.store.schedule`), publishes them to their
+queue in one AMQP transaction per batch and removes them from Redis. Several workers share the
+work: a take leases what it took, so two never publish the same message while both run. A
+publish that fails gives the messages back, due at their own times.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+from dramatiq.common import current_millis, q_name
+from dramatiq.errors import DecodeError
+from dramatiq.middleware import Middleware
+
+from pipeline.background import Background
+from pipeline.errors import PipelineError
+from pipeline.store.schedule import Taken
+
+logger = logging.getLogger(__name__)
+
+#: Messages taken and published at most in one batch.
+MOST_PER_TAKE = 500
+#: Seconds between two looks when nothing is due sooner: a message runs this late at most.
+LOOK_EVERY = 0.2
+
+
+class ScheduledPublisher(Middleware):
+    """Publishes the delayed messages of the queues a worker consumes once they are due."""
+
+    def __init__(self) -> None:
+        self.queues: list[str] = []
+        self._thread: Background | None = None
+        self._failing = False
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Start publishing the due messages of the worker's queues."""
+        self.queues = sorted({q_name(name) for name in worker.consumers})
+        self._thread = Background("pipeline-scheduled", lambda stop: self._run(broker, stop))
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Stop publishing: another worker (or this one, started again) takes over."""
+        if self._thread is not None:
+            self._thread.stop(wait=5)
+
+    def _run(self, broker: Any, stop: threading.Event) -> None:
+        while not stop.is_set():
+            pause = LOOK_EVERY
+            for queue_name in self.queues:
+                try:
+                    pause = min(pause, self.publish_due(broker, queue_name))
+                    self._failing = False
+                except PipelineError as exc:
+                    if not self._failing:
+                        logger.warning("Delayed messages of %s wait: %s", queue_name, exc)
+                    self._failing = True
+            stop.wait(pause)
+
+    def publish_due(self, broker: Any, queue_name: str) -> float:
+        """Publish ``queue_name``'s due messages; the seconds to wait before looking again.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+          BrokerUnavailable: RabbitMQ did not take the batch (it is given back first).
+        """
+        now = current_millis()
+        found = broker.schedule.take_due(queue_name, now, MOST_PER_TAKE)
+        if not found.taken:
+            if found.next_due is None:
+                return LOOK_EVERY
+            return max(0.0, min(LOOK_EVERY, (found.next_due - now) / 1000))
+        messages: list[dramatiq.Message[Any]] = []
+        published: list[Taken] = []
+        done: list[str] = []
+        for taken in found.taken:
+            done.append(taken.message_id)
+            if not taken.body:
+                continue  # cancelled (revoked) while it waited
+            try:
+                messages.append(dramatiq.Message.decode(taken.body.encode()))
+                published.append(taken)
+            except DecodeError:
+                logger.error("Delayed message %s cannot be decoded; dropped: %r", taken.message_id, taken.body[:200])
+        if messages:
+            try:
+                broker.enqueue_many(messages)
+            except PipelineError:
+                broker.schedule.release(queue_name, published)
+                raise
+        broker.schedule.remove(queue_name, done)
+        return 0.0 if len(found.taken) == MOST_PER_TAKE else LOOK_EVERY

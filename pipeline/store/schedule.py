@@ -1,0 +1,138 @@
+"""Delayed messages, kept in Redis until they are due: no worker holds one unacknowledged.
+
+Dramatiq holds a delayed message in the worker that received it from the queue's ``.DQ``,
+unacknowledged until its time; past RabbitMQ's ``consumer_timeout`` (30 minutes by default)
+the channel is closed and the message delivered again, over and over. Here a delayed message
+is kept in a sorted set of its queue, scored by its due time, beside its encoded body; a
+worker that consumes the queue takes what is due and publishes it (see
+:mod:`pipeline.jobs.due`), then removes it.
+
+Taking a message pushes its score a lease ahead rather than removing it: a worker that dies
+between taking and publishing leaves it to be taken again once the lease is over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import cast
+
+from pipeline.store.connection import RedisConnection
+
+#: KEYS: the queue's sorted set, its bodies. ARGV: now (ms), most to take, lease end (ms).
+#: Returns {ids and due times (flat), bodies, first due time or false}: the due messages with
+#: their bodies (a body removed meanwhile, by a revocation, is ''), else the earliest due time.
+TAKE_DUE_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+if #due == 0 then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {{}, {}, first[2] or false}
+end
+local ids = {}
+for i = 1, #due, 2 do
+  ids[#ids + 1] = due[i]
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], due[i])
+end
+local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
+for i = 1, #ids do if not bodies[i] then bodies[i] = '' end end
+return {due, bodies, false}
+"""
+
+#: Seconds a taken message is left to its taker before another worker may take it again.
+LEASE = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Taken:
+    """A message taken when due: its id, due time (Unix milliseconds) and encoded body (empty
+    when it was cancelled meanwhile).
+    """
+
+    message_id: str
+    due: int
+    body: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DueMessages:
+    """What one take found: the due messages, and the earliest due time of the rest (Unix
+    milliseconds) when none was due.
+    """
+
+    taken: list[Taken]
+    next_due: int | None
+
+
+class Schedule:
+    """The delayed messages of one deployment, per queue.
+
+    Parameters:
+      redis: The Redis of the records.
+    """
+
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+
+    def add(self, queue_name: str, message_id: str, due: int, body: str) -> None:
+        """Keep ``body`` until ``due`` (Unix milliseconds), in one transaction.
+
+        Raises:
+          ResultBackendUnavailable: Redis did not take it.
+        """
+        keys = self.redis.keys
+        with self.redis.translated():
+            pipe = self.redis.client.pipeline(transaction=True)
+            pipe.hset(keys.scheduled_messages(queue_name), message_id, body)
+            pipe.zadd(keys.scheduled(queue_name), {message_id: due})
+            pipe.execute()
+
+    def take_due(self, queue_name: str, now: int, most: int) -> DueMessages:
+        """Take up to ``most`` messages due by ``now`` (Unix milliseconds), leased for :data:`LEASE`.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        keys = self.redis.keys
+        lease_end = now + int(LEASE * 1000)
+        with self.redis.translated():
+            found = keys.scheduled(queue_name), keys.scheduled_messages(queue_name)
+            reply = self.redis.client.eval(TAKE_DUE_SCRIPT, 2, *found, now, most, lease_end)
+        due, bodies, first = cast("tuple[list[str], list[str], str | None]", reply)
+        taken = [
+            Taken(_text(due[2 * i]), int(float(due[2 * i + 1])), _text(body or "")) for i, body in enumerate(bodies)
+        ]
+        return DueMessages(taken, int(float(first)) if first else None)
+
+    def release(self, queue_name: str, taken: list[Taken]) -> None:
+        """Give taken messages back, due at their own times again (their publish failed).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed (the lease gives them back later).
+        """
+        if taken:
+            with self.redis.translated():
+                due_times = {t.message_id: t.due for t in taken}
+                self.redis.client.zadd(self.redis.keys.scheduled(queue_name), due_times, xx=True)
+
+    def remove(self, queue_name: str, message_ids: list[str]) -> None:
+        """Forget messages that were published (or cancelled).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        if not message_ids:
+            return
+        keys = self.redis.keys
+        with self.redis.translated():
+            pipe = self.redis.client.pipeline(transaction=True)
+            pipe.zrem(keys.scheduled(queue_name), *message_ids)
+            pipe.hdel(keys.scheduled_messages(queue_name), *message_ids)
+            pipe.execute()
+
+    def count(self, queue_name: str) -> int:
+        """How many delayed messages of ``queue_name`` are kept."""
+        with self.redis.translated():
+            return cast("int", self.redis.client.zcard(self.redis.keys.scheduled(queue_name)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

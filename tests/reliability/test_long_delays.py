@@ -1,0 +1,156 @@
+"""Delays and retry backoffs longer than RabbitMQ's ``consumer_timeout``, on a node of the test's
+own whose timeout is 5 s: each job runs once, within a second of its time, with no redelivery,
+across worker restarts and a restart of the node, on classic and on quorum queues."""
+
+from __future__ import annotations
+
+import datetime
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sample_actors
+from private_rabbitmq import PrivateRabbitMQ
+from private_services import require
+from testenv import make_settings
+from waiting import wait_until
+
+from pipeline.broker import PipelineBroker, build_broker
+from pipeline.queues import DEFAULT_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.states import JobState
+
+pytestmark = pytest.mark.integration
+
+#: The node's consumer timeout, in milliseconds.
+CONSUMER_TIMEOUT = 5_000
+#: Seconds a job may start after its due time at most.
+LATE_AT_MOST = 1.0
+
+
+class Node:
+    """A private node with a short consumer timeout, and the settings of its queue type."""
+
+    def __init__(self, rabbitmq: PrivateRabbitMQ, queue_type: str) -> None:
+        self.rabbitmq = rabbitmq
+        self.queue_type = queue_type
+        self.env = {
+            "PIPELINE_BROKER_URL": rabbitmq.url,
+            "PIPELINE_QUEUE_TYPE": queue_type,
+            "PIPELINE_RABBITMQ_CONSUMER_TIMEOUT": str(CONSUMER_TIMEOUT),
+            "PIPELINE_EXPORT_TIME_LIMIT": "4",
+            "dramatiq_restart_delay": "500",
+        }
+
+    def broker(self) -> PipelineBroker:
+        """A sender's broker for this node."""
+        settings = make_settings(
+            broker_url=self.rabbitmq.url,
+            queue_type=self.queue_type,
+            rabbitmq_consumer_timeout=CONSUMER_TIMEOUT,
+            export_time_limit=4,
+        )
+        broker = build_broker(settings)
+        for actor in (sample_actors.count_runs, sample_actors.fails_once_then_waits):
+            broker.declare_actor(actor)
+        return broker
+
+
+@pytest.fixture(scope="module", params=["classic", "quorum"])
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    require("rabbitmq-server")
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-rabbitmq-delays-"))
+    shutil.chown(folder, "rabbitmq", "rabbitmq")
+    rabbitmq = PrivateRabbitMQ(folder / "node", f"consumer_timeout = {CONSUMER_TIMEOUT}\n")
+    try:
+        rabbitmq.start()
+        yield Node(rabbitmq, request.param)
+    finally:
+        rabbitmq.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def seconds(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def runs(redis_client, key: str) -> int:
+    return int(redis_client.get(sample_actors.RUNS_PREFIX + key) or 0)
+
+
+def test_a_delay_and_a_backoff_past_the_timeout_run_once_on_time_across_restarts(node, start_worker, clean_redis):
+    broker = node.broker()
+    delayed, retried = f"delay-{uuid.uuid4()}", f"retry-{uuid.uuid4()}"
+    worker = start_worker([DEFAULT_QUEUE], threads=2, env=node.env)
+    sent = broker.enqueue(sample_actors.count_runs.message(delayed), delay=20_000)
+    record = AsyncResult(sent.message_id).info()
+    assert record["state"] == JobState.SCHEDULED and seconds(record["eta"]) > time.time() + 18
+    failing = broker.enqueue(sample_actors.fails_once_then_waits.message(retried))
+    wait_until(lambda: AsyncResult(failing.message_id).state is JobState.RETRY, 15, "the retry")
+    retry_due = AsyncResult(failing.message_id).info()["next_attempt_at"]
+    assert seconds(retry_due) > time.time() + CONSUMER_TIMEOUT / 1000
+    # Mid-wait: the worker is killed and another starts, then the node restarts.
+    time.sleep(3)
+    worker.kill()
+    start_worker([DEFAULT_QUEUE], threads=2, env=node.env)
+    node.rabbitmq.restart()
+
+    AsyncResult(sent.message_id).get(timeout=40)
+    AsyncResult(failing.message_id).get(timeout=40)
+    delay_done, retry_done = AsyncResult(sent.message_id).info(), AsyncResult(failing.message_id).info()
+    for done, due in ((delay_done, delay_done["eta"]), (retry_done, retry_due)):
+        assert done["state"] == JobState.SUCCESS
+        assert 0 <= seconds(done["started_at"]) - seconds(due) < LATE_AT_MOST, done
+        assert "cut_off" not in done, "redelivered"
+    assert delay_done["attempt"] == 1 and retry_done["attempt"] == 2
+    time.sleep(2 * CONSUMER_TIMEOUT / 1000)  # a held delivery would have come back by now
+    assert runs(clean_redis, delayed) == 1 and runs(clean_redis, retried) == 2
+    broker.close()
+
+
+def test_ten_thousand_random_delays_each_run_once_and_on_time(node, start_worker, clean_redis):
+    if node.queue_type != "classic":
+        pytest.skip("the classic queue carries the load test; the quorum queue the restarts")
+    broker = node.broker()
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    workers = [start_worker([DEFAULT_QUEUE], threads=8, env=node.env) for _ in range(2)]
+    prefix = f"many-{uuid.uuid4()}-"
+    rng = random.Random(7)
+    delays = [rng.randint(0, 30_000) for _ in range(10_000)]
+
+    def send(n: int) -> str:
+        return broker.enqueue(sample_actors.count_runs.message(f"{prefix}{n}"), delay=delays[n]).message_id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(send, range(len(delays))))
+    # One worker restarted mid-wait; the other goes on.
+    restart = threading.Timer(10, lambda: (workers[0].stop(), start_worker([DEFAULT_QUEUE], 8, node.env)))
+    restart.start()
+    keys = [f"{sample_actors.RUNS_PREFIX}{prefix}{n}" for n in range(len(delays))]
+    wait_until(lambda: all(clean_redis.mget(keys)), 90, "every job run")
+    restart.join()
+    time.sleep(2)
+    counts = [int(c) for c in clean_redis.mget(keys)]
+    assert counts == [1] * len(delays)
+    pipe = clean_redis.pipeline(transaction=False)
+    for message_id in ids:
+        pipe.hmget(f"{AsyncResult(message_id)._store.keys.record(message_id)}", "state", "attempt", "eta", "started_at")
+    late = []
+    for state, attempt, eta, started_at in pipe.execute():
+        assert (state, attempt) == ('"SUCCESS"', "1")
+        lateness = seconds(started_at.strip('"')) - seconds(eta.strip('"'))
+        assert lateness >= 0
+        late.append(lateness)
+    late.sort()
+    print(
+        f"lateness: median {late[len(late) // 2]:.3f} s, p99 {late[int(len(late) * 0.99)]:.3f} s, max {late[-1]:.3f} s"
+    )
+    assert late[-1] < LATE_AT_MOST
+    broker.close()
