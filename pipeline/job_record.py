@@ -43,6 +43,10 @@ class JobRecord(TypedDict):
     next_attempt_at: NotRequired[str | None]
     finished_at: NotRequired[str]
     revoked_at: NotRequired[str]
+    #: When and why the last attempt was cut short by its worker's shutdown (``INTERRUPTED``).
+    interrupted_at: NotRequired[str]
+    interrupted: NotRequired[str]
+    cut_off: NotRequired[dict[str, Any]]
     requeued_at: NotRequired[str]
     requeues: NotRequired[int]
     result: NotRequired[Any]

@@ -27,6 +27,8 @@ _LABELS = (
     ("next_attempt_at", "next try"),
     ("finished_at", "finished"),
     ("revoked_at", "revoked"),
+    ("interrupted_at", "interrupted"),
+    ("interrupted", "why"),
 )
 
 

@@ -116,6 +116,8 @@ def test_a_job_still_running_at_the_end_of_the_grace_is_interrupted_and_finished
     record = result.info()
     assert record["state"] == JobState.INTERRUPTED and record["attempt"] == 1
     assert "shutdown grace" in record["interrupted"]
+    status = run_cli("status", result.id)
+    assert "INTERRUPTED" in status.stdout and "shutdown grace" in status.stdout
     start_worker([DEFAULT_QUEUE], threads=2)
     assert result.get(timeout=20) == 1
     record = result.info()
