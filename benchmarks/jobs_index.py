@@ -29,11 +29,14 @@ from pipeline.settings import Settings  # noqa: E402
 from pipeline.states import JobState  # noqa: E402
 from pipeline.store.connection import RedisConnection  # noqa: E402
 from pipeline.store.records import RecordStore  # noqa: E402
+from pipeline.store.write_script import WRITE_SCRIPT  # noqa: E402
 
 ACTORS = ("send_email", "export_orders", "ping", "record_order")
 
 
 def fill(store: RecordStore, count: int) -> None:
+    """Write ``count`` records through the record write script, over four actors."""
+    store.client.script_load(WRITE_SCRIPT)
     batch = 5_000
     for start in range(0, count, batch):
         pipe = store.client.pipeline(transaction=False)
@@ -42,7 +45,7 @@ def fill(store: RecordStore, count: int) -> None:
             fields = {"actor": ACTORS[n % len(ACTORS)], "queue": "default"}
             for state, attempt in ((JobState.QUEUED, 0), (JobState.FAILURE if n % 10 == 0 else JobState.SUCCESS, 1)):
                 keys, args = store._write_call(message_id, state, attempt, fields)
-                store._script(keys=keys, args=args, client=pipe)
+                pipe.evalsha(store._sha, len(keys), *keys, *args)
         pipe.execute()
 
 

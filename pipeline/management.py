@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from pipeline.errors import ManagementUnavailable
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.settings import Settings, mask_url
 
 #: The management plugin's default port.
@@ -105,3 +106,36 @@ def queue_consumer_timeout(queue: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool)
     ]
     return min(found) if found else None
+
+
+#: The queues shown, in order: each queue, its delay queue (retries) and its dead letters.
+QUEUES = [name for queue in (DEFAULT_QUEUE, SLOW_QUEUE) for name in (queue, queue + ".DQ", queue + ".XQ")]
+
+
+def _rate(stats: dict[str, Any], name: str) -> float | None:
+    details = stats.get(f"{name}_details")
+    return float(details["rate"]) if isinstance(details, dict) and "rate" in details else None
+
+
+def from_management(api: ManagementApi, vhost: str) -> list[dict[str, Any]]:
+    """Each queue as the management API describes it (a queue not declared yet is left out)."""
+    known = {queue["name"]: queue for queue in api.get(f"queues/{quote(vhost, safe='')}")}
+    rows = []
+    for name in QUEUES:
+        queue = known.get(name)
+        if queue is None:
+            continue
+        stats = queue.get("message_stats") or {}
+        rows.append(
+            {
+                "queue": name,
+                "ready": queue.get("messages_ready", 0),
+                "unacked": queue.get("messages_unacknowledged", 0),
+                "consumers": queue.get("consumers", 0),
+                "publish_rate": _rate(stats, "publish"),
+                "deliver_rate": _rate(stats, "deliver_get"),
+                "ack_rate": _rate(stats, "ack"),
+                "max_priority": (queue.get("arguments") or {}).get("x-max-priority"),
+            }
+        )
+    return rows

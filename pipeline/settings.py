@@ -82,6 +82,13 @@ class Settings:
     #: to stop, and at the end it hands back what still runs and exits. Keep it below the
     #: platform's own grace period (a container's 30 s by default, with the SIGKILL after it).
     shutdown_grace: float = 25.0
+    #: The web dashboard's bearer token (also taken as the password of HTTP basic auth, any user).
+    web_token: str | None = dataclasses.field(default=None, repr=False)
+    #: The web dashboard's user and password (HTTP basic auth), instead of or beside the token.
+    web_user: str | None = None
+    web_password: str | None = dataclasses.field(default=None, repr=False)
+    #: Whether the standalone dashboard offers write actions (revoke, retry, requeue, purge).
+    web_writes: bool = False
     #: ``classic`` queues (one node's) or ``quorum`` queues (replicated across a cluster).
     queue_type: str = "classic"
     #: Deliveries of one message a quorum queue makes before it dead-letters it (a job that
@@ -176,6 +183,12 @@ class Settings:
         _check_minimum("PIPELINE_IDEMPOTENCY_WINDOW", self.idempotency_window, 1)
         _check_positive("PIPELINE_IDEMPOTENCY_TAKEOVER", self.idempotency_takeover)
         _check_positive("PIPELINE_SHUTDOWN_GRACE", self.shutdown_grace)
+        if (self.web_user is None) != (self.web_password is None):
+            raise SettingsError(
+                "PIPELINE_WEB_USER" if self.web_user is None else "PIPELINE_WEB_PASSWORD",
+                "",
+                "PIPELINE_WEB_USER and PIPELINE_WEB_PASSWORD go together",
+            )
         if not NAMESPACE.fullmatch(self.namespace):
             raise SettingsError(
                 "PIPELINE_NAMESPACE", self.namespace, "expected letters, digits, '_', '-' or '.' (at most 64)"

@@ -10,6 +10,8 @@
     Each queue's backlog, consumers, rates and max priority.
 ``pipeline workers [--json]`` / ``pipeline workers quiet [ID ...]``
     The worker processes alive, from their heartbeats; ``quiet`` makes them take no more jobs.
+``pipeline web [--host 127.0.0.1] [--port 8080]``
+    The web dashboard (the ``web`` extra).
 ``pipeline dlq list|show|requeue|purge``
     Dead-lettered messages, why they failed, and putting them back.
 ``pipeline doctor``
@@ -26,7 +28,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import demo, dlq, doctor, jobs, queues, send, status, workers
+from pipeline.cli import demo, dlq, doctor, jobs, queues, send, status, web, workers
 from pipeline.cli.exit_codes import (
     RET_BAD_ID,
     RET_ERROR,
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_parser(commands)
     queues.add_parser(commands)
     workers.add_parser(commands)
+    web.add_parser(commands)
     dlq.add_parser(commands)
     doctor.add_parser(commands)
     demo.add_parser(commands)

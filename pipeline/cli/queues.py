@@ -5,49 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-from urllib.parse import quote
 
 import pika
 import pika.exceptions
-from dramatiq.common import dq_name, xq_name
 
 from pipeline.cli.exit_codes import RET_OK
 from pipeline.errors import ManagementUnavailable
-from pipeline.management import ManagementApi, broker_vhost
-from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.management import QUEUES, ManagementApi, broker_vhost, from_management
 from pipeline.settings import get_settings
-
-#: The queues shown, in order: each queue, its delay queue (retries) and its dead letters.
-QUEUES = [name for queue in (DEFAULT_QUEUE, SLOW_QUEUE) for name in (queue, dq_name(queue), xq_name(queue))]
-
-
-def _rate(stats: dict[str, Any], name: str) -> float | None:
-    details = stats.get(f"{name}_details")
-    return float(details["rate"]) if isinstance(details, dict) and "rate" in details else None
-
-
-def from_management(api: ManagementApi, vhost: str) -> list[dict[str, Any]]:
-    """Each queue as the management API describes it (a queue not declared yet is left out)."""
-    known = {queue["name"]: queue for queue in api.get(f"queues/{quote(vhost, safe='')}")}
-    rows = []
-    for name in QUEUES:
-        queue = known.get(name)
-        if queue is None:
-            continue
-        stats = queue.get("message_stats") or {}
-        rows.append(
-            {
-                "queue": name,
-                "ready": queue.get("messages_ready", 0),
-                "unacked": queue.get("messages_unacknowledged", 0),
-                "consumers": queue.get("consumers", 0),
-                "publish_rate": _rate(stats, "publish"),
-                "deliver_rate": _rate(stats, "deliver_get"),
-                "ack_rate": _rate(stats, "ack"),
-                "max_priority": (queue.get("arguments") or {}).get("x-max-priority"),
-            }
-        )
-    return rows
 
 
 def from_passive_declares() -> list[dict[str, Any]]:

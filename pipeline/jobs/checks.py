@@ -19,7 +19,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError
-from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION
+from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION, SHOWN_ARGUMENTS_OPTION
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,10 @@ class MessageChecks(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        """Declares ``check``."""
-        return {CHECK_OPTION}
+        """Declares ``check``, and ``shown_arguments`` (the keyword arguments whose values the
+        dashboard may show).
+        """
+        return {CHECK_OPTION, SHOWN_ARGUMENTS_OPTION}
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Check a newly sent message (retries were checked when first sent)."""

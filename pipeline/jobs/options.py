@@ -17,3 +17,6 @@ REDELIVERIES_OPTION = "pipeline_redeliveries"
 #: Message option the broker notes on a message it sends again for a retry: when the retry is
 #: due (Unix milliseconds), for the ``RETRY`` record.
 RETRY_DUE_OPTION = "retry_due"
+#: Actor option: the keyword arguments whose values the dashboard may show (the others are shown
+#: as their shapes only: a mail's context may hold a password-reset link).
+SHOWN_ARGUMENTS_OPTION = "shown_arguments"

@@ -93,6 +93,13 @@ class Keys:
         return f"{self.namespace}:workers:quiet"
 
     @property
+    def audit(self) -> str:
+        """List of the dashboard's write actions, newest first (JSON: who, what, when, which
+        jobs); the newest 10,000 are kept.
+        """
+        return f"{self.namespace}:audit"
+
+    @property
     def duplicates(self) -> str:
         """Counter of messages not run because their job had finished (a re-publish); no TTL."""
         return f"{self.namespace}:stats:duplicates"

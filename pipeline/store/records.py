@@ -438,6 +438,96 @@ class RecordStore:
                     return found[:limit]
                 window *= 4
 
+    def page(
+        self,
+        *,
+        state: JobState | None = None,
+        actor: str | None = None,
+        since: float = 0.0,
+        before: int | None = None,
+        id_prefix: str = "",
+        limit: int = 50,
+    ) -> tuple[list[JobRecord], int | None]:
+        """A page of the latest jobs, newest first, from the index, and the cursor of the next.
+
+        Parameters:
+          state, actor, since: As :meth:`recent`.
+          before: The cursor a previous page returned: only jobs older than it.
+          id_prefix: Only jobs whose id starts with it.
+          limit: At most this many records.
+
+        Returns:
+          The records, and the cursor of the next page (None when this is the last).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        if len(id_prefix) == 36 and before is None:
+            # A whole id: its record, whatever the other filters.
+            record = self.read(id_prefix)
+            return ([{**record, "message_id": id_prefix}] if record is not None else []), None
+        floor = int(since * 1_000_000)
+        if actor is not None:
+            sets = [self.keys.actor_index(actor)]
+        else:
+            chosen = [state] if state is not None else [s for s in JobState if s is not JobState.PENDING]
+            sets = [self.keys.state_index(each.value) for each in chosen]
+        found: list[JobRecord] = []
+        ceiling = "+inf" if before is None else f"({before}"
+        window = max(limit, 64)
+        scanned = 0
+        with self.translated():
+            while scanned < MAX_INDEX_WINDOW:
+                pipe = self.client.pipeline(transaction=False)
+                for key in sets:
+                    pipe.zrevrangebyscore(key, ceiling, floor, 0, window, withscores=True)
+                answers = pipe.execute()
+                newest = sorted((pair for pairs in answers for pair in pairs), key=lambda pair: -pair[1])[:window]
+                if not newest:
+                    return found, None
+                scanned += len(newest)
+                wanted = [(member, score) for member, score in newest if member.startswith(id_prefix)]
+                pipe = self.client.pipeline(transaction=False)
+                for member, _ in wanted:
+                    pipe.hgetall(self.keys.record(member))
+                for (member, score), raw in zip(wanted, pipe.execute(), strict=True):
+                    if not raw:
+                        continue  # expired
+                    record = _decode(raw)
+                    record.setdefault("message_id", member)
+                    if state is not None and record.get("state") != state.value:
+                        continue
+                    found.append(record)
+                    if len(found) == limit:
+                        return found, int(score)
+                if all(len(pairs) < window for pairs in answers):
+                    return found, None
+                ceiling = f"({int(newest[-1][1])}"
+                # Few matches (a rare id prefix, a rare state): look further at each step.
+                window = min(window * 4, 8192)
+            return found, int(newest[-1][1])
+
+    def sample(self, since: float, per_state: int, names: list[str]) -> dict[JobState, list[list[Any]]]:
+        """For each state, the fields ``names`` (JSON text, None where missing) of the newest
+        ``per_state`` jobs that entered it at or after ``since`` (Unix seconds), in two round trips.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        floor = int(since * 1_000_000)
+        states = [s for s in JobState if s is not JobState.PENDING]
+        with self.translated():
+            pipe = self.client.pipeline(transaction=False)
+            for state in states:
+                pipe.zrevrangebyscore(self.keys.state_index(state.value), "+inf", floor, 0, per_state)
+            members: list[list[str]] = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for found in members:
+                for member in found:
+                    pipe.hmget(self.keys.record(member), names)
+            fields = iter(pipe.execute())
+        return {state: [next(fields) for _ in found] for state, found in zip(states, members, strict=True)}
+
     def _records(self, message_ids: list[str]) -> list[JobRecord]:
         """The records of ``message_ids`` that still exist, in order, in one round trip."""
         pipe = self.client.pipeline(transaction=False)

@@ -117,3 +117,17 @@ def long_steps(key: str, count: int, pause: float) -> int:
         stop_if_revoked(f"stopped after {done} of {count} steps")
         time.sleep(pause)
     return int(_redis().incr(RUNS_PREFIX + key))
+
+
+#: Prefix of the flags that make ``fails_until_fixed`` succeed.
+FIXED_PREFIX = f"{get_settings().namespace}:sample:fixed:"
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0, shown_arguments=("key",))
+def fails_until_fixed(key: str, secret: str = "") -> str:
+    """Fail for good (dead-lettered) until the flag of ``key`` is set, then succeed; ``secret``
+    must never be shown (only ``key`` is declared safe to show).
+    """
+    if not _redis().get(FIXED_PREFIX + key):
+        raise PermanentError(f"<script>alert('{key}')</script> is not fixed yet")
+    return "fixed"

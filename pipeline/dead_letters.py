@@ -1,0 +1,182 @@
+"""Dead-lettered messages: look at them without taking them, say why each failed, put them back.
+
+Dead-lettered messages wait in ``<queue>.XQ``. Taking them does not acknowledge them; closing
+the channel puts every one back where it was, so the queue keeps its messages and their order.
+Requeueing publishes a message to its queue again, under the same message id, with a publisher
+confirm, and only then acknowledges (removes) the dead copy; its record goes back to ``QUEUED``
+first, noting the requeue, so the worker does not take it for a finished job. The ``pipeline
+dlq`` command and the web dashboard both work through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection
+from typing import Any
+
+import dramatiq
+import pika
+import pika.exceptions
+from dramatiq.common import q_name, xq_name
+from dramatiq.errors import DecodeError
+
+from pipeline.errors import BrokerUnavailable, PipelineError
+from pipeline.jobs.options import ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
+from pipeline.jobs.properties import message_properties
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.settings import get_settings, mask_url
+from pipeline.states import JobState
+from pipeline.store.records import get_store
+from pipeline.timestamps import now_iso
+
+#: Message options a requeued message starts without: it gets a fresh retry budget.
+_SPENT_OPTIONS = (RETRIES_OPTION, ETA_OPTION, REDELIVERIES_OPTION, "traceback")
+#: Dead-lettered messages looked at by one command, at most, unless ``--limit`` says otherwise.
+DEFAULT_LIMIT = 1000
+
+
+@dataclasses.dataclass
+class DeadMessage:
+    """One dead-lettered message, as taken (not yet acknowledged) from a ``.XQ`` queue."""
+
+    queue: str
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+    message: dramatiq.Message[Any] | None
+
+    @property
+    def message_id(self) -> str | None:
+        """The job id: the body's, else the AMQP property's."""
+        return self.message.message_id if self.message else self.properties.message_id
+
+    @property
+    def actor(self) -> str | None:
+        """The actor the message was for."""
+        return self.message.actor_name if self.message else self.properties.type
+
+    def summary(self, shown: Collection[str] = ()) -> dict[str, Any]:
+        """What the message is and why it failed, its arguments redacted to their shapes but for
+        the keyword arguments named in ``shown`` (those its actor declares safe to show).
+        """
+        found = get_store().read(self.message_id) if self.message_id else None
+        record: dict[str, Any] = dict(found) if found else {}
+        error = record.get("error") or {}
+        return {
+            "message_id": self.message_id,
+            "queue": self.queue,
+            "actor": self.actor,
+            "arguments": argument_shapes(self.message, shown) if self.message else "(the body is not a message)",
+            "state": record.get("state", "PENDING"),
+            "attempt": record.get("attempt"),
+            "failed_at": record.get("finished_at"),
+            "reason": f"{error.get('type', '')}: {error.get('message', '')}" if error else "(no record)",
+        }
+
+
+def argument_shapes(message: dramatiq.Message[Any], shown: Collection[str] = ()) -> str:
+    """A message's arguments as their names and kinds, never their values (mail context may hold a
+    password-reset link, an address is personal data), but for the keyword arguments in ``shown``.
+    """
+
+    def shape(value: Any) -> str:
+        if isinstance(value, dict):
+            return f"object of {len(value)} keys"
+        if isinstance(value, list):
+            return f"list of {len(value)}"
+        if isinstance(value, str):
+            return f"text of {len(value)} characters"
+        return type(value).__name__
+
+    parts = [shape(value) for value in message.args]
+    parts += [
+        f"{name}={json.dumps(value, ensure_ascii=False)[:200]}" if name in shown else f"{name}: {shape(value)}"
+        for name, value in message.kwargs.items()
+    ]
+    return ", ".join(parts) or "none"
+
+
+def dead_letter_queues(queue: str | None) -> list[str]:
+    """The ``.XQ`` queues a command looks at: the one of ``queue``, or those of both queues."""
+    if queue is None:
+        return [xq_name(DEFAULT_QUEUE), xq_name(SLOW_QUEUE)]
+    return [xq_name(q_name(queue.removesuffix(".XQ")))]
+
+
+class DeadLetters:
+    """A channel on the dead-letter queues; closing it puts back every message not acknowledged."""
+
+    def __init__(self) -> None:
+        from pipeline.broker import broker
+
+        self.broker = broker
+        try:
+            self.channel = broker.connection.channel()
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(f"RabbitMQ at {mask_url(get_settings().broker_url)} did not answer: {exc}") from exc
+
+    def __enter__(self) -> DeadLetters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.channel.is_open:
+            self.channel.close()
+
+    def take(self, queues: list[str], limit: int) -> list[DeadMessage]:
+        """Up to ``limit`` messages of ``queues``, oldest first, not acknowledged."""
+        taken: list[DeadMessage] = []
+        for queue in queues:
+            while len(taken) < limit:
+                try:
+                    method, properties, body = self.channel.basic_get(queue, auto_ack=False)
+                except pika.exceptions.ChannelClosedByBroker:
+                    # The queue does not exist (nothing was ever dead-lettered there).
+                    self.channel = self.broker.connection.channel()
+                    break
+                if method is None:
+                    break
+                try:
+                    message: dramatiq.Message[Any] | None = dramatiq.Message.decode(body)
+                except DecodeError:
+                    message = None
+                taken.append(DeadMessage(queue, method.delivery_tag, properties, body, message))
+        return taken
+
+    def requeue(self, dead: DeadMessage) -> None:
+        """Publish ``dead`` to its queue again (confirmed), its record back to ``QUEUED``, then
+        remove the dead copy.
+
+        Raises:
+          PipelineError: The body is not a message, so there is nothing a worker could run.
+          BrokerUnavailable: RabbitMQ did not confirm the publish; the dead copy stays.
+        """
+        if dead.message is None:
+            raise PipelineError(f"message {dead.message_id} in {dead.queue} is not a valid message: not requeued")
+        options = {k: v for k, v in dead.message.options.items() if k not in _SPENT_OPTIONS}
+        fresh: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=q_name(dead.message.queue_name),
+            actor_name=dead.message.actor_name,
+            args=dead.message.args,
+            kwargs=dead.message.kwargs,
+            options=options,
+            message_id=dead.message.message_id,
+            message_timestamp=dead.message.message_timestamp,
+        )
+        store = get_store()
+        before = store.read(fresh.message_id)
+        store.requeue(fresh.message_id, now_iso())
+        publisher = self.broker.connection.channel()
+        try:
+            self.broker.declare_queue(fresh.queue_name, ensure=True)
+            publisher.confirm_delivery()
+            properties = message_properties(fresh, get_settings().service_name)
+            publisher.basic_publish("", fresh.queue_name, fresh.encode(), properties, mandatory=True)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            if before is not None and before.get("state") == "FAILURE":
+                store.write(fresh.message_id, JobState.FAILURE, error=before.get("error"))
+            raise BrokerUnavailable(f"message {fresh.message_id} was not requeued: {exc}") from exc
+        finally:
+            if publisher.is_open:
+                publisher.close()
+        self.channel.basic_ack(dead.tag)

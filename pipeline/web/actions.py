@@ -1,0 +1,87 @@
+"""The dashboard's write actions, each noted in the audit list (who, what, when, which jobs)."""
+
+from __future__ import annotations
+
+import pika.exceptions
+from dramatiq.common import xq_name
+
+from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, dead_letter_queues
+from pipeline.errors import PipelineError
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.settings import Settings
+from pipeline.store.audit import AuditLog
+from pipeline.store.records import get_store
+
+
+class ActionRefused(PipelineError):
+    """An action that cannot be done as asked; the message says why (answered with 400 or 404)."""
+
+
+class Actions:
+    """Write actions on jobs and dead letters, on behalf of ``who``.
+
+    Parameters:
+      settings: The deployment's settings.
+      who: The caller's name, for the audit list.
+    """
+
+    def __init__(self, settings: Settings, who: str) -> None:
+        self.settings = settings
+        self.who = who
+        self.audit = AuditLog(get_store(settings).redis)
+
+    def revoke(self, message_id: str) -> bool:
+        """Revoke a waiting or running job; False when it had already finished."""
+        done = AsyncResult(message_id, self.settings).revoke()
+        self.audit.add(self.who, "revoke", [message_id], "" if done else "already finished")
+        return done
+
+    def forget(self, message_id: str) -> bool:
+        """Delete a job's record."""
+        done = AsyncResult(message_id, self.settings).forget()
+        self.audit.add(self.who, "forget", [message_id])
+        return done
+
+    def retry(self, message_id: str) -> None:
+        """Put a failed job's dead-lettered message back in its queue, same id, as ``pipeline dlq
+        requeue`` does.
+
+        Raises:
+          ActionRefused: No dead letter holds it (it did not fail, or its message expired).
+        """
+        requeued = self.requeue(ids={message_id})
+        if not requeued:
+            raise ActionRefused(f"job {message_id} has no dead-lettered message to retry")
+
+    def requeue(self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None) -> list[str]:
+        """Requeue the dead letters of ``ids``, or of ``actor``, or all of ``queue``'s; their ids."""
+        done: list[str] = []
+        with DeadLetters() as letters:
+            for dead in letters.take(dead_letter_queues(queue), DEFAULT_LIMIT):
+                chosen = (ids is not None and dead.message_id in ids) or (actor is not None and dead.actor == actor)
+                if ids is None and actor is None:
+                    chosen = True
+                if chosen:
+                    letters.requeue(dead)
+                    done.append(str(dead.message_id))
+        self.audit.add(self.who, "requeue", done, f"actor={actor}" if actor else (f"queue={queue}" if queue else ""))
+        return done
+
+    def purge(self, queue: str, confirmation: str) -> int:
+        """Delete every dead letter of ``queue``; ``confirmation`` must be the queue's name.
+
+        Raises:
+          ActionRefused: The queue is unknown or the confirmation does not match.
+        """
+        if queue not in (DEFAULT_QUEUE, SLOW_QUEUE):
+            raise ActionRefused(f"queue {queue[:60]!r} is not one of {DEFAULT_QUEUE}, {SLOW_QUEUE}")
+        if confirmation != queue:
+            raise ActionRefused(f"type the queue's name, {queue!r}, to purge its dead letters")
+        with DeadLetters() as letters:
+            try:
+                purged = int(letters.channel.queue_purge(xq_name(queue)).method.message_count)
+            except pika.exceptions.ChannelClosedByBroker:
+                purged = 0
+        self.audit.add(self.who, "purge", [], f"{xq_name(queue)}: {purged} messages")
+        return purged
