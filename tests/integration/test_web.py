@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import sample_actors
+from cli_runner import run_cli
 from services import ROOT
 from testenv import make_settings
 from waiting import wait_until
@@ -27,6 +28,7 @@ from pipeline.results import AsyncResult
 from pipeline.states import JobState
 from pipeline.store.audit import AuditLog
 from pipeline.store.records import get_store
+from pipeline.store.workers import WorkerEntry, WorkerRegistry
 from pipeline.web import Role, make_app
 from pipeline.web.access import CSRF_COOKIE
 
@@ -162,6 +164,18 @@ def test_revoke_and_forget_from_the_job_page(client, clean_redis):
     ]
 
 
+def test_a_worker_silent_for_three_beats_shows_as_lost(client, clean_redis):
+    registry = WorkerRegistry(get_store().redis)
+    entry = WorkerEntry("old-host:42", "old-host", 42, ["default"], 8, 1, time.time() - 60, time.time())
+    registry.beat(entry)
+    clean_redis.hset(
+        get_store().keys.workers, entry.id, entry.to_json().replace(str(entry.beat_at), str(time.time() - 7))
+    )
+    page = client.get("/workers", headers={"X-Test-User": "viewer"})
+    assert '<tr class="lost">' in page.text and "old-host:42" in page.text
+    assert "lost" in run_cli("workers").stdout
+
+
 def test_the_overview_and_workers_pages_show_queues_actors_and_workers(client, purge, start_worker):
     purge(DEFAULT_QUEUE)
     start_worker([DEFAULT_QUEUE], threads=2)
@@ -252,6 +266,19 @@ def test_every_value_a_page_shows_from_a_record_is_text(client, clean_redis):
         finished_at="2026-01-01T00:00:02+00:00",
         error={"type": HOSTILE, "message": f"bad\x1b[31m\x00 {HOSTILE}", "traceback": HOSTILE},
     )
+    running = str(uuid.uuid4())
+    get_store().write(
+        running,
+        JobState.STARTED,
+        attempt=2,
+        actor="export_orders",
+        progress={"done": 1, "total": 3, "phase": f"{HOSTILE}\x07"},
+        interrupted=f"{HOSTILE} by a deploy",
+        interrupted_at="2026-01-01T00:00:00+00:00",
+    )
+    WorkerRegistry(get_store().redis).beat(
+        WorkerEntry(f"{HOSTILE}:1", HOSTILE, 1, [HOSTILE], 8, 0, time.time(), time.time())
+    )
     succeeded = str(uuid.uuid4())
     get_store().write(
         succeeded,
@@ -260,13 +287,24 @@ def test_every_value_a_page_shows_from_a_record_is_text(client, clean_redis):
         actor="export_orders",
         result={"url": "javascript:alert(1)", "file_name": HOSTILE, "notified": HOSTILE},
     )
-    pages = [f"/jobs/{message_id}", f"/jobs/{succeeded}", "/jobs", "/", f"/live/job?id={message_id}", "/live/jobs"]
+    pages = [
+        f"/jobs/{message_id}",
+        f"/jobs/{succeeded}",
+        f"/jobs/{running}",
+        "/jobs",
+        "/",
+        "/workers",
+        f"/live/job?id={message_id}",
+        f"/live/job?id={running}",
+        "/live/jobs",
+        "/live/workers",
+    ]
     for path in pages:
         got = client.get(path, headers={"X-Test-User": "viewer"})
         assert got.status_code == 200, path
         assert "<script>alert" not in got.text and "<img src=x" not in got.text, path
         assert 'href="javascript:' not in got.text, path
-        assert "\x1b" not in got.text and "\x00" not in got.text, path
+        assert "\x1b" not in got.text and "\x00" not in got.text and "\x07" not in got.text, path
     job_page = client.get(f"/jobs/{message_id}", headers={"X-Test-User": "viewer"})
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in job_page.text and "\\x1b[31m\\x00" in job_page.text
     policy = job_page.headers["Content-Security-Policy"]

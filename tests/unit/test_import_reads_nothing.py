@@ -44,3 +44,13 @@ def test_a_worker_stops_at_start_naming_the_bad_setting():
     out = subprocess.run([*command, "--queues", "default"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "The worker cannot start: PIPELINE_MAX_RETRIES='lots'" in out.stdout + out.stderr
+
+
+def test_workers_and_senders_load_none_of_the_dashboard():
+    code = (
+        "import sys, pipeline.actors, pipeline.results, pipeline.broker, pipeline.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('werkzeug', 'pipeline.web', 'flask'))))\n"
+    )
+    out = run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
