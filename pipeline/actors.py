@@ -22,6 +22,7 @@ from pipeline.export.sources import check_request
 from pipeline.job_id import derived_job_id
 from pipeline.jobs.actor_class import FromSettings, actor
 from pipeline.jobs.current import current_message_id, interruption, report_progress, should_stop
+from pipeline.jobs.mail_rate import MailRateLimit
 from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, check_mail_request, priority_for
 from pipeline.mail.message import parse_addresses
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
@@ -49,7 +50,8 @@ def ping(payload: object = None) -> dict[str, object]:
 
 @functools.cache
 def _mailer() -> Mailer:
-    return Mailer(get_settings(), Claims(get_redis()))
+    rate = next((m for m in get_broker().middleware if isinstance(m, MailRateLimit)), None)
+    return Mailer(get_settings(), Claims(get_redis()), pace=rate.pace if rate is not None else None)
 
 
 def _mail_priority(kwargs: Mapping[str, Any]) -> int:
@@ -62,6 +64,7 @@ def _mail_priority(kwargs: Mapping[str, Any]) -> int:
     broker_priority=_mail_priority,
     bulk_priority=BULK_MAIL_PRIORITY,
     check=check_mail_request,
+    rate_limited=True,
 )
 def send_email(
     to: str | Sequence[str],

@@ -46,6 +46,7 @@ from pipeline.jobs.checks import MessageChecks, SettingsAtStart, is_retry, refus
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
 from pipeline.jobs.logs import WorkerLogs
+from pipeline.jobs.mail_rate import MailRateLimit
 from pipeline.jobs.metrics import WorkerMetrics
 from pipeline.jobs.options import ETA_OPTION, RETRY_DUE_OPTION
 from pipeline.jobs.pika_adapter import buffer_acks
@@ -440,7 +441,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
     """A broker for ``settings`` with Dramatiq's default middleware plus pipeline's.
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
-    SettingsAtStart, MessageChecks, MessagePriorities, GracefulShutdown, JobRecords,
+    SettingsAtStart, MessageChecks, MessagePriorities, GracefulShutdown, MailRateLimit, JobRecords,
     LongJobPrefetch, ConsumerTimeoutCheck, QueueTypeReport, ScheduledPublisher, WorkerLogs,
     PipelineRetries (in place of Retries, with the retry count and backoff from the settings);
     and WorkerMetrics last (Dramatiq's Prometheus, when
@@ -456,6 +457,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
         MessageChecks(),
         MessagePriorities(settings),
         GracefulShutdown(settings, quiet, get_store(settings)),
+        MailRateLimit(settings, get_store(settings)),
         JobRecords(get_store(settings), received),
         LongJobPrefetch(settings),
         ConsumerTimeoutCheck(settings),

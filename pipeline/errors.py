@@ -164,6 +164,12 @@ class SmtpUnavailable(TransientError):
     """The SMTP server could not be reached, timed out, or answered 4xx: worth retrying."""
 
 
+class SmtpThrottled(SmtpUnavailable):
+    """The relay asked to slow down (421, or 450/451 naming a rate or too many connections):
+    retried, and every worker of the deployment pauses its mail a moment.
+    """
+
+
 class DeliveryUncertain(PermanentError):
     """The server may have accepted the mail, so it is not sent again.
 

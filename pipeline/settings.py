@@ -126,12 +126,17 @@ class Settings:
     smtp_timeout: float = 10.0
     #: Keep each worker thread's SMTP connection open across mails.
     smtp_reuse_connection: bool = True
+    #: SMTP connections a worker process keeps open at most, shared by its threads; a mail waits
+    #: for one while all are busy.
+    smtp_max_connections: int = 100
     #: The From of every mail, ``Name <address>``.
     mail_sender: str = "Shop <noreply@example.com>"
     #: Put before every subject, e.g. ``[Shop] ``.
     mail_subject_prefix: str = ""
     #: Times a mail that failed for a passing reason (4xx, connection) is retried.
     mail_max_retries: int = 5
+    #: Mails per window for the whole deployment (``50/s``, ``3000/min``, ``100000/h``); unset: none.
+    mail_rate_limit: str | None = None
     #: Template folders searched before the built-in ones, separated by ``:``.
     template_dirs: tuple[Path, ...] = ()
 
@@ -201,7 +206,13 @@ class Settings:
         _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff)
         _check_minimum("PIPELINE_SMTP_PORT", self.smtp_port, 1)
         _check_minimum("PIPELINE_MAIL_MAX_RETRIES", self.mail_max_retries, 0)
+        if self.mail_rate_limit is not None:
+            try:
+                parse_rate(self.mail_rate_limit)
+            except ValueError as exc:
+                raise SettingsError("PIPELINE_MAIL_RATE_LIMIT", self.mail_rate_limit, str(exc)) from None
         _check_positive("PIPELINE_SMTP_TIMEOUT", self.smtp_timeout)
+        _check_minimum("PIPELINE_SMTP_MAX_CONNECTIONS", self.smtp_max_connections, 1)
         _check_sender(self.mail_sender)
         if first_header_breaker(self.mail_subject_prefix) is not None:
             raise SettingsError(
@@ -273,6 +284,23 @@ class _ProcessSettings:
 #: The process's settings, read on first use; pass it where a ``Settings`` is built into
 #: something that lives from import on.
 PROCESS_SETTINGS: Settings = typing.cast("Settings", _ProcessSettings())
+
+
+#: A rate: a count, then per second, minute or hour.
+RATE = re.compile(r"\s*([1-9][0-9]{0,8})\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
+_RATE_WINDOWS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """A rate such as ``50/s`` or ``3000/min`` as (count, window in seconds).
+
+    Raises:
+      ValueError: It is not of that form.
+    """
+    found = RATE.fullmatch(text)
+    if found is None:
+        raise ValueError("expected a count per s, min or h, such as 50/s or 3000/min")
+    return int(found.group(1)), _RATE_WINDOWS[found.group(2)]
 
 
 def mask_url(url: str) -> str:

@@ -18,7 +18,9 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
 from pipeline.errors import JobStopped, PermanentError
+from pipeline.jobs.options import RATE_WAIT_OPTION
 from pipeline.settings import mask_url
+from pipeline.timestamps import iso_from_millis
 
 #: The logger of Dramatiq's worker threads, which logs each failed or skipped message.
 WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
@@ -57,6 +59,13 @@ class ReadableWorkerLogs(logging.Filter):
         if not isinstance(record.args, tuple):
             return True
         messages = [arg for arg in record.args if isinstance(arg, dramatiq.Message | MessageProxy)]
+        if messages and RATE_WAIT_OPTION in messages[0].options and "skipped" in str(record.msg):
+            # Not skipped: back in the schedule until the mail rate limit has a slot for it.
+            message = messages[0]
+            record.msg = "Job %s (%s) waits for the mail rate limit until %s"
+            record.args = (message.message_id, message.actor_name, iso_from_millis(message.options[RATE_WAIT_OPTION]))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return True
         exception = record.exc_info[1] if record.exc_info else None
         if messages and isinstance(exception, PermanentError | JobStopped):
             message = messages[0]

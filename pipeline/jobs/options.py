@@ -20,3 +20,7 @@ RETRY_DUE_OPTION = "retry_due"
 #: Actor option: the keyword arguments whose values the dashboard may show (the others are shown
 #: as their shapes only: a mail's context may hold a password-reset link).
 SHOWN_ARGUMENTS_OPTION = "shown_arguments"
+#: Actor option: the actor's jobs each send a mail, within the deployment's mail rate limit.
+RATE_LIMITED_OPTION = "rate_limited"
+#: Message option: when (Unix ms) a mail waiting for the rate limit is due again.
+RATE_WAIT_OPTION = "pipeline_rate_wait"

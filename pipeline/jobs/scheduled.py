@@ -93,5 +93,5 @@ class ScheduledPublisher(Middleware):
             except PipelineError:
                 broker.schedule.release(queue_name, published)
                 raise
-        broker.schedule.remove(queue_name, done)
+        broker.schedule.forget_taken(queue_name, found, done)
         return 0.0 if len(found.taken) == MOST_PER_TAKE else LOOK_EVERY

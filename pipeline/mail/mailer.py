@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypedDict, cast
 
 from pipeline.errors import DeliveryUncertain, MailError, ResultBackendUnavailable, SmtpUnavailable
@@ -104,9 +104,11 @@ class Mailer:
       claims: Where each job claims its send, so no redelivery or retry sends it twice.
     """
 
-    def __init__(self, settings: Settings, claims: SendClaims) -> None:
+    def __init__(self, settings: Settings, claims: SendClaims, pace: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.claims = claims
+        # Called with the job's id right before each SMTP transaction (a rate limit's slot).
+        self.pace = pace
         self.renderer = get_renderer(settings.template_dirs)
         self.sender = SmtpSender(settings)
 
@@ -171,6 +173,8 @@ class Mailer:
             so_far = earlier["outcome"]
             envelope.recipients = list(so_far["deferred"])
         try:
+            if self.pace is not None:
+                self.pace(job_id)
             refused = self.sender.send(envelope)
         except DeliveryUncertain:
             raise

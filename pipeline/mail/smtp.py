@@ -1,4 +1,9 @@
-"""SMTP delivery: one connection per worker thread, kept open, and every reply sorted.
+"""SMTP delivery: a bounded pool of connections per process, kept open, and every reply sorted.
+
+A worker process's threads share at most ``PIPELINE_SMTP_MAX_CONNECTIONS`` connections: a mail
+takes an idle one (the most recently used, so that a relay's idle timeout closes the others),
+or opens one while the pool is below its bound, or waits for one. A connection whose
+transaction failed is reset (RSET) before it goes back, or closed when that fails.
 
 Connection trouble, timeouts and 4xx replies are :class:`~pipeline.errors.SmtpUnavailable`
 (worth retrying; nothing was delivered); 5xx replies are :class:`~pipeline.errors.SmtpRejected`;
@@ -15,7 +20,7 @@ import ssl
 import threading
 import time
 
-from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpUnavailable
+from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpThrottled, SmtpUnavailable
 from pipeline.mail.message import Envelope
 from pipeline.settings import Settings
 
@@ -31,19 +36,33 @@ _WIRE_POLICY = email.policy.compat32.clone(linesep="\r\n")
 _UTF8_WIRE_POLICY = email.policy.SMTPUTF8.clone(linesep="\r\n")
 
 
+class _Lease:
+    """A connection taken from the pool for one mail; ``broken`` once it must not be reused."""
+
+    def __init__(self, smtp: smtplib.SMTP, reused: bool) -> None:
+        self.smtp = smtp
+        self.reused = reused
+        self.broken = False
+
+
 class SmtpSender:
-    """Delivers messages over SMTP, one connection per thread, kept open between mails.
+    """Delivers messages over SMTP through a bounded pool of connections kept open between mails.
 
     A connection idle for a while is checked with NOOP before use, and a server that dropped
     it is reconnected to, so reuse never costs a mail.
 
     Parameters:
-      settings: Host, port, security, credentials, timeout and whether to reuse connections.
+      settings: Host, port, security, credentials, timeout, whether to reuse connections and
+        how many a process keeps at most (``PIPELINE_SMTP_MAX_CONNECTIONS``).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._local = threading.local()
+        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(settings.smtp_max_connections)
+        #: Connections opened so far (for tests and benchmarks).
+        self.opened = 0
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
@@ -67,6 +86,9 @@ class SmtpSender:
         except smtplib.SMTPAuthenticationError as exc:
             reply = f"{exc.smtp_code} {_text(exc.smtp_error)}"
             raise SmtpRejected(f"SMTP login as {s.smtp_user!r} refused: {reply}") from exc
+        except smtplib.SMTPConnectError as exc:
+            error = _deferral(exc.smtp_code, _text(exc.smtp_error))
+            raise error(f"SMTP server {s.smtp_host}:{s.smtp_port} refused the connection: {exc!r}") from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise SmtpUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port} unreachable: {exc!r}") from exc
         return smtp
@@ -88,29 +110,48 @@ class SmtpSender:
         ca_file = self.settings.smtp_ca_file
         return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
-    def _connection(self) -> smtplib.SMTP:
-        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
-        if smtp is not None and time.monotonic() - self._local.used > IDLE_CHECK_AFTER:
-            try:
-                if smtp.noop()[0] != 250:
-                    raise smtplib.SMTPServerDisconnected("NOOP refused")
-            except (OSError, smtplib.SMTPException):
-                self.close()
-                smtp = None
-        if smtp is None:
-            smtp = self._local.smtp = self._connect()
-        self._local.used = time.monotonic()
-        return smtp
+    def _take(self) -> _Lease:
+        """An idle connection (checked with NOOP when idle a while) or a new one, within the bound.
+
+        Raises:
+          SmtpUnavailable: Every connection stayed busy for the SMTP timeout, or none could open.
+        """
+        if not self._slots.acquire(timeout=self.settings.smtp_timeout):
+            raise SmtpUnavailable(
+                f"all {self.settings.smtp_max_connections} SMTP connections of this worker stayed busy for "
+                f"{self.settings.smtp_timeout:g} s (PIPELINE_SMTP_MAX_CONNECTIONS)"
+            )
+        try:
+            while True:
+                with self._lock:
+                    idle = self._idle.pop() if self._idle else None
+                if idle is None:
+                    smtp = self._connect()
+                    self.opened += 1
+                    return _Lease(smtp, reused=False)
+                smtp, used = idle
+                if time.monotonic() - used <= IDLE_CHECK_AFTER or _answers_noop(smtp):
+                    return _Lease(smtp, reused=True)
+                _hang_up(smtp)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _give_back(self, lease: _Lease) -> None:
+        """Return a connection to the pool, or close it when broken or not to be reused."""
+        if lease.broken or not self.settings.smtp_reuse_connection:
+            _hang_up(lease.smtp)
+        else:
+            with self._lock:
+                self._idle.append((lease.smtp, time.monotonic()))
+        self._slots.release()
 
     def close(self) -> None:
-        """Close this thread's connection, if open."""
-        smtp = getattr(self._local, "smtp", None)
-        self._local.smtp = None
-        if smtp is not None:
-            try:
-                smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                smtp.close()
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            _hang_up(smtp)
 
     def send(self, envelope: Envelope) -> dict[str, tuple[int, str]]:
         """Deliver ``envelope``.
@@ -126,29 +167,33 @@ class SmtpSender:
           SmtpUnavailable: No connection, a timeout or a 4xx reply, before the data was sent.
           DeliveryUncertain: The connection broke after the data was sent.
         """
-        reused = getattr(self._local, "smtp", None) is not None
-        smtp = self._connection()
+        lease = self._take()
         try:
-            refused = self._transmit(smtp, envelope)
-        except _BeforeData as exc:
-            self.close()
-            if not reused:
-                raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {exc.__cause__!r}") from exc
             try:
-                refused = self._transmit(self._connection(), envelope)
+                return self._transmit(lease, envelope)
+            except _BeforeData as exc:
+                lease.broken = True
+                if not lease.reused:
+                    raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {exc.__cause__!r}") from exc
+            # The server dropped a kept connection (an idle timeout): once more, on a new one.
+            _hang_up(lease.smtp)
+            lease = _Lease(self._connect(), reused=False)
+            self.opened += 1
+            try:
+                return self._transmit(lease, envelope)
             except _BeforeData as again:
-                self.close()
+                lease.broken = True
                 raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {again.__cause__!r}") from again
-        if not self.settings.smtp_reuse_connection:
-            self.close()
-        return refused
+        finally:
+            self._give_back(lease)
 
-    def _transmit(self, smtp: smtplib.SMTP, envelope: Envelope) -> dict[str, tuple[int, str]]:
+    def _transmit(self, lease: _Lease, envelope: Envelope) -> dict[str, tuple[int, str]]:
         """Run MAIL, RCPT and DATA one by one.
 
         smtplib's ``sendmail`` does the same, but does not say whether a broken connection broke
         before the data was sent or after.
         """
+        smtp = lease.smtp
         data = envelope.message.as_bytes(policy=_UTF8_WIRE_POLICY if envelope.smtputf8 else _WIRE_POLICY)
         try:
             smtp.ehlo_or_helo_if_needed()
@@ -163,7 +208,7 @@ class SmtpSender:
                 options.append("SMTPUTF8")
             (code, reply), recipient_replies, data_reply = self._envelope(smtp, envelope, options)
             if code != 250:
-                self._reject(smtp, code, reply, f"sender {envelope.sender!r} refused")
+                self._reject(lease, code, reply, f"sender {envelope.sender!r} refused")
             refused = {}
             for recipient, (code, reply) in zip(envelope.recipients, recipient_replies, strict=True):
                 if code not in (250, 251):
@@ -171,8 +216,8 @@ class SmtpSender:
             if len(refused) == len(envelope.recipients):
                 detail = "; ".join(f"{a}: {c} {m}" for a, (c, m) in refused.items())
                 permanent = all(c >= 500 for c, _ in refused.values())
-                self._reset(smtp)
-                error = SmtpRejected if permanent else SmtpUnavailable
+                self._reset(lease)
+                error = SmtpRejected if permanent else _deferral(min(c for c, _ in refused.values()), detail)
                 raise error(f"every recipient refused{'' if permanent else ' for now'}: {detail}")
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise _BeforeData from exc
@@ -181,7 +226,7 @@ class SmtpSender:
         except BaseException as exc:
             # Anything else between MAIL and DATA leaves a transaction open on the kept
             # connection: end it before this thread sends anything else.
-            self._reset(smtp)
+            self._reset(lease)
             if isinstance(exc, UnicodeError):
                 raise SmtpRejected(
                     f"an address of the mail cannot be sent to {self.settings.smtp_host} ({exc}): a non-ASCII "
@@ -189,7 +234,7 @@ class SmtpSender:
                 ) from exc
             raise
         if data_reply is not None and data_reply[0] != DATA_GO_AHEAD:
-            self._reject(smtp, data_reply[0], data_reply[1], "data refused")
+            self._reject(lease, data_reply[0], data_reply[1], "data refused")
         try:
             if data_reply is None:
                 code, reply = smtp.data(data)
@@ -198,17 +243,17 @@ class SmtpSender:
                 smtp.send(_dot_stuffed(data))
                 code, reply = smtp.getreply()
         except smtplib.SMTPDataError as exc:
-            self._reject(smtp, exc.smtp_code, exc.smtp_error, "data refused")
+            self._reject(lease, exc.smtp_code, exc.smtp_error, "data refused")
         except BaseException as exc:
             # Anything that stops the DATA exchange midway (a broken connection, a timeout, the
             # job's time limit) leaves unknown whether the server took the mail.
-            self._local.smtp = None
+            lease.broken = True
             raise DeliveryUncertain(
                 f"the connection to {self.settings.smtp_host} broke while the mail was sent ({exc!r}): "
                 "the server may have taken it, so it is not sent again"
             ) from exc
         if code != 250:
-            self._reject(smtp, code, reply, "data refused")
+            self._reject(lease, code, reply, "data refused")
         return refused
 
     @staticmethod
@@ -237,17 +282,50 @@ class SmtpSender:
         replies = [smtp.getreply() for _ in range(len(commands) + 1)]
         return replies[0], replies[1:-1], replies[-1]
 
-    def _reject(self, smtp: smtplib.SMTP, code: int, reply: bytes | str, what: str) -> None:
-        self._reset(smtp)
+    def _reject(self, lease: _Lease, code: int, reply: bytes | str, what: str) -> None:
+        self._reset(lease)
         if code >= 500:
             raise SmtpRejected(f"SMTP server: {what}: {code} {_text(reply)}")
-        raise SmtpUnavailable(f"SMTP server deferred the mail: {what}: {code} {_text(reply)}")
+        raise _deferral(code, _text(reply))(f"SMTP server deferred the mail: {what}: {code} {_text(reply)}")
 
-    def _reset(self, smtp: smtplib.SMTP) -> None:
+    @staticmethod
+    def _reset(lease: _Lease) -> None:
+        """End a failed transaction, so the connection can carry the next mail; a connection
+        that cannot is not reused.
+        """
         try:
-            smtp.rset()
+            lease.smtp.rset()
         except (OSError, smtplib.SMTPException):
-            self.close()
+            lease.broken = True
+
+
+#: What a deferral that asks the client to slow down says (besides a 421).
+THROTTLING = re.compile(r"rate|too many|throttl|slow down", re.IGNORECASE)
+
+
+def _deferral(code: int, text: str) -> type[SmtpUnavailable]:
+    """The error of a 4xx reply: :class:`SmtpThrottled` when the relay asks to slow down (421,
+    or 450/451 naming a rate or too many of something), else :class:`SmtpUnavailable`.
+    """
+    if code == 421 or (code in (450, 451) and THROTTLING.search(text)):
+        return SmtpThrottled
+    return SmtpUnavailable
+
+
+def _answers_noop(smtp: smtplib.SMTP) -> bool:
+    """Whether an idle connection still answers (a relay may have closed it)."""
+    try:
+        return smtp.noop()[0] == 250
+    except (OSError, smtplib.SMTPException):
+        return False
+
+
+def _hang_up(smtp: smtplib.SMTP) -> None:
+    """QUIT, or just close a connection that cannot."""
+    try:
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        smtp.close()
 
 
 def _dot_stuffed(data: bytes) -> bytes:

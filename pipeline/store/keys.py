@@ -93,6 +93,26 @@ class Keys:
         return f"{self.namespace}:workers:quiet"
 
     @property
+    def mail_sends(self) -> str:
+        """String holding when (Redis time, ms) the next slot of the mail rate limit is free."""
+        return f"{self.namespace}:mail-rate:next"
+
+    @property
+    def mail_waiting(self) -> str:
+        """Sorted set of the mail jobs waiting for a slot, scored by priority."""
+        return f"{self.namespace}:mail-rate:waiting"
+
+    @property
+    def mail_waiting_seen(self) -> str:
+        """Sorted set of the same jobs, scored by when each last asked (ms); a silent one is dropped."""
+        return f"{self.namespace}:mail-rate:waiting-seen"
+
+    @property
+    def mail_pause(self) -> str:
+        """String whose life is the shared pause of every worker's mail after the relay throttled."""
+        return f"{self.namespace}:mail-rate:pause"
+
+    @property
     def audit(self) -> str:
         """List of the dashboard's write actions, newest first (JSON: who, what, when, which
         jobs); the newest 10,000 are kept.

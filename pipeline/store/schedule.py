@@ -37,6 +37,21 @@ for i = 1, #ids do if not bodies[i] then bodies[i] = '' end end
 return {due, bodies, false}
 """
 
+#: KEYS: the queue's sorted set, its bodies. ARGV: the lease's end (ms), then ids. Forgets each
+#: id still leased by that take: one sent again meanwhile (a retry, a mail waiting for its
+#: turn) has another due time and is kept. Returns how many were forgotten.
+FORGET_SCRIPT = """
+local forgotten = 0
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+
 #: Seconds a taken message is left to its taker before another worker may take it again.
 LEASE = 30.0
 
@@ -60,6 +75,7 @@ class DueMessages:
 
     taken: list[Taken]
     next_due: int | None
+    lease_end: int = 0
 
 
 class Schedule:
@@ -100,7 +116,7 @@ class Schedule:
         taken = [
             Taken(_text(due[2 * i]), int(float(due[2 * i + 1])), _text(body or "")) for i, body in enumerate(bodies)
         ]
-        return DueMessages(taken, int(float(first)) if first else None)
+        return DueMessages(taken, int(float(first)) if first else None, lease_end)
 
     def release(self, queue_name: str, taken: list[Taken]) -> None:
         """Give taken messages back, due at their own times again (their publish failed).
@@ -113,8 +129,22 @@ class Schedule:
                 due_times = {t.message_id: t.due for t in taken}
                 self.redis.client.zadd(self.redis.keys.scheduled(queue_name), due_times, xx=True)
 
+    def forget_taken(self, queue_name: str, found: DueMessages, message_ids: list[str]) -> None:
+        """Forget messages of ``found`` that were published, unless one was kept again since
+        (its id sent with a delay anew, after its publish).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        if not message_ids:
+            return
+        keys = self.redis.keys
+        with self.redis.translated():
+            found_keys = keys.scheduled(queue_name), keys.scheduled_messages(queue_name)
+            self.redis.client.eval(FORGET_SCRIPT, 2, *found_keys, found.lease_end, *message_ids)
+
     def remove(self, queue_name: str, message_ids: list[str]) -> None:
-        """Forget messages that were published (or cancelled).
+        """Forget messages whatever their due time (cancelled: revoked before it).
 
         Raises:
           ResultBackendUnavailable: Redis failed.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from smtp import free_port, running_smtp_server
 
@@ -21,7 +23,7 @@ def settings(smtp_server) -> Settings:
     return Settings(smtp_port=smtp_server[1], mail_sender="Shop <shop@example.com>")
 
 
-def test_a_thread_reuses_its_connection(smtp_server, settings):
+def test_mails_reuse_a_kept_connection(smtp_server, settings):
     inbox, _ = smtp_server
     sender = SmtpSender(settings)
     for i in range(3):
@@ -155,4 +157,39 @@ def test_a_line_starting_with_a_dot_survives_a_pipelined_send(smtp_server, setti
     )
     (mail,) = inbox.wait_for(1)
     assert mail.get_body(("plain",)).get_content().replace("\r\n", "\n").startswith(".\n..two\n.")
+    sender.close()
+
+
+def test_threads_share_a_bounded_pool_of_connections(smtp_server):
+    inbox, port = smtp_server
+    settings = Settings(smtp_port=port, smtp_max_connections=3, mail_sender="Shop <shop@example.com>")
+    sender = SmtpSender(settings)
+    threads = [
+        threading.Thread(target=lambda n=n: [sender.send(envelope(settings, job=f"{n}-{i}")) for i in range(5)])
+        for n in range(12)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(inbox.wait_for(60)) == 60
+    # Twelve threads, three connections at most, every one of them reused.
+    assert sender.opened <= 3 and inbox.connections == sender.opened
+    sender.close()
+
+
+def test_a_relay_that_closed_idle_connections_costs_one_reconnect_each_not_a_mail(smtp_controller, settings):
+    inbox = smtp_controller.handler
+    sender = SmtpSender(settings)
+    both = [threading.Thread(target=sender.send, args=(envelope(settings, job=f"warm-{n}"),)) for n in range(2)]
+    for thread in both:
+        thread.start()
+    for thread in both:
+        thread.join(10)
+    opened = sender.opened
+    inbox.drop_connections(smtp_controller.loop)
+    for n in range(4):
+        sender.send(envelope(settings, job=f"after-{n}"))
+    assert len(inbox.wait_for(6)) == 6
+    assert sender.opened == opened + 1
     sender.close()

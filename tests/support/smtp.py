@@ -45,6 +45,11 @@ class Inbox:
         self.data_delay = 0.0
         #: Whether EHLO offers PIPELINING (RFC 2920), as most servers do.
         self.pipelining = True
+        #: When each mail arrived (time.monotonic()), in order.
+        self.arrival_times: list[float] = []
+        #: Answer MAIL with a 421 ("too many connections") on every n-th connection (0: never).
+        self.throttle_every = 0
+        self.throttled = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         if all(known is not server for known in self.servers):
@@ -55,6 +60,17 @@ class Inbox:
             # commands as they come; it just does not say so.
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if all(known is not server for known in self.servers):
+            self.servers.append(server)
+        position = next(n for n, known in enumerate(self.servers, 1) if known is server)
+        if self.throttle_every and position % self.throttle_every == 0:
+            self.throttled += 1
+            return "421 4.7.0 Too many connections, slow down"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.endswith("@bounce.example.com"):
@@ -74,6 +90,7 @@ class Inbox:
                 self.raw.append(envelope.content)
                 self.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
                 self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+                self.arrival_times.append(time.monotonic())
                 self.arrived.notify_all()
         if reply == DROP_AFTER_DATA:
             server.transport.close()

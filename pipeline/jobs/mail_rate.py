@@ -1,0 +1,139 @@
+"""The worker's side of the mail rate limit and of the relay's throttling (see
+:mod:`pipeline.store.mail_rate`).
+
+Before a mail job starts, it looks whether a slot is free or soon will be. A short wait it
+waits in its thread; a longer one it does not: the message goes back to the schedule, due when
+a slot frees, and the delivery is acknowledged. No retry is spent, the record says what the mail
+waits for (``waiting_for``, ``waiting_until``), and when it comes back it asks again, behind any
+mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`, which the
+mailer calls right before the SMTP transaction, with the mail rendered and claimed and no
+connection held: what the relay sees is the rate the slots were taken at. A job whose mail the
+relay throttled pauses every worker's mail.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware, SkipMessage
+
+from pipeline.errors import ResultBackendUnavailable, SmtpThrottled
+from pipeline.jobs.options import BROKER_PRIORITY_OPTION, RATE_LIMITED_OPTION, RATE_WAIT_OPTION
+from pipeline.settings import Settings, parse_rate
+from pipeline.store.mail_rate import MailRate
+from pipeline.store.records import RecordStore
+from pipeline.timestamps import iso_from_millis
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a worker thread waits for a slot itself at most; a longer wait goes to the schedule.
+HOLD_AT_MOST = 1.0
+
+
+class MailRateLimit(Middleware):
+    """Holds the jobs of rate-limited actors (``rate_limited=True``) to the deployment's rate.
+
+    Parameters:
+      settings: Give ``PIPELINE_MAIL_RATE_LIMIT``.
+      store: The job records.
+    """
+
+    def __init__(self, settings: Settings, store: RecordStore) -> None:
+        self.settings = settings
+        self.store = store
+        # The priority of each running mail job, for the slot taken before its send.
+        self._priorities: dict[str, int] = {}
+
+    @property
+    def actor_options(self) -> set[str]:
+        """Declares ``rate_limited``."""
+        return {RATE_LIMITED_OPTION}
+
+    @functools.cached_property
+    def rate(self) -> MailRate:
+        """The limit (read from the settings on first use; without one, only the shared pause)."""
+        limit, window = parse_rate(self.settings.mail_rate_limit) if self.settings.mail_rate_limit else (0, 1)
+        return MailRate(self.store.redis, limit, window)
+
+    def _limited(self, broker: dramatiq.Broker, message: MessageProxy) -> bool:
+        actor = broker.actors.get(message.actor_name)
+        return actor is not None and bool(actor.options.get(RATE_LIMITED_OPTION))
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Wait for a slot a moment, or send the message back to wait for it in the schedule."""
+        if not self._limited(broker, message):
+            return
+        priority = int(message.options.get(BROKER_PRIORITY_OPTION, 0) or 0)
+        held = 0.0
+        while True:
+            try:
+                wait = self.rate.acquire(message.message_id, priority, take=False)
+            except ResultBackendUnavailable as exc:
+                logger.warning("Mail of job %s goes out without the rate limit: %s", message.message_id, exc)
+                return
+            if wait == 0:
+                self._priorities[message.message_id] = priority
+                if message.options.pop(RATE_WAIT_OPTION, None) is not None:
+                    self._note(message.message_id, waiting_for=None, waiting_until=None)
+                return
+            if held + wait > HOLD_AT_MOST:
+                break
+            time.sleep(wait)
+            held += wait
+        due = int((time.time() + wait) * 1000)
+        later = message.copy()
+        later.options[RATE_WAIT_OPTION] = due
+        broker.enqueue(later, delay=int(wait * 1000))
+        limit = self.settings.mail_rate_limit
+        what = f"a slot of the mail rate limit ({limit})" if limit else "the end of the pause the relay asked for"
+        self._note(message.message_id, waiting_for=what, waiting_until=iso_from_millis(due))
+        # Read by the worker's log filter, which says the job waits rather than that it was skipped.
+        message.options[RATE_WAIT_OPTION] = due
+        raise SkipMessage(f"job {message.message_id} waits for the mail rate limit")
+
+    def pace(self, message_id: str) -> None:
+        """Take ``message_id``'s slot, waiting for it in this thread (the mail is rendered and
+        claimed, and no SMTP connection is held): right before the mail goes to the relay.
+        """
+        priority = self._priorities.get(message_id, 0)
+        while True:
+            try:
+                wait = self.rate.acquire(message_id, priority)
+            except ResultBackendUnavailable as exc:
+                logger.warning("Mail of job %s goes out without the rate limit: %s", message_id, exc)
+                return
+            if wait == 0:
+                return
+            time.sleep(wait)
+
+    def _note(self, message_id: str, **fields: Any) -> None:
+        try:
+            self.store.update(message_id, **fields)
+        except ResultBackendUnavailable as exc:
+            logger.debug("Job %s: waiting not recorded: %s", message_id, exc)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """A skipped job sends nothing."""
+        self._priorities.pop(message.message_id, None)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Pause every worker's mail when the relay throttled this one (it is retried)."""
+        self._priorities.pop(message.message_id, None)
+        if isinstance(exception, SmtpThrottled):
+            try:
+                pause = self.rate.pause()
+            except ResultBackendUnavailable:
+                return
+            logger.warning("The relay throttled job %s: every worker's mail pauses %.1f s", message.message_id, pause)

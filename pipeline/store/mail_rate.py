@@ -1,0 +1,138 @@
+"""One mail rate limit for every worker process and host, kept in Redis.
+
+Each mail asks for a slot just before it is sent. Slots are spread evenly, one every window
+divided by the limit (50/s: one every 20 ms), so the relay sees at most that many mails in any
+window and never a burst. A mail that gets no slot joins the waiters, by priority; while a waiter of higher
+priority is there, a lower one gets no slot even when one is free, so a password reset waiting
+behind a newsletter gets the next one. A waiter that stopped asking (its worker died) is dropped
+after a few seconds.
+
+When the relay throttles (see :class:`~pipeline.errors.SmtpThrottled`), a shared pause of two
+seconds stops every worker's mail; the throttled mail is retried after it.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from pipeline.store.connection import RedisConnection
+
+#: KEYS: sends, waiting (by priority), waiting (by last ask), pause. ARGV: window (ms), limit,
+#: job id, priority, milliseconds after which a silent waiter is dropped, 1 to take the slot (0
+#: only to look). Time is Redis's own, so hosts whose clocks differ share one window.
+#: Returns 0 when a slot is free (taken, and counted as sent, when asked to), else the
+#: milliseconds to wait.
+ACQUIRE_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local id, priority = ARGV[3], tonumber(ARGV[4])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
+for _, gone in ipairs(stale) do
+  redis.call('ZREM', KEYS[2], gone)
+  redis.call('ZREM', KEYS[3], gone)
+end
+local paused = redis.call('PTTL', KEYS[4])
+local wait = 0
+if paused > 0 then
+  wait = paused
+elseif limit <= 0 then
+  return 0
+else
+  -- Slots are spread evenly, one every window/limit: no burst, so no window ever holds more.
+  local interval = window / limit
+  local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if ARGV[6] ~= '1' then
+    -- A look: how long until this job's turn, behind the waiters of its priority or higher.
+    local ahead = redis.call('ZCOUNT', KEYS[2], priority, '+inf')
+    if redis.call('ZSCORE', KEYS[2], id) then ahead = ahead - 1 end
+    local turn = math.max(0, free_at - now) + ahead * interval
+    if turn <= 0 then return 0 end
+    return math.ceil(turn)
+  end
+  local top = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local ahead = top[1] and top[1] ~= id and tonumber(top[2]) > priority
+  if now >= free_at and not ahead then
+    redis.call('SET', KEYS[1], tostring(now + interval), 'PX', math.ceil(interval) + 1000)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    return 0
+  end
+  if now < free_at then
+    wait = math.ceil(free_at - now)
+  else
+    wait = math.ceil(interval)
+  end
+end
+if ARGV[6] ~= '1' then return math.max(wait, 1) end
+redis.call('ZADD', KEYS[2], priority, id)
+redis.call('ZADD', KEYS[3], now, id)
+redis.call('PEXPIRE', KEYS[2], 60000)
+redis.call('PEXPIRE', KEYS[3], 60000)
+return math.max(wait, 1)
+"""
+
+#: KEYS: pause. ARGV: the pause (ms). A pause already running is left as it is: the workers
+#: that were throttled together pause once. Returns the pause's time left.
+PAUSE_SCRIPT = """
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then return left end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return tonumber(ARGV[1])
+"""
+
+#: Milliseconds after which a waiter that stopped asking is dropped.
+WAITER_STALE_MS = 5_000
+#: The shared pause after the relay throttled (ms).
+PAUSE_MS = 2_000
+#: Slots are spread this much wider than the limit alone asks: what arrives at the relay
+#: drifts a few milliseconds from when its slot was taken, which must not add up to a mail
+#: more than the limit in a window.
+SPREAD = 1.04
+
+
+class MailRate:
+    """The deployment's mail rate limit.
+
+    Parameters:
+      redis: The Redis of the records.
+      limit: Mails per window (0: no limit, only the shared pause).
+      window: The window, in seconds.
+    """
+
+    def __init__(self, redis: RedisConnection, limit: int, window: int) -> None:
+        self.redis = redis
+        self.limit = limit
+        self.window = window
+
+    def acquire(self, message_id: str, priority: int, take: bool = True) -> float:
+        """A slot for ``message_id``'s mail now (0.0), or the seconds to wait before asking again;
+        with ``take`` False the slot is only looked at, not taken.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        keys = self.redis.keys
+        with self.redis.translated():
+            waited = self.redis.client.eval(
+                ACQUIRE_SCRIPT,
+                4,
+                keys.mail_sends,
+                keys.mail_waiting,
+                keys.mail_waiting_seen,
+                keys.mail_pause,
+                self.window * 1000 * SPREAD,
+                self.limit,
+                message_id,
+                priority,
+                WAITER_STALE_MS,
+                1 if take else 0,
+            )
+        return cast("int", waited) / 1000
+
+    def pause(self) -> float:
+        """Pause every worker's mail: the relay throttled. The pause's length in seconds."""
+        with self.redis.translated():
+            key = self.redis.keys.mail_pause
+            paused = self.redis.client.eval(PAUSE_SCRIPT, 1, key, PAUSE_MS)
+        return cast("int", paused) / 1000

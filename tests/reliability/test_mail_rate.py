@@ -1,0 +1,120 @@
+"""One mail rate limit shared by every worker process, and a relay that throttles: four workers
+held to 50 mails a second, a password reset that overtakes a newsletter, and 421 replies that
+slow every worker down while no mail fails or goes out twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from mail_support import WELCOME, mail_env
+from smtp import running_smtp_server
+from waiting import wait_until
+
+from pipeline.actors import send_email
+from pipeline.queues import DEFAULT_QUEUE
+from pipeline.results import AsyncResult
+from pipeline.states import JobState
+
+pytestmark = pytest.mark.integration
+
+
+def most_in_one_second(times: list[float]) -> int:
+    """The most arrivals in any window of one second."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def newsletter(count: int, tag: str):
+    calls = [{"to": f"reader-{tag}-{n}@example.com", "template": "welcome", "context": WELCOME} for n in range(count)]
+    return send_email.send_many(calls)
+
+
+def test_four_workers_send_1000_mails_at_50_a_second_each_once(purge, start_worker):
+    purge(DEFAULT_QUEUE)
+    with running_smtp_server() as server:
+        inbox = server.handler
+        env = {**mail_env(server.port), "PIPELINE_MAIL_RATE_LIMIT": "50/s"}
+        for _ in range(4):
+            start_worker([DEFAULT_QUEUE], threads=16, env=env)
+        sent = newsletter(1000, uuid.uuid4().hex[:8])
+        mails = inbox.wait_for(1000, timeout=90)
+        time.sleep(1)
+        ids = Counter(str(mail["Message-ID"]) for mail in inbox.mails)
+        assert len(ids) == 1000 and max(ids.values()) == 1 and len(inbox.mails) == 1000
+        assert most_in_one_second(inbox.arrival_times) <= 55
+        seconds = inbox.arrival_times[-1] - inbox.arrival_times[0]
+        assert seconds >= 1000 / 50 * 0.9
+        for message in sent:
+            record = AsyncResult(message.message_id).info()
+            # Waiting for a slot spent no attempt (and no retry).
+            assert record["state"] == JobState.SUCCESS and record["attempt"] == 1
+        print(f"{len(mails)} mails in {seconds:.1f} s; at most {most_in_one_second(inbox.arrival_times)} in a second")
+
+
+def test_a_mail_whose_turn_is_far_waits_in_the_schedule_and_its_record_says_so(purge, start_worker):
+    purge(DEFAULT_QUEUE)
+    with running_smtp_server() as server:
+        inbox = server.handler
+        start_worker([DEFAULT_QUEUE], threads=8, env={**mail_env(server.port), "PIPELINE_MAIL_RATE_LIMIT": "2/s"})
+        sent = newsletter(12, uuid.uuid4().hex[:8])
+        inbox.wait_for(2, timeout=20)
+        records = [AsyncResult(m.message_id).info() for m in sent]
+        said = [r for r in records if r.get("waiting_for")]
+        assert said, records
+        assert all(r["waiting_for"] == "a slot of the mail rate limit (2/s)" and r["waiting_until"] for r in said)
+        assert all(r["state"] == JobState.QUEUED for r in said)
+        inbox.wait_for(12, timeout=30)
+        for message in sent:
+            record = AsyncResult(message.message_id).info()
+            assert record["state"] == JobState.SUCCESS and record["attempt"] == 1 and "waiting_for" not in record
+        assert most_in_one_second(inbox.arrival_times) <= 2
+
+
+def test_a_password_reset_gets_the_next_slot_ahead_of_a_waiting_newsletter(purge, start_worker):
+    purge(DEFAULT_QUEUE)
+    with running_smtp_server() as server:
+        inbox = server.handler
+        env = {**mail_env(server.port), "PIPELINE_MAIL_RATE_LIMIT": "20/s"}
+        for _ in range(2):
+            start_worker([DEFAULT_QUEUE], threads=8, env=env)
+        newsletter(300, uuid.uuid4().hex[:8])
+        inbox.wait_for(40, timeout=30)
+        reset = send_email.send(
+            to="zoe@example.com",
+            template="password_reset",
+            context={"customer": {"name": "Zoë"}, "reset_url": "https://shop.example/reset/t0k3n", "valid_minutes": 30},
+        )
+        asked = time.monotonic()
+        wait_until(lambda: any("zoe@example.com" in str(m["To"]) for m in inbox.mails), 20, "the reset")
+        took = time.monotonic() - asked
+        # 260 newsletter mails were still waiting: 13 s of slots at 20/s.
+        assert took < 3.0, f"the reset took {took:.1f} s"
+        assert len(inbox.mails) < 300
+        assert AsyncResult(reset.message_id).get(timeout=5)["accepted"] == ["zoe@example.com"]
+
+
+def test_a_relay_that_throttles_every_tenth_connection_slows_every_worker_and_loses_no_mail(purge, start_worker):
+    purge(DEFAULT_QUEUE)
+    with running_smtp_server() as server:
+        inbox = server.handler
+        inbox.throttle_every = 10
+        env = {**mail_env(server.port), "PIPELINE_SMTP_REUSE_CONNECTION": "false"}
+        workers = [start_worker([DEFAULT_QUEUE], threads=8, env=env) for _ in range(2)]
+        sent = newsletter(60, uuid.uuid4().hex[:8])
+        inbox.wait_for(60, timeout=90)
+        for message in sent:
+            assert AsyncResult(message.message_id).get(timeout=30)["accepted"]
+        time.sleep(1)
+        ids = Counter(str(mail["Message-ID"]) for mail in inbox.mails)
+        assert len(ids) == 60 and max(ids.values()) == 1
+        assert inbox.throttled >= 5
+        log = "".join(worker.log for worker in workers)
+        assert "The relay throttled job" in log and "every worker's mail pauses" in log
