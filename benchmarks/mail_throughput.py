@@ -5,6 +5,7 @@ that name would hide the standard library's email package.)
 
     .venv/bin/python benchmarks/mail_throughput.py [--mails 5000] [--threads 8] [--rounds 2]
         [--security none,starttls] [--delay 0]
+    .venv/bin/python benchmarks/mail_throughput.py --concurrency 8,200 --delay 50 [--mails 5000]
 
 Starts a real SMTP server (aiosmtpd) on a free local port, sends ``--mails`` welcome mails
 with ``send_email.send_many`` and times one worker process (``--threads`` threads) draining
@@ -12,6 +13,10 @@ them, until every job's record is ``SUCCESS``. The baseline, in the same run, is
 worker with ``PIPELINE_SMTP_REUSE_CONNECTION=false``: a new connection (connect, banner, EHLO,
 QUIT, and with ``starttls`` a TLS handshake and a login, as any real relay asks) for every
 mail. Modes alternate for ``--rounds`` rounds; figures are medians.
+
+With ``--concurrency``, the modes are instead worker threads (connections reused from the
+pool): today's default of 8 against more, each with its mails per second and its worker
+process's peak RSS. The first count is the baseline.
 
 On loopback a mail's own CPU hides what a connection costs. ``--delay 20`` puts a proxy between
 the worker and the server that holds every reply of the server 20 ms, as a network would: then
@@ -36,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "tests" / "support")]
 
-from common import REDIS_URL, delete_keys, medians, start_worker, stop_worker  # noqa: E402
+from common import REDIS_URL, delete_keys, medians, peak_rss_mib, start_worker, stop_worker  # noqa: E402
 
 os.environ["PIPELINE_REDIS_URL"] = REDIS_URL
 
@@ -59,6 +64,31 @@ def all_succeeded(messages) -> bool:
     for message in messages:
         pipe.hget(get_redis().keys.record(message.message_id), "state")
     return all(state == '"SUCCESS"' for state in pipe.execute())
+
+
+def drain_threads(mode: str, mails: int, server: dict[str, str], inbox: Inbox) -> dict[str, float]:
+    """One drain with ``mode`` threads (connections reused), and the worker's peak RSS."""
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    broker.flush(DEFAULT_QUEUE)
+    inbox.mails.clear()
+    messages = send_email.send_many(
+        {"to": f"customer{i}@example.com", "template": "welcome", "context": CONTEXT} for i in range(mails)
+    )
+    threads = int(mode)
+    env = {**server, "PIPELINE_SMTP_MAX_CONNECTIONS": str(max(threads, 1))}
+    worker = start_worker(["pipeline.actors"], [DEFAULT_QUEUE], threads=threads, env=env)
+    try:
+        started = time.perf_counter()
+        AsyncResult(messages[-1].message_id).get(timeout=900)
+        while not all_succeeded(messages):
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        rss = peak_rss_mib(worker)
+    finally:
+        stop_worker(worker)
+    if len(inbox.mails) != mails:
+        raise RuntimeError(f"{len(inbox.mails)} mails arrived, {mails} sent")
+    return {"mails_per_s": mails / elapsed, "rss_mib": rss}
 
 
 def drain(mode: str, mails: int, threads: int, server: dict[str, str], inbox: Inbox) -> dict[str, float]:
@@ -187,7 +217,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--security", default="none,starttls", help="comma-separated: none, starttls")
     parser.add_argument("--delay", type=float, default=0.0, help="milliseconds every server reply is held")
+    parser.add_argument("--concurrency", help="comma-separated thread counts to compare (first: the baseline)")
     args = parser.parse_args()
+    if args.concurrency:
+        compare_concurrency(args)
+        return
 
     delay = f", every reply held {args.delay:g} ms" if args.delay else ""
     print(f"{args.mails} mails, one worker process with {args.threads} threads, median of {args.rounds} rounds{delay}")
@@ -215,6 +249,39 @@ def main() -> None:
             print(f"SMTP security {security}:")
             print(f"  one connection per mail (baseline): {base:8.1f} mails/s")
             print(f"  connection reused per thread:       {ours:8.1f} mails/s   {ours / base:.2f}x")
+    finally:
+        delete_keys()
+
+
+def compare_concurrency(args: argparse.Namespace) -> None:
+    """Mails per second and peak RSS of one worker process at each thread count."""
+    counts = tuple(args.concurrency.split(","))
+    print(f"{args.mails} mails, one worker process, every server reply held {args.delay:g} ms, median of {args.rounds}")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            controller, server = start_server("none", Path(folder))
+            proxy = DelayProxy(int(server["PIPELINE_SMTP_PORT"]), args.delay / 1000) if args.delay else None
+            if proxy is not None:
+                server = {**server, "PIPELINE_SMTP_PORT": str(proxy.port)}
+            try:
+                results = medians(
+                    args.rounds,
+                    counts,
+                    lambda mode, server=server, inbox=controller.handler: drain_threads(
+                        mode, args.mails, server, inbox
+                    ),
+                )
+            finally:
+                if proxy is not None:
+                    proxy.close()
+                controller.stop()
+        base = results[counts[0]]["mails_per_s"]
+        for count in counts:
+            figures = results[count]
+            print(
+                f"  {count:>4} threads: {figures['mails_per_s']:8.1f} mails/s  {figures['mails_per_s'] / base:6.2f}x"
+                f"   peak RSS {figures['rss_mib']:6.1f} MiB"
+            )
     finally:
         delete_keys()
 
