@@ -20,12 +20,24 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
 def start_worker(
-    modules: list[str], queues: list[str], threads: int, env: dict[str, str], processes: int = 1
+    modules: list[str],
+    queues: list[str],
+    threads: int,
+    env: dict[str, str],
+    processes: int = 1,
+    gevent: bool = False,
 ) -> subprocess.Popen:
-    """A ``dramatiq`` worker of ``processes`` processes of ``threads`` threads, once every one is ready."""
+    """A ``dramatiq`` worker of ``processes`` processes of ``threads`` threads (greenlets, with
+    ``gevent``: Dramatiq's ``dramatiq-gevent``), once every one is ready.
+    """
     env = {**os.environ, "PIPELINE_REDIS_URL": REDIS_URL, **env}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)])
-    command = [sys.executable, "-m", "dramatiq", *modules, "--processes", str(processes), "--threads", str(threads)]
+    runner = (
+        [sys.executable, str(Path(sys.executable).parent / "dramatiq-gevent")]
+        if gevent
+        else [sys.executable, "-m", "dramatiq"]
+    )
+    command = [*runner, *modules, "--processes", str(processes), "--threads", str(threads)]
     process = subprocess.Popen(
         [*command, "--queues", *queues],
         env=env,

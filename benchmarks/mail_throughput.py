@@ -66,17 +66,82 @@ def all_succeeded(messages) -> bool:
     return all(state == '"SUCCESS"' for state in pipe.execute())
 
 
+def drain_celery(greenlets: int, mails: int, server: dict[str, str], inbox: Inbox) -> dict[str, float]:
+    """The anchor: Celery 5's worker with the gevent pool of ``greenlets`` (``celery_mail.py``)."""
+    import subprocess
+    import uuid
+
+    from celery_mail import QUEUE, app, send_welcome
+
+    inbox.mails.clear()
+    app.control.purge()
+    env = {**os.environ, **server, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    command = [sys.executable, "-m", "celery", "-A", "celery_mail", "worker", "-P", "gevent", "-c", str(greenlets)]
+    command += ["-Q", QUEUE, "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info"]
+    for n in range(mails):
+        send_welcome.apply_async(args=(f"customer{n}@example.com", str(uuid.uuid4()), CONTEXT))
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    worker = subprocess.Popen(command, cwd=HERE.parent, env=env, **output)
+    try:
+        assert worker.stdout is not None
+        ready = threading.Event()
+
+        def read(stdout=worker.stdout) -> None:
+            # Read to the end: a full pipe would stop the worker at its next log line.
+            for line in stdout:
+                if " ready." in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(60):
+            raise RuntimeError("the Celery worker did not start")
+        started = time.perf_counter()
+        while len(inbox.mails) < mails:
+            if time.perf_counter() - started > 900:
+                raise RuntimeError(f"{len(inbox.mails)} of {mails} mails arrived")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        rss = _own_peak_rss_mib(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    return {"mails_per_s": mails / elapsed, "rss_mib": rss}
+
+
+def _own_peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def drain_threads(mode: str, mails: int, server: dict[str, str], inbox: Inbox) -> dict[str, float]:
-    """One drain with ``mode`` threads (connections reused), and the worker's peak RSS."""
+    """One drain with ``mode`` threads (``gevent:N``: N greenlets; ``celery:N``: the anchor),
+    connections reused, and the worker's peak RSS.
+    """
+    if mode.startswith("celery:"):
+        return drain_celery(int(mode.removeprefix("celery:")), mails, server, inbox)
+    gevent = mode.startswith("gevent:")
+    count = int(mode.removeprefix("gevent:"))
+    env = {**server, "PIPELINE_SMTP_MAX_CONNECTIONS": str(max(count, 1))}
+    return run_drain(mails, count, env, inbox, gevent=gevent)
+
+
+def drain(mode: str, mails: int, threads: int, server: dict[str, str], inbox: Inbox) -> dict[str, float]:
+    """One drain, a connection per mail (``per-mail``) or connections reused (``reuse``)."""
+    env = {**server, "PIPELINE_SMTP_REUSE_CONNECTION": "true" if mode == "reuse" else "false"}
+    return run_drain(mails, threads, env, inbox)
+
+
+def run_drain(mails: int, threads: int, env: dict[str, str], inbox: Inbox, gevent: bool = False) -> dict[str, float]:
+    """Send ``mails`` welcome mails, then time a worker of ``threads`` threads draining them."""
     broker.declare_queue(DEFAULT_QUEUE, ensure=True)
     broker.flush(DEFAULT_QUEUE)
     inbox.mails.clear()
     messages = send_email.send_many(
         {"to": f"customer{i}@example.com", "template": "welcome", "context": CONTEXT} for i in range(mails)
     )
-    threads = int(mode)
-    env = {**server, "PIPELINE_SMTP_MAX_CONNECTIONS": str(max(threads, 1))}
-    worker = start_worker(["pipeline.actors"], [DEFAULT_QUEUE], threads=threads, env=env)
+    worker = start_worker(["pipeline.actors"], [DEFAULT_QUEUE], threads=threads, env=env, gevent=gevent)
     try:
         started = time.perf_counter()
         AsyncResult(messages[-1].message_id).get(timeout=900)
@@ -89,28 +154,6 @@ def drain_threads(mode: str, mails: int, server: dict[str, str], inbox: Inbox) -
     if len(inbox.mails) != mails:
         raise RuntimeError(f"{len(inbox.mails)} mails arrived, {mails} sent")
     return {"mails_per_s": mails / elapsed, "rss_mib": rss}
-
-
-def drain(mode: str, mails: int, threads: int, server: dict[str, str], inbox: Inbox) -> dict[str, float]:
-    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
-    broker.flush(DEFAULT_QUEUE)
-    inbox.mails.clear()
-    messages = send_email.send_many(
-        {"to": f"customer{i}@example.com", "template": "welcome", "context": CONTEXT} for i in range(mails)
-    )
-    env = {**server, "PIPELINE_SMTP_REUSE_CONNECTION": "true" if mode == "reuse" else "false"}
-    worker = start_worker(["pipeline.actors"], [DEFAULT_QUEUE], threads=threads, env=env)
-    try:
-        started = time.perf_counter()
-        AsyncResult(messages[-1].message_id).get(timeout=900)
-        while not all_succeeded(messages):
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - started
-    finally:
-        stop_worker(worker)
-    if len(inbox.mails) != mails:
-        raise RuntimeError(f"{len(inbox.mails)} mails arrived, {mails} sent")
-    return {"mails_per_s": mails / elapsed}
 
 
 class CountingInbox(Inbox):
@@ -217,7 +260,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--security", default="none,starttls", help="comma-separated: none, starttls")
     parser.add_argument("--delay", type=float, default=0.0, help="milliseconds every server reply is held")
-    parser.add_argument("--concurrency", help="comma-separated thread counts to compare (first: the baseline)")
+    parser.add_argument(
+        "--concurrency", help="comma-separated thread counts to compare (first: the baseline); gevent:N for greenlets"
+    )
     args = parser.parse_args()
     if args.concurrency:
         compare_concurrency(args)
@@ -279,7 +324,7 @@ def compare_concurrency(args: argparse.Namespace) -> None:
         for count in counts:
             figures = results[count]
             print(
-                f"  {count:>4} threads: {figures['mails_per_s']:8.1f} mails/s  {figures['mails_per_s'] / base:6.2f}x"
+                f"  {count:>10} threads: {figures['mails_per_s']:8.1f} mails/s  {figures['mails_per_s'] / base:6.2f}x"
                 f"   peak RSS {figures['rss_mib']:6.1f} MiB"
             )
     finally:

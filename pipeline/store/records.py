@@ -414,29 +414,7 @@ class RecordStore:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
-        floor = int(since * 1_000_000)
-        if actor is not None:
-            sets = [self.keys.actor_index(actor)]
-        else:
-            chosen = [state] if state is not None else [s for s in JobState if s is not JobState.PENDING]
-            sets = [self.keys.state_index(each.value) for each in chosen]
-        found: list[JobRecord] = []
-        window = limit
-        with self.translated():
-            # Members whose record expired (or, with an actor, in another state) are skipped: look
-            # at a wider window of the newest members until enough records are found.
-            while True:
-                pipe = self.client.pipeline(transaction=False)
-                for key in sets:
-                    pipe.zrevrangebyscore(key, "+inf", floor, 0, window, withscores=True)
-                answers = pipe.execute()
-                newest = sorted((pair for pairs in answers for pair in pairs), key=lambda pair: -pair[1])[:window]
-                records = self._records([member for member, _ in newest])
-                found = [r for r in records if state is None or r.get("state") == state.value]
-                exhausted = all(len(pairs) < window for pairs in answers)
-                if len(found) >= limit or exhausted or window >= MAX_INDEX_WINDOW:
-                    return found[:limit]
-                window *= 4
+        return self.page(state=state, actor=actor, since=since, limit=limit)[0]
 
     def page(
         self,
