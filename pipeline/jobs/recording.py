@@ -293,6 +293,7 @@ class JobRecords(Middleware):
         _, start_fields = self.starts.take(message.message_id)
         if isinstance(exception, JobInterrupted):
             self._write(message, JobState.INTERRUPTED, attempt, **interrupted_fields(str(exception)), **start_fields)
+            self._note_attempt(message, attempt, started_at, JobState.INTERRUPTED, None, str(exception))
             return
         if isinstance(exception, JobStopped):
             return
@@ -312,10 +313,31 @@ class JobRecords(Middleware):
         error = error_info(exception) if exception is not None else FAILED_BEFORE_RUN
         if message.failed:
             self._fail(message, attempt, error=error, **fields)
+            self._note_attempt(message, attempt, started_at, JobState.FAILURE, error)
         else:
             fields.pop("finished_at")
             due = iso_from_millis(retry_due) if retry_due else None
             self._write(message, JobState.RETRY, attempt, error=error, next_attempt_at=due, **fields)
+            self._note_attempt(message, attempt, started_at, JobState.RETRY, error)
+
+    def _note_attempt(
+        self,
+        message: MessageProxy,
+        attempt: int,
+        started_at: str,
+        state: JobState,
+        error: JobError | None,
+        why: str | None = None,
+    ) -> None:
+        """Keep an attempt that did not succeed in the job's history (the record holds only the
+        last error): its number, start, end, how it ended and its error without the traceback.
+        """
+        entry: dict[str, Any] = {"attempt": attempt, "started_at": started_at, "ended_at": now_iso(), "state": state}
+        if error is not None:
+            entry["error"] = {"type": error.get("type"), "message": error.get("message")}
+        if why is not None:
+            entry["why"] = why
+        self.store.note_attempt(message.message_id, entry)
 
     def _fail(self, message: MessageProxy, attempt: int, **fields: Any) -> None:
         """Write ``FAILURE`` for a message this worker fails, so that its nack writes nothing more."""

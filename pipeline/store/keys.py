@@ -48,6 +48,12 @@ class Keys:
         """Sorted set of ``actor``'s jobs, by when their records were made."""
         return f"{self.index}:actor:{actor}"
 
+    def attempts(self, message_id: str) -> str:
+        """List of a job's ended attempts, oldest first (JSON: number, start, end, state, error);
+        lives as long as a failed record.
+        """
+        return f"{self.namespace}:job:{message_id}:attempts"
+
     def claim(self, message_id: str) -> str:
         """String claiming a job's one-time side effect (a mail); same TTL as the record."""
         return f"{self.namespace}:claim:{message_id}"

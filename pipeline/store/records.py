@@ -394,8 +394,27 @@ class RecordStore:
         )
         return bool(self._answer(future, f"the requeue of job {message_id}"))
 
+    def note_attempt(self, message_id: str, entry: Mapping[str, Any]) -> None:
+        """Add an ended attempt (its number, start, end, state and error) to the job's history;
+        sent with the process's next writes, its answer not awaited.
+        """
+        key = self.keys.attempts(message_id)
+        self.writer.submit("RPUSH", key, json.dumps(entry, default=str), when=When.LATER)
+        self.writer.submit("EXPIRE", key, max(self.settings.result_ttl, FAILURE_TTL), when=When.LATER)
+
+    def attempts(self, message_id: str) -> list[dict[str, Any]]:
+        """The job's ended attempts, oldest first.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        with self.translated():
+            raw = cast("list[str]", self.client.lrange(self.keys.attempts(message_id), 0, -1))
+        return [json.loads(entry) for entry in raw]
+
     def delete(self, message_id: str) -> bool:
-        """Remove ``message_id``'s record; True if there was one."""
+        """Remove ``message_id``'s record (and its attempts); True if there was one."""
+        self.writer.submit("DEL", self.keys.attempts(message_id), when=When.LATER)
         keys = (self.keys.record(message_id), self.keys.done(message_id), self.keys.index)
         future = self.writer.submit("EVAL", DELETE_SCRIPT, 3, *keys)
         return bool(self._answer(future, f"the removal of job {message_id}"))

@@ -232,11 +232,13 @@ class Dashboard:
             return self.error(request, 404, str(exc))
 
     def _job(self, request: Request, message_id: str) -> dict[str, Any]:
-        record = get_store(self.settings).read(queries.checked_id(message_id))
+        store = get_store(self.settings)
+        record = store.read(queries.checked_id(message_id))
         if record is None:
             raise NotFoundPage(f"no record of job {message_id} (unknown, or expired)")
         state = JobState(record["state"])
-        return {"record": record, "state": state.value, "ready": state.ready, "timeline": queries.timeline(record)}
+        moments = queries.timeline(record, store.attempts(message_id))
+        return {"record": record, "state": state.value, "ready": state.ready, "timeline": moments}
 
     def view_job(self, request: Request, message_id: str) -> Response:
         """One job's record: its timeline, progress, result or error, and its actions."""

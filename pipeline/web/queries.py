@@ -150,10 +150,27 @@ def workers(store: RecordStore) -> list[WorkerEntry]:
     return WorkerRegistry(store.redis).alive()
 
 
-def timeline(record: JobRecord) -> list[tuple[str, str, str]]:
-    """The record's moments in order, as (time, what, detail)."""
+def timeline(record: JobRecord, attempts: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
+    """The job's moments in order, as (time, what, detail): the record's, and each ended attempt
+    of its history with its error.
+    """
     fields: dict[str, Any] = dict(record)
     moments: list[tuple[str, str, str]] = []
+    ended = {"RETRY": "failed; retried", "FAILURE": "failed", "INTERRUPTED": "interrupted"}
+    seen: set[Any] = set()
+    for entry in attempts or []:
+        number = entry.get("attempt")
+        seen.add(number)
+        if isinstance(entry.get("started_at"), str):
+            moments.append((entry["started_at"], f"attempt {number} started", ""))
+        error = entry.get("error")
+        detail = (
+            f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else str(entry.get("why", ""))
+        )
+        if isinstance(entry.get("ended_at"), str):
+            moments.append(
+                (entry["ended_at"], f"attempt {number} {ended.get(str(entry.get('state')), 'ended')}", detail)
+            )
 
     def add(name: str, what: str, detail: str = "") -> None:
         value = fields.get(name)
@@ -168,16 +185,18 @@ def timeline(record: JobRecord) -> list[tuple[str, str, str]]:
             moments.append((cut_off["started_at"], f"attempt {cut_off.get('attempt')} started", ""))
         if isinstance(cut_off.get("noticed_at"), str):
             moments.append((cut_off["noticed_at"], f"attempt {cut_off.get('attempt')} cut off", "its worker died"))
-    add("interrupted_at", "interrupted", str(fields.get("interrupted", "")))
+    if not seen:
+        add("interrupted_at", "interrupted", str(fields.get("interrupted", "")))
     add("requeued_at", "requeued", f"from the dead letters ({fields.get('requeues', 1)} so far)")
-    add("started_at", f"attempt {fields.get('attempt', 1)} started")
+    if fields.get("attempt", 1) not in seen:
+        add("started_at", f"attempt {fields.get('attempt', 1)} started")
     error = fields.get("error")
     if fields.get("state") == JobState.RETRY.value:
         detail = f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else ""
-        add("next_attempt_at", "next attempt due", detail)
-    ended = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}.get(str(fields.get("state")))
-    if ended:
-        add("finished_at" if fields.get("state") != "REVOKED" else "revoked_at", ended)
+        add("next_attempt_at", "next attempt due", detail if not seen else "")
+    final = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}.get(str(fields.get("state")))
+    if final and not (final == "failed" and fields.get("attempt") in seen):
+        add("finished_at" if fields.get("state") != "REVOKED" else "revoked_at", final)
     return sorted(moments)
 
 

@@ -405,3 +405,20 @@ def test_pipeline_web_beyond_this_machine_needs_credentials():
         timeout=30,
     )
     assert got.returncode != 0 and "PIPELINE_WEB_TOKEN" in got.stdout + got.stderr
+
+
+def test_the_job_page_shows_every_attempt_with_its_error(client, purge, start_worker, clean_redis):
+    purge(DEFAULT_QUEUE)
+    start_worker([DEFAULT_QUEUE], threads=2)
+    key = f"attempts-{uuid.uuid4()}"
+    result = AsyncResult(sample_actors.flaky.send(key, 2).message_id)
+    assert result.get(timeout=30) == 3
+    page = client.get(f"/jobs/{result.id}", headers={"X-Test-User": "viewer"}).text
+    for attempt in (1, 2):
+        assert f"attempt {attempt} started" in page
+        assert f"attempt {attempt} failed; retried — ConnectionError: run {attempt} of {key} fails on purpose" in page
+    assert "attempt 3 started" in page and "succeeded" in page
+    assert [entry["attempt"] for entry in get_store().attempts(result.id)] == [1, 2]
+    client_forgets = Client(make_app(authorize=by_header, writes=True, settings=make_settings()))
+    assert post(client_forgets, f"/jobs/{result.id}/forget", csrf(client_forgets)).status_code == 303
+    wait_until(lambda: get_store().attempts(result.id) == [], 5, "the attempts forgotten with the record")
