@@ -395,12 +395,12 @@ class RecordStore:
         return bool(self._answer(future, f"the requeue of job {message_id}"))
 
     def note_attempt(self, message_id: str, entry: Mapping[str, Any]) -> None:
-        """Add an ended attempt (its number, start, end, state and error) to the job's history;
-        sent with the process's next writes, its answer not awaited.
+        """Add an ended attempt (its number, start, end, state and error) to the job's history,
+        sent now (with the writes waiting), its answer not awaited.
         """
         key = self.keys.attempts(message_id)
         self.writer.submit("RPUSH", key, json.dumps(entry, default=str), when=When.LATER)
-        self.writer.submit("EXPIRE", key, max(self.settings.result_ttl, FAILURE_TTL), when=When.LATER)
+        self.writer.submit("EXPIRE", key, max(self.settings.result_ttl, FAILURE_TTL))
 
     def attempts(self, message_id: str) -> list[dict[str, Any]]:
         """The job's ended attempts, oldest first.
@@ -415,6 +415,7 @@ class RecordStore:
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record (and its attempts); True if there was one."""
         self.writer.submit("DEL", self.keys.attempts(message_id), when=When.LATER)
+        # Answered with the removal below: the attempts are gone when it returns.
         keys = (self.keys.record(message_id), self.keys.done(message_id), self.keys.index)
         future = self.writer.submit("EVAL", DELETE_SCRIPT, 3, *keys)
         return bool(self._answer(future, f"the removal of job {message_id}"))
