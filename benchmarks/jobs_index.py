@@ -13,11 +13,13 @@ the namespace's keys (only the SCAN, before reading a single record).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +51,24 @@ def fill(store: RecordStore, count: int) -> None:
         pipe.execute()
 
 
+@contextlib.contextmanager
+def filled_store(records: int, **overrides: object) -> Iterator[RecordStore]:
+    """A Redis server of the benchmark's own on a free port, holding ``records`` records under
+    the ``bench`` namespace; the store of its settings (``overrides`` on top). Stopped after.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        server = PrivateRedis(Path(folder))
+        try:
+            settings = dataclasses.replace(Settings(), redis_url=server.url, namespace="bench", **overrides)
+            store = RecordStore(RedisConnection(settings))
+            started = time.perf_counter()
+            fill(store, records)
+            print(f"wrote {records:,} records in {time.perf_counter() - started:.0f} s")
+            yield store
+        finally:
+            server.stop()
+
+
 def median_ms(call, rounds: int) -> float:
     times = []
     for _ in range(rounds):
@@ -63,32 +83,23 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        server = PrivateRedis(Path(folder))
-        try:
-            settings = dataclasses.replace(Settings(), redis_url=server.url, namespace="bench")
-            store = RecordStore(RedisConnection(settings))
-            started = time.perf_counter()
-            fill(store, args.records)
-            print(f"wrote {args.records:,} records in {time.perf_counter() - started:.0f} s")
-            baseline = median_ms(lambda: sum(1 for _ in store.client.scan_iter("bench:job:*", count=1000)), 1)
-            print(f"baseline: one SCAN of the namespace, {baseline:,.0f} ms")
-            hour_ago = time.time() - 3600
-            listings = {
-                "latest 50": lambda: store.recent(limit=50),
-                "--state FAILURE": lambda: store.recent(state=JobState.FAILURE, limit=50),
-                "--actor ping": lambda: store.recent(actor="ping", limit=50),
-                "--actor ping --state FAILURE": lambda: store.recent(actor="ping", state=JobState.FAILURE, limit=50),
-                "--since 1h --state SUCCESS": lambda: store.recent(state=JobState.SUCCESS, since=hour_ago, limit=50),
-            }
-            for name, call in listings.items():
-                assert len(call()) == 50, name
-                took = median_ms(call, args.rounds)
-                print(f"{name:<30} {took:7.2f} ms   {baseline / took:8.0f}x faster than the SCAN")
-            memory = store.client.info("memory")["used_memory"] / 2**20
-            print(f"Redis memory with the index: {memory:,.0f} MiB")
-        finally:
-            server.stop()
+    with filled_store(args.records) as store:
+        baseline = median_ms(lambda: sum(1 for _ in store.client.scan_iter("bench:job:*", count=1000)), 1)
+        print(f"baseline: one SCAN of the namespace, {baseline:,.0f} ms")
+        hour_ago = time.time() - 3600
+        listings = {
+            "latest 50": lambda: store.recent(limit=50),
+            "--state FAILURE": lambda: store.recent(state=JobState.FAILURE, limit=50),
+            "--actor ping": lambda: store.recent(actor="ping", limit=50),
+            "--actor ping --state FAILURE": lambda: store.recent(actor="ping", state=JobState.FAILURE, limit=50),
+            "--since 1h --state SUCCESS": lambda: store.recent(state=JobState.SUCCESS, since=hour_ago, limit=50),
+        }
+        for name, call in listings.items():
+            assert len(call()) == 50, name
+            took = median_ms(call, args.rounds)
+            print(f"{name:<30} {took:7.2f} ms   {baseline / took:8.0f}x faster than the SCAN")
+        memory = store.client.info("memory")["used_memory"] / 2**20
+        print(f"Redis memory with the index: {memory:,.0f} MiB")
 
 
 if __name__ == "__main__":

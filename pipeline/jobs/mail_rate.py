@@ -71,11 +71,7 @@ class MailRateLimit(Middleware):
         priority = int(message.options.get(BROKER_PRIORITY_OPTION, 0) or 0)
         held = 0.0
         while True:
-            try:
-                wait = self.rate.acquire(message.message_id, priority, take=False)
-            except ResultBackendUnavailable as exc:
-                logger.warning("Mail of job %s goes out without the rate limit: %s", message.message_id, exc)
-                return
+            wait = self._ask(message.message_id, priority, take=False)
             if wait == 0:
                 self._priorities[message.message_id] = priority
                 if message.options.pop(RATE_WAIT_OPTION, None) is not None:
@@ -101,15 +97,18 @@ class MailRateLimit(Middleware):
         claimed, and no SMTP connection is held): right before the mail goes to the relay.
         """
         priority = self._priorities.get(message_id, 0)
-        while True:
-            try:
-                wait = self.rate.acquire(message_id, priority)
-            except ResultBackendUnavailable as exc:
-                logger.warning("Mail of job %s goes out without the rate limit: %s", message_id, exc)
-                return
-            if wait == 0:
-                return
+        while wait := self._ask(message_id, priority, take=True):
             time.sleep(wait)
+
+    def _ask(self, message_id: str, priority: int, take: bool) -> float:
+        """The limit's answer (see :meth:`MailRate.acquire`); 0.0 when Redis cannot say: a mail
+        never waits on a Redis that is away.
+        """
+        try:
+            return self.rate.acquire(message_id, priority, take=take)
+        except ResultBackendUnavailable as exc:
+            logger.warning("Mail of job %s goes out without the rate limit: %s", message_id, exc)
+            return 0.0
 
     def _note(self, message_id: str, **fields: Any) -> None:
         try:

@@ -138,8 +138,8 @@ class GracefulShutdown(Middleware):
         self.quiet = quiet
         self.store = store
         self.registry = WorkerRegistry(store.redis)
+        # The jobs running here, by id (a dict's single operations need no lock under the GIL).
         self._running: dict[str, MessageProxy] = {}
-        self._lock = threading.Lock()
         self._worker: Any = None
         self._broker: Any = None
         self._quiet_since = 0.0
@@ -177,8 +177,7 @@ class GracefulShutdown(Middleware):
         while True:
             entry = self._entry
             if entry is not None:
-                with self._lock:
-                    entry.in_flight = len(self._running)
+                entry.in_flight = len(self._running)
                 entry.quiet = self.quiet.is_set()
                 try:
                     if self.registry.beat(entry) and not self.quiet.is_set():
@@ -223,9 +222,9 @@ class GracefulShutdown(Middleware):
             for _ in taken:
                 worker.work_queue.task_done()
 
-    def _republish(self, messages: list[Any], **options: Any) -> list[Any]:
-        """Publish a copy of each message (same id and options, plus ``options``); the ones
-        RabbitMQ took. A queue whose publish fails keeps its deliveries unacknowledged, for
+    def _republish(self, messages: list[Any], options: dict[str, Any] | None = None) -> list[Any]:
+        """Publish a copy of each message (same id and options, with ``options`` over them); the
+        ones RabbitMQ took. A queue whose publish fails keeps its deliveries unacknowledged, for
         RabbitMQ to give back when the worker's connection closes.
         """
         by_queue: dict[str, list[Any]] = defaultdict(list)
@@ -233,11 +232,9 @@ class GracefulShutdown(Middleware):
             by_queue[message.queue_name].append(message)
         handed = []
         for queue_name, originals in by_queue.items():
-            copies = []
-            for original in originals:
-                copy = original.copy()
-                copy.options.update(options.get(original.message_id, {}))
-                copies.append(copy)
+            copies = [original.copy() for original in originals]
+            for copy in copies:
+                copy.options.update(options or {})
             try:
                 self._broker.enqueue_many(copies)
             except PipelineError as exc:
@@ -252,8 +249,7 @@ class GracefulShutdown(Middleware):
         """Hand back a message a thread takes once the worker is quiet; note the others as running."""
         if self.quiet.is_set() and self._republish([message]):
             raise SkipMessage(f"handed back: the worker is quiet ({message.message_id})")
-        with self._lock:
-            self._running[message.message_id] = message
+        self._running[message.message_id] = message
 
     def after_process_message(
         self,
@@ -267,29 +263,23 @@ class GracefulShutdown(Middleware):
         if isinstance(exception, JobInterrupted):
             # The copy is the next attempt: one more than this one, with no retry spent.
             redeliveries = attempt_of(message) - int(message.options.get(RETRIES_OPTION, 0))
-            if not self._republish([message], **{message.message_id: {REDELIVERIES_OPTION: redeliveries}}):
+            if not self._republish([message], {REDELIVERIES_OPTION: redeliveries}):
                 # Not acknowledged while this thread waits here: RabbitMQ gives the message
                 # back once the process exits at the end of the grace.
                 threading.Event().wait()
-        with self._lock:
-            self._running.pop(message.message_id, None)
+        self._running.pop(message.message_id, None)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """A skipped message is not running."""
-        with self._lock:
-            self._running.pop(message.message_id, None)
+        self._running.pop(message.message_id, None)
 
     # -- stopping --------------------------------------------------------------------------
 
-    def _running_count(self) -> int:
-        with self._lock:
-            return len(self._running)
-
     def _wait_for_jobs(self, until: float) -> bool:
         """Wait until no job runs or ``until`` (monotonic); True when none runs."""
-        while self._running_count() and time.monotonic() < until:
+        while self._running and time.monotonic() < until:
             time.sleep(0.05)
-        return not self._running_count()
+        return not self._running
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Give the running jobs the grace, ask them to stop near its end, and at its end
@@ -300,12 +290,11 @@ class GracefulShutdown(Middleware):
         end = self._quiet_since + grace
         if self._wait_for_jobs(end - min(ASK_BEFORE_END, grace / 5)):
             return self._leave()
-        logger.info("Asking %d running jobs to stop: the shutdown grace ends soon", self._running_count())
+        logger.info("Asking %d running jobs to stop: the shutdown grace ends soon", len(self._running))
         request_stop()
         if self._wait_for_jobs(end):
             return self._leave()
-        with self._lock:
-            cut = list(self._running.values())
+        cut = list(self._running.values())
         for message in cut:
             fields = interrupted_fields(f"still running when the worker's {grace:g} s shutdown grace ended")
             self.store.begin_write(message.message_id, JobState.INTERRUPTED, attempt=attempt_of(message), **fields)

@@ -147,10 +147,10 @@ class Dashboard:
         try:
             view: Callable[..., Response] = getattr(self, f"view_{endpoint}")
             return view(request, **values)
-        except queries.BadFilter as exc:
+        except (queries.BadFilter, ActionRefused) as exc:
             return self.error(request, 400, str(exc))
-        except ActionRefused as exc:
-            return self.error(request, 400, str(exc))
+        except queries.NotFoundHere as exc:
+            return self.error(request, 404, str(exc))
         except PipelineError as exc:
             return self.error(request, 503, f"a service did not answer: {exc}")
 
@@ -160,18 +160,22 @@ class Dashboard:
         """The path of ``endpoint`` under the dashboard's mount."""
         return str(self.url_map.bind_to_environ(request.environ).build(endpoint, values))
 
-    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
-        """A page."""
+    def _shared(self, request: Request) -> dict[str, Any]:
+        """What every template is given: links, the caller, and the CSRF field for forms."""
         caller = request.environ.get("pipeline.caller")
         token = request.cookies.get(CSRF_COOKIE) or request.environ.setdefault("pipeline.csrf", new_csrf_token())
+        return {
+            "url": lambda endpoint, **values: self.url(request, endpoint, **values),
+            "who": caller[0] if caller else None,
+            "can_act": bool(caller and caller[1] >= Role.OPERATOR and self.writes),
+            "csrf_field": CSRF_FIELD,
+            "csrf_token": token,
+        }
+
+    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
+        """A page."""
         body = self.templates.get_template(template).render(
-            url=lambda endpoint, **values: self.url(request, endpoint, **values),
-            who=caller[0] if caller else None,
-            can_act=bool(caller and caller[1] >= Role.OPERATOR and self.writes),
-            csrf_field=CSRF_FIELD,
-            csrf_token=token,
-            done=request.args.get("done", ""),
-            **context,
+            **self._shared(request), done=request.args.get("done", ""), **context
         )
         return Response(body, status=status, mimetype="text/html")
 
@@ -212,7 +216,7 @@ class Dashboard:
         filters = queries.job_filters(dict(request.args))
         records, cursor = queries.job_page(get_store(self.settings), filters)
         if filters["before"] is not None and not records:
-            raise NotFoundPage("no jobs past this point of the list")
+            raise queries.NotFoundHere("no jobs past this point of the list")
         query = {k: v for k, v in request.args.items() if k != "before" and v}
         next_query = urlencode({**query, "before": cursor}) if cursor is not None else None
         return {
@@ -226,28 +230,20 @@ class Dashboard:
 
     def view_jobs(self, request: Request) -> Response:
         """The jobs, newest first, filtered by the URL's query."""
-        try:
-            return self.render(request, "jobs.html", live="jobs", **self._jobs(request))
-        except NotFoundPage as exc:
-            return self.error(request, 404, str(exc))
+        return self.render(request, "jobs.html", live="jobs", **self._jobs(request))
 
     def _job(self, request: Request, message_id: str) -> dict[str, Any]:
         store = get_store(self.settings)
         record = store.read(queries.checked_id(message_id))
         if record is None:
-            raise NotFoundPage(f"no record of job {message_id} (unknown, or expired)")
+            raise queries.NotFoundHere(f"no record of job {message_id} (unknown, or expired)")
         state = JobState(record["state"])
         moments = queries.timeline(record, store.attempts(message_id))
         return {"record": record, "state": state.value, "ready": state.ready, "timeline": moments}
 
     def view_job(self, request: Request, message_id: str) -> Response:
         """One job's record: its timeline, progress, result or error, and its actions."""
-        try:
-            return self.render(request, "job.html", live="job", message_id=message_id, **self._job(request, message_id))
-        except queries.BadFilter as exc:
-            return self.error(request, 404, str(exc))
-        except NotFoundPage as exc:
-            return self.error(request, 404, str(exc))
+        return self.render(request, "job.html", live="job", message_id=message_id, **self._job(request, message_id))
 
     def view_workers(self, request: Request) -> Response:
         """The worker processes with a heartbeat."""
@@ -282,20 +278,9 @@ class Dashboard:
                 context = {"message_id": message_id, **self._job(request, message_id)}
             else:
                 context = {"workers": queries.workers(get_store(self.settings))}
-            template = self.templates.get_template(f"_{view}.html")
-            caller = request.environ.get("pipeline.caller")
-            return template.render(
-                url=lambda endpoint, **values: self.url(request, endpoint, **values),
-                can_act=bool(caller and caller[1] >= Role.OPERATOR and self.writes),
-                csrf_field=CSRF_FIELD,
-                csrf_token=request.cookies.get(CSRF_COOKIE, ""),
-                **context,
-            )
+            return self.templates.get_template(f"_{view}.html").render(**self._shared(request), **context)
 
-        try:
-            first = part()
-        except (queries.BadFilter, NotFoundPage) as exc:
-            return self.error(request, 404 if isinstance(exc, NotFoundPage) else 400, str(exc))
+        first = part()
         if "text/event-stream" not in request.headers.get("Accept", ""):
             return Response(first, mimetype="text/html")
         return Response(self._stream(first, part), mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
@@ -330,10 +315,7 @@ class Dashboard:
 
     def view_job_action(self, request: Request, message_id: str, action: str) -> Response:
         """Revoke, retry or forget one job, then show it again."""
-        try:
-            queries.checked_id(message_id)
-        except queries.BadFilter as exc:
-            return self.error(request, 404, str(exc))
+        queries.checked_id(message_id)
         actions = self._actions(request)
         if action == "revoke":
             done = "revoked" if actions.revoke(message_id) else "already finished: not revoked"
@@ -361,10 +343,6 @@ class Dashboard:
         """Purge a queue's dead letters, once its name is typed as the confirmation."""
         purged = self._actions(request).purge(request.form.get("queue", ""), request.form.get("confirm", ""))
         return redirect(self.url(request, "dead_letters") + "?" + urlencode({"done": f"purged {purged}"}), 303)
-
-
-class NotFoundPage(PipelineError):
-    """What a page was asked for does not exist (answered with 404 and the reason)."""
 
 
 def _event(html: str) -> str:

@@ -35,7 +35,13 @@ ACTOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}")
 
 
 class BadFilter(PipelineError):
-    """A page's URL holds a filter that cannot be used; the message says which and why."""
+    """A page's URL holds a filter that cannot be used; the message says which and why (400)."""
+
+
+class NotFoundHere(PipelineError):
+    """What a page was asked for does not exist: a malformed or unknown id, a page past the end
+    of a list; the message says which (404).
+    """
 
 
 def job_filters(args: dict[str, str]) -> dict[str, Any]:
@@ -204,10 +210,10 @@ def checked_id(message_id: str) -> str:
     """``message_id`` when it is a job id.
 
     Raises:
-      BadFilter: It is not.
+      NotFoundHere: It is not.
     """
     if not is_job_id(message_id):
-        raise BadFilter(f"{message_id[:60]!r} is not a job id")
+        raise NotFoundHere(f"{message_id[:60]!r} is not a job id")
     return message_id
 
 
