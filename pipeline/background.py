@@ -10,6 +10,19 @@ import os
 import threading
 from collections.abc import Callable
 
+#: How many forks this process descends from: a thread started under another count is a
+#: parent's, which the child does not have. (Counted rather than read from ``os.getpid()``,
+#: which is a system call, on every command a worker hands its writer.)
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 
 class Background:
     """Runs ``loop(stop)`` in a daemon thread until :meth:`stop` sets ``stop``.
@@ -24,27 +37,28 @@ class Background:
         self.loop = loop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._forks = -1
         self._lock = threading.Lock()
 
     @property
     def running(self) -> bool:
         """True while the thread runs in this process."""
-        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return self._forks == _forks and thread is not None and thread.is_alive()
 
     def start(self) -> None:
         """Start the thread (once per process; a running one is left as it is)."""
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
+            if self._thread is not None and self._forks == _forks:
                 return
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self.loop, args=(self._stop,), name=self.name, daemon=True)
             self._thread.start()
-            self._pid = os.getpid()
+            self._forks = _forks
 
     def stop(self, wait: float) -> None:
         """Tell the thread to stop and wait for it ``wait`` seconds at most (it is a daemon)."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+        if thread is not None and self._forks == _forks and thread is not threading.current_thread():
             thread.join(wait)

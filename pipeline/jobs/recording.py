@@ -13,6 +13,7 @@ makes them when it is back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -115,9 +116,10 @@ class JobRecords(Middleware):
             return
         if self.store.settings.confirm_delivery:
             fields = self._describe(message)
-            # Sent by the writer's thread while this one waits for RabbitMQ's confirm.
+            # Sent now, without waiting for the answer, which comes while this thread waits for
+            # RabbitMQ's confirm.
             self._queued[message.message_id] = self.store.begin_write(
-                message.message_id, _sent_state(delay), when=When.SOON, **fields
+                message.message_id, _sent_state(delay), when=When.AHEAD, **fields
             )
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
@@ -145,7 +147,12 @@ class JobRecords(Middleware):
         """The connection broke while ``message`` was published: RabbitMQ may have it, so its
         record reads ``QUEUED`` (without publisher confirms, it was not written yet).
         """
-        self._queued.pop(message.message_id, None)
+        pending = self._queued.pop(message.message_id, None)
+        if pending is not None:
+            try:
+                self.store.answer(pending, wait=QUEUED_ANSWER_WAIT)
+            except ResultBackendUnavailable as exc:
+                _unwritten(message)(exc)
         if not self.store.settings.confirm_delivery and not is_retry(message):
             self._write_queued_soon(message)
 
@@ -159,9 +166,12 @@ class JobRecords(Middleware):
 
     def after_enqueue_failure(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         """RabbitMQ did not take the message: take back its ``QUEUED`` record."""
-        self._queued.pop(message.message_id, None)
+        pending = self._queued.pop(message.message_id, None)
+        if pending is not None:
+            # Answered first, so that the read below comes after the write.
+            with contextlib.suppress(ResultBackendUnavailable):
+                self.store.answer(pending, wait=QUEUED_ANSWER_WAIT)
         try:
-            # The QUEUED write was handed to the writer before: this read comes after it.
             if self.store.state(message.message_id) in (JobState.QUEUED, JobState.SCHEDULED):
                 self.store.delete(message.message_id)
         except ResultBackendUnavailable as exc:

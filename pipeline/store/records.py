@@ -226,8 +226,9 @@ class RecordStore:
           keep: Keep the write, to be made by :meth:`catch_up`, when Redis does not take it.
           on_lost: Told why, when Redis did not take the write (and ``keep`` is false): for a
             write whose answer nobody waits for.
-          when: Who sends it: this thread (``NOW``, unless another is sending), the writer's
-            thread at once (``SOON``) or within a few milliseconds (``LATER``); see
+          when: Who sends it: this thread (``NOW``, unless another is sending; ``AHEAD``, at
+            once, its answer read when asked for), the writer's thread at once (``SOON``) or
+            within a few milliseconds (``LATER``); see
             :class:`~pipeline.store.writer.When`.
 
         Raises:

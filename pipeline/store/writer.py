@@ -12,9 +12,14 @@ handed in (a thread's reads see its own writes). Who sends depends on the caller
 
 - ``NOW``: the caller sends, unless another thread is sending, which then takes the command with
   its next batch (a worker's final write: no thread hop, and batches form under load);
-- ``SOON``: the writer's thread sends, while the caller waits for something else (a sender's
-  ``QUEUED`` write overlaps RabbitMQ's confirm; a consumer's state reads travel with the
-  deliveries); a caller that then wants the answer first sends it itself if it is still waiting;
+- ``AHEAD``: the caller sends it at once on a connection the writer keeps connected, and reads
+  its answer there when it asks for it, after waiting for something else (a sender's ``QUEUED``
+  write overlaps RabbitMQ's confirm with no other thread involved). Never a wait before that:
+  when no kept connection is free, the command goes as ``SOON`` and the writer's thread opens
+  one more for the next time;
+- ``SOON``: the writer's thread sends, while the caller waits for something else (a
+  consumer's state reads travel with the deliveries); a caller that then wants the answer first
+  sends it itself if it is still waiting;
 - ``LATER``: the writer's thread sends it within :data:`HOLD_AT_MOST` seconds, with whatever else
   came meanwhile (an unconfirmed send's ``QUEUED``: many writes per round trip, and the
   sending thread never waits on Redis).
@@ -54,12 +59,15 @@ HOLD_AT_MOST = 0.01
 MAX_HELD = 64
 #: Seconds the process waits at exit for the commands still waiting to be answered.
 EXIT_WAIT = 2.0
+#: Connections kept for ``AHEAD`` commands at most: one per thread that sends at once.
+MAX_AHEAD_CONNECTIONS = 32
 
 
 class When(enum.Enum):
     """Who sends a command, and when (see the module's description)."""
 
     NOW = "now"
+    AHEAD = "ahead"
     SOON = "soon"
     LATER = "later"
 
@@ -73,6 +81,24 @@ class _Command:
         self.args = args
         self.parse = parse
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+class _AheadAnswer(concurrent.futures.Future[Any]):
+    """The future of a command sent ahead: its answer is read from the command's connection by
+    the thread that asks for it (see :meth:`RedisWriter.read_ahead`).
+    """
+
+    def __init__(self, writer: RedisWriter, command: _Command, connection: redis.Connection) -> None:
+        super().__init__()
+        self.writer = writer
+        self.command = command
+        self.connection: redis.Connection | None = connection
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The answer, read now if it has not been (``timeout`` seconds at most)."""
+        if not self.done():
+            self.writer.read_ahead(self, timeout)
+        return super().result(0)
 
 
 #: Every writer of this process, settled at exit.
@@ -97,6 +123,10 @@ class RedisWriter:
         self._due: float | None = None
         self._held = 0
         self._call = threading.Condition(threading.Lock())
+        # Connected connections for AHEAD commands, each used by one thread from its command
+        # to its answer; opened by the writer's thread when one more is wanted.
+        self._ahead: list[redis.Connection] = []
+        self._ahead_wanted = False
         self._background = Background("pipeline-redis-writer", self._run)
         _writers.add(self)
         _watch_process()
@@ -108,6 +138,8 @@ class RedisWriter:
         self._call = threading.Condition(threading.Lock())
         self._due = None
         self._held = 0
+        self._ahead = []
+        self._ahead_wanted = False
 
     def submit(
         self, *args: Any, parse: Callable[[Any], Any] | None = None, when: When = When.NOW
@@ -118,6 +150,11 @@ class RedisWriter:
         failed or answered the command with an error.
         """
         command = _Command(args, parse)
+        if when is When.AHEAD:
+            ahead = self._send_ahead(command)
+            if ahead is not None:
+                return ahead
+            when = When.SOON
         self._waiting.append(command)
         if when is When.NOW:
             self.send_waiting()
@@ -132,6 +169,84 @@ class RedisWriter:
             elif self._held == MAX_HELD:
                 self._leave_to_thread(0.0)
         return command.future
+
+    def _send_ahead(self, command: _Command) -> _AheadAnswer | None:
+        """Send ``command`` on a kept connection; None when none is free or the send failed."""
+        try:
+            connection = self._ahead.pop()
+        except IndexError:
+            self._ahead_wanted = True
+            self._leave_to_thread(0.0)
+            return None
+        try:
+            # No health check: it would wait for a PING's answer first.
+            connection.send_command(*command.args, check_health=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            return None
+        return _AheadAnswer(self, command, connection)
+
+    def read_ahead(self, ahead: _AheadAnswer, timeout: float | None) -> None:
+        """Read the answer of a command sent ahead, ``timeout`` seconds at most, and resolve its
+        future. A connection that broke, or a script Redis forgot, sends the command again
+        through the batch (writes are idempotent); one that did not answer in time is closed,
+        since its answer would come later to whoever used it next.
+        """
+        connection, ahead.connection = ahead.connection, None
+        if connection is None:
+            return
+        started = time.monotonic()
+        try:
+            if not connection.can_read(timeout):
+                connection.disconnect()
+                ahead.set_exception(ResultBackendUnavailable(f"Redis did not answer within {timeout:.2f} s"))
+                return
+            answer = connection.read_response()
+        except redis.exceptions.NoScriptError:
+            self._keep_ahead(connection)
+            self._again(ahead, timeout, started)
+            return
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            self._again(ahead, timeout, started)
+            return
+        except redis.RedisError as exc:
+            self._keep_ahead(connection)
+            ahead.set_exception(self.redis.unavailable(exc))
+            return
+        self._keep_ahead(connection)
+        parse = ahead.command.parse
+        try:
+            ahead.set_result(answer if parse is None else parse(answer))
+        except (ValueError, TypeError) as exc:
+            ahead.set_exception(ResultBackendUnavailable(f"Redis answered {answer!r}: {exc}"))
+
+    def _again(self, ahead: _AheadAnswer, timeout: float | None, started: float) -> None:
+        command = ahead.command
+        again = self.submit(*command.args, parse=command.parse, when=When.SOON)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        try:
+            ahead.set_result(self.answer(again, left, send=False) if left is not None else again.result())
+        except ResultBackendUnavailable as exc:
+            ahead.set_exception(exc)
+
+    def _keep_ahead(self, connection: redis.Connection) -> None:
+        if len(self._ahead) < MAX_AHEAD_CONNECTIONS:
+            self._ahead.append(connection)
+        else:
+            connection.disconnect()
+
+    def _open_ahead(self) -> None:
+        """Open one more connection for AHEAD commands (on the writer's thread)."""
+        self._ahead_wanted = False
+        connection = self.redis.new_connection()
+        try:
+            connection.connect()
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("No connection for commands sent ahead: %s", exc)
+            connection.disconnect()
+            return
+        self._keep_ahead(connection)
 
     def answer(self, future: concurrent.futures.Future[T], timeout: float, *, send: bool = True) -> T:
         """``future``'s result, waiting ``timeout`` seconds at most.
@@ -192,6 +307,8 @@ class RedisWriter:
                     self._call.wait(None if self._due is None else self._due - time.monotonic())
                 self._due = None
             self.send_waiting(blocking=True)
+            if self._ahead_wanted:
+                self._open_ahead()
 
     def _send(self, batch: list[_Command]) -> None:
         """Send ``batch`` in one round trip and resolve each command's future with its answer."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 
 import dramatiq
@@ -20,6 +21,7 @@ from pipeline.states import JobState
 from pipeline.store.connection import RedisConnection
 from pipeline.store.keys import Keys
 from pipeline.store.records import RecordStore, get_store
+from pipeline.store.writer import When
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +168,59 @@ def test_no_answer_ever_reaches_another_write_under_error_replies_from_many_thre
         for message_id, state, broken in chooser.sample(plan, 200):
             if not broken:
                 assert stored_state(clean_redis, message_id) == f'"{state.value}"'
+
+
+def ahead_store(private_redis) -> RecordStore:
+    return RecordStore(RedisConnection(make_settings(redis_url=private_redis.url, redis_socket_timeout=3.0)))
+
+
+def write_ahead(store: RecordStore, message_id: str):
+    return store.begin_write(message_id, JobState.QUEUED, when=When.AHEAD, actor="ping")
+
+
+def test_writes_sent_ahead_are_answered_on_kept_connections_reused_by_the_next(private_redis):
+    store = ahead_store(private_redis)
+    first = str(uuid.uuid4())
+    # No kept connection yet: the write goes through the writer's thread, which opens one.
+    assert store.answer(write_ahead(store, first), wait=2) == (True, JobState.QUEUED)
+    wait_until(lambda: private_redis.client().client_list().__len__() >= 3, 2, "the kept connection opened")
+    clients = len(private_redis.client().client_list())
+    for _ in range(50):
+        message_id = str(uuid.uuid4())
+        assert store.answer(write_ahead(store, message_id), wait=2) == (True, JobState.QUEUED)
+        assert store.state(message_id) is JobState.QUEUED
+    assert len(private_redis.client().client_list()) == clients
+
+
+def test_a_write_sent_ahead_to_a_frozen_redis_costs_no_wait_and_its_answer_the_callers_time(private_redis):
+    store = ahead_store(private_redis)
+    store.answer(write_ahead(store, str(uuid.uuid4())), wait=2)
+    wait_until(lambda: len(private_redis.client().client_list()) >= 3, 2, "the kept connection opened")
+    private_redis.freeze()
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            pending = write_ahead(store, str(uuid.uuid4()))
+            assert time.monotonic() - started < 0.1
+            with pytest.raises(ResultBackendUnavailable, match=r"did not answer within 0\.30 s"):
+                store.answer(pending, wait=0.3)
+            assert time.monotonic() - started < 1.0
+    finally:
+        private_redis.thaw()
+    message_id = str(uuid.uuid4())
+    assert store.answer(write_ahead(store, message_id), wait=2) == (True, JobState.QUEUED)
+
+
+def test_a_write_sent_ahead_is_sent_again_after_a_restart_or_a_script_flush(private_redis):
+    store = ahead_store(private_redis)
+    store.answer(write_ahead(store, str(uuid.uuid4())), wait=2)
+    wait_until(lambda: len(private_redis.client().client_list()) >= 3, 2, "the kept connection opened")
+    private_redis.client().script_flush()
+    message_id = str(uuid.uuid4())
+    assert store.answer(write_ahead(store, message_id), wait=2) == (True, JobState.QUEUED)
+    private_redis.stop()
+    private_redis.start()
+    for _ in range(3):
+        message_id = str(uuid.uuid4())
+        assert store.answer(write_ahead(store, message_id), wait=3) == (True, JobState.QUEUED)
+        assert store.state(message_id) is JobState.QUEUED
