@@ -13,7 +13,10 @@ seconds stops every worker's mail; the throttled mail is retried after it.
 
 from __future__ import annotations
 
+import functools
 from typing import cast
+
+import redis.commands.core
 
 from pipeline.store.connection import RedisConnection
 
@@ -114,25 +117,25 @@ class MailRate:
         """
         keys = self.redis.keys
         with self.redis.translated():
-            waited = self.redis.client.eval(
-                ACQUIRE_SCRIPT,
-                4,
-                keys.mail_sends,
-                keys.mail_waiting,
-                keys.mail_waiting_seen,
-                keys.mail_pause,
-                self.window * 1000 * SPREAD,
-                self.limit,
-                message_id,
-                priority,
-                WAITER_STALE_MS,
-                1 if take else 0,
+            waited = self._acquire(
+                keys=[keys.mail_sends, keys.mail_waiting, keys.mail_waiting_seen, keys.mail_pause],
+                args=[self.window * 1000 * SPREAD, self.limit, message_id, priority, WAITER_STALE_MS, int(take)],
             )
         return cast("int", waited) / 1000
+
+    @functools.cached_property
+    def _acquire(self) -> redis.commands.core.Script:
+        # Sent by its digest (EVALSHA), loaded again when Redis forgot it: not the whole script
+        # with every mail.
+        return self.redis.client.register_script(ACQUIRE_SCRIPT)
+
+    @functools.cached_property
+    def _pause(self) -> redis.commands.core.Script:
+        return self.redis.client.register_script(PAUSE_SCRIPT)
 
     def pause(self) -> float:
         """Pause every worker's mail: the relay throttled. The pause's length in seconds."""
         with self.redis.translated():
             key = self.redis.keys.mail_pause
-            paused = self.redis.client.eval(PAUSE_SCRIPT, 1, key, PAUSE_MS)
+            paused = self._pause(keys=[key], args=[PAUSE_MS])
         return cast("int", paused) / 1000
