@@ -42,6 +42,7 @@ from pipeline.errors import (
     QueueMismatch,
     ResultBackendUnavailable,
 )
+from pipeline.jobs.acks import AcksTogether
 from pipeline.jobs.checks import MessageChecks, SettingsAtStart, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
@@ -207,14 +208,15 @@ class PipelineBroker(RabbitmqBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         """Dramatiq's consumer of ``queue_name``, which also asks, without waiting, whether each
-        delivery's job already finished (see :mod:`pipeline.jobs.finished`), sends the acks
-        of jobs that finished together (see :mod:`pipeline.jobs.pika_adapter`), and takes no
+        delivery's job already finished (see :mod:`pipeline.jobs.finished`), hands the acks of
+        jobs that finished to its thread together and sends them together (see
+        :mod:`pipeline.jobs.acks` and :mod:`pipeline.jobs.pika_adapter`), and takes no
         more deliveries once the worker is quiet (see :mod:`pipeline.jobs.shutdown`).
         """
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
             consumer = FinishedCheck(consumer, self.received)
-        return QuietConsumer(consumer, self.quiet, timeout)
+        return QuietConsumer(AcksTogether(consumer), self.quiet, timeout)
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")

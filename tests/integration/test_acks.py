@@ -1,0 +1,69 @@
+"""Acks handed to the consumer's thread together, against the installed Dramatiq and pika and the
+real RabbitMQ: the jobs that finish before the consumer's thread runs take one wake-up between
+them, and every ack reaches RabbitMQ. It fails when a release changes the members used."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pipeline.jobs.acks import AcksTogether
+from pipeline.queues import DEFAULT_QUEUE
+
+pytestmark = pytest.mark.integration
+
+
+def received(consumer, count: int) -> list:
+    messages = []
+    while len(messages) < count:
+        message = next(consumer)
+        if message is not None:
+            messages.append(message)
+    return messages
+
+
+def test_acks_from_many_threads_take_one_wake_up_and_all_reach_rabbitmq(purge):
+    from pipeline.actors import ping
+    from pipeline.broker import broker
+
+    purge(DEFAULT_QUEUE)
+    for n in range(20):
+        ping.send(n)
+    consumer = broker.consume(DEFAULT_QUEUE, prefetch=20, timeout=200)
+    together = consumer.inner
+    assert isinstance(together, AcksTogether)
+    connection = together.connection
+    calls: list[object] = []
+    call_soon = connection.add_callback_threadsafe
+
+    def counted(callback):
+        calls.append(callback)
+        call_soon(callback)
+
+    try:
+        messages = received(consumer, 20)
+        together._call_soon = counted
+        threads = [threading.Thread(target=consumer.ack, args=(m,)) for m in messages]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert len(calls) == 1  # the consumer's thread has not run since the first ack
+        next(consumer)  # its loop runs the callback: every ack goes out
+    finally:
+        consumer.close()
+    # A message left unacknowledged would be back in the queue once the consumer closed.
+    assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0
+
+
+def test_the_installed_dramatiq_consumer_has_the_connection_the_acks_use(purge):
+    from pipeline.broker import broker
+
+    purge(DEFAULT_QUEUE)
+    consumer = broker.consume(DEFAULT_QUEUE, prefetch=1, timeout=100)
+    try:
+        assert callable(getattr(consumer.inner.connection, "add_callback_threadsafe", None))
+        assert consumer.inner._call_soon is not None
+    finally:
+        consumer.close()
