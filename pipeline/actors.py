@@ -30,6 +30,7 @@ from pipeline.settings import get_settings
 from pipeline.store.claims import Claims
 from pipeline.store.connection import get_redis
 from pipeline.store.exports import ExportMemory
+from pipeline.store.records import get_store
 
 __all__ = ["actor", "export_orders", "ping", "send_email"]
 
@@ -51,7 +52,8 @@ def ping(payload: object = None) -> dict[str, object]:
 @functools.cache
 def _mailer() -> Mailer:
     rate = next((m for m in get_broker().middleware if isinstance(m, MailRateLimit)), None)
-    return Mailer(get_settings(), Claims(get_redis()), pace=rate.pace if rate is not None else None)
+    claims = Claims(get_redis(), get_store().writer)
+    return Mailer(get_settings(), claims, pace=rate.pace if rate is not None else None)
 
 
 def _mail_priority(kwargs: Mapping[str, Any]) -> int:

@@ -58,6 +58,9 @@ class TemplateRenderer:
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             keep_trailing_newline=True,
+            # Each template is read once per process, not looked at on disk with every mail: a
+            # changed template reaches workers as code does, when they restart.
+            auto_reload=False,
         )
 
     def render(self, name: str, context: Mapping[str, Any]) -> Rendered:

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
+from concurrent.futures import Future
 from typing import Any, TypedDict, cast
 
 import redis
 
 from pipeline.store.connection import RedisConnection
+from pipeline.store.writer import RedisWriter, When
+
+logger = logging.getLogger(__name__)
 
 
 class ClaimState(enum.StrEnum):
@@ -41,12 +46,16 @@ class Claims:
 
     Parameters:
       redis: The Redis of the job records.
+      writer: The process's record writer (see :mod:`pipeline.store.writer`): a deed's done mark
+        then goes with the process's next writes, not in a round trip of its own.
 
-    Every method raises ``ResultBackendUnavailable`` when Redis is unreachable.
+    Every method raises ``ResultBackendUnavailable`` when Redis is unreachable (but ``done``
+    with a writer, which logs it).
     """
 
-    def __init__(self, redis: RedisConnection) -> None:
+    def __init__(self, redis: RedisConnection, writer: RedisWriter | None = None) -> None:
         self.redis = redis
+        self.writer = writer
         self.ttl = redis.settings.result_ttl
 
     def claim(self, message_id: str) -> Claim | None:
@@ -78,10 +87,20 @@ class Claims:
                     return {"state": ClaimState.IN_PROGRESS}
 
     def done(self, message_id: str, outcome: Any) -> None:
-        """Mark the deed done with its JSON-safe ``outcome``."""
+        """Mark the deed done with its JSON-safe ``outcome``.
+
+        With a writer, the mark is handed to it and not awaited: the job's own record write,
+        which follows, takes it along. A mark Redis does not take is logged; the claim then
+        stays in progress, which still blocks any second deed.
+        """
         claim = json.dumps({"state": ClaimState.DONE, "outcome": outcome})
+        key = self.redis.keys.claim(message_id)
+        if self.writer is not None:
+            mark = self.writer.submit("SET", key, claim, "EX", self.ttl, when=When.LATER)
+            mark.add_done_callback(lambda answer: _log_unmarked(message_id, answer))
+            return
         with self.redis.translated():
-            self.redis.client.set(self.redis.keys.claim(message_id), claim, ex=self.ttl)
+            self.redis.client.set(key, claim, ex=self.ttl)
 
     def partial(self, message_id: str, outcome: Any) -> None:
         """Mark the deed done in part, with the ``outcome`` so far: a later attempt does the rest."""
@@ -93,3 +112,9 @@ class Claims:
         """Give the claim up: the deed certainly did not happen, and a later attempt may do it."""
         with self.redis.translated():
             self.redis.client.delete(self.redis.keys.claim(message_id))
+
+
+def _log_unmarked(message_id: str, answer: Future[Any]) -> None:
+    error = answer.exception()
+    if error is not None:
+        logger.warning("The deed of job %s is done, but its claim could not be marked done: %s", message_id, error)

@@ -16,17 +16,21 @@ from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.store.claims import Claims
 from pipeline.store.connection import get_redis
+from pipeline.store.records import get_store
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_redelivery_after_the_mail_was_accepted_sends_nothing(purge, start_worker, smtp_server):
+@pytest.mark.parametrize("marked", ["at once", "with the next record writes"])
+def test_a_redelivery_after_the_mail_was_accepted_sends_nothing(purge, start_worker, smtp_server, marked):
     inbox, port = smtp_server
     purge(DEFAULT_QUEUE)
     message = send_email.send(to="a@example.com", template="welcome", context=WELCOME)
     # A first worker sent the mail and died before recording it or acking the message:
-    first = Mailer(make_settings(smtp_port=port, mail_sender="Shop <shop@example.com>"), Claims(get_redis()))
+    claims = Claims(get_redis(), get_store().writer if marked != "at once" else None)
+    first = Mailer(make_settings(smtp_port=port, mail_sender="Shop <shop@example.com>"), claims)
     first.deliver(message.message_id, to="a@example.com", template="welcome", context=WELCOME)
+    assert get_store().flush()  # the writer sends the mark within milliseconds, before the worker died
     assert len(inbox.wait_for(1)) == 1
     start_worker([DEFAULT_QUEUE], env=mail_env(port))
     result = AsyncResult(message.message_id)
