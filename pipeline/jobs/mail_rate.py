@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a worker thread waits for a slot itself at most; a longer wait goes to the schedule.
 HOLD_AT_MOST = 1.0
+#: Seconds a worker without a rate limit trusts what it last learnt of the shared pause: the
+#: relay's throttling reaches every worker within this, and a mail costs no round trip for it.
+PAUSE_KNOWN_FOR = 0.1
 
 
 class MailRateLimit(Middleware):
@@ -48,6 +51,10 @@ class MailRateLimit(Middleware):
         self.store = store
         # The priority of each running mail job, for the slot taken before its send.
         self._priorities: dict[str, int] = {}
+        # Without a limit: when the shared pause was last looked at, and until when it runs
+        # (time.monotonic()).
+        self._pause_seen_at = -PAUSE_KNOWN_FOR
+        self._paused_until = 0.0
 
     @property
     def actor_options(self) -> set[str]:
@@ -71,7 +78,7 @@ class MailRateLimit(Middleware):
         priority = int(message.options.get(BROKER_PRIORITY_OPTION, 0) or 0)
         held = 0.0
         while True:
-            wait = self._ask(message.message_id, priority, take=False)
+            wait = self._look(message.message_id, priority)
             if wait == 0:
                 self._priorities[message.message_id] = priority
                 if message.options.pop(RATE_WAIT_OPTION, None) is not None:
@@ -102,6 +109,18 @@ class MailRateLimit(Middleware):
         priority = self._priorities.get(message_id, 0)
         while wait := self._ask(message_id, priority, take=True):
             time.sleep(wait)
+
+    def _look(self, message_id: str, priority: int) -> float:
+        """Seconds until ``message_id``'s turn (0.0: now). Without a limit only the shared pause
+        counts, which is looked at in Redis once every :data:`PAUSE_KNOWN_FOR` seconds.
+        """
+        if self.rate.limit > 0:
+            return self._ask(message_id, priority, take=False)
+        now = time.monotonic()
+        if now - self._pause_seen_at >= PAUSE_KNOWN_FOR:
+            self._paused_until = now + self._ask(message_id, priority, take=False)
+            self._pause_seen_at = now
+        return max(0.0, self._paused_until - now)
 
     def _ask(self, message_id: str, priority: int, take: bool) -> float:
         """The limit's answer (see :meth:`MailRate.acquire`); 0.0 when Redis cannot say: a mail
@@ -138,4 +157,6 @@ class MailRateLimit(Middleware):
                 pause = self.rate.pause()
             except ResultBackendUnavailable:
                 return
+            now = time.monotonic()
+            self._pause_seen_at, self._paused_until = now, now + pause
             logger.warning("The relay throttled job %s: every worker's mail pauses %.1f s", message.message_id, pause)
