@@ -46,8 +46,9 @@ class Claims:
 
     Parameters:
       redis: The Redis of the job records.
-      writer: The process's record writer (see :mod:`pipeline.store.writer`): a deed's done mark
-        then goes with the process's next writes, not in a round trip of its own.
+      writer: The process's record writer (see :mod:`pipeline.store.writer`): claims are then
+        taken with the other threads' commands sent at the same time, and a deed's done mark
+        goes with the process's next writes, not in a round trip of its own.
 
     Every method raises ``ResultBackendUnavailable`` when Redis is unreachable (but ``done``
     with a writer, which logs it).
@@ -67,24 +68,38 @@ class Claims:
           an earlier or concurrent attempt holds (``state``, and ``outcome`` once done).
         """
         key = self.redis.keys.claim(message_id)
-        with self.redis.translated():
-            if self.redis.client.set(key, json.dumps({"state": ClaimState.IN_PROGRESS}), nx=True, ex=self.ttl):
-                return None
-            with self.redis.client.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    existing = cast("str | None", pipe.get(key))
-                    claim = cast("Claim", json.loads(existing)) if existing else {"state": ClaimState.IN_PROGRESS}
-                    if claim.get("state") != ClaimState.PARTIAL:
-                        return claim
-                    # Take the rest of the deed over, so that a concurrent copy finds it in progress.
-                    pipe.multi()
-                    taken = {"state": ClaimState.IN_PROGRESS, "outcome": claim.get("outcome")}
-                    pipe.set(key, json.dumps(taken), ex=self.ttl)
-                    pipe.execute()
+        if self._take(key):
+            return None
+        with self.redis.translated(), self.redis.client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                existing = cast("str | None", pipe.get(key))
+                claim = cast("Claim", json.loads(existing)) if existing else {"state": ClaimState.IN_PROGRESS}
+                if claim.get("state") != ClaimState.PARTIAL:
                     return claim
-                except redis.WatchError:
-                    return {"state": ClaimState.IN_PROGRESS}
+                # Take the rest of the deed over, so that a concurrent copy finds it in progress.
+                pipe.multi()
+                taken = {"state": ClaimState.IN_PROGRESS, "outcome": claim.get("outcome")}
+                pipe.set(key, json.dumps(taken), ex=self.ttl)
+                pipe.execute()
+                return claim
+            except redis.WatchError:
+                return {"state": ClaimState.IN_PROGRESS}
+
+    def _take(self, key: str) -> bool:
+        """Whether the claim ``key`` was free and is now this attempt's."""
+        claim = json.dumps({"state": ClaimState.IN_PROGRESS})
+        if self.writer is None:
+            with self.redis.translated():
+                return bool(self.redis.client.set(key, claim, nx=True, ex=self.ttl))
+        # With the other threads' writes when they are sent together (many mails at once).
+        taken = self.writer.submit("SET", key, claim, "NX", "EX", self.ttl)
+        return bool(self.writer.answer(taken, self._answer_wait))
+
+    @property
+    def _answer_wait(self) -> float:
+        settings = self.redis.settings
+        return settings.redis_connect_timeout + 2 * settings.redis_socket_timeout + 0.5
 
     def done(self, message_id: str, outcome: Any) -> None:
         """Mark the deed done with its JSON-safe ``outcome``.

@@ -83,7 +83,8 @@ def test_template_dirs_override_and_add_templates(purge, start_worker, smtp_serv
     assert subjects == ["[Shop] Bye Sam", "[Shop] Our own welcome"]
 
 
-def test_two_copies_of_a_mail_job_in_flight_at_once_send_one_mail(smtp_server, clean_redis):
+@pytest.mark.parametrize("claimed", ["each on its own", "through the record writer"])
+def test_two_copies_of_a_mail_job_in_flight_at_once_send_one_mail(smtp_server, clean_redis, claimed):
     inbox, port = smtp_server
     inbox.data_delay = 1.0
     settings = make_settings(smtp_port=port, mail_sender="Shop <shop@example.com>")
@@ -92,7 +93,7 @@ def test_two_copies_of_a_mail_job_in_flight_at_once_send_one_mail(smtp_server, c
 
     def deliver() -> None:
         # Each copy runs in a worker thread of its own, with its own SMTP connection.
-        mailer = Mailer(settings, Claims(get_redis()))
+        mailer = Mailer(settings, Claims(get_redis(), get_store().writer if claimed != "each on its own" else None))
         outcomes.append(mailer.deliver(job, to="a@example.com", template="welcome", context=WELCOME))
 
     copies = [threading.Thread(target=deliver) for _ in range(2)]
