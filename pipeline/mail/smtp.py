@@ -19,6 +19,7 @@ import smtplib
 import ssl
 import threading
 import time
+from typing import Any
 
 from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpThrottled, SmtpUnavailable
 from pipeline.mail.message import Envelope
@@ -30,8 +31,28 @@ DATA_GO_AHEAD = 354
 DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 #: Seconds a reused SMTP connection may sit idle before it is checked with NOOP first.
 IDLE_CHECK_AFTER = 5.0
-#: How a message is written for SMTP: the ``email.mime`` classes' policy, with CRLF line ends.
-_WIRE_POLICY = email.policy.compat32.clone(linesep="\r\n")
+
+
+class WirePolicy(email.policy.Compat32):
+    """How a message is written for SMTP: the ``email.mime`` classes' policy (compat32), with
+    CRLF line ends. A header that is short, printable ASCII is written as it is, which is what
+    compat32's folding makes of it, without the ``Header`` object it builds for every header
+    (most of the time a mail takes to write).
+    """
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        """``name: value`` and the line end, folded as compat32 folds it."""
+        if (
+            type(value) is str
+            and value.isascii()
+            and value.isprintable()
+            and len(name) + len(value) + 2 <= (self.max_line_length or 0)
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_WIRE_POLICY = WirePolicy(linesep="\r\n")
 #: How a message with a non-ASCII address is written: headers in UTF-8, for SMTPUTF8.
 _UTF8_WIRE_POLICY = email.policy.SMTPUTF8.clone(linesep="\r\n")
 

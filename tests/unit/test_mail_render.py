@@ -219,3 +219,20 @@ def test_a_non_ascii_local_part_makes_a_utf8_mail_for_smtputf8():
     assert envelope.message["To"] == "Zoë <zoë@xn--bcher-kva.example>"
     ascii_only = build_message(Rendered("Hi", "t", "h"), settings=Settings(), message_id="j", to="a@example.com")
     assert not ascii_only.smtputf8
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["Welcome", "Grüße", "plain words " * 20, "a  b  c ", "x" * 60, "=?utf-8?q?looks_encoded?=", "王芳" * 30],
+)
+@pytest.mark.parametrize(
+    "to",
+    ["a@example.com", "Zoë Ørsted <zoe@example.com>", [f"reader-{n}@example.com" for n in range(12)]],
+)
+def test_the_wire_policy_writes_a_mail_byte_for_byte_as_compat32(subject, to):
+    from pipeline.mail.smtp import WirePolicy
+
+    settings = Settings(mail_sender="Shop <shop@example.com>", mail_subject_prefix="[Shop] ")
+    envelope = build_message(Rendered(subject, "Text ü\n", "<p>HTML</p>"), settings=settings, message_id="j", to=to)
+    compat32 = email.policy.compat32.clone(linesep="\r\n")
+    assert envelope.message.as_bytes(policy=WirePolicy(linesep="\r\n")) == envelope.message.as_bytes(policy=compat32)
