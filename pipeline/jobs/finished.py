@@ -59,9 +59,11 @@ class ReceivedStates:
 
     def ask(self, message_ids: list[str]) -> None:
         """Ask the state of each job without waiting."""
-        # Handed in together, then sent by this thread in one round trip (or with the batch of
-        # the thread sending): the answers are in before a worker thread takes the deliveries.
-        futures = [(message_id, self.store.state_soon(message_id, When.LATER)) for message_id in message_ids]
+        # One delivery (an idle worker's): its read goes ahead, and its answer comes while a
+        # worker thread takes the delivery. Several: handed in together, then sent by this
+        # thread in one round trip (or with the batch of the thread sending).
+        when = When.AHEAD if len(message_ids) == 1 else When.LATER
+        futures = [(message_id, self.store.state_soon(message_id, when)) for message_id in message_ids]
         self.store.writer.send_waiting()
         with self._lock:
             self._asked.update(futures)
