@@ -100,6 +100,12 @@ class _AheadAnswer(concurrent.futures.Future[Any]):
             self.writer.read_ahead(self, timeout)
         return super().result(0)
 
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The command's error, its answer read now if it has not been."""
+        if not self.done():
+            self.writer.read_ahead(self, timeout)
+        return super().exception(0)
+
 
 #: Every writer of this process, settled at exit.
 _writers: weakref.WeakSet[RedisWriter] = weakref.WeakSet()
