@@ -18,14 +18,15 @@ import logging
 import threading
 from typing import Any
 
-import dramatiq
 import pika.exceptions
 from dramatiq.errors import ConnectionClosed
+
+from pipeline.jobs.consumers import WrappedConsumer
 
 logger = logging.getLogger(__name__)
 
 
-class AcksTogether(dramatiq.Consumer):
+class AcksTogether(WrappedConsumer):
     """A queue's consumer whose acks reach its connection's thread in batches.
 
     A consumer without a connection that takes thread-safe callbacks acks as it is.
@@ -35,18 +36,11 @@ class AcksTogether(dramatiq.Consumer):
     """
 
     def __init__(self, inner: Any) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._waiting: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
         connection = getattr(inner, "connection", None)
         self._call_soon = getattr(connection, "add_callback_threadsafe", None)
-
-    def __iter__(self) -> AcksTogether:
-        return self
-
-    def __next__(self) -> Any:
-        """The inner consumer's next delivery (its loop also runs the acks handed to it)."""
-        return next(self.inner)
 
     def ack(self, message: Any) -> None:
         """Acknowledge ``message`` with the others that finish before the connection's thread
@@ -81,18 +75,3 @@ class AcksTogether(dramatiq.Consumer):
             except ConnectionClosed as exc:
                 # Redelivered once the consumer is back, and then skipped: its job finished.
                 logger.warning("Job %s finished; its ack was lost with the connection: %s", message.message_id, exc)
-
-    def nack(self, message: Any) -> None:
-        """The inner consumer's nack (dead-letters the message)."""
-        self.inner.nack(message)
-
-    def requeue(self, messages: Any) -> None:
-        """The inner consumer's requeue."""
-        self.inner.requeue(messages)
-
-    def close(self) -> None:
-        """Close the inner consumer."""
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

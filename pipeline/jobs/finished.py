@@ -27,6 +27,7 @@ from dramatiq.errors import DecodeError
 from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
+from pipeline.jobs.consumers import WrappedConsumer
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
 from pipeline.store.writer import When
@@ -91,7 +92,7 @@ class ReceivedStates:
             self._asked.pop(message_id, None)
 
 
-class FinishedCheck(dramatiq.Consumer):
+class FinishedCheck(WrappedConsumer):
     """A consumer that asks each delivery's job's state as it receives it, without waiting.
 
     Parameters:
@@ -100,14 +101,11 @@ class FinishedCheck(dramatiq.Consumer):
     """
 
     def __init__(self, inner: Any, received: ReceivedStates) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.received = received
         self.store = received.store
         self._ready: collections.deque[Any] = collections.deque()
         self._deliveries = inner.iterator = _Deliveries(inner.iterator)
-
-    def __iter__(self) -> FinishedCheck:
-        return self
 
     def __next__(self) -> Any:
         """The next delivery (or None when none came within the consumer's timeout)."""
@@ -194,25 +192,10 @@ class FinishedCheck(dramatiq.Consumer):
         # stops for Redis), as if it had no record.
         self.received.ask([message.message_id for message in batch if is_job_id(message.message_id)])
 
-    def ack(self, message: Any) -> None:
-        """Dramatiq's ack."""
-        self.inner.ack(message)
-
-    def nack(self, message: Any) -> None:
-        """Dramatiq's nack (dead-letters the message)."""
-        self.inner.nack(message)
-
     def requeue(self, messages: Any) -> None:
         """Dramatiq's requeue, of the messages handed out and of those still held here."""
         held, self._ready = list(self._ready), collections.deque()
         self.inner.requeue([*messages, *held])
-
-    def close(self) -> None:
-        """Close Dramatiq's consumer."""
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class _Deliveries:

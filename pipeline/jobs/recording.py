@@ -136,6 +136,10 @@ class JobRecords(Middleware):
         if not self.store.settings.confirm_delivery:
             self._write_queued_soon(message, _sent_state(delay))
             return
+        self._read_queued(message)
+
+    def _read_queued(self, message: dramatiq.Message[Any]) -> None:
+        """Read the answer to ``message``'s ``QUEUED`` write, if one was sent; log a refusal."""
         pending = self._queued.pop(message.message_id, None)
         if pending is not None:
             try:
@@ -147,12 +151,7 @@ class JobRecords(Middleware):
         """The connection broke while ``message`` was published: RabbitMQ may have it, so its
         record reads ``QUEUED`` (without publisher confirms, it was not written yet).
         """
-        pending = self._queued.pop(message.message_id, None)
-        if pending is not None:
-            try:
-                self.store.answer(pending, wait=QUEUED_ANSWER_WAIT)
-            except ResultBackendUnavailable as exc:
-                _unwritten(message)(exc)
+        self._read_queued(message)
         if not self.store.settings.confirm_delivery and not is_retry(message):
             self._write_queued_soon(message)
 

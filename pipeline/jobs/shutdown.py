@@ -36,6 +36,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from pipeline.background import Background
 from pipeline.errors import JobInterrupted, PipelineError
+from pipeline.jobs.consumers import WrappedConsumer
 from pipeline.jobs.current import request_stop
 from pipeline.jobs.options import REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.recording import attempt_of, interrupted_fields
@@ -66,7 +67,7 @@ class Quiet:
         return self._event.is_set()
 
 
-class QuietConsumer(dramatiq.Consumer):
+class QuietConsumer(WrappedConsumer):
     """A consumer that, once its worker is quiet, cancels its subscription and hands out only
     what it already holds, while its connection keeps sending the acks of the running jobs.
 
@@ -77,13 +78,10 @@ class QuietConsumer(dramatiq.Consumer):
     """
 
     def __init__(self, inner: Any, quiet: Quiet, timeout: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.quiet = quiet
         self.timeout = timeout / 1000
         self._cancelled = False
-
-    def __iter__(self) -> QuietConsumer:
-        return self
 
     def __next__(self) -> Any:
         """The next delivery; once quiet, only those already received (else None)."""
@@ -103,25 +101,6 @@ class QuietConsumer(dramatiq.Consumer):
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise ConnectionClosed(exc) from None
         return None
-
-    def ack(self, message: Any) -> None:
-        """The queue's consumer's ack."""
-        self.inner.ack(message)
-
-    def nack(self, message: Any) -> None:
-        """The queue's consumer's nack (dead-letters the message)."""
-        self.inner.nack(message)
-
-    def requeue(self, messages: Any) -> None:
-        """The queue's consumer's requeue."""
-        self.inner.requeue(messages)
-
-    def close(self) -> None:
-        """Close the queue's consumer."""
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class GracefulShutdown(Middleware):
