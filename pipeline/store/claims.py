@@ -94,12 +94,7 @@ class Claims:
                 return bool(self.redis.client.set(key, claim, nx=True, ex=self.ttl))
         # With the other threads' writes when they are sent together (many mails at once).
         taken = self.writer.submit("SET", key, claim, "NX", "EX", self.ttl)
-        return bool(self.writer.answer(taken, self._answer_wait))
-
-    @property
-    def _answer_wait(self) -> float:
-        settings = self.redis.settings
-        return settings.redis_connect_timeout + 2 * settings.redis_socket_timeout + 0.5
+        return bool(self.writer.answer(taken, self.redis.answer_wait))
 
     def done(self, message_id: str, outcome: Any) -> None:
         """Mark the deed done with its JSON-safe ``outcome``.

@@ -17,6 +17,9 @@ from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.keys import Keys
 from pipeline.store.redis_url import make_client
 
+#: Seconds allowed past the timeouts for an answer's own travel.
+ANSWER_MARGIN = 0.5
+
 
 class RedisConnection:
     """The Redis of one deployment: its client (a connection pool), key layout and settings.
@@ -37,6 +40,13 @@ class RedisConnection:
     def client(self) -> redis.Redis:
         """The redis-py client, created on first use (see :mod:`pipeline.store.redis_url`)."""
         return make_client(self.settings)
+
+    @property
+    def answer_wait(self) -> float:
+        """Seconds a command's answer is awaited: as long as redis-py may take to connect, send
+        it and try once more on a new connection.
+        """
+        return self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + ANSWER_MARGIN
 
     def new_connection(self) -> redis.Connection:
         """A connection outside the pool, with the pool's options (the caller closes it)."""

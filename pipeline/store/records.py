@@ -120,10 +120,7 @@ class RecordStore:
 
     @functools.cached_property
     def _answer_wait(self) -> float:
-        """Seconds a command's answer is awaited: as long as redis-py may take to connect, send
-        it and try once more on a new connection.
-        """
-        return self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + WAIT_MARGIN
+        return self.redis.answer_wait
 
     def translated(self) -> contextlib.AbstractContextManager[None]:
         """Turn redis-py's errors inside the block into ``ResultBackendUnavailable``."""
