@@ -14,7 +14,10 @@ between taking and publishing leaves it to be taken again once the lease is over
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import cast
+
+import redis.commands.core
 
 from pipeline.store.connection import RedisConnection
 
@@ -101,6 +104,16 @@ class Schedule:
             pipe.zadd(keys.scheduled(queue_name), {message_id: due})
             pipe.execute()
 
+    @functools.cached_property
+    def _take_due(self) -> redis.commands.core.Script:
+        # Sent by its digest (EVALSHA), loaded again when Redis forgot it: not the whole script
+        # with every poll of every worker.
+        return self.redis.client.register_script(TAKE_DUE_SCRIPT)
+
+    @functools.cached_property
+    def _forget(self) -> redis.commands.core.Script:
+        return self.redis.client.register_script(FORGET_SCRIPT)
+
     def take_due(self, queue_name: str, now: int, most: int) -> DueMessages:
         """Take up to ``most`` messages due by ``now`` (Unix milliseconds), leased for :data:`LEASE`.
 
@@ -111,7 +124,7 @@ class Schedule:
         lease_end = now + int(LEASE * 1000)
         with self.redis.translated():
             found = keys.scheduled(queue_name), keys.scheduled_messages(queue_name)
-            reply = self.redis.client.eval(TAKE_DUE_SCRIPT, 2, *found, now, most, lease_end)
+            reply = self._take_due(keys=found, args=[now, most, lease_end])
         due, bodies, first = cast("tuple[list[str], list[str], str | None]", reply)
         taken = [
             Taken(_text(due[2 * i]), int(float(due[2 * i + 1])), _text(body or "")) for i, body in enumerate(bodies)
@@ -141,7 +154,7 @@ class Schedule:
         keys = self.redis.keys
         with self.redis.translated():
             found_keys = keys.scheduled(queue_name), keys.scheduled_messages(queue_name)
-            self.redis.client.eval(FORGET_SCRIPT, 2, *found_keys, found.lease_end, *message_ids)
+            self._forget(keys=found_keys, args=[found.lease_end, *message_ids])
 
     def remove(self, queue_name: str, message_ids: list[str]) -> None:
         """Forget messages whatever their due time (cancelled: revoked before it).
