@@ -11,6 +11,7 @@ import uuid
 import dramatiq
 import pika
 import pytest
+import testenv
 from export_support import export_env, make_folders
 from mail_support import WELCOME, mail_env
 from sample_source import make_order
@@ -204,7 +205,7 @@ def test_a_call_that_can_never_run_is_refused_at_send(case, bad_input_worker, am
     with pytest.raises(error) as raised:
         actor.send(*args, **kwargs)
     assert reason in str(raised.value)
-    assert list(clean_redis.scan_iter("pipeline-test:job:*")) == []
+    assert list(clean_redis.scan_iter(f"{testenv.NAMESPACE}:job:*")) == []
 
 
 def publish_raw(amqp, message: dramatiq.Message) -> None:
@@ -237,7 +238,7 @@ def test_a_raw_message_with_an_id_of_another_form_is_dead_lettered_unrun(bad_inp
     amqp.basic_publish("", DEFAULT_QUEUE, json.dumps(body).encode())
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered")
     assert "'job:1:done'" in worker.log and "no job id" in worker.log
-    assert list(clean_redis.scan_iter("pipeline-test:job:*")) == []
+    assert list(clean_redis.scan_iter(f"{testenv.NAMESPACE}:job:*")) == []
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+import testenv
 from cli_runner import run_cli
 
 from pipeline.cli import RET_OK, RET_USAGE
@@ -17,7 +18,7 @@ from pipeline.timestamps import now_iso
 
 pytestmark = pytest.mark.integration
 
-KEYS = Keys("pipeline-test")
+KEYS = Keys(testenv.NAMESPACE)
 
 
 def job(actor: str, *states: JobState) -> str:

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import sample_actors
+import testenv
 from services import ROOT, WorkerProcess, queue_depth
 from waiting import settled, wait_until
 
@@ -338,7 +339,7 @@ def test_a_message_published_again_after_its_job_finished_is_not_run_again(worke
     amqp.basic_publish("", DEFAULT_QUEUE, first.encode())
     wait_until(lambda: f"Job {first.message_id} (count_runs) is already SUCCESS" in worker.log, what="the skip")
     assert runs(clean_redis, key) == 1
-    assert int(clean_redis.get("pipeline-test:stats:duplicates")) >= 1
+    assert int(clean_redis.get(f"{testenv.NAMESPACE}:stats:duplicates")) >= 1
 
 
 def test_a_copy_that_failed_never_hides_the_success_of_the_original(clean_redis):

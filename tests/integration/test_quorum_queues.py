@@ -21,7 +21,7 @@ from pipeline.queues import DEFAULT_QUEUE
 
 pytestmark = pytest.mark.integration
 
-VHOST = "pipeline-test-quorum"
+VHOST = f"{testenv.NAMESPACE}-quorum"
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import uuid
 
 import dramatiq
 import pytest
+import testenv
 from testenv import make_settings
 from waiting import wait_until
 
@@ -92,7 +93,7 @@ def test_answers_are_matched_to_their_reads_whichever_thread_takes_them(clean_re
     store.write(ids[0], JobState.QUEUED, actor="ping")
     store.write(ids[2], JobState.QUEUED, actor="ping")
     store.write(ids[2], JobState.SUCCESS, result=1)
-    clean_redis.set(Keys("pipeline-test").record(ids[4]), "not a hash")  # answers WRONGTYPE
+    clean_redis.set(Keys(testenv.NAMESPACE).record(ids[4]), "not a hash")  # answers WRONGTYPE
     received = ReceivedStates(store)
     received.ask(ids)
     seen: dict[int, JobState | None] = {}
@@ -121,7 +122,7 @@ def test_a_redis_that_went_away_leaves_states_unknown_and_a_new_connection_after
     assert [received.take(message_id) for message_id in gone] == [JobState.PENDING] * 2
     private_redis.start()
     message_id = str(uuid.uuid4())
-    private_redis.client().hset(f"pipeline-test:job:{message_id}", "state", '"STARTED"')
+    private_redis.client().hset(f"{testenv.NAMESPACE}:job:{message_id}", "state", '"STARTED"')
     received.ask([message_id])
     assert received.take(message_id) is JobState.STARTED
 

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import redis
+import testenv
 from private_services import sentinel_setup, tls_redis
 from testenv import make_settings
 from waiting import wait_until
@@ -49,7 +50,9 @@ def test_records_follow_a_sentinel_failover_and_a_refused_write_is_made_on_the_n
     store = store_for(redis_url=f"redis+sentinel://127.0.0.1:{sentinel}/shop-records/0")
     before = str(uuid.uuid4())
     store.write(before, JobState.QUEUED, actor="ping", queue="default")
-    wait_until(lambda: redis.Redis(port=replica).exists(f"pipeline-test:job:{before}"), what="the record replicated")
+    wait_until(
+        lambda: redis.Redis(port=replica).exists(f"{testenv.NAMESPACE}:job:{before}"), what="the record replicated"
+    )
 
     redis.Redis(port=sentinel).execute_command("SENTINEL", "FAILOVER", "shop-records")
     wait_until(
@@ -71,6 +74,6 @@ def test_records_follow_a_sentinel_failover_and_a_refused_write_is_made_on_the_n
             time.sleep(0.2)
     new_primary = redis.Redis(port=replica, decode_responses=True)
     assert new_primary.info("replication")["role"] == "master"
-    assert new_primary.hget(f"pipeline-test:job:{before}", "state") == '"SUCCESS"'
-    assert new_primary.hget(f"pipeline-test:job:{after}", "state") == '"QUEUED"'
+    assert new_primary.hget(f"{testenv.NAMESPACE}:job:{before}", "state") == '"SUCCESS"'
+    assert new_primary.hget(f"{testenv.NAMESPACE}:job:{after}", "state") == '"QUEUED"'
     assert store.write(str(uuid.uuid4()), JobState.QUEUED, actor="ping")[0]

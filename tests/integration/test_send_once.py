@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+import testenv
 from sample_actors import RUNS_PREFIX, count_runs
 from services import ROOT, queue_depth
 from testenv import make_settings
@@ -47,7 +48,7 @@ def test_an_invalid_key_is_refused_at_send_with_nothing_queued(purge, amqp, clea
     with pytest.raises(InvalidIdempotencyKey, match="idempotency_key must be text of 1 to 200 printable"):
         ping.send(1, idempotency_key=key)
     assert queue_depth(amqp, DEFAULT_QUEUE) == 0
-    assert list(clean_redis.scan_iter("pipeline-test:*")) == []
+    assert list(clean_redis.scan_iter(f"{testenv.NAMESPACE}:*")) == []
 
 
 SENDER = """
@@ -116,7 +117,7 @@ def test_a_key_whose_sender_was_killed_before_publishing_is_taken_over_and_runs_
     assert AsyncResult(retried.message_id).get(timeout=20) == 1
     time.sleep(0.5)
     assert clean_redis.get(RUNS_PREFIX + counter) == "1"
-    stored = json.loads(clean_redis.get(next(clean_redis.scan_iter("pipeline-test:send-key:count_runs:*"))))
+    stored = json.loads(clean_redis.get(next(clean_redis.scan_iter(f"{testenv.NAMESPACE}:send-key:count_runs:*"))))
     assert stored["message_id"] == retried.message_id
 
 

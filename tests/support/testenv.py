@@ -5,6 +5,10 @@ The service URLs come from the environment (``PIPELINE_TEST_BROKER_URL``,
 RabbitMQ and Redis, on a vhost (``pipeline-test``) and a database (15) of the tests' own, so
 running the tests never touches what a worker or the demo uses. Every Redis key the tests make
 is under the namespace ``pipeline-test``.
+
+Tests run in several processes at once (pytest-xdist): each process takes a vhost, a namespace
+and an export folder of its own, the worker's name after the usual one (``pipeline-test-gw1``),
+so no two see each other's queues, keys or files.
 """
 
 from __future__ import annotations
@@ -16,12 +20,26 @@ import os
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-BROKER_URL = os.environ.get("PIPELINE_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/pipeline-test")
+#: The pytest-xdist worker this process is ("gw0", "gw1", ...), empty when the tests run in one.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _own(name: str) -> str:
+    """``name`` made this test process's own: the xdist worker's name after it."""
+    return f"{name}-{WORKER}" if WORKER else name
+
+
+def _own_vhost(url: str) -> str:
+    split = urlsplit(url)
+    return urlunsplit(split._replace(path="/" + quote(_own(unquote(split.path.lstrip("/")) or "/"), safe="")))
+
+
+NAMESPACE = _own("pipeline-test")
+BROKER_URL = _own_vhost(os.environ.get("PIPELINE_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/pipeline-test"))
 REDIS_URL = os.environ.get("PIPELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 MANAGEMENT_URL = os.environ.get("PIPELINE_TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
-NAMESPACE = "pipeline-test"
 
 #: What every process of the tests (pytest and the workers it starts) reads its settings from.
 ENV = {
@@ -30,7 +48,7 @@ ENV = {
     "PIPELINE_MANAGEMENT_URL": MANAGEMENT_URL,
     "PIPELINE_NAMESPACE": NAMESPACE,
     # Exports and imports land in no folder of the checkout.
-    "PIPELINE_EXPORT_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), "pipeline-test-exports"),
+    "PIPELINE_EXPORT_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), f"{NAMESPACE}-exports"),
 }
 
 
