@@ -128,6 +128,10 @@ class RedisWriter:
         # When the writer's thread must send by (time.monotonic()); None: nothing is left to it.
         self._due: float | None = None
         self._held = 0
+        # Whether a NOW or SOON command came since the last batch was taken: whoever sends goes
+        # on with another batch for it. Held (LATER) commands alone wait for their time, so that
+        # a thread that hands in one write after another is not chased, one write per batch.
+        self._pressing = False
         self._call = threading.Condition(threading.Lock())
         # Connected connections for AHEAD commands, each used by one thread from its command
         # to its answer; opened by the writer's thread when one more is wanted.
@@ -144,6 +148,7 @@ class RedisWriter:
         self._call = threading.Condition(threading.Lock())
         self._due = None
         self._held = 0
+        self._pressing = False
         self._ahead = []
         self._ahead_wanted = False
 
@@ -163,8 +168,10 @@ class RedisWriter:
             when = When.SOON
         self._waiting.append(command)
         if when is When.NOW:
+            self._pressing = True
             self.send_waiting()
         elif when is When.SOON:
+            self._pressing = True
             self._leave_to_thread(0.0)
         else:
             self._held += 1
@@ -281,20 +288,36 @@ class RedisWriter:
         return True
 
     def send_waiting(self, blocking: bool = False) -> None:
-        """Send what waits, unless another thread is sending (it then takes it), in batches."""
+        """Send what waits, unless another thread is sending (it then takes it), in batches.
+
+        After the first batch, another goes only for a command that is pressing (``NOW`` or
+        ``SOON``) or for enough held ones; held commands that came meanwhile wait for their time
+        with whatever follows them.
+        """
         for _ in range(MAX_CALLER_BATCHES if not blocking else MAX_BATCH):
             if not self._waiting:
                 return
             if not self._sending.acquire(blocking):
                 return
             try:
-                batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
-                self._held = 0
-                self._send(batch)
+                self._send_next_batch()
             finally:
                 self._sending.release()
+            # Looked at after the release: a pressing command whose caller found the lock taken
+            # had said so before, so it is sent here or by its caller.
+            if not self._pressing and len(self._waiting) < MAX_HELD:
+                if self._waiting:
+                    self._leave_to_thread(HOLD_AT_MOST)
+                return
         if self._waiting:
             self._leave_to_thread(0.0)
+
+    def _send_next_batch(self) -> None:
+        """Take what waits (a batch at most) and send it; the caller holds the sending lock."""
+        self._pressing = False
+        batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
+        self._held = 0
+        self._send(batch)
 
     def _leave_to_thread(self, within: float) -> None:
         """Have the writer's thread send what waits within ``within`` seconds."""
@@ -370,7 +393,9 @@ class RedisWriter:
         if not self._waiting:
             return
         if not self._background.running:
-            self.send_waiting(blocking=True)
+            with self._sending:
+                while self._waiting:
+                    self._send_next_batch()
         elif not self.flush(timeout):
             logger.warning("Redis did not answer the last record writes within %.1f s", timeout)
 

@@ -69,6 +69,25 @@ def test_a_write_redis_refuses_is_told_and_the_others_are_made(clean_redis):
     assert stored_state(clean_redis, made) == '"QUEUED"'
 
 
+def test_held_writes_handed_in_one_after_another_go_many_to_a_round_trip(clean_redis, monkeypatch):
+    store = RecordStore(get_store().redis)
+    batches: list[int] = []
+    execute = store.writer._execute
+    monkeypatch.setattr(store.writer, "_execute", lambda commands: batches.append(len(commands)) or execute(commands))
+    ids = [str(uuid.uuid4()) for _ in range(2000)]
+    for message_id in ids:
+        store.begin_write(message_id, JobState.QUEUED, when=When.LATER, actor="ping")
+        # What an unconfirmed send does between two writes: a publish, which lets go of the GIL.
+        time.sleep(0.0001)
+    assert store.flush()
+    pipe = clean_redis.pipeline(transaction=False)
+    for message_id in ids:
+        pipe.hget(store.keys.record(message_id), "state")
+    assert pipe.execute() == ['"QUEUED"'] * len(ids)
+    # The writer's thread is not drawn into a round trip for each write or two.
+    assert len(batches) <= len(ids) // 20, batches
+
+
 def test_a_kept_write_redis_refuses_waits_for_the_catch_up(clean_redis):
     store = RecordStore(get_store().redis)
     refused = str(uuid.uuid4())
