@@ -168,7 +168,6 @@ class RedisWriter:
             when = When.SOON
         self._waiting.append(command)
         if when is When.NOW:
-            self._pressing = True
             self.send_waiting()
         elif when is When.SOON:
             self._pressing = True
@@ -290,10 +289,13 @@ class RedisWriter:
     def send_waiting(self, blocking: bool = False) -> None:
         """Send what waits, unless another thread is sending (it then takes it), in batches.
 
-        After the first batch, another goes only for a command that is pressing (``NOW`` or
-        ``SOON``) or for enough held ones; held commands that came meanwhile wait for their time
-        with whatever follows them.
+        After the first batch, another goes only for a command that is pressing (``NOW``,
+        ``SOON``, or any waiting when a caller asked to send) or for enough held ones; held
+        commands that came meanwhile wait for their time with whatever follows them.
         """
+        if not blocking:
+            # A caller wants what waits sent now: if another thread is sending, it takes it.
+            self._pressing = True
         for _ in range(MAX_CALLER_BATCHES if not blocking else MAX_BATCH):
             if not self._waiting:
                 return

@@ -88,6 +88,30 @@ def test_held_writes_handed_in_one_after_another_go_many_to_a_round_trip(clean_r
     assert len(batches) <= len(ids) // 20, batches
 
 
+def test_held_reads_a_caller_sends_while_another_thread_sends_go_with_its_next_batch(private_redis, monkeypatch):
+    from pipeline.store import writer
+
+    # Held commands left to their time would wait half a minute: these must not.
+    monkeypatch.setattr(writer, "HOLD_AT_MOST", 30.0)
+    store = RecordStore(RedisConnection(make_settings(redis_url=private_redis.url, redis_socket_timeout=5.0)))
+    first, asked = str(uuid.uuid4()), str(uuid.uuid4())
+    store.write(asked, JobState.QUEUED, actor="ping")
+    private_redis.freeze()
+    try:
+        # A worker thread's write, sent by it, waits on the frozen Redis while holding the writer.
+        sending = threading.Thread(target=lambda: store.write(first, JobState.QUEUED, actor="ping"))
+        sending.start()
+        time.sleep(0.3)
+        # As the consumer asks the states of a batch of deliveries: held, then sent at once by
+        # their caller, who finds the other thread sending and leaves them to it.
+        futures = [store.state_soon(asked, When.LATER), store.state_soon(first, When.LATER)]
+        store.writer.send_waiting()
+    finally:
+        private_redis.thaw()
+    sending.join(5)
+    assert [future.result(timeout=3) for future in futures] == [JobState.QUEUED, JobState.QUEUED]
+
+
 def test_a_kept_write_redis_refuses_waits_for_the_catch_up(clean_redis):
     store = RecordStore(get_store().redis)
     refused = str(uuid.uuid4())
