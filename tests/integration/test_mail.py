@@ -6,9 +6,10 @@ import pytest
 from mail_support import WELCOME, mail_env
 from services import WorkerProcess, flush_queue
 from smtp import DROP_AFTER_DATA, running_smtp_server
+from waiting import wait_until
 
 from pipeline.actors import send_email
-from pipeline.errors import PermanentError, SmtpRejected, SmtpUnavailable
+from pipeline.errors import JobRevoked, PermanentError, SmtpRejected, SmtpUnavailable
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 
@@ -22,11 +23,17 @@ def mail_server():
         yield controller
 
 
-@pytest.fixture(scope="module")
-def module_worker(amqp, redis_client, mail_server):
-    """One worker on the default queue for the module, started on an empty queue."""
+@pytest.fixture(scope="module", params=["threads", "gevent"])
+def module_worker(request, amqp, redis_client, mail_server):
+    """One worker on the default queue for the module, started on an empty queue: every test
+    runs against a worker of threads and against one of greenlets (``dramatiq-gevent``, the
+    mail worker's default).
+    """
     flush_queue(DEFAULT_QUEUE)
-    worker = WorkerProcess([DEFAULT_QUEUE], 2, mail_env(mail_server.port), ["pipeline.actors", "sample_actors"])
+    gevent = request.param == "gevent"
+    worker = WorkerProcess(
+        [DEFAULT_QUEUE], 20 if gevent else 2, mail_env(mail_server.port), ["pipeline.actors", "sample_actors"], gevent
+    )
     yield worker
     worker.discard()
 
@@ -128,6 +135,18 @@ def test_the_same_message_processed_twice_sends_one_mail(mail_worker):
     assert [to for _, (to, *_) in mail_worker.envelopes] == ["a@example.com", "last@example.com"]
 
 
+def test_two_copies_of_a_message_in_flight_at_once_send_one_mail(mail_worker):
+    from pipeline.broker import broker
+
+    mail_worker.data_delay = 1.0  # the first copy still waits for the server when the second runs
+    message = send_email.send(to="a@example.com", template="welcome", context=WELCOME)
+    broker.enqueue(message)
+    AsyncResult(message.message_id).get(timeout=20)
+    marker = send_email.send(to="last@example.com", template="welcome", context=WELCOME)
+    AsyncResult(marker.message_id).get(timeout=20)
+    assert [to for _, (to, *_) in mail_worker.envelopes] == ["a@example.com", "last@example.com"]
+
+
 def test_a_connection_lost_after_data_is_not_resent(mail_worker):
     mail_worker.script.append(DROP_AFTER_DATA)
     result = AsyncResult(send_email.send(to="a@example.com", template="welcome", context=WELCOME).message_id)
@@ -155,3 +174,19 @@ def test_deferred_recipients_are_retried_alone_and_the_others_get_the_mail_once(
     assert result.info()["attempt"] == 2
     mail_worker.wait_for(2)
     assert [recipients for _, recipients in mail_worker.envelopes] == [["ok@example.com"], ["later@defer.example.com"]]
+
+
+def test_a_mail_revoked_before_it_runs_is_never_sent(module_worker, mail_worker):
+    from pipeline.broker import broker
+
+    message = send_email.message(to="a@example.com", template="welcome", context=WELCOME)
+    result = AsyncResult(message.message_id)
+    assert result.revoke()
+    broker.enqueue(message)
+    wait_until(
+        lambda: any(message.message_id in line and "was skipped" in line for line in module_worker.lines),
+        what="the revoked mail skipped",
+    )
+    with pytest.raises(JobRevoked):
+        result.get(timeout=5)
+    assert mail_worker.mails == []

@@ -45,11 +45,12 @@ def test_metrics_are_off_unless_a_port_is_set():
     assert on.forks == [serve_metrics] and isinstance(on._on(), Prometheus)
 
 
-def test_a_worker_serves_messages_by_actor_and_outcome_on_the_port_set(purge, start_worker, tmp_path):
+@pytest.mark.parametrize("runner", ["threads", "gevent"])
+def test_a_worker_serves_messages_by_actor_and_outcome_on_the_port_set(purge, start_worker, tmp_path, runner):
     purge(DEFAULT_QUEUE)
     port = free_port()
     env = {"PIPELINE_METRICS_PORT": str(port), "dramatiq_prom_db": str(tmp_path), "dramatiq_prom_host": "127.0.0.1"}
-    start_worker([DEFAULT_QUEUE], threads=2, env=env)
+    start_worker([DEFAULT_QUEUE], threads=2, env=env, gevent=runner == "gevent")
     for message in [ping.send(i) for i in range(5)]:
         AsyncResult(message.message_id).get(timeout=20)
     line = 'dramatiq_messages_total{actor_name="ping",queue_name="default"} 5.0'

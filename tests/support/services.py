@@ -89,10 +89,15 @@ def purge(amqp: pika.adapters.blocking_connection.BlockingChannel, clean_redis: 
 
 
 class WorkerProcess:
-    """A ``dramatiq`` worker in a subprocess, stopped by PID."""
+    """A ``dramatiq`` worker in a subprocess, stopped by PID; with ``gevent``, Dramatiq's
+    ``dramatiq-gevent``, its threads greenlets.
+    """
 
-    def __init__(self, queues: list[str], threads: int, env: dict[str, str], modules: list[str]) -> None:
-        command = [sys.executable, "-m", "dramatiq", *modules, "--processes", "1", "--threads", str(threads)]
+    def __init__(
+        self, queues: list[str], threads: int, env: dict[str, str], modules: list[str], gevent: bool = False
+    ) -> None:
+        runner = [str(Path(sys.executable).parent / "dramatiq-gevent")] if gevent else ["-m", "dramatiq"]
+        command = [sys.executable, *runner, *modules, "--processes", "1", "--threads", str(threads)]
         command += ["--queues", *queues]
         full_env = {
             **os.environ,
@@ -171,9 +176,13 @@ def start_worker(redis_client: redis.Redis, amqp: object) -> Iterator[Callable[.
     started: list[WorkerProcess] = []
 
     def start(
-        queues: list[str], threads: int = 2, env: dict[str, str] | None = None, modules: list[str] | None = None
+        queues: list[str],
+        threads: int = 2,
+        env: dict[str, str] | None = None,
+        modules: list[str] | None = None,
+        gevent: bool = False,
     ) -> WorkerProcess:
-        worker = WorkerProcess(queues, threads, env or {}, modules or ["pipeline.actors", "sample_actors"])
+        worker = WorkerProcess(queues, threads, env or {}, modules or ["pipeline.actors", "sample_actors"], gevent)
         started.append(worker)
         return worker
 

@@ -105,6 +105,7 @@ class Inbox:
             self.envelopes.clear()
             self.script.clear()
             self.deferred.clear()
+        self.data_delay = 0.0
 
     @property
     def connections(self) -> int:
