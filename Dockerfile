@@ -5,9 +5,9 @@ WORKDIR /app
 COPY setup.cfg pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY templates ./templates
-RUN pip install --no-cache-dir '.[metrics]' \
+RUN pip install --no-cache-dir '.[metrics,gevent]' \
     && useradd --create-home --uid 10001 pipeline \
     && mkdir /exports \
     && chown pipeline /exports
 USER pipeline
-CMD ["dramatiq", "pipeline.actors", "--queues", "default"]
+CMD ["dramatiq-gevent", "pipeline.actors", "--threads", "200", "--queues", "default"]

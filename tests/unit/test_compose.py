@@ -72,9 +72,18 @@ def test_redis_and_the_smtp_catcher_are_there(compose):
 @pytest.mark.parametrize("queue", QUEUES)
 def test_one_worker_per_queue_runs_the_actors_module(compose, queue):
     command = compose["services"][f"worker-{queue}"]["command"]
-    assert command[:2] == ["dramatiq", "pipeline.actors"]
+    # Mail waits on the relay: its worker runs greenlets; exports run on threads.
+    runner = "dramatiq-gevent" if queue == "default" else "dramatiq"
+    assert command[:2] == [runner, "pipeline.actors"]
     # --queues takes the rest of the words, so it must come last.
     assert command[-2:] == ["--queues", queue]
+
+
+def test_the_mail_worker_keeps_an_smtp_connection_for_each_greenlet(compose):
+    worker = compose["services"]["worker-default"]
+    threads = int(worker["command"][worker["command"].index("--threads") + 1])
+    assert int(worker["environment"]["PIPELINE_SMTP_MAX_CONNECTIONS"]) >= threads
+    assert "gevent" in (ROOT / "Dockerfile").read_text()
 
 
 @pytest.mark.parametrize("queue", QUEUES)
