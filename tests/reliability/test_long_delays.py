@@ -27,7 +27,9 @@ from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 
-pytestmark = pytest.mark.integration
+# The load test and the restarts share a node, so the whole module is one of the heaviest tests
+# (see setup.cfg).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("load")]
 
 #: The node's consumer timeout, in milliseconds.
 CONSUMER_TIMEOUT = 5_000

@@ -37,6 +37,7 @@ def newsletter(count: int, tag: str):
     return send_email.send_many(calls)
 
 
+@pytest.mark.xdist_group("load")  # see setup.cfg: never beside another of the heaviest tests
 def test_four_workers_send_1000_mails_at_50_a_second_each_once(purge, start_worker):
     purge(DEFAULT_QUEUE)
     with running_smtp_server() as server:
