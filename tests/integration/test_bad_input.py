@@ -199,13 +199,20 @@ def test_bad_input_fails_at_the_first_attempt_naming_the_problem(case, bad_input
     assert inbox.mails == []
 
 
+def job_keys(client) -> list[str]:
+    """The keys of job records and their lists, but attempt histories: an earlier test's job
+    may still get its history, written after its record with the worker's next writes.
+    """
+    return [key for key in client.scan_iter(f"{testenv.NAMESPACE}:job:*") if not key.endswith(":attempts")]
+
+
 @pytest.mark.parametrize("case", REFUSED_AT_SEND)
 def test_a_call_that_can_never_run_is_refused_at_send(case, bad_input_worker, amqp, clean_redis):
     actor, args, kwargs, error, reason = REFUSED_AT_SEND[case]
     with pytest.raises(error) as raised:
         actor.send(*args, **kwargs)
     assert reason in str(raised.value)
-    assert list(clean_redis.scan_iter(f"{testenv.NAMESPACE}:job:*")) == []
+    assert job_keys(clean_redis) == []
 
 
 def publish_raw(amqp, message: dramatiq.Message) -> None:
@@ -256,7 +263,7 @@ def test_a_raw_message_with_an_id_of_another_form_is_dead_lettered_unrun(bad_inp
     amqp.basic_publish("", DEFAULT_QUEUE, json.dumps(body).encode())
     wait_dead_lettered(amqp, "job:1:done")
     assert "'job:1:done'" in worker.log and "no job id" in worker.log
-    assert list(clean_redis.scan_iter(f"{testenv.NAMESPACE}:job:*")) == []
+    assert job_keys(clean_redis) == []
 
 
 @pytest.mark.parametrize(
