@@ -20,4 +20,13 @@ import testenv  # noqa: E402 - found through the path set just above
 # Settings are read once per process, so the test environment is set before pipeline is imported.
 os.environ.update(testenv.ENV)
 
-pytest_plugins = ["browser", "services", "smtp", "private_redis", "private_rabbitmq", "private_services", "netns"]
+pytest_plugins = [
+    "alone",
+    "browser",
+    "services",
+    "smtp",
+    "private_redis",
+    "private_rabbitmq",
+    "private_services",
+    "netns",
+]

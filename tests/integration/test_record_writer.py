@@ -170,6 +170,7 @@ def test_a_redis_that_went_away_leaves_states_unknown_and_a_new_connection_after
     assert received.take(message_id) is JobState.STARTED
 
 
+@pytest.mark.alone  # 50,000 writes, each answered within its bound
 def test_no_answer_ever_reaches_another_write_under_error_replies_from_many_threads(clean_redis):
     # 8 threads make 50,000 writes between them; about one record in twenty is a key of the
     # wrong type, so its writes are answered with an error. Each write must get its own

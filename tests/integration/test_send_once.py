@@ -62,7 +62,6 @@ print(sample_actors.count_runs.send(sys.argv[2], idempotency_key=sys.argv[3]).me
 """
 
 
-@pytest.mark.xdist_group("load")  # see setup.cfg: never beside another of the heaviest tests
 def test_fifty_processes_sending_one_key_at_once_publish_one_job(purge, start_worker, clean_redis, tmp_path):
     purge(DEFAULT_QUEUE)
     counter = f"once-{uuid.uuid4()}"

@@ -36,7 +36,6 @@ def records(redis_client, ids: list[str]) -> list[dict[str, str]]:
     return pipe.execute()
 
 
-@pytest.mark.xdist_group("load")  # see setup.cfg: never beside another of the heaviest tests
 def test_workers_restarted_every_five_seconds_under_200_jobs_a_second_lose_and_double_nothing(
     purge, start_worker, clean_redis
 ):

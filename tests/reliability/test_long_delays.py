@@ -27,9 +27,7 @@ from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 
-# The load test and the restarts share a node, so the whole module is one of the heaviest tests
-# (see setup.cfg).
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("load")]
+pytestmark = pytest.mark.integration
 
 #: The node's consumer timeout, in milliseconds.
 CONSUMER_TIMEOUT = 5_000
@@ -117,6 +115,7 @@ def test_a_delay_and_a_backoff_past_the_timeout_run_once_on_time_across_restarts
     broker.close()
 
 
+@pytest.mark.alone  # each of 10,000 jobs on time to the second
 def test_ten_thousand_random_delays_each_run_once_and_on_time(node, start_worker, clean_redis):
     if node.queue_type != "classic":
         pytest.skip("the classic queue carries the load test; the quorum queue the restarts")
