@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sample_actors
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
@@ -61,24 +62,26 @@ def test_follow_a_failing_job_requeue_it_and_watch_it_succeed(
     sent = sample_actors.fails_until_fixed.send(key, secret="never-shown")
     result = AsyncResult(sent.message_id)
     WebDriverWait(browser, 10).until(lambda _: result.state is JobState.FAILURE)
-    wait = WebDriverWait(browser, 15)
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
 
     browser.get(dashboard + "/")
     wait.until(expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "main"), "fails_until_fixed"))
     shot(browser, tmp_path, "overview")
     # From the actor's failures to the job.
     browser.get(dashboard + "/jobs?state=FAILURE")
-    browser.find_element(By.LINK_TEXT, sent.message_id).click()
+    # The live list may draw the link anew between finding it and clicking it.
+    wait.until(lambda _: browser.find_element(By.LINK_TEXT, sent.message_id).click() or True)
     wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, "p.state"), "FAILURE"))
     assert "is not fixed yet" in browser.find_element(By.TAG_NAME, "main").text
     shot(browser, tmp_path, "job-failure")
 
     redis_client.set(sample_actors.FIXED_PREFIX + key, "1")
     browser.get(dashboard + "/dead-letters")
-    row = browser.find_element(By.XPATH, f"//tr[td/a[text()='{sent.message_id}']]")
+    row = f"//tr[td/a[text()='{sent.message_id}']]"
+    browser.find_element(By.XPATH, row)
     assert "never-shown" not in browser.find_element(By.TAG_NAME, "main").text
     shot(browser, tmp_path, "dead-letters")
-    row.find_element(By.TAG_NAME, "button").click()
+    wait.until(lambda _: browser.find_element(By.XPATH, row + "//button").click() or True)
     wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, "p.done"), "requeued 1"))
 
     browser.get(f"{dashboard}/jobs/{sent.message_id}")

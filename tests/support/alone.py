@@ -7,44 +7,90 @@ also running other tests, so such a test waits until every running test has ende
 test starts while it runs. A readers-writer lock across the processes: every test holds the
 run's lock shared, a test marked ``alone`` holds it exclusively, and a second lock (the
 turnstile) keeps new tests from slipping in while one waits to run alone.
+
+The ``alone`` tests are collected first, the quick unit tests next: the process that takes them
+runs them one after another at the start, waiting only for the other processes' first tests,
+and keeps the run to itself from the first to the last.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 
-def _lock_files() -> tuple[Path, Path]:
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "single")
-    folder = Path(tempfile.gettempdir())
-    return folder / f"pipeline-tests-{run}.lock", folder / f"pipeline-tests-{run}.turnstile"
+class _RunLock:
+    """This process's handles on the run's two lock files (a lock lives as long as its handle)."""
+
+    def __init__(self) -> None:
+        folder = Path(os.environ[LOCKS_VARIABLE])
+        self.lock: IO[str] = open(folder / "run.lock", "a")  # noqa: SIM115
+        self.turnstile: IO[str] = open(folder / "turnstile.lock", "a")  # noqa: SIM115
+        self.alone = False
+
+    def enter(self, alone: bool) -> None:
+        if self.alone:
+            return  # still held from the alone test before
+        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
+        fcntl.flock(self.lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if alone:
+            self.alone = True
+        else:
+            fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+
+    def leave(self, keep_alone: bool) -> None:
+        if self.alone and keep_alone:
+            return
+        fcntl.flock(self.lock, fcntl.LOCK_UN)
+        if self.alone:
+            fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+            self.alone = False
+
+
+_run_lock: _RunLock | None = None
+#: The environment variable naming the folder of the run's lock files.
+LOCKS_VARIABLE = "PIPELINE_TEST_LOCKS"
+
+
+def _is_alone(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("alone") is not None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "alone: runs with no other test of the run beside it")
+    if not os.environ.get("PYTEST_XDIST_WORKER") and LOCKS_VARIABLE not in os.environ:
+        # The run's lock files, in a folder the processes it starts inherit, removed after it.
+        folder = tempfile.mkdtemp(prefix="pipeline-tests-")
+        os.environ[LOCKS_VARIABLE] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        if _is_alone(item):
+            return 0
+        return 1 if "tests/unit/" in item.nodeid else 2
+
+    items.sort(key=rank)  # stable: each group keeps the order it was collected in
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    global _run_lock
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
-    alone = item.get_closest_marker("alone") is not None
-    lock_path, turnstile_path = _lock_files()
-    with open(lock_path, "a") as lock, open(turnstile_path, "a") as turnstile:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        if not alone:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            if alone:
-                fcntl.flock(turnstile, fcntl.LOCK_UN)
+    if _run_lock is None:
+        _run_lock = _RunLock()
+    _run_lock.enter(_is_alone(item))
+    try:
+        yield
+    finally:
+        _run_lock.leave(keep_alone=_is_alone(nextitem))
