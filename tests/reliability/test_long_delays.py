@@ -116,9 +116,9 @@ def test_a_delay_and_a_backoff_past_the_timeout_run_once_on_time_across_restarts
 
 
 @pytest.mark.alone  # each of 10,000 jobs on time to the second
+# The classic queue carries the load test; both queue types take the restarts.
+@pytest.mark.parametrize("node", ["classic"], indirect=True)
 def test_ten_thousand_random_delays_each_run_once_and_on_time(node, start_worker, clean_redis):
-    if node.queue_type != "classic":
-        pytest.skip("the classic queue carries the load test; the quorum queue the restarts")
     broker = node.broker()
     broker.declare_queue(DEFAULT_QUEUE, ensure=True)
     workers = [start_worker([DEFAULT_QUEUE], threads=8, env=node.env) for _ in range(2)]
