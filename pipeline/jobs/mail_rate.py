@@ -6,10 +6,8 @@ waits in its thread; a longer one it does not: the message goes back to the sche
 a slot frees, and the delivery is acknowledged. No retry is spent, the record says what the mail
 waits for (``waiting_for``, ``waiting_until``), and when it comes back it asks again, behind any
 mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`, which the
-mailer calls right before the SMTP transaction, with the mail rendered and claimed and its
-connection held and greeted (a short wait: a longer one went to the schedule). A wait for a
-connection, or a new one's greeting, comes before the slot, never between the slot and the
-relay: what the relay sees is the rate the slots were taken at. A job whose mail the
+mailer calls right before the SMTP transaction, with the mail rendered and claimed and no
+connection held: what the relay sees is the rate the slots were taken at. A job whose mail the
 relay throttled pauses every worker's mail.
 """
 

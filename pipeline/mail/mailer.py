@@ -8,7 +8,6 @@ This package knows nothing of Dramatiq or Redis; :mod:`pipeline.actors` wires it
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -174,8 +173,9 @@ class Mailer:
             so_far = earlier["outcome"]
             envelope.recipients = list(so_far["deferred"])
         try:
-            pace = self.pace
-            refused = self.sender.send(envelope, None if pace is None else functools.partial(pace, job_id))
+            if self.pace is not None:
+                self.pace(job_id)
+            refused = self.sender.send(envelope)
         except DeliveryUncertain:
             raise
         except BaseException:

@@ -19,7 +19,6 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpThrottled, SmtpUnavailable
@@ -175,16 +174,11 @@ class SmtpSender:
         for smtp, _ in idle:
             _hang_up(smtp)
 
-    def send(self, envelope: Envelope, ready: Callable[[], object] | None = None) -> dict[str, tuple[int, str]]:
+    def send(self, envelope: Envelope) -> dict[str, tuple[int, str]]:
         """Deliver ``envelope``.
 
         A reused connection the server dropped is reopened once and the mail sent on the new
         one: up to the DATA command nothing was delivered, so that repeats nothing.
-
-        Parameters:
-          ready: Called once a connection is held, right before the mail's transaction (a
-            rate limit's slot): a wait for a connection or for a new one's greeting then comes
-            before the slot, not between the slot and the relay.
 
         Returns:
           The recipients the server refused while accepting the mail for others.
@@ -196,8 +190,6 @@ class SmtpSender:
         """
         lease = self._take()
         try:
-            if ready is not None:
-                ready()
             try:
                 return self._transmit(lease, envelope)
             except _BeforeData as exc:
