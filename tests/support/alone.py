@@ -8,9 +8,9 @@ test starts while it runs. A readers-writer lock across the processes: every tes
 run's lock shared, a test marked ``alone`` holds it exclusively, and a second lock (the
 turnstile) keeps new tests from slipping in while one waits to run alone.
 
-The ``alone`` tests are collected first, the quick unit tests next: the process that takes them
-runs them one after another at the start, waiting only for the other processes' first tests,
-and keeps the run to itself from the first to the last.
+The ``alone`` tests are collected last: the process that takes them runs them one after
+another at the end, when the others have little left, as a run in one process would, and keeps
+the run to itself from the first to the last.
 """
 
 from __future__ import annotations
@@ -73,12 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        if _is_alone(item):
-            return 0
-        return 1 if "tests/unit/" in item.nodeid else 2
-
-    items.sort(key=rank)  # stable: each group keeps the order it was collected in
+    items.sort(key=_is_alone)  # stable: the alone tests last, each group in its collected order
 
 
 @pytest.hookimpl(hookwrapper=True)
