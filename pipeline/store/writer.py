@@ -128,9 +128,10 @@ class RedisWriter:
         # When the writer's thread must send by (time.monotonic()); None: nothing is left to it.
         self._due: float | None = None
         self._held = 0
-        # Whether a NOW or SOON command came since the last batch was taken: whoever sends goes
-        # on with another batch for it. Held (LATER) commands alone wait for their time, so that
-        # a thread that hands in one write after another is not chased, one write per batch.
+        # Whether a SOON command came, or a caller asked to send (as each NOW command does),
+        # since the last batch was taken: whoever sends goes on with another batch for it. Held
+        # (LATER) commands alone wait for their time, so that a thread that hands in one write
+        # after another is not chased, one write per batch.
         self._pressing = False
         self._call = threading.Condition(threading.Lock())
         # Connected connections for AHEAD commands, each used by one thread from its command
