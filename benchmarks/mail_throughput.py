@@ -48,7 +48,8 @@ os.environ["PIPELINE_REDIS_URL"] = REDIS_URL
 import trustme  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 from aiosmtpd.smtp import AuthResult  # noqa: E402
-from smtp import Inbox, free_port  # noqa: E402
+from ports import free_port  # noqa: E402
+from smtp import Inbox  # noqa: E402
 
 from pipeline.actors import send_email  # noqa: E402
 from pipeline.broker import broker  # noqa: E402

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 from netns import Host
+from ports import free_port
 from private_rabbitmq import PrivateRabbitMQ
 from private_services import ServerProcess, require
 from services import ROOT
-from smtp import free_port, running_smtp_server
+from smtp import running_smtp_server
 from waiting import wait_until
 
 pytestmark = pytest.mark.integration

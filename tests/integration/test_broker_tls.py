@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import trustme
+from ports import free_port
 from private_rabbitmq import PrivateRabbitMQ
 from private_services import require
-from smtp import free_port
 from testenv import make_settings
 
 from pipeline.broker import build_broker

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
+from ports import free_port
 from testenv import make_settings
 from waiting import wait_until
 
@@ -15,12 +15,6 @@ from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from smtp import free_port, running_smtp_server
+from ports import free_port
+from smtp import running_smtp_server
 
 from pipeline.errors import SmtpRejected, SmtpUnavailable
 from pipeline.mail.message import build_message

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pika
 import pytest
-from smtp import free_port
+from ports import free_port
 
 #: Seconds the node gets to start or stop.
 NODE_TIMEOUT = 90
@@ -55,7 +55,17 @@ class PrivateRabbitMQ:
     def start(self) -> None:
         """Start the node and wait until it runs (the first moments, it is not even known)."""
         subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=NODE_TIMEOUT)
-        self.ctl_until_done("await_startup")
+        try:
+            self.ctl_until_done("await_startup")
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"RabbitMQ node {self.node} did not start; its log ends:\n{self.log_tail()}") from exc
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the node's logs."""
+        tails = []
+        for log in sorted((self.folder / "log").glob("*.log")):
+            tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(tails) or "(no log)"
 
     @property
     def url(self) -> str:

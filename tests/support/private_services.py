@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 import trustme
-from smtp import free_port
+from ports import free_port
 
 
 def require(command: str) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import socket
 import ssl
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from ports import free_port
 
 #: Reply to DATA that makes the server drop the connection after taking the mail.
 DROP_AFTER_DATA = "drop"
@@ -128,12 +128,6 @@ class Inbox:
                     raise AssertionError(f"{len(self.mails)} mails arrived, expected {count}")
                 self.arrived.wait(left)
         return list(self.mails)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
