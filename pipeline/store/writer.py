@@ -393,14 +393,15 @@ class RedisWriter:
         writer's thread, ``timeout`` seconds at most, when it runs; else on this thread (no new
         thread starts at interpreter shutdown), within the socket timeout.
         """
-        if not self._waiting:
+        if self._background.running:
+            # Even with nothing waiting: a batch the thread is sending has its answers to come,
+            # and a process that ended now would cut it off, unanswered and maybe half sent.
+            if not self.flush(timeout):
+                logger.warning("Redis did not answer the last record writes within %.1f s", timeout)
             return
-        if not self._background.running:
-            with self._sending:
-                while self._waiting:
-                    self._send_next_batch()
-        elif not self.flush(timeout):
-            logger.warning("Redis did not answer the last record writes within %.1f s", timeout)
+        with self._sending:
+            while self._waiting:
+                self._send_next_batch()
 
 
 def _settle_all() -> None:

@@ -278,3 +278,24 @@ def test_a_write_sent_ahead_is_sent_again_after_a_restart_or_a_script_flush(priv
         message_id = str(uuid.uuid4())
         assert store.answer(write_ahead(store, message_id), wait=3) == (True, JobState.QUEUED)
         assert store.state(message_id) is JobState.QUEUED
+
+
+def test_writes_in_flight_at_exit_are_answered_before_the_process_ends(private_redis):
+    store = ahead_store(private_redis)
+    assert store.answer(store.begin_write(str(uuid.uuid4()), JobState.QUEUED, actor="ping"), wait=2)[0]
+    private_redis.freeze()
+    thaw = threading.Timer(0.8, private_redis.thaw)
+    try:
+        futures = [
+            store.begin_write(str(uuid.uuid4()), JobState.QUEUED, when=When.LATER, actor="ping") for _ in range(20)
+        ]
+        # Long past the hold: the writer's thread has taken them all and waits on Redis.
+        time.sleep(0.5)
+        assert not any(future.done() for future in futures)
+        thaw.start()
+        store.writer.settle(3.0)
+        assert all(future.done() for future in futures)
+        assert all(future.result() == (True, JobState.QUEUED) for future in futures)
+    finally:
+        thaw.cancel()
+        private_redis.thaw()

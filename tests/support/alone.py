@@ -45,6 +45,11 @@ class _RunLock:
         else:
             fcntl.flock(self.turnstile, fcntl.LOCK_UN)
 
+    def close(self) -> None:
+        """Let go of the lock files (and any lock held through them)."""
+        self.lock.close()
+        self.turnstile.close()
+
     def leave(self, keep_alone: bool) -> None:
         if self.alone and keep_alone:
             return
@@ -70,6 +75,13 @@ def pytest_configure(config: pytest.Config) -> None:
         folder = tempfile.mkdtemp(prefix="pipeline-tests-")
         os.environ[LOCKS_VARIABLE] = folder
         config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _run_lock
+    if _run_lock is not None:
+        _run_lock.close()
+        _run_lock = None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
