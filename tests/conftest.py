@@ -22,6 +22,7 @@ os.environ.update(testenv.ENV)
 
 pytest_plugins = [
     "alone",
+    "lanes",
     "browser",
     "services",
     "smtp",

@@ -25,7 +25,8 @@ from services import ROOT
 from smtp import running_smtp_server
 from waiting import wait_until
 
-pytestmark = pytest.mark.integration
+# Each test takes a while, and the three nodes the module starts half a minute more.
+pytestmark = [pytest.mark.integration, pytest.mark.lasts(30)]
 
 USER, PASSWORD = "pipeline", "cluster-pw"
 #: Seconds between AMQP heartbeats: a cut link is noticed after about two of them.

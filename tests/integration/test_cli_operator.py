@@ -168,6 +168,7 @@ def test_dlq_requeue_runs_the_message_again_under_its_id_and_notes_it(operated, 
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered again")
 
 
+@pytest.mark.lasts(13)
 def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operated, amqp):
     env, _, _ = operated
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
@@ -180,6 +181,7 @@ def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operat
     assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 0
 
 
+@pytest.mark.lasts(11)
 def test_doctor_passes_every_check_when_all_is_well(operated):
     env, _, _ = operated
     out = run_cli("doctor", "--json", **env)

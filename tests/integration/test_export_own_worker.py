@@ -34,6 +34,7 @@ def test_a_broken_plugin_fails_naming_the_dotted_path(purge, start_worker, folde
     assert result.info()["attempt"] == 1
 
 
+@pytest.mark.lasts(11)
 def test_a_worker_killed_mid_export_is_redelivered_and_makes_one_file(purge, start_worker, folders):
     purge(SLOW_QUEUE)
     first = start_worker([SLOW_QUEUE], threads=1, env=export_env(*folders))

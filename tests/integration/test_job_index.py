@@ -84,6 +84,7 @@ def test_recent_lists_newest_first_by_state_and_actor_skipping_expired_records(c
     assert store.recent(since=time.time() + 60) == []
 
 
+@pytest.mark.lasts(14)
 def test_pipeline_jobs_lists_and_filters_as_json(clean_redis):
     failed = job("send_email", JobState.QUEUED, JobState.FAILURE)
     job("ping", JobState.QUEUED, JobState.SUCCESS)

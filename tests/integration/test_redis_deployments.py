@@ -45,6 +45,7 @@ def test_a_wrong_password_or_an_unknown_ca_fails_with_the_password_masked(tmp_pa
         unknown_ca.state(str(uuid.uuid4()))
 
 
+@pytest.mark.lasts(22)
 def test_records_follow_a_sentinel_failover_and_a_refused_write_is_made_on_the_new_primary(tmp_path, servers):
     old_primary, replica, sentinel = sentinel_setup(tmp_path, servers, "shop-records")
     store = store_for(redis_url=f"redis+sentinel://127.0.0.1:{sentinel}/shop-records/0")

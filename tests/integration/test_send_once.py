@@ -62,6 +62,7 @@ print(sample_actors.count_runs.send(sys.argv[2], idempotency_key=sys.argv[3]).me
 """
 
 
+@pytest.mark.lasts(22)
 def test_fifty_processes_sending_one_key_at_once_publish_one_job(purge, start_worker, clean_redis, tmp_path):
     purge(DEFAULT_QUEUE)
     counter = f"once-{uuid.uuid4()}"

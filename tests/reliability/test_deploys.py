@@ -36,6 +36,7 @@ def records(redis_client, ids: list[str]) -> list[dict[str, str]]:
     return pipe.execute()
 
 
+@pytest.mark.lasts(70)
 def test_workers_restarted_every_five_seconds_under_200_jobs_a_second_lose_and_double_nothing(
     purge, start_worker, clean_redis
 ):
@@ -102,6 +103,7 @@ def test_workers_restarted_every_five_seconds_under_200_jobs_a_second_lose_and_d
     assert rate > 150 and restarts >= 10
 
 
+@pytest.mark.lasts(10)
 def test_a_job_still_running_at_the_end_of_the_grace_is_interrupted_and_finished_by_the_next_worker(
     purge, start_worker, clean_redis
 ):
@@ -125,6 +127,7 @@ def test_a_job_still_running_at_the_end_of_the_grace_is_interrupted_and_finished
     assert record["attempt"] == 2 and runs(clean_redis, key) == 1
 
 
+@pytest.mark.lasts(9)
 def test_a_job_that_checks_stops_when_asked_and_continues_as_the_next_attempt(purge, start_worker, clean_redis):
     purge(SLOW_QUEUE)
     worker = start_worker([SLOW_QUEUE], threads=1, env={"PIPELINE_SHUTDOWN_GRACE": "1"})
@@ -141,6 +144,7 @@ def test_a_job_that_checks_stops_when_asked_and_continues_as_the_next_attempt(pu
     assert result.info()["attempt"] == 2 and runs(clean_redis, key) == 1
 
 
+@pytest.mark.lasts(11)
 def test_sigkill_after_the_grace_began_still_loses_nothing(purge, start_worker, clean_redis):
     purge(DEFAULT_QUEUE)
     worker = start_worker([DEFAULT_QUEUE], threads=2)

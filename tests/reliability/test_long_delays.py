@@ -85,6 +85,7 @@ def runs(redis_client, key: str) -> int:
     return int(redis_client.get(sample_actors.RUNS_PREFIX + key) or 0)
 
 
+@pytest.mark.lasts(35)
 def test_a_delay_and_a_backoff_past_the_timeout_run_once_on_time_across_restarts(node, start_worker, clean_redis):
     broker = node.broker()
     delayed, retried = f"delay-{uuid.uuid4()}", f"retry-{uuid.uuid4()}"

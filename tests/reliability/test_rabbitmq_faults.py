@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 SEND_BOUND = 10
 
 
+@pytest.mark.lasts(13)
 def test_a_node_restart_under_a_send_loop_loses_and_doubles_nothing(private_rabbitmq, start_worker, clean_redis):
     env = {"PIPELINE_BROKER_URL": private_rabbitmq.url, "dramatiq_restart_delay": "500"}
     start_worker(["default"], threads=2, env=env)

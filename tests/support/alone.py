@@ -8,9 +8,9 @@ test starts while it runs. A readers-writer lock across the processes: every tes
 run's lock shared, a test marked ``alone`` holds it exclusively, and a second lock (the
 turnstile) keeps new tests from slipping in while one waits to run alone.
 
-The ``alone`` tests are collected last: the process that takes them runs them one after
-another at the end, when the others have little left, as a run in one process would, and keeps
-the run to itself from the first to the last.
+The ``alone`` tests are handed out first, to one process (see :mod:`lanes`), which runs them
+one after another and keeps the run to itself from the first to the last; the other processes
+wait for them to end before their first test.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -27,17 +28,38 @@ import pytest
 
 
 class _RunLock:
-    """This process's handles on the run's two lock files (a lock lives as long as its handle)."""
+    """This process's handles on the run's two lock files (a lock lives as long as its handle).
 
-    def __init__(self) -> None:
+    Parameters:
+      alone_tests: How many tests of the run are marked ``alone``.
+    """
+
+    def __init__(self, alone_tests: int) -> None:
         folder = Path(os.environ[LOCKS_VARIABLE])
         self.lock: IO[str] = open(folder / "run.lock", "a")  # noqa: SIM115
         self.turnstile: IO[str] = open(folder / "turnstile.lock", "a")  # noqa: SIM115
+        # One byte for each alone test that ended, in any process.
+        self.ended = folder / "alone.ended"
+        self.alone_tests = alone_tests
         self.alone = False
+        self.started = False
+
+    def _wait_for_the_alone_tests(self) -> None:
+        """Before this process's first test: the alone tests run first, and a test that took the
+        lock before them would keep them, and every process, waiting until it ends.
+        """
+        deadline = time.monotonic() + START_WAIT
+        while self.alone_tests and time.monotonic() < deadline:
+            if self.ended.exists() and self.ended.stat().st_size >= self.alone_tests:
+                return
+            time.sleep(0.1)
 
     def enter(self, alone: bool) -> None:
         if self.alone:
             return  # still held from the alone test before
+        if not self.started and not alone:
+            self._wait_for_the_alone_tests()
+        self.started = True
         fcntl.flock(self.turnstile, fcntl.LOCK_EX)
         fcntl.flock(self.lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         if alone:
@@ -51,6 +73,9 @@ class _RunLock:
         self.turnstile.close()
 
     def leave(self, keep_alone: bool) -> None:
+        if self.alone:
+            with self.ended.open("a") as ended:
+                ended.write("x")
         if self.alone and keep_alone:
             return
         fcntl.flock(self.lock, fcntl.LOCK_UN)
@@ -60,8 +85,12 @@ class _RunLock:
 
 
 _run_lock: _RunLock | None = None
+_alone_tests = 0
 #: The environment variable naming the folder of the run's lock files.
 LOCKS_VARIABLE = "PIPELINE_TEST_LOCKS"
+#: Seconds a process waits at most for the alone tests before its first test (should a process
+#: hold them behind others, it would wait for itself).
+START_WAIT = 240
 
 
 def _is_alone(item: pytest.Item | None) -> bool:
@@ -84,8 +113,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _run_lock = None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_is_alone)  # stable: the alone tests last, each group in its collected order
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _alone_tests
+    _alone_tests = sum(map(_is_alone, session.items))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -95,7 +125,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         yield
         return
     if _run_lock is None:
-        _run_lock = _RunLock()
+        _run_lock = _RunLock(_alone_tests)
     _run_lock.enter(_is_alone(item))
     try:
         yield
