@@ -122,7 +122,8 @@ def test_a_delay_and_a_backoff_past_the_timeout_run_once_on_time_across_restarts
 def test_ten_thousand_random_delays_each_run_once_and_on_time(node, start_worker, clean_redis):
     broker = node.broker()
     broker.declare_queue(DEFAULT_QUEUE, ensure=True)
-    workers = [start_worker([DEFAULT_QUEUE], threads=8, env=node.env) for _ in range(2)]
+    with ThreadPoolExecutor(2) as starting:
+        workers = list(starting.map(lambda _: start_worker([DEFAULT_QUEUE], threads=8, env=node.env), range(2)))
     prefix = f"many-{uuid.uuid4()}-"
     rng = random.Random(7)
     delays = [rng.randint(0, 30_000) for _ in range(10_000)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from mail_support import WELCOME, mail_env
@@ -19,9 +20,10 @@ from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 
-# Every test here holds the relay's rate to account, which other tests beside it would blur. The
-# relay whose clock counts runs in a process of its own, as a relay does (see relay_process).
-pytestmark = [pytest.mark.integration, pytest.mark.alone]
+# The tests that hold the relay's rate or a mail's wait to account run alone: other tests beside
+# them would blur it. The relay whose clock counts runs in a process of its own, as a relay does
+# (see relay_process).
+pytestmark = pytest.mark.integration
 
 
 def most_in_one_second(times: list[float]) -> int:
@@ -40,12 +42,13 @@ def newsletter(count: int, tag: str):
     return send_email.send_many(calls)
 
 
+@pytest.mark.alone
 def test_four_workers_send_1000_mails_at_50_a_second_each_once(purge, start_worker):
     purge(DEFAULT_QUEUE)
     with RelayProcess() as relay:
         env = {**mail_env(relay.port), "PIPELINE_MAIL_RATE_LIMIT": "50/s"}
-        for _ in range(4):
-            start_worker([DEFAULT_QUEUE], threads=16, env=env)
+        with ThreadPoolExecutor(4) as starting:
+            list(starting.map(lambda _: start_worker([DEFAULT_QUEUE], threads=16, env=env), range(4)))
         sent = newsletter(1000, uuid.uuid4().hex[:8])
         relay.wait_for(1000, timeout=90)
         time.sleep(1)
@@ -61,6 +64,7 @@ def test_four_workers_send_1000_mails_at_50_a_second_each_once(purge, start_work
         print(f"1000 mails in {seconds:.1f} s; at most {most_in_one_second(relay.arrival_times)} in a second")
 
 
+@pytest.mark.alone
 def test_a_mail_whose_turn_is_far_waits_in_the_schedule_and_its_record_says_so(purge, start_worker):
     purge(DEFAULT_QUEUE)
     with RelayProcess() as relay:
@@ -79,6 +83,7 @@ def test_a_mail_whose_turn_is_far_waits_in_the_schedule_and_its_record_says_so(p
         assert most_in_one_second(relay.arrival_times) <= 2
 
 
+@pytest.mark.alone
 def test_a_password_reset_gets_the_next_slot_ahead_of_a_waiting_newsletter(purge, start_worker):
     purge(DEFAULT_QUEUE)
     with running_smtp_server() as server:
@@ -121,6 +126,7 @@ def test_a_relay_that_throttles_every_tenth_connection_slows_every_worker_and_lo
         assert "The relay throttled job" in log and "every worker's mail pauses" in log
 
 
+@pytest.mark.alone
 def test_without_a_limit_a_worker_sees_another_workers_pause_at_little_cost(private_redis):
     from testenv import make_settings
 
