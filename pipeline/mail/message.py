@@ -5,6 +5,8 @@ Bad input is a :class:`~pipeline.errors.MailError` (never retried, nothing sent)
 
 from __future__ import annotations
 
+import binascii
+import functools
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -25,6 +27,8 @@ from pipeline.settings import Settings
 MAX_LOCAL_PART, MAX_DOMAIN, MAX_ADDRESS = 64, 255, 254
 #: A label of a host name.
 HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+#: The longest line of a quoted-printable body (RFC 2045).
+QP_LINE_LENGTH = 76
 #: UTF-8 bodies in quoted-printable: 7-bit on the wire, still readable in a raw view.
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
@@ -42,9 +46,31 @@ class Envelope:
     smtputf8: bool = False
 
 
-def _text_part(text: str, subtype: str) -> MIMEText:
-    # typeshed types MIMEText's charset as a name only; the email package takes a Charset too.
-    return MIMEText(text, subtype, _UTF8_QP)  # type: ignore[arg-type]
+def _text_part(text: str, subtype: str) -> Message:
+    """A UTF-8, quoted-printable text part: the headers ``MIMEText`` writes, and its body
+    encoded by ``binascii``'s encoder, in C. (``MIMEText``'s own encoder and parameter handling
+    took half the time a mail's build does.) Where that encoder would pass the 76 characters a
+    line may have (it can, with white space at a line's end), ``MIMEText`` encodes it.
+    """
+    # Line ends as the email package's encoder takes them: a lone CR is one too.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    if any(len(line) > QP_LINE_LENGTH for line in encoded.split(b"\n")):
+        # typeshed types MIMEText's charset as a name only; the email package takes a Charset too.
+        return MIMEText(text, subtype, _UTF8_QP)  # type: ignore[arg-type]
+    part = Message()
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["MIME-Version"] = "1.0"
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(encoded.decode("ascii"))
+    return part
+
+
+@functools.lru_cache(maxsize=8)
+def _sender(mail_sender: str) -> tuple[str, str]:
+    """The deployment's sender, checked (once per value: it is the same for every mail)."""
+    (sender,) = parse_addresses("PIPELINE_MAIL_SENDER", mail_sender)
+    return sender
 
 
 def parse_addresses(name: str, values: str | Iterable[str] | None) -> list[tuple[str, str]]:
@@ -150,7 +176,7 @@ def build_message(
     copies = parse_addresses("cc", cc)
     hidden = parse_addresses("bcc", bcc)
     reply = parse_addresses("reply_to", reply_to)
-    (sender,) = parse_addresses("PIPELINE_MAIL_SENDER", settings.mail_sender)
+    sender = _sender(settings.mail_sender)
     subject = check_header("subject", settings.mail_subject_prefix + rendered.subject)
     domain = sender[1].rpartition("@")[2]
 

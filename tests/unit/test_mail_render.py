@@ -129,6 +129,31 @@ def test_the_message_is_multipart_alternative_text_then_html():
     assert message["Message-ID"] == "<job-1@example.com>" and message["Date"]
 
 
+BODIES = [
+    "plain\n",
+    "a line ending in spaces   \nx=y\n.\n.a dot first\n",
+    "é" * 200 + "\n" + "x" * 300 + "\t\n",
+    "a tab at the edge" + "x" * 57 + "\t\nnext",
+    "windows\r\nline ends\rand a lone carriage return\n",
+    "\u2028 \x0c \x85 " + "😀" * 40,
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_body_of_any_text_reads_back_exactly_in_7_bit_lines_of_76_at_most(body):
+    envelope = build_message(
+        Rendered("s", body, body), settings=Settings(mail_sender="shop@example.com"), to="a@example.com", message_id="j"
+    )
+    wire = envelope.message.as_bytes()
+    assert wire.isascii() and b"\r" not in wire.replace(b"\r\n", b"")
+    for part in envelope.message.get_payload():
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert max(len(line) for line in part.get_payload().split("\n")) <= 76
+    text, html = arrived(envelope).iter_parts()
+    expected = body.replace("\r\n", "\n").replace("\r", "\n")
+    assert text.get_content() == expected and html.get_content() == expected
+
+
 def test_bcc_is_in_the_envelope_only():
     envelope = build(cc="c@example.com", bcc=["b@example.com"], reply_to="r@example.com")
     assert envelope.recipients == ["zoe@example.com", "c@example.com", "b@example.com"]
