@@ -91,7 +91,7 @@ class ScheduledPublisher(Middleware):
             try:
                 broker.enqueue_many(messages)
             except PipelineError:
-                broker.schedule.release(queue_name, published)
+                broker.schedule.release(queue_name, found, published)
                 raise
         broker.schedule.forget_taken(queue_name, found, done)
         return 0.0 if len(found.taken) == MOST_PER_TAKE else LOOK_EVERY

@@ -55,6 +55,20 @@ end
 return forgotten
 """
 
+#: KEYS: the queue's sorted set. ARGV: the lease's end (ms), then id and due time pairs. Gives
+#: back each id still leased by that take, due at its time again: one whose lease ran out and
+#: that another worker took since, or sent again meanwhile, is left as it is. Returns how many
+#: were given back.
+RELEASE_SCRIPT = """
+local released = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[1] then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[i + 1], ARGV[i])
+    released = released + 1
+  end
+end
+return released
+"""
 #: Seconds a taken message is left to its taker before another worker may take it again.
 LEASE = 30.0
 
@@ -111,6 +125,10 @@ class Schedule:
         return self.redis.client.register_script(TAKE_DUE_SCRIPT)
 
     @functools.cached_property
+    def _release(self) -> redis.commands.core.Script:
+        return self.redis.client.register_script(RELEASE_SCRIPT)
+
+    @functools.cached_property
     def _forget(self) -> redis.commands.core.Script:
         return self.redis.client.register_script(FORGET_SCRIPT)
 
@@ -131,16 +149,22 @@ class Schedule:
         ]
         return DueMessages(taken, int(float(first)) if first else None, lease_end)
 
-    def release(self, queue_name: str, taken: list[Taken]) -> None:
-        """Give taken messages back, due at their own times again (their publish failed).
+    def release(self, queue_name: str, found: DueMessages, taken: list[Taken]) -> int:
+        """Give messages of ``found`` back, due at their own times again (their publish failed),
+        unless the lease ran out and another worker took one since, or it was sent again: that
+        one is not this take's to give back. How many were given back.
 
         Raises:
           ResultBackendUnavailable: Redis failed (the lease gives them back later).
         """
-        if taken:
-            with self.redis.translated():
-                due_times = {t.message_id: t.due for t in taken}
-                self.redis.client.zadd(self.redis.keys.scheduled(queue_name), due_times, xx=True)
+        if not taken:
+            return 0
+        args: list[str | int] = [found.lease_end]
+        for message in taken:
+            args += [message.message_id, message.due]
+        with self.redis.translated():
+            released = self._release(keys=[self.redis.keys.scheduled(queue_name)], args=args)
+        return cast("int", released)
 
     def forget_taken(self, queue_name: str, found: DueMessages, message_ids: list[str]) -> None:
         """Forget messages of ``found`` that were published, unless one was kept again since
