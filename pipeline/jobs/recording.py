@@ -55,6 +55,9 @@ FAILED_BEFORE_RUN: JobError = {
     "message": "failed by a middleware before it ran (for example, past its age limit); dead-lettered",
 }
 
+#: Why an attempt in a job's history never ended: RabbitMQ delivered its message again.
+CUT_OFF_WHY = "cut off: its worker died or lost RabbitMQ before the attempt ended"
+
 
 class JobRecords(Middleware):
     """Writes each message's job record through its life.
@@ -283,6 +286,10 @@ class JobRecords(Middleware):
             message.options[REDELIVERIES_OPTION] = earlier - retries
         if record is not None and record["state"] == JobState.STARTED.value:
             fields["cut_off"] = {"attempt": earlier, "started_at": record.get("started_at"), "noticed_at": now_iso()}
+            # The history keeps every attempt that did not succeed: this one never ended, so it
+            # is kept as it was last seen, STARTED.
+            started_at = str(record.get("started_at") or "")
+            self._note_attempt(message, earlier, started_at, JobState.STARTED, None, CUT_OFF_WHY)
 
     def after_process_message(
         self,

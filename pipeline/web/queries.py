@@ -162,7 +162,8 @@ def timeline(record: JobRecord, attempts: list[dict[str, Any]] | None = None) ->
     """
     fields: dict[str, Any] = dict(record)
     moments: list[tuple[str, str, str]] = []
-    ended = {"RETRY": "failed; retried", "FAILURE": "failed", "INTERRUPTED": "interrupted"}
+    # An attempt kept in the history as STARTED never ended: its worker was cut off.
+    ended = {"RETRY": "failed; retried", "FAILURE": "failed", "INTERRUPTED": "interrupted", "STARTED": "cut off"}
     seen: set[Any] = set()
     for entry in attempts or []:
         number = entry.get("attempt")
@@ -186,7 +187,7 @@ def timeline(record: JobRecord, attempts: list[dict[str, Any]] | None = None) ->
     add("enqueued_at", "sent", f"to {fields.get('queue', '?')}, priority {fields.get('priority', 0)}")
     add("eta", "due", "sent with a delay")
     cut_off = fields.get("cut_off")
-    if isinstance(cut_off, dict):
+    if isinstance(cut_off, dict) and cut_off.get("attempt") not in seen:
         if isinstance(cut_off.get("started_at"), str):
             moments.append((cut_off["started_at"], f"attempt {cut_off.get('attempt')} started", ""))
         if isinstance(cut_off.get("noticed_at"), str):

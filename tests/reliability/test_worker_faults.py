@@ -11,6 +11,8 @@ from waiting import wait_until
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
+from pipeline.store.records import get_store
+from pipeline.web.queries import timeline
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +28,12 @@ def test_a_job_whose_worker_was_killed_is_redelivered_and_counted_as_a_second_at
     record = result.info()
     assert record["state"] == "SUCCESS" and record["attempt"] == 2
     assert record["cut_off"]["attempt"] == 1 and record["cut_off"]["started_at"] <= record["started_at"]
+    # The job's history keeps the attempt that never ended, as the job page shows it.
+    (cut,) = get_store().attempts(result.id)
+    assert cut["attempt"] == 1 and cut["state"] == JobState.STARTED and cut["why"].startswith("cut off")
+    assert cut["started_at"] == record["cut_off"]["started_at"]
+    moments = [what for _, what, _ in timeline(record, [cut])]
+    assert moments.count("attempt 1 cut off") == 1 and "attempt 2 started" in moments
 
 
 def test_a_worker_stopped_mid_job_finishes_it_and_hands_back_the_rest(purge, start_worker, clean_redis):
