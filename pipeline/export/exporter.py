@@ -175,7 +175,7 @@ class Exporter:
                 writer = self._write(source, chosen, part, progress or _no_progress, stop)
                 # Revoked while saving: no file, no reuse entry.
                 if stop():
-                    raise JobStopped(f"export stopped after {writer.order_rows} orders, saved: the job was revoked")
+                    raise JobStopped(f"export stopped after {writer.order_rows} orders, saved")
                 os.replace(part, final)
             finally:
                 part.unlink(missing_ok=True)
@@ -211,7 +211,7 @@ class Exporter:
             done = writer.order_rows
             if done % BATCH_SIZE == 0:
                 if revoked():
-                    raise JobStopped(f"export stopped after {done} orders: the job was revoked")
+                    raise JobStopped(f"export stopped after {done} orders")
                 if time.monotonic() - reported >= PROGRESS_INTERVAL:
                     reported = time.monotonic()
                     progress(done, source.total, "writing")

@@ -28,6 +28,10 @@ _stop_requested = threading.Event()
 
 logger = logging.getLogger(__name__)
 
+#: Why a job stopped, as its record and log say it.
+REVOKED = "it was revoked"
+SHUTTING_DOWN = "its worker is shutting down"
+
 
 def set_current_message_id(message_id: str | None) -> None:
     """Note the message this worker thread now runs (None once it is done)."""
@@ -117,15 +121,16 @@ def stop_if_revoked(doing: str = "stopped") -> None:
         its queue, the record reads ``INTERRUPTED``, and no retry is spent).
     """
     if is_revoked():
-        raise JobStopped(f"job {current_message_id()} {doing}: it was revoked")
+        raise JobStopped(f"job {current_message_id()} {doing}: {REVOKED}")
     if stop_requested():
-        raise JobInterrupted(f"job {current_message_id()} {doing}: its worker is shutting down")
+        raise JobInterrupted(f"job {current_message_id()} {doing}: {SHUTTING_DOWN}")
 
 
 def interruption(stopped: JobStopped) -> JobStopped:
-    """``stopped`` as the worker's shutdown explains it: a ``JobInterrupted`` when the job was
-    not revoked but its worker asked it to stop, else ``stopped`` itself.
+    """``stopped``, raised where a job's own code found :func:`should_stop` true (which does not
+    say why), with the reason added: a ``JobInterrupted`` when its worker is shutting down and
+    the job was not revoked, else a ``JobStopped`` that says it was revoked.
     """
-    if isinstance(stopped, JobInterrupted) or not stop_requested() or is_revoked():
-        return stopped
-    return JobInterrupted(str(stopped).replace("the job was revoked", "its worker is shutting down"))
+    if stop_requested() and not is_revoked():
+        return JobInterrupted(f"{stopped}: {SHUTTING_DOWN}")
+    return JobStopped(f"{stopped}: {REVOKED}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -50,6 +51,19 @@ def test_a_worker_killed_mid_export_is_redelivered_and_makes_one_file(purge, sta
     assert pointer["rows"]["Orders"] == 4000
     # The new run removed what the killed one left: its half file and its scratch folder.
     assert finished_files(folders[0]) == [pointer["file_name"]]
+
+
+def test_an_export_stopped_by_its_workers_shutdown_says_how_far_it_got_and_why(purge, start_worker, folders):
+    purge(SLOW_QUEUE)
+    env = {**export_env(*folders), "PIPELINE_SHUTDOWN_GRACE": "5"}
+    worker = start_worker([SLOW_QUEUE], threads=1, env=env)
+    result = AsyncResult(export_orders.send(filter={"count": 100_000, "pause": 0.0002}, name="stopped").message_id)
+    wait_until(lambda: result.progress and result.progress["done"] >= 200, 20, "200 orders written")
+    worker.stop()
+    record = result.info()
+    assert record["state"] == JobState.INTERRUPTED
+    assert re.fullmatch(r"export stopped after \d+ orders: its worker is shutting down", record["interrupted"])
+    assert finished_files(folders[0]) == []
 
 
 def test_notify_mails_the_link_once_the_file_is_there(purge, start_worker, smtp_server, folders):
