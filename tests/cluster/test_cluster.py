@@ -29,6 +29,15 @@ from waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.lasts(30)]
 
 USER, PASSWORD = "pipeline", "cluster-pw"
+
+
+def record_keys(records: redis.Redis) -> list[str]:
+    """The job records under the cluster's namespace, not their companions (``:done``, the
+    ``:attempts`` history)."""
+    prefix = "pipeline-cluster:job:"
+    return [key for key in records.scan_iter(prefix + "*") if ":" not in key.removeprefix(prefix)]
+
+
 #: Seconds between AMQP heartbeats: a cut link is noticed after about two of them.
 HEARTBEAT = 2
 
@@ -163,9 +172,8 @@ def test_a_job_cut_off_with_its_worker_is_finished_by_another_and_its_mail_goes_
                    what="the notify mail sent")  # fmt: skip
         time.sleep(2)
         assert [mail["To"] for mail in smtp.handler.mails] == ["ops@shop.example"]
-        for other in records.scan_iter("pipeline-cluster:job:*"):
-            if not other.endswith(":done"):
-                assert records.hget(other, "state") == '"SUCCESS"', other
+        for other in record_keys(records):
+            assert records.hget(other, "state") == '"SUCCESS"', other
 
 
 #: A sender that sends five pings, waits for the test's word (a file), then sends five more
@@ -193,8 +201,7 @@ def test_when_a_node_goes_away_senders_and_workers_go_on_through_the_others(clus
     sender = sender_host.popen([sys.executable, "-c", SEND_TWICE, str(go_on)], env[sender_host])
 
     def finished() -> int:
-        keys = [key for key in records.scan_iter("pipeline-cluster:job:*") if not key.endswith(":done")]
-        return sum(records.hget(key, "state") == '"SUCCESS"' for key in keys)
+        return sum(records.hget(key, "state") == '"SUCCESS"' for key in record_keys(records))
 
     wait_until(lambda: finished() >= 5, timeout=30, what="the first five pings done")
     # Every process here connected to the first node it lists: stop it.
