@@ -20,6 +20,7 @@ from types import TracebackType
 
 from aiosmtpd.controller import Controller
 from ports import free_port
+from waiting import wait_for_arrivals
 
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 
@@ -70,13 +71,7 @@ class RelayProcess:
 
     def wait_for(self, count: int, timeout: float) -> None:
         """Block until ``count`` mails arrived; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self.message_ids) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(self.message_ids)} mails arrived, expected {count}")
-                self._arrived.wait(left)
+        wait_for_arrivals(self._arrived, self.message_ids, count, timeout)
 
     def close(self) -> None:
         """Stop the relay (its stdin closed) and wait for it."""

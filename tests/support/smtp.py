@@ -18,6 +18,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from ports import free_port
+from waiting import wait_for_arrivals
 
 #: Reply to DATA that makes the server drop the connection after taking the mail.
 DROP_AFTER_DATA = "drop"
@@ -120,13 +121,7 @@ class Inbox:
 
     def wait_for(self, count: int, timeout: float = 20) -> list[EmailMessage]:
         """Block until ``count`` mails arrived; return them all."""
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while len(self.mails) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(self.mails)} mails arrived, expected {count}")
-                self.arrived.wait(left)
+        wait_for_arrivals(self.arrived, self.mails, count, timeout)
         return list(self.mails)
 
 

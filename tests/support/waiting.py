@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,3 +37,16 @@ def settled(look: Callable[[], T], quiet: float = 0.3, timeout: float = 10, what
         if now != last:
             last, since = now, time.monotonic()
     return last
+
+
+def wait_for_arrivals(arrived: threading.Condition, items: Sized, count: int, timeout: float) -> None:
+    """Block until ``items``, which grow under ``arrived`` (notified on each), hold ``count``
+    mails; fail after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    with arrived:
+        while len(items) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{len(items)} mails arrived, expected {count}")
+            arrived.wait(left)
