@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+from email.header import Header
+from email.message import Message
 
 import pytest
 
@@ -207,6 +209,31 @@ def test_a_subject_of_any_length_and_script_reads_back_exactly(subject):
     envelope = build_message(Rendered(subject, "t", "<p>h</p>"), settings=settings, message_id="j", to="a@example.com")
     parsed = email.message_from_bytes(envelope.message.as_bytes(), policy=email.policy.default)
     assert parsed["Subject"] == "[Shop] " + subject
+
+
+def written_header(wire: bytes, name: bytes) -> bytes:
+    """The header ``name`` as written on the wire, its folded lines included."""
+    lines: list[bytes] = []
+    for line in wire.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        if lines and line[:1] in (b" ", b"\t"):
+            lines.append(line)
+        elif lines:
+            break
+        elif line.startswith(name + b": "):
+            lines.append(line)
+    return b"\r\n".join(lines)
+
+
+@pytest.mark.parametrize("subject", ["Grüße", "Zoë Ørsted, your order", "注文 12", "😀", "é" * 19, "é" * 40])
+def test_a_non_ascii_subject_is_written_as_the_email_packages_header_writes_it(subject):
+    from pipeline.mail.smtp import WirePolicy
+
+    wire = WirePolicy(linesep="\r\n")
+    envelope = build_message(Rendered(subject, "t", "h"), settings=Settings(), message_id="j", to="a@example.com")
+    alone = Message()
+    alone["Subject"] = Header(subject, "utf-8", header_name="Subject")
+    written = written_header(envelope.message.as_bytes(policy=wire), b"Subject")
+    assert written and written == written_header(alone.as_bytes(policy=wire), b"Subject")
 
 
 @pytest.mark.parametrize("breaker", ["\v", "\f", "\x00", "\x85", "\u2028", "\u2029", "\x1b"])
