@@ -105,3 +105,24 @@ def test_two_copies_of_a_mail_job_in_flight_at_once_send_one_mail(smtp_server, c
     assert len(inbox.wait_for(1)) == 1
     assert sorted(outcome["duplicate_suppressed"] for outcome in outcomes) == [False, True]
     assert len(inbox.mails) == 1
+
+
+def test_a_mail_worker_on_greenlets_stopped_mid_backlog_loses_and_doubles_no_mail(purge, start_worker, smtp_server):
+    inbox, port = smtp_server
+    inbox.data_delay = 0.3  # a slow relay: mails are mid-conversation when the worker stops
+    purge(DEFAULT_QUEUE)
+    sent = send_email.send_many(
+        {"to": f"g{i}@example.com", "template": "welcome", "context": WELCOME} for i in range(60)
+    )
+    env = {**mail_env(port), "PIPELINE_SHUTDOWN_GRACE": "5"}
+    first = start_worker([DEFAULT_QUEUE], threads=20, env=env, gevent=True)
+    inbox.wait_for(5, timeout=20)
+    first.stop()
+    assert first.process.returncode == 0, first.log[-3000:]
+    assert len(inbox.mails) < 60  # the rest went back to the queue
+    start_worker([DEFAULT_QUEUE], threads=20, env=env, gevent=True)
+    for message in sent:
+        assert AsyncResult(message.message_id).get(timeout=30)["accepted"]
+    time.sleep(1)
+    recipients = sorted(str(mail["To"]) for mail in inbox.mails)
+    assert recipients == sorted(f"g{i}@example.com" for i in range(60))
