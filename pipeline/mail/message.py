@@ -31,11 +31,11 @@ HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 QP_LINE_LENGTH = 76
 #: The longest header line the generator writes without folding (compat32's max_line_length).
 MAX_HEADER_LINE = 78
-#: UTF-8 header text as RFC 2047 encoded words, the shorter of B and Q (as ``Header`` encodes).
-_UTF8_HEADER = Charset("utf-8")
-#: UTF-8 bodies in quoted-printable: 7-bit on the wire, still readable in a raw view.
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP
+#: UTF-8 as a mail writes it: bodies in quoted-printable (7-bit on the wire, still readable in
+#: a raw view), header text as RFC 2047 encoded words, the shorter of B and Q (as ``Header``
+#: encodes it).
+_UTF8 = Charset("utf-8")
+_UTF8.body_encoding = QP
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _text_part(text: str, subtype: str) -> Message:
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
     if any(len(line) > QP_LINE_LENGTH for line in encoded.split(b"\n")):
         # typeshed types MIMEText's charset as a name only; the email package takes a Charset too.
-        return MIMEText(text, subtype, _UTF8_QP)  # type: ignore[arg-type]
+        return MIMEText(text, subtype, _UTF8)  # type: ignore[arg-type]
     part = Message()
     part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
     part["MIME-Version"] = "1.0"
@@ -202,7 +202,7 @@ def build_message(
     # types a header value as text only; the email package takes a Header too.)
     if subject.isascii() or utf8:
         message["Subject"] = subject
-    elif len("Subject: ") + len(encoded := _UTF8_HEADER.header_encode(subject)) <= MAX_HEADER_LINE:
+    elif len("Subject: ") + len(encoded := _UTF8.header_encode(subject)) <= MAX_HEADER_LINE:
         # One encoded word that fits the line: what the Header object writes, made here at once
         # (the generator's folding of a Header took a third of the time a mail takes to write).
         message["Subject"] = encoded
