@@ -93,7 +93,8 @@ LOCKS_VARIABLE = "PIPELINE_TEST_LOCKS"
 START_WAIT = 240
 
 
-def _is_alone(item: pytest.Item | None) -> bool:
+def is_alone(item: pytest.Item | None) -> bool:
+    """Whether ``item`` is a test marked ``alone``."""
     return item is not None and item.get_closest_marker("alone") is not None
 
 
@@ -115,7 +116,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     global _alone_tests
-    _alone_tests = sum(map(_is_alone, session.items))
+    _alone_tests = sum(map(is_alone, session.items))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -126,8 +127,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     if _run_lock is None:
         _run_lock = _RunLock(_alone_tests)
-    _run_lock.enter(_is_alone(item))
+    _run_lock.enter(is_alone(item))
     try:
         yield
     finally:
-        _run_lock.leave(keep_alone=_is_alone(nextitem))
+        _run_lock.leave(keep_alone=is_alone(nextitem))

@@ -23,6 +23,7 @@ import os
 from collections import defaultdict
 
 import pytest
+from alone import is_alone
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,10 +55,10 @@ def _share_sizes(count: int, lanes: int) -> list[int]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    alone = [item for item in items if item.get_closest_marker("alone") is not None]
+    alone = [item for item in items if is_alone(item)]
     groups: dict[str, list[pytest.Item]] = defaultdict(list)
     for item in items:
-        if _seconds(item) and item.get_closest_marker("alone") is None:
+        if _seconds(item) and not is_alone(item):
             groups[_group(item)].append(item)
     placed = {id(item) for item in alone} | {id(item) for group in groups.values() for item in group}
     rest = [item for item in items if id(item) not in placed]
@@ -67,10 +68,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     lanes[0].extend(alone)
     # The alone tests hold every process, so they count for no lane.
     load = [0.0] * count
-    for group in sorted(groups.values(), key=lambda group: -sum(map(_seconds, group))):
+    timed = [(sum(map(_seconds, group)), group) for group in groups.values()]
+    for seconds, group in sorted(timed, key=lambda timed_group: -timed_group[0]):
         lane = load.index(min(load))
         lanes[lane].extend(group)
-        load[lane] += sum(map(_seconds, group))
+        load[lane] += seconds
     for lane, size in zip(lanes, _share_sizes(len(items), count), strict=True):
         take = max(0, size - len(lane))
         lane.extend(rest[:take])

@@ -46,8 +46,6 @@ class Inbox:
         self.data_delay = 0.0
         #: Whether EHLO offers PIPELINING (RFC 2920), as most servers do.
         self.pipelining = True
-        #: When each mail arrived (time.monotonic()), in order.
-        self.arrival_times: list[float] = []
         #: Answer MAIL with a 421 ("too many connections") on every n-th connection (0: never).
         self.throttle_every = 0
         self.throttled = 0
@@ -91,7 +89,6 @@ class Inbox:
                 self.raw.append(envelope.content)
                 self.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
                 self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-                self.arrival_times.append(time.monotonic())
                 self.arrived.notify_all()
         if reply == DROP_AFTER_DATA:
             server.transport.close()
