@@ -105,13 +105,24 @@ class Keys:
 
     @property
     def mail_waiting(self) -> str:
-        """Sorted set of the mail jobs waiting for a slot, scored by priority."""
-        return f"{self.namespace}:mail-rate:waiting"
+        """Sorted set of the mail jobs waiting for a slot, scored by priority, then by first ask
+        (see :data:`~pipeline.store.mail_rate.ACQUIRE_SCRIPT`). Named apart from
+        ``mail-rate:waiting``, where earlier releases kept waiters by priority alone, so that the
+        two never meet in a rolling deploy (both share the slots).
+        """
+        return f"{self.namespace}:mail-rate:queue"
 
     @property
     def mail_waiting_seen(self) -> str:
         """Sorted set of the same jobs, scored by when each last asked (ms); a silent one is dropped."""
         return f"{self.namespace}:mail-rate:waiting-seen"
+
+    @property
+    def mail_order(self) -> str:
+        """Counter of the first asks of mails that waited for a slot: their order among waiters
+        of one priority.
+        """
+        return f"{self.namespace}:mail-rate:order"
 
     @property
     def mail_pause(self) -> str:

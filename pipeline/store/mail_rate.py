@@ -2,10 +2,12 @@
 
 Each mail asks for a slot just before it is sent. Slots are spread evenly, one every window
 divided by the limit (50/s: one every 20 ms), so the relay sees at most that many mails in any
-window and never a burst. A mail that gets no slot joins the waiters, by priority; while a waiter of higher
-priority is there, a lower one gets no slot even when one is free, so a password reset waiting
-behind a newsletter gets the next one. A waiter that stopped asking (its worker died) is dropped
-after a few seconds.
+window and never a burst. A mail that gets no slot joins the waiters, by priority, then by when it
+first asked; while a waiter of higher priority is there, a lower one gets no slot even when one
+is free, so a password reset waiting behind a newsletter gets the next one. Each waiter is told
+to ask again when its own turn comes (its rank among the waiters times the interval), so a slot
+that frees wakes one waiter, not all of them. A waiter that stopped asking (its worker died) is
+dropped after a few seconds.
 
 When the relay throttles (see :class:`~pipeline.errors.SmtpThrottled`), a shared pause of two
 seconds stops every worker's mail; the throttled mail is retried after it.
@@ -20,16 +22,19 @@ import redis.commands.core
 
 from pipeline.store.connection import RedisConnection
 
-#: KEYS: sends, waiting (by priority), waiting (by last ask), pause. ARGV: window (ms), limit,
-#: job id, priority, milliseconds after which a silent waiter is dropped, 1 to take the slot (0
-#: only to look). Time is Redis's own, so hosts whose clocks differ share one window.
+#: KEYS: sends, waiting (by priority, then first ask), waiting (by last ask), pause, the count of
+#: first asks. ARGV: window (ms), limit, job id, priority, milliseconds after which a silent waiter
+#: is dropped, 1 to take the slot (0 only to look). Time is Redis's own, so hosts whose clocks
+#: differ share one window. A waiter's score is its priority times 2^42 less the number of its
+#: first ask: a higher priority first, then the one that asked first.
 #: Returns 0 when a slot is free (taken, and counted as sent, when asked to), else the
-#: milliseconds to wait.
+#: milliseconds to wait: for a waiter, until its own turn.
 ACQUIRE_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local id, priority = ARGV[3], tonumber(ARGV[4])
+local scale = 4398046511104
 local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
 for _, gone in ipairs(stale) do
   redis.call('ZREM', KEYS[2], gone)
@@ -47,28 +52,37 @@ else
   local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
   if ARGV[6] ~= '1' then
     -- A look: how long until this job's turn, behind the waiters of its priority or higher.
-    local ahead = redis.call('ZCOUNT', KEYS[2], priority, '+inf')
+    local ahead = redis.call('ZCOUNT', KEYS[2], priority * scale, '+inf')
     if redis.call('ZSCORE', KEYS[2], id) then ahead = ahead - 1 end
     local turn = math.max(0, free_at - now) + ahead * interval
     if turn <= 0 then return 0 end
     return math.ceil(turn)
   end
   local top = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  local ahead = top[1] and top[1] ~= id and tonumber(top[2]) > priority
+  local ahead = top[1] and top[1] ~= id and math.floor(tonumber(top[2]) / scale) > priority
   if now >= free_at and not ahead then
-    redis.call('SET', KEYS[1], tostring(now + interval), 'PX', math.ceil(interval) + 1000)
+    -- A slot taken late leaves the next where it was due: the waiters woken for it find it
+    -- free. Each slot is still taken within its interval, so no window holds one more.
+    local next_at = now + interval
+    if now - free_at < interval then next_at = free_at + interval end
+    redis.call('SET', KEYS[1], tostring(next_at), 'PX', math.ceil(interval) + 1000)
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
     return 0
   end
-  if now < free_at then
-    wait = math.ceil(free_at - now)
-  else
-    wait = math.ceil(interval)
+  -- Its turn: when the next slot frees, one interval more for each waiter before it.
+  if not redis.call('ZSCORE', KEYS[2], id) then
+    local order = redis.call('INCR', KEYS[5]) % scale
+    redis.call('ZADD', KEYS[2], priority * scale + (scale - 1 - order), id)
   end
+  local rank = redis.call('ZREVRANK', KEYS[2], id)
+  wait = math.ceil(math.max(free_at - now, 0) + rank * interval)
 end
 if ARGV[6] ~= '1' then return math.max(wait, 1) end
-redis.call('ZADD', KEYS[2], priority, id)
+if not redis.call('ZSCORE', KEYS[2], id) then
+  local order = redis.call('INCR', KEYS[5]) % scale
+  redis.call('ZADD', KEYS[2], priority * scale + (scale - 1 - order), id)
+end
 redis.call('ZADD', KEYS[3], now, id)
 redis.call('PEXPIRE', KEYS[2], 60000)
 redis.call('PEXPIRE', KEYS[3], 60000)
@@ -118,7 +132,7 @@ class MailRate:
         keys = self.redis.keys
         with self.redis.translated():
             waited = self._acquire(
-                keys=[keys.mail_sends, keys.mail_waiting, keys.mail_waiting_seen, keys.mail_pause],
+                keys=[keys.mail_sends, keys.mail_waiting, keys.mail_waiting_seen, keys.mail_pause, keys.mail_order],
                 args=[self.window * 1000 * SPREAD, self.limit, message_id, priority, WAITER_STALE_MS, int(take)],
             )
         return cast("int", waited) / 1000

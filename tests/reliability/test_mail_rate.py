@@ -152,3 +152,34 @@ def test_without_a_limit_a_worker_sees_another_workers_pause_at_little_cost(priv
     other.rate.pause()
     time.sleep(PAUSE_KNOWN_FOR)
     assert limit._look(str(uuid.uuid4()), 0) > 1.0
+
+
+def test_a_freed_slot_wakes_one_waiting_mail_not_all_of_them(private_redis):
+    from testenv import make_settings
+
+    from pipeline.jobs.mail_rate import MailRateLimit
+    from pipeline.store.connection import RedisConnection
+    from pipeline.store.records import RecordStore
+
+    # A Redis of the test's own: its script calls are this test's alone.
+    settings = make_settings(redis_url=private_redis.url, mail_rate_limit="50/s")
+    limit = MailRateLimit(settings, RecordStore(RedisConnection(settings)))
+    client = private_redis.client()
+    scripts = lambda: client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)  # noqa: E731
+    limit.pace(str(uuid.uuid4()))  # loads the script
+    taken: list[float] = []
+    before = scripts()
+    mails = 40
+
+    def send_one(_: int) -> None:
+        limit.pace(str(uuid.uuid4()))
+        taken.append(time.monotonic())
+
+    with ThreadPoolExecutor(mails) as senders:
+        list(senders.map(send_one, range(mails)))
+    asks = scripts() - before
+    # A waiting mail is told when its own turn comes and asks again then: about twice per mail.
+    # Were every waiter woken by each slot that frees, 40 waiters would ask 18 times per mail.
+    assert asks <= 4 * mails, f"{asks} asks for {mails} mails"
+    # Still one slot every 20 ms.
+    assert max(taken) - min(taken) >= (mails - 1) / 50 * 0.9
