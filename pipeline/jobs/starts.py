@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.background import Background
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
+from pipeline.store.writer import When
 
 #: Seconds a stopping worker waits for the thread.
 STOP_WAIT = 5.0
@@ -76,8 +77,9 @@ class DelayedStarts:
             due = [key for key, (noted, _, _) in self._pending.items() if everything or noted <= limit]
             entries = [(key, self._pending.pop(key)) for key in due]
         for message_id, (_, attempt, fields) in entries:
-            # Kept and written later if Redis does not take it now.
-            self.store.begin_write(message_id, JobState.STARTED, attempt=attempt, keep=True, **fields)
+            # Sent by the writer's thread, all that came due in one round trip (this thread
+            # waits for none of them); kept and written later if Redis does not take it now.
+            self.store.begin_write(message_id, JobState.STARTED, attempt=attempt, keep=True, when=When.SOON, **fields)
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self.delay / 2):
