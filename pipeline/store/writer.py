@@ -2,9 +2,13 @@
 
 Record writes are the hot path of every job, and a worker's threads make them at once. Each
 caller hands its command in and gets a future. Whoever sends takes everything waiting, sends it
-through redis-py's ``pipeline(transaction=False)`` (one round trip for the whole batch, however
-many threads made it) and resolves each future with its own answer: redis-py matches answers
-to commands, and an error reply becomes that command's exception and no other's.
+as redis-py's ``pipeline(transaction=False)`` does (the batch packed into one write on a
+connection the writer keeps, then each answer read in order with the client's
+``parse_response``: one round trip for the whole batch, however many threads made it) and
+resolves each future with its own answer; an error reply becomes that command's exception and
+no other's. A connection that failed or timed out mid-batch is closed, never used again, so no
+late answer can reach a later command. redis-py's pipeline object would cost the batch as much
+CPU again (a pool checkout, its retry and timing wrappers), on every job's hot path.
 
 Only one thread sends at a time, under one lock, so commands reach Redis in the order they were
 handed in (a thread's reads see its own writes). Who sends depends on the caller's
@@ -138,6 +142,8 @@ class RedisWriter:
         # to its answer; opened by the writer's thread when one more is wanted.
         self._ahead: list[redis.Connection] = []
         self._ahead_wanted = False
+        # The connection batches are sent on, by whoever holds the sending lock.
+        self._connection: redis.Connection | None = None
         self._background = Background("pipeline-redis-writer", self._run)
         _writers.add(self)
         _watch_process()
@@ -152,6 +158,7 @@ class RedisWriter:
         self._pressing = False
         self._ahead = []
         self._ahead_wanted = False
+        self._connection = None
 
     def submit(
         self, *args: Any, parse: Callable[[Any], Any] | None = None, when: When = When.NOW
@@ -192,7 +199,9 @@ class RedisWriter:
             self._leave_to_thread(0.0)
             return None
         try:
-            # No health check: it would wait for a PING's answer first.
+            # Connected by connect() (a Sentinel connection finds the primary there alone); no
+            # health check: it would wait for a PING's answer first.
+            connection.connect()
             connection.send_command(*command.args, check_health=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             connection.disconnect()
@@ -383,10 +392,41 @@ class RedisWriter:
                 command.future.set_exception(ResultBackendUnavailable(f"Redis answered {answer!r}: {exc}"))
 
     def _execute(self, commands: Sequence[_Command]) -> list[Any]:
-        pipe = self.redis.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command.args)
-        return pipe.execute(raise_on_error=False)
+        """Send ``commands`` in one write and read their answers in order (an error reply in its
+        command's place); once more on a new connection when Redis had closed the kept one, as
+        the client's own retry does (the commands are idempotent). The caller holds the sending
+        lock.
+        """
+        client = self.redis.client
+        for attempt in (1, 2):
+            connection, self._connection = self._connection, None
+            try:
+                if connection is None:
+                    connection = self.redis.new_connection()
+                # Connected here (nothing to do when it is), not by the send, which would go to
+                # the configured host: a Sentinel connection finds the primary in connect() alone.
+                connection.connect()
+                connection.send_packed_command(connection.pack_commands([c.args for c in commands]), check_health=False)
+                answers: list[Any] = []
+                for command in commands:
+                    try:
+                        answers.append(client.parse_response(connection, command.args[0]))
+                    except redis.ResponseError as exc:
+                        answers.append(exc)
+            except redis.ConnectionError:
+                if connection is not None:
+                    connection.disconnect()
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                # Its answers may still come: they must never be read as another batch's.
+                if connection is not None:
+                    connection.disconnect()
+                raise
+            self._connection = connection
+            return answers
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def settle(self, timeout: float) -> None:
         """Send the commands still waiting and wait for their answers (at exit): through the
