@@ -9,7 +9,8 @@ default; pipeline's is on). For each it measures, against the real RabbitMQ and 
 - enqueue rate: ``send()`` one by one, messages/s;
 - drain: a worker of one process with 8 threads, then of two, started on a backlog of N
   messages, until every one has its result; every result's value is checked;
-- latency: send then wait for the result, one at a time, p50/p95/p99 over the round trips;
+- latency: send then wait for the result, one at a time, p50/p95/p99 over the round trips, and
+  the p50 of a Redis ``PING``'s round trip meanwhile (pipeline's p50 is held to plain's plus one);
 - cost: the CPU time of the whole machine (sender, workers, Redis and RabbitMQ together, from
   /proc/stat) per job, over the sends and the 1x8 drain of the same jobs (``machine CPU/job``),
   and over each drain alone; and the worker processes' peak RSS (VmHWM);
@@ -61,6 +62,21 @@ MODES = ("plain/on", "pipeline/on", "plain/off", "pipeline/off")
 
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def ping_round_trip_ms(count: int = 300) -> float:
+    """The median round trip of a Redis ``PING`` on one connection, in milliseconds."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.ping()
+        times.append((time.perf_counter() - started) * 1000)
+    client.close()
+    return statistics.median(times)
 
 
 def mode_env(mode: str) -> dict[str, str]:
@@ -169,6 +185,7 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
                 latencies.append((time.perf_counter() - started) * 1000)
         for q in (50, 95, 99):
             figures[f"p{q}_ms"] = percentile(latencies, q)
+        figures["ping_ms"] = ping_round_trip_ms()
     finally:
         stop_worker(worker)
 
@@ -233,6 +250,14 @@ def main() -> None:
             cells.append(f"{base:>10.1f}{ours:>10.1f}{ours / base:>7.2f}{note}")
         print(f"{label:<26}" + "   ".join(cells))
     print("(x: ratio of rates, higher is better; t: ratio of times, costs or sizes, lower is better)")
+    for confirm in ("on", "off"):
+        plain, ours = results[f"plain/{confirm}"], results[f"pipeline/{confirm}"]
+        bound = plain["p50_ms"] + ours["ping_ms"]
+        verdict = "within" if ours["p50_ms"] <= bound else "over"
+        print(
+            f"latency p50, confirms {confirm}: {ours['p50_ms']:.2f} ms against plain's {plain['p50_ms']:.2f} ms "
+            f"plus one Redis PING ({ours['ping_ms']:.2f} ms) = {bound:.2f} ms: {verdict}"
+        )
     on = results["pipeline/on"]
     print(
         f"send_many vs send() one by one, confirms on: {on['bulk_per_s']:.0f} vs {on['enqueue_per_s']:.0f} msg/s"
