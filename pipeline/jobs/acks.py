@@ -9,6 +9,10 @@ are used: the consumer's ``ack`` and its ``connection``, pika's ``add_callback_t
 
 What it gains: a worker of 8 threads drains a backlog of no-op jobs about a sixth faster, with a
 sixth less CPU per job (``benchmarks/throughput.py``'s drain).
+
+A job's ack also waits for its final record write (:class:`UnansweredWrites`): a worker thread
+whose write another thread is still to send does not wait for it, but its ack does, so a
+worker killed in between never leaves an acknowledged message whose record is unfinished.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 import pika.exceptions
@@ -26,17 +31,49 @@ from pipeline.jobs.consumers import WrappedConsumer
 logger = logging.getLogger(__name__)
 
 
+class UnansweredWrites:
+    """The final record writes not answered yet, by job id, that the jobs' acks wait for.
+
+    The job-records middleware notes a write it handed to another thread's batch; the consumer
+    acknowledges that job once the write is answered. Shared by both as an explicit object.
+    """
+
+    def __init__(self) -> None:
+        self._writes: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, message_id: str, write: Future[Any]) -> None:
+        """Hold the ack of ``message_id`` until ``write`` is answered (whatever the answer)."""
+        with self._lock:
+            self._writes[message_id] = write
+        write.add_done_callback(lambda _: self._drop(message_id, write))
+
+    def _drop(self, message_id: str, write: Future[Any]) -> None:
+        with self._lock:
+            if self._writes.get(message_id) is write:
+                del self._writes[message_id]
+
+    def waiting(self, message_id: str) -> Future[Any] | None:
+        """The write ``message_id``'s ack waits for; None when there is none left to wait for."""
+        with self._lock:
+            write = self._writes.get(message_id)
+        return write if write is not None and not write.done() else None
+
+
 class AcksTogether(WrappedConsumer):
-    """A queue's consumer whose acks reach its connection's thread in batches.
+    """A queue's consumer whose acks reach its connection's thread in batches, each once its
+    job's final record write is answered.
 
     A consumer without a connection that takes thread-safe callbacks acks as it is.
 
     Parameters:
       inner: The queue's consumer (Dramatiq's, or a consumer wrapping it).
+      unanswered: The final writes not answered yet (none when omitted).
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, unanswered: UnansweredWrites | None = None) -> None:
         super().__init__(inner)
+        self.unanswered = unanswered if unanswered is not None else UnansweredWrites()
         self._waiting: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
         connection = getattr(inner, "connection", None)
@@ -44,12 +81,17 @@ class AcksTogether(WrappedConsumer):
 
     def ack(self, message: Any) -> None:
         """Acknowledge ``message`` with the others that finish before the connection's thread
-        next runs.
+        next runs; once its job's final record write is answered, when that is still to come
+        (the ack then goes from the thread that reads the answer).
 
         Raises:
           ConnectionClosed: The connection is closed: the message goes back to the queue, and its
             next delivery finds its job finished.
         """
+        write = self.unanswered.waiting(message.message_id)
+        if write is not None:
+            write.add_done_callback(lambda _: self._ack_answered(message))
+            return
         if self._call_soon is None:
             self.inner.ack(message)
             return
@@ -64,6 +106,14 @@ class AcksTogether(WrappedConsumer):
             with self._lock:
                 self._waiting.clear()
             raise ConnectionClosed(exc) from None
+
+    def _ack_answered(self, message: Any) -> None:
+        """Acknowledge ``message`` now that its job's final write is answered."""
+        try:
+            self.ack(message)
+        except ConnectionClosed as exc:
+            # Redelivered once the consumer is back, and then skipped: its job finished.
+            logger.warning("Job %s finished; its ack was lost with the connection: %s", message.message_id, exc)
 
     def _ack_waiting(self) -> None:
         """On the connection's thread: acknowledge every message handed in so far."""

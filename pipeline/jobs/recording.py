@@ -29,6 +29,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from pipeline.errors import JobInterrupted, JobStopped, ResultBackendUnavailable
 from pipeline.job_id import is_job_id
 from pipeline.job_record import JobError, error_info
+from pipeline.jobs.acks import UnansweredWrites
 from pipeline.jobs.catch_up import CatchUp
 from pipeline.jobs.checks import is_retry
 from pipeline.jobs.current import set_current_message_id
@@ -76,11 +77,16 @@ class JobRecords(Middleware):
       store: Where the records go.
       received: The states the consumer asked for its deliveries (see
         :class:`~pipeline.jobs.finished.FinishedCheck`); a new, empty one when omitted.
+      unanswered: Where a final write left to another thread's batch is noted, for the
+        consumer's ack to wait for (see :class:`~pipeline.jobs.acks.AcksTogether`).
     """
 
-    def __init__(self, store: RecordStore, received: ReceivedStates | None = None) -> None:
+    def __init__(
+        self, store: RecordStore, received: ReceivedStates | None = None, unanswered: UnansweredWrites | None = None
+    ) -> None:
         self.store = store
         self.received = received if received is not None else ReceivedStates(store)
+        self.unanswered = unanswered if unanswered is not None else UnansweredWrites()
         self.watcher = RevocationWatcher(store.redis)
         self.starts = DelayedStarts(store)
         self.catch_up = CatchUp(store)
@@ -362,11 +368,12 @@ class JobRecords(Middleware):
         self._write(message, JobState.FAILURE, attempt, **fields)
 
     def _write(self, message: MessageProxy, state: JobState, attempt: int, **fields: Any) -> None:
-        # The answer is read with the thread's next write, or by the catch-up thread once the
-        # thread has had no work for a moment: the record is in Redis's hands as soon as it is
-        # sent, and the message is acknowledged without waiting a round trip (with publisher
-        # confirms, the sender's confirm may wait for that acknowledgement).
-        self.store.begin_write(message.message_id, state, attempt=attempt, keep=True, **fields)
+        # This thread sends the write and reads its answer, unless another thread is sending:
+        # that one takes it with its next batch, and the message's ack waits for the answer
+        # (this thread does not), so a worker killed in between leaves the message unacked.
+        written = self.store.begin_write(message.message_id, state, attempt=attempt, keep=True, **fields)
+        if not written.done():
+            self.unanswered.note(message.message_id, written)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Record ``FAILURE`` for a message a middleware failed and skipped (it is dead-lettered)."""

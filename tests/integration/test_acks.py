@@ -67,3 +67,41 @@ def test_the_installed_dramatiq_consumer_has_the_connection_the_acks_use(purge):
         assert consumer.inner._call_soon is not None
     finally:
         consumer.close()
+
+
+def test_an_ack_waits_for_its_jobs_final_write_that_another_thread_is_still_to_send(purge):
+    from dramatiq.broker import MessageProxy
+    from waiting import wait_until
+
+    from pipeline.actors import ping
+    from pipeline.broker import broker
+    from pipeline.jobs.recording import JobRecords
+    from pipeline.states import JobState
+    from pipeline.store.records import get_store
+
+    purge(DEFAULT_QUEUE)
+    message = ping.send(1)
+    consumer = broker.consume(DEFAULT_QUEUE, prefetch=1, timeout=200)
+    together = consumer.inner
+    records = next(m for m in broker.middleware if isinstance(m, JobRecords))
+    store = get_store()
+    acked: list[str] = []
+    inner_ack = together.inner.ack
+    together.inner.ack = lambda m: acked.append(m.message_id) or inner_ack(m)
+    try:
+        (delivered,) = received(consumer, 1)
+        assert isinstance(delivered, MessageProxy) and delivered.message_id == message.message_id
+        # Another thread is sending a batch: the job's final write waits for its next one.
+        with store.writer._sending:
+            records.after_process_message(broker, delivered, result={"pong": 1})
+            together.ack(delivered)
+            next(consumer)  # the consumer's loop runs: it sends the acks handed to it
+            # Read past the writer, whose sending this test holds.
+            assert acked == [] and store.client.hget(store.keys.record(message.message_id), "state") != '"SUCCESS"'
+        # That thread goes on with what waits: the write is made, then the message acknowledged.
+        store.writer.send_waiting()
+        assert store.state(message.message_id) is JobState.SUCCESS
+        wait_until(lambda: next(consumer) is None and acked == [message.message_id], 5, "the ack")
+    finally:
+        consumer.close()
+    assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0
