@@ -42,7 +42,7 @@ from pipeline.errors import (
     QueueMismatch,
     ResultBackendUnavailable,
 )
-from pipeline.jobs.acks import AcksTogether, UnansweredWrites
+from pipeline.jobs.acks import AcksTogether, UnsentWrites
 from pipeline.jobs.checks import MessageChecks, SettingsAtStart, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
@@ -83,8 +83,8 @@ class PipelineBroker(RabbitmqBroker):
         job-records middleware (see :class:`~pipeline.jobs.finished.ReceivedStates`).
       quiet: Whether the worker takes deliveries, shared with the shutdown middleware (see
         :mod:`pipeline.jobs.shutdown`).
-      unanswered: The final record writes whose acks wait for their answers, shared with the
-        job-records middleware (see :class:`~pipeline.jobs.acks.UnansweredWrites`).
+      unsent: The final record writes whose acks wait for them to leave, shared with the
+        job-records middleware (see :class:`~pipeline.jobs.acks.UnsentWrites`).
     """
 
     def __init__(
@@ -93,12 +93,12 @@ class PipelineBroker(RabbitmqBroker):
         middleware: list[dramatiq.Middleware] | None = None,
         received: ReceivedStates | None = None,
         quiet: Quiet | None = None,
-        unanswered: UnansweredWrites | None = None,
+        unsent: UnsentWrites | None = None,
     ) -> None:
         self.settings = settings
         self.received = received if received is not None else ReceivedStates(get_store(settings))
         self.quiet = quiet if quiet is not None else Quiet()
-        self.unanswered = unanswered if unanswered is not None else UnansweredWrites()
+        self.unsent = unsent if unsent is not None else UnsentWrites()
         self._node_parameters: Any = None
         # The URL and the confirm mode are the settings', read when a connection first opens.
         super().__init__(middleware=middleware)
@@ -220,7 +220,7 @@ class PipelineBroker(RabbitmqBroker):
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
             consumer = FinishedCheck(consumer, self.received)
-        return QuietConsumer(AcksTogether(consumer, self.unanswered), self.quiet, timeout)
+        return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
@@ -457,15 +457,15 @@ def build_broker(settings: Settings) -> PipelineBroker:
     middleware = [retries if m is Retries else m() for m in default_middleware]
     received = ReceivedStates(get_store(settings))
     quiet = Quiet()
-    unanswered = UnansweredWrites()
-    broker = PipelineBroker(settings, middleware=middleware, received=received, quiet=quiet, unanswered=unanswered)
+    unsent = UnsentWrites()
+    broker = PipelineBroker(settings, middleware=middleware, received=received, quiet=quiet, unsent=unsent)
     extras = (
         SettingsAtStart(settings),
         MessageChecks(),
         MessagePriorities(settings),
         GracefulShutdown(settings, quiet, get_store(settings)),
         MailRateLimit(settings, get_store(settings)),
-        JobRecords(get_store(settings), received, unanswered),
+        JobRecords(get_store(settings), received, unsent),
         LongJobPrefetch(settings),
         ConsumerTimeoutCheck(settings),
         QueueTypeReport(settings),

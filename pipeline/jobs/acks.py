@@ -10,9 +10,9 @@ are used: the consumer's ``ack`` and its ``connection``, pika's ``add_callback_t
 What it gains: a worker of 8 threads drains a backlog of no-op jobs about a sixth faster, with a
 sixth less CPU per job (``benchmarks/throughput.py``'s drain).
 
-A job's ack also waits for its final record write (:class:`UnansweredWrites`): a worker thread
-whose write another thread is still to send does not wait for it, but its ack does, so a
-worker killed in between never leaves an acknowledged message whose record is unfinished.
+A job's ack also waits for its final record write to leave (:class:`UnsentWrites`): a worker
+thread whose write another thread is still to send does not wait for it, but its ack does, so
+a worker killed in between never leaves an acknowledged message whose record is unfinished.
 """
 
 from __future__ import annotations
@@ -20,60 +20,61 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from concurrent.futures import Future
 from typing import Any
 
 import pika.exceptions
 from dramatiq.errors import ConnectionClosed
 
 from pipeline.jobs.consumers import WrappedConsumer
+from pipeline.store.writer import Answer
 
 logger = logging.getLogger(__name__)
 
 
-class UnansweredWrites:
-    """The final record writes not answered yet, by job id, that the jobs' acks wait for.
+class UnsentWrites:
+    """The final record writes not yet sent to Redis, by job id, that the jobs' acks wait for.
 
     The job-records middleware notes a write it handed to another thread's batch; the consumer
-    acknowledges that job once the write is answered. Shared by both as an explicit object.
+    acknowledges that job once the write has left for Redis (its answer is not awaited: a write
+    on its way survives its worker). Shared by both as an explicit object.
     """
 
     def __init__(self) -> None:
-        self._writes: dict[str, Future[Any]] = {}
+        self._writes: dict[str, Answer[Any]] = {}
         self._lock = threading.Lock()
 
-    def note(self, message_id: str, write: Future[Any]) -> None:
-        """Hold the ack of ``message_id`` until ``write`` is answered (whatever the answer)."""
+    def note(self, message_id: str, write: Answer[Any]) -> None:
+        """Hold the ack of ``message_id`` until ``write`` has left for Redis."""
         with self._lock:
             self._writes[message_id] = write
-        write.add_done_callback(lambda _: self._drop(message_id, write))
+        write.when_sent(lambda: self._drop(message_id, write))
 
-    def _drop(self, message_id: str, write: Future[Any]) -> None:
+    def _drop(self, message_id: str, write: Answer[Any]) -> None:
         with self._lock:
             if self._writes.get(message_id) is write:
                 del self._writes[message_id]
 
-    def waiting(self, message_id: str) -> Future[Any] | None:
+    def waiting(self, message_id: str) -> Answer[Any] | None:
         """The write ``message_id``'s ack waits for; None when there is none left to wait for."""
         with self._lock:
             write = self._writes.get(message_id)
-        return write if write is not None and not write.done() else None
+        return write if write is not None and not write.sent else None
 
 
 class AcksTogether(WrappedConsumer):
     """A queue's consumer whose acks reach its connection's thread in batches, each once its
-    job's final record write is answered.
+    job's final record write has left for Redis.
 
     A consumer without a connection that takes thread-safe callbacks acks as it is.
 
     Parameters:
       inner: The queue's consumer (Dramatiq's, or a consumer wrapping it).
-      unanswered: The final writes not answered yet (none when omitted).
+      unsent: The final writes not sent yet (none when omitted).
     """
 
-    def __init__(self, inner: Any, unanswered: UnansweredWrites | None = None) -> None:
+    def __init__(self, inner: Any, unsent: UnsentWrites | None = None) -> None:
         super().__init__(inner)
-        self.unanswered = unanswered if unanswered is not None else UnansweredWrites()
+        self.unsent = unsent if unsent is not None else UnsentWrites()
         self._waiting: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
         connection = getattr(inner, "connection", None)
@@ -81,16 +82,16 @@ class AcksTogether(WrappedConsumer):
 
     def ack(self, message: Any) -> None:
         """Acknowledge ``message`` with the others that finish before the connection's thread
-        next runs; once its job's final record write is answered, when that is still to come
-        (the ack then goes from the thread that reads the answer).
+        next runs; once its job's final record write has left for Redis, when it is still to
+        be sent (the ack then goes from the thread that sends it).
 
         Raises:
           ConnectionClosed: The connection is closed: the message goes back to the queue, and its
             next delivery finds its job finished.
         """
-        write = self.unanswered.waiting(message.message_id)
+        write = self.unsent.waiting(message.message_id)
         if write is not None:
-            write.add_done_callback(lambda _: self._ack_answered(message))
+            write.when_sent(lambda: self._ack_sent(message))
             return
         if self._call_soon is None:
             self.inner.ack(message)
@@ -107,8 +108,8 @@ class AcksTogether(WrappedConsumer):
                 self._waiting.clear()
             raise ConnectionClosed(exc) from None
 
-    def _ack_answered(self, message: Any) -> None:
-        """Acknowledge ``message`` now that its job's final write is answered."""
+    def _ack_sent(self, message: Any) -> None:
+        """Acknowledge ``message`` now that its job's final write has left for Redis."""
         try:
             self.ack(message)
         except ConnectionClosed as exc:

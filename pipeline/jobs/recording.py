@@ -29,7 +29,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from pipeline.errors import JobInterrupted, JobStopped, ResultBackendUnavailable
 from pipeline.job_id import is_job_id
 from pipeline.job_record import JobError, error_info
-from pipeline.jobs.acks import UnansweredWrites
+from pipeline.jobs.acks import UnsentWrites
 from pipeline.jobs.catch_up import CatchUp
 from pipeline.jobs.checks import is_retry
 from pipeline.jobs.current import set_current_message_id
@@ -77,16 +77,16 @@ class JobRecords(Middleware):
       store: Where the records go.
       received: The states the consumer asked for its deliveries (see
         :class:`~pipeline.jobs.finished.FinishedCheck`); a new, empty one when omitted.
-      unanswered: Where a final write left to another thread's batch is noted, for the
-        consumer's ack to wait for (see :class:`~pipeline.jobs.acks.AcksTogether`).
+      unsent: Where a final write left to another thread's batch is noted, for the consumer's
+        ack to wait for (see :class:`~pipeline.jobs.acks.AcksTogether`).
     """
 
     def __init__(
-        self, store: RecordStore, received: ReceivedStates | None = None, unanswered: UnansweredWrites | None = None
+        self, store: RecordStore, received: ReceivedStates | None = None, unsent: UnsentWrites | None = None
     ) -> None:
         self.store = store
         self.received = received if received is not None else ReceivedStates(store)
-        self.unanswered = unanswered if unanswered is not None else UnansweredWrites()
+        self.unsent = unsent if unsent is not None else UnsentWrites()
         self.watcher = RevocationWatcher(store.redis)
         self.starts = DelayedStarts(store)
         self.catch_up = CatchUp(store)
@@ -369,11 +369,11 @@ class JobRecords(Middleware):
 
     def _write(self, message: MessageProxy, state: JobState, attempt: int, **fields: Any) -> None:
         # This thread sends the write and reads its answer, unless another thread is sending:
-        # that one takes it with its next batch, and the message's ack waits for the answer
+        # that one takes it with its next batch, and the message's ack waits until it has left
         # (this thread does not), so a worker killed in between leaves the message unacked.
         written = self.store.begin_write(message.message_id, state, attempt=attempt, keep=True, **fields)
-        if not written.done():
-            self.unanswered.note(message.message_id, written)
+        if not written.sent:
+            self.unsent.note(message.message_id, written)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Record ``FAILURE`` for a message a middleware failed and skipped (it is dead-lettered)."""

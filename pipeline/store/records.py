@@ -32,7 +32,7 @@ from pipeline.states import JobState, rank
 from pipeline.store.connection import RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
-from pipeline.store.writer import RedisWriter, When
+from pipeline.store.writer import Answer, RedisWriter, When
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class RecordStore:
         keep: bool = False,
         on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
         when: When = When.NOW,
-    ) -> Future[tuple[bool, JobState]]:
+    ) -> Answer[tuple[bool, JobState]]:
         """Hand one write to the writer; keep it, or tell ``on_lost``, when Redis does not take it."""
         keys, args = call
         future = self.writer.submit("EVALSHA", self._sha, len(keys), *keys, *args, parse=script_reply, when=when)
@@ -212,7 +212,7 @@ class RecordStore:
         on_lost: Callable[[ResultBackendUnavailable], object] | None = None,
         when: When = When.NOW,
         **fields: Any,
-    ) -> Future[tuple[bool, JobState]]:
+    ) -> Answer[tuple[bool, JobState]]:
         """Hand the same write as :meth:`write` to the writer without waiting for Redis's answer.
 
         The caller does other waiting meanwhile (a publisher confirm) and then asks the future

@@ -8,7 +8,9 @@ connection the writer keeps, then each answer read in order with the client's
 resolves each future with its own answer; an error reply becomes that command's exception and
 no other's. A connection that failed or timed out mid-batch is closed, never used again, so no
 late answer can reach a later command. redis-py's pipeline object would cost the batch as much
-CPU again (a pool checkout, its retry and timing wrappers), on every job's hot path.
+CPU again (a pool checkout, its retry and timing wrappers), on every job's hot path. Each future
+is an :class:`Answer`, which also tells when its command has left for Redis, before the answer
+(a job's acknowledgement waits for its final write to leave, not for its answer).
 
 Only one thread sends at a time, under one lock, so commands reach Redis in the order they were
 handed in (a thread's reads see its own writes). Who sends depends on the caller's
@@ -76,6 +78,49 @@ class When(enum.Enum):
     LATER = "later"
 
 
+#: Guards every answer's "sent" flag and its callbacks (held for a few lines at a time).
+_sent_lock = threading.Lock()
+
+
+class Answer(concurrent.futures.Future[T]):
+    """The future of a command handed to the writer, which also says when the command has left
+    for Redis: written to its connection, its answer still to come.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sent = False
+        self._on_sent: list[Callable[[], object]] | None = None
+
+    @property
+    def sent(self) -> bool:
+        """Whether the command was written to Redis's connection (or failed to be)."""
+        return self._sent
+
+    def when_sent(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the command is written to Redis's connection (at once if it
+        is), on the thread that writes it; also when the write failed.
+        """
+        with _sent_lock:
+            if not self._sent:
+                self._on_sent = [*(self._on_sent or ()), callback]
+                return
+        callback()
+
+    def mark_sent(self) -> None:
+        """Note that the command left (or could not): its ``when_sent`` callbacks run now."""
+        with _sent_lock:
+            if self._sent:
+                return
+            self._sent = True
+            callbacks, self._on_sent = self._on_sent, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                logger.exception("A callback of a Redis command sent failed")
+
+
 class _Command:
     """One command handed to the writer: its arguments, how its answer is read, its future."""
 
@@ -84,16 +129,17 @@ class _Command:
     def __init__(self, args: tuple[Any, ...], parse: Callable[[Any], Any] | None) -> None:
         self.args = args
         self.parse = parse
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.future: Answer[Any] = Answer()
 
 
-class _AheadAnswer(concurrent.futures.Future[Any]):
+class _AheadAnswer(Answer[Any]):
     """The future of a command sent ahead: its answer is read from the command's connection by
     the thread that asks for it (see :meth:`RedisWriter.read_ahead`).
     """
 
     def __init__(self, writer: RedisWriter, command: _Command, connection: redis.Connection) -> None:
         super().__init__()
+        self._sent = True
         self.writer = writer
         self.command = command
         self.connection: redis.Connection | None = connection
@@ -160,9 +206,7 @@ class RedisWriter:
         self._ahead_wanted = False
         self._connection = None
 
-    def submit(
-        self, *args: Any, parse: Callable[[Any], Any] | None = None, when: When = When.NOW
-    ) -> concurrent.futures.Future[Any]:
+    def submit(self, *args: Any, parse: Callable[[Any], Any] | None = None, when: When = When.NOW) -> Answer[Any]:
         """Hand in one command; its future holds ``parse(answer)`` (the answer when no ``parse``).
 
         The future's exception is :class:`~pipeline.errors.ResultBackendUnavailable` when Redis
@@ -362,6 +406,8 @@ class RedisWriter:
                 if not command.future.done():
                     command.future.set_exception(self.redis.unavailable(exc))
         for command in batch:
+            # Sent, or failed: nothing waits for it to leave any more.
+            command.future.mark_sent()
             if not command.args:
                 command.future.set_result(None)
 
@@ -407,6 +453,8 @@ class RedisWriter:
                 # the configured host: a Sentinel connection finds the primary in connect() alone.
                 connection.connect()
                 connection.send_packed_command(connection.pack_commands([c.args for c in commands]), check_health=False)
+                for command in commands:
+                    command.future.mark_sent()
                 answers: list[Any] = []
                 for command in commands:
                     try:
