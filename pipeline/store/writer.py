@@ -109,6 +109,8 @@ class Answer(concurrent.futures.Future[T]):
 
     def mark_sent(self) -> None:
         """Note that the command left (or could not): its ``when_sent`` callbacks run now."""
+        if self._sent:
+            return
         with _sent_lock:
             if self._sent:
                 return
