@@ -62,8 +62,8 @@ class UnsentWrites:
 
 
 class AcksTogether(WrappedConsumer):
-    """A queue's consumer whose acks reach its connection's thread in batches, each once its
-    job's final record write has left for Redis.
+    """A queue's consumer whose acks reach its connection's thread in batches, each (and each
+    rejection) once its job's final record write has left for Redis.
 
     A consumer without a connection that takes thread-safe callbacks acks as it is.
 
@@ -107,6 +107,27 @@ class AcksTogether(WrappedConsumer):
             with self._lock:
                 self._waiting.clear()
             raise ConnectionClosed(exc) from None
+
+    def nack(self, message: Any) -> None:
+        """Reject ``message`` (it is dead-lettered) once its job's ``FAILURE`` write has left for
+        Redis, when it is still to be sent.
+
+        Raises:
+          ConnectionClosed: The connection is closed: the message goes back to the queue.
+        """
+        write = self.unsent.waiting(message.message_id)
+        if write is not None:
+            write.when_sent(lambda: self._nack_sent(message))
+            return
+        self.inner.nack(message)
+
+    def _nack_sent(self, message: Any) -> None:
+        """Reject ``message`` now that its job's final write has left for Redis."""
+        try:
+            self.inner.nack(message)
+        except ConnectionClosed as exc:
+            # Redelivered once the consumer is back, and then skipped: its record is final.
+            logger.warning("Job %s failed; its rejection was lost with the connection: %s", message.message_id, exc)
 
     def _ack_sent(self, message: Any) -> None:
         """Acknowledge ``message`` now that its job's final write has left for Redis."""

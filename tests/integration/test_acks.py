@@ -69,7 +69,8 @@ def test_the_installed_dramatiq_consumer_has_the_connection_the_acks_use(purge):
         consumer.close()
 
 
-def test_an_ack_waits_for_its_jobs_final_write_that_another_thread_is_still_to_send(purge):
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_an_ack_or_a_rejection_waits_for_its_jobs_final_write_that_another_thread_is_still_to_send(purge, outcome):
     from dramatiq.broker import MessageProxy
     from waiting import wait_until
 
@@ -85,23 +86,30 @@ def test_an_ack_waits_for_its_jobs_final_write_that_another_thread_is_still_to_s
     together = consumer.inner
     records = next(m for m in broker.middleware if isinstance(m, JobRecords))
     store = get_store()
-    acked: list[str] = []
-    inner_ack = together.inner.ack
-    together.inner.ack = lambda m: acked.append(m.message_id) or inner_ack(m)
+    done: list[str] = []
+    settle = "nack" if outcome == "failure" else "ack"
+    inner_settle = getattr(together.inner, settle)
+    setattr(together.inner, settle, lambda m: done.append(m.message_id) or inner_settle(m))
+    final = '"FAILURE"' if outcome == "failure" else '"SUCCESS"'
     try:
         (delivered,) = received(consumer, 1)
         assert isinstance(delivered, MessageProxy) and delivered.message_id == message.message_id
         # Another thread is sending a batch: the job's final write waits for its next one.
         with store.writer._sending:
-            records.after_process_message(broker, delivered, result={"pong": 1})
-            together.ack(delivered)
+            if outcome == "failure":
+                delivered.fail()
+                records.after_process_message(broker, delivered, exception=ValueError("no"))
+            else:
+                records.after_process_message(broker, delivered, result={"pong": 1})
+            getattr(together, settle)(delivered)
             next(consumer)  # the consumer's loop runs: it sends the acks handed to it
             # Read past the writer, whose sending this test holds.
-            assert acked == [] and store.client.hget(store.keys.record(message.message_id), "state") != '"SUCCESS"'
-        # That thread goes on with what waits: the write is made, then the message acknowledged.
+            assert done == [] and store.client.hget(store.keys.record(message.message_id), "state") != final
+        # That thread goes on with what waits: the write is made, then the message settled.
         store.writer.send_waiting()
-        assert store.state(message.message_id) is JobState.SUCCESS
-        wait_until(lambda: next(consumer) is None and acked == [message.message_id], 5, "the ack")
+        assert store.state(message.message_id) is JobState(final.strip('"'))
+        wait_until(lambda: next(consumer) is None and done == [message.message_id], 5, f"the {settle}")
     finally:
         consumer.close()
+        broker.channel.queue_purge(f"{DEFAULT_QUEUE}.XQ")
     assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0
