@@ -35,6 +35,13 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local id, priority = ARGV[3], tonumber(ARGV[4])
 local scale = 4398046511104
+-- Joins the waiters once, behind those of its priority that asked first.
+local function join()
+  if not redis.call('ZSCORE', KEYS[2], id) then
+    local order = redis.call('INCR', KEYS[5]) % scale
+    redis.call('ZADD', KEYS[2], priority * scale + (scale - 1 - order), id)
+  end
+end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
 for _, gone in ipairs(stale) do
   redis.call('ZREM', KEYS[2], gone)
@@ -71,18 +78,12 @@ else
     return 0
   end
   -- Its turn: when the next slot frees, one interval more for each waiter before it.
-  if not redis.call('ZSCORE', KEYS[2], id) then
-    local order = redis.call('INCR', KEYS[5]) % scale
-    redis.call('ZADD', KEYS[2], priority * scale + (scale - 1 - order), id)
-  end
+  join()
   local rank = redis.call('ZREVRANK', KEYS[2], id)
   wait = math.ceil(math.max(free_at - now, 0) + rank * interval)
 end
 if ARGV[6] ~= '1' then return math.max(wait, 1) end
-if not redis.call('ZSCORE', KEYS[2], id) then
-  local order = redis.call('INCR', KEYS[5]) % scale
-  redis.call('ZADD', KEYS[2], priority * scale + (scale - 1 - order), id)
-end
+if paused > 0 then join() end
 redis.call('ZADD', KEYS[3], now, id)
 redis.call('PEXPIRE', KEYS[2], 60000)
 redis.call('PEXPIRE', KEYS[3], 60000)
