@@ -37,6 +37,11 @@ def most_in_one_second(times: list[float]) -> int:
     return most
 
 
+def script_calls(client) -> int:
+    """The scripts a Redis has run by their digest so far (``EVALSHA``)."""
+    return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+
 def newsletter(count: int, tag: str):
     calls = [{"to": f"reader-{tag}-{n}@example.com", "template": "welcome", "context": WELCOME} for n in range(count)]
     return send_email.send_many(calls)
@@ -140,14 +145,13 @@ def test_without_a_limit_a_worker_sees_another_workers_pause_at_little_cost(priv
     limit = MailRateLimit(settings, store)
     assert limit.rate.limit == 0
     client = private_redis.client()
-    scripts = lambda: client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)  # noqa: E731
-    before = scripts()
+    before = script_calls(client)
     started = time.monotonic()
     looks = 0
     while time.monotonic() - started < 0.5:
         assert limit._look(str(uuid.uuid4()), 0) == 0.0
         looks += 1
-    assert looks > 100 and scripts() - before <= 0.5 / PAUSE_KNOWN_FOR + 2
+    assert looks > 100 and script_calls(client) - before <= 0.5 / PAUSE_KNOWN_FOR + 2
     other = MailRateLimit(settings, store)  # another worker, throttled by the relay
     other.rate.pause()
     time.sleep(PAUSE_KNOWN_FOR)
@@ -165,10 +169,9 @@ def test_a_freed_slot_wakes_one_waiting_mail_not_all_of_them(private_redis):
     settings = make_settings(redis_url=private_redis.url, mail_rate_limit="50/s")
     limit = MailRateLimit(settings, RecordStore(RedisConnection(settings)))
     client = private_redis.client()
-    scripts = lambda: client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)  # noqa: E731
     limit.pace(str(uuid.uuid4()))  # loads the script
     taken: list[float] = []
-    before = scripts()
+    before = script_calls(client)
     mails = 40
 
     def send_one(_: int) -> None:
@@ -177,7 +180,7 @@ def test_a_freed_slot_wakes_one_waiting_mail_not_all_of_them(private_redis):
 
     with ThreadPoolExecutor(mails) as senders:
         list(senders.map(send_one, range(mails)))
-    asks = scripts() - before
+    asks = script_calls(client) - before
     # A waiting mail is told when its own turn comes and asks again then: about twice per mail.
     # Were every waiter woken by each slot that frees, 40 waiters would ask 18 times per mail.
     assert asks <= 4 * mails, f"{asks} asks for {mails} mails"
