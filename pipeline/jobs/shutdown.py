@@ -66,6 +66,10 @@ class Quiet:
         """True once the worker takes no more deliveries."""
         return self._event.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Wait ``timeout`` seconds at most for the worker to go quiet; whether it did."""
+        return self._event.wait(timeout)
+
 
 class QuietConsumer(WrappedConsumer):
     """A consumer that, once its worker is quiet, cancels its subscription and hands out only
@@ -122,8 +126,10 @@ class GracefulShutdown(Middleware):
         self._worker: Any = None
         self._broker: Any = None
         self._quiet_since = 0.0
+        self._quiet_why = ""
         self._entry: WorkerEntry | None = None
         self._beat = Background("pipeline-heartbeat", self._beat_loop)
+        self._hand_back = Background("pipeline-hand-back", self._hand_back_once_quiet)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -151,6 +157,7 @@ class GracefulShutdown(Middleware):
             beat_at=time.time(),
         )
         self._beat.start()
+        self._hand_back.start()
 
     def _beat_loop(self, stop: threading.Event) -> None:
         while True:
@@ -169,15 +176,24 @@ class GracefulShutdown(Middleware):
     # -- going quiet -----------------------------------------------------------------------
 
     def go_quiet(self, why: str) -> None:
-        """Take no more deliveries, and hand back the prefetched ones (in a thread of its own:
-        this may run in a signal handler).
+        """Take no more deliveries; the hand-back thread then hands back the prefetched ones.
+
+        Nothing here waits: this runs in a signal handler, which under gevent may run on the
+        hub, where a wait (a lock taken, a thread started) is an error.
         """
         if self.quiet.is_set():
             return
         self._quiet_since = time.monotonic()
+        self._quiet_why = why
         self.quiet.set()
-        logger.info("Worker goes quiet (%s): it takes no more jobs and hands back those it holds", why)
-        Background("pipeline-hand-back", lambda _: self._hand_back_waiting()).start()
+
+    def _hand_back_once_quiet(self, stop: threading.Event) -> None:
+        """Wait for the worker to go quiet, then say so and hand back what it holds."""
+        while not self.quiet.wait(BEAT_EVERY):
+            if stop.is_set():
+                return
+        logger.info("Worker goes quiet (%s): it takes no more jobs and hands back those it holds", self._quiet_why)
+        self._hand_back_waiting()
 
     def _hand_back_waiting(self) -> None:
         """Hand back what waits in the worker's queue for a free thread."""

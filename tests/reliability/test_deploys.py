@@ -3,8 +3,11 @@ job's effect happens twice, every record ends final, and a shutdown spends no at
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -12,6 +15,7 @@ import uuid
 import pytest
 import sample_actors
 from cli_runner import run_cli
+from services import ROOT
 from waiting import wait_until
 
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
@@ -175,3 +179,43 @@ def test_a_quiet_worker_takes_no_more_jobs_and_says_so(purge, start_worker, clea
     assert result.state is JobState.QUEUED and worker.process.poll() is None
     start_worker([DEFAULT_QUEUE], threads=2)
     assert result.get(timeout=15) == 1
+
+
+#: A greenlet worker's SIGTERM handler run where gevent may run it: on the hub, the event loop's
+#: own greenlet, where nothing may wait.
+SIGTERM_ON_THE_HUB = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import logging
+import queue
+import signal
+from types import SimpleNamespace
+
+import gevent
+from testenv import make_settings
+
+from pipeline.jobs.shutdown import GracefulShutdown, Quiet
+from pipeline.store.connection import RedisConnection
+from pipeline.store.records import RecordStore
+
+logging.basicConfig(level=logging.INFO)
+settings = make_settings()
+quiet = Quiet()
+shutdown = GracefulShutdown(settings, quiet, RecordStore(RedisConnection(settings)))
+shutdown.after_worker_boot(None, SimpleNamespace(consumers={}, worker_threads=1, work_queue=queue.Queue()))
+gevent.get_hub().loop.run_callback(signal.getsignal(signal.SIGTERM), signal.SIGTERM, None)
+gevent.sleep(1)
+print("quiet" if quiet.is_set() else "not quiet")
+"""
+
+
+def test_a_greenlet_worker_goes_quiet_on_a_sigterm_handled_on_the_hub(clean_redis):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])}
+    out = subprocess.run(
+        [sys.executable, "-c", SIGTERM_ON_THE_HUB], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["quiet"], out.stderr
+    assert "Worker goes quiet (SIGTERM)" in out.stderr
+    assert "Error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
