@@ -96,6 +96,7 @@ class WorkerProcess:
     def __init__(
         self, queues: list[str], threads: int, env: dict[str, str], modules: list[str], gevent: bool = False
     ) -> None:
+        self.queues = queues
         runner = [str(Path(sys.executable).parent / "dramatiq-gevent")] if gevent else ["-m", "dramatiq"]
         command = [sys.executable, *runner, *modules, "--processes", "1", "--threads", str(threads)]
         command += ["--queues", *queues]
@@ -189,3 +190,8 @@ def start_worker(redis_client: redis.Redis, amqp: object) -> Iterator[Callable[.
     yield start
     for worker in started:
         worker.discard()
+    # What they left in the schedule (mails waiting for a rate limit's slot, retries waiting out
+    # a backoff) would be published by the next test's worker on the same queue.
+    keys = Keys(testenv.NAMESPACE)
+    for queue in {queue for worker in started for queue in worker.queues}:
+        redis_client.delete(keys.scheduled(queue), keys.scheduled_messages(queue))
