@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from concurrent.futures import Future
 from typing import Any
 
 import dramatiq
@@ -30,7 +29,7 @@ from pipeline.job_record import error_info
 from pipeline.jobs.consumers import WrappedConsumer
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
-from pipeline.store.writer import When
+from pipeline.store.writer import Answer, When
 from pipeline.timestamps import now_iso
 
 logger = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class ReceivedStates:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self._asked: dict[str, Future[JobState]] = {}
+        self._asked: dict[str, Answer[JobState]] = {}
         self._lock = threading.Lock()
 
     def ask(self, message_ids: list[str]) -> None:

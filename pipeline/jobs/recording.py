@@ -17,7 +17,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import dramatiq
@@ -45,7 +44,7 @@ from pipeline.jobs.starts import DelayedStarts
 from pipeline.states import JobState
 from pipeline.store.records import QUEUED_ANSWER_WAIT, RecordStore
 from pipeline.store.revocations import RevocationWatcher
-from pipeline.store.writer import When
+from pipeline.store.writer import Answer, When
 from pipeline.timestamps import iso_from_millis, now_iso
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ class JobRecords(Middleware):
         # The attempt and start time of each running job, from before it runs to its end.
         self._started: dict[str, tuple[int, str]] = {}
         # The QUEUED write of each message being sent, from before its publish to after it.
-        self._queued: dict[str, Future[Any]] = {}
+        self._queued: dict[str, Answer[Any]] = {}
         # Failed messages whose FAILURE this process wrote, until their nack: a nack of any
         # other message (dead-lettered by a middleware) writes one itself.
         self._failed_here: set[str] = set()

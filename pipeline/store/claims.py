@@ -12,13 +12,12 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from concurrent.futures import Future
 from typing import Any, TypedDict, cast
 
 import redis
 
 from pipeline.store.connection import RedisConnection
-from pipeline.store.writer import RedisWriter, When
+from pipeline.store.writer import Answer, RedisWriter, When
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class Claims:
             self.redis.client.delete(self.redis.keys.claim(message_id))
 
 
-def _log_unmarked(message_id: str, answer: Future[Any]) -> None:
+def _log_unmarked(message_id: str, answer: Answer[Any]) -> None:
     error = answer.exception()
     if error is not None:
         logger.warning("The deed of job %s is done, but its claim could not be marked done: %s", message_id, error)

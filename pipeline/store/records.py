@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 import redis
@@ -160,7 +159,7 @@ class RecordStore:
         call: WriteCall,
         keep: bool,
         on_lost: Callable[[ResultBackendUnavailable], object] | None,
-        future: Future[tuple[bool, JobState]],
+        future: Answer[tuple[bool, JobState]],
     ) -> None:
         error = future.exception()
         if error is None:
@@ -170,7 +169,7 @@ class RecordStore:
         elif on_lost is not None and isinstance(error, ResultBackendUnavailable):
             on_lost(error)
 
-    def _answer(self, future: Future[T], what: str, timeout: float | None = None) -> T:
+    def _answer(self, future: Answer[T], what: str, timeout: float | None = None) -> T:
         """The answer to a command handed to the writer, awaited a bounded time: ``timeout``
         seconds (the caller's, for a command sent by the writer's thread), else as long as
         Redis may take.
@@ -233,7 +232,7 @@ class RecordStore:
         """
         return self._send(self._write_call(message_id, state, attempt, fields), keep, on_lost, when)
 
-    def answer(self, future: Future[T], wait: float | None = None) -> T:
+    def answer(self, future: Answer[T], wait: float | None = None) -> T:
         """The answer to a write or read handed to the writer, waiting ``wait`` seconds at most
         (None: sent by this thread if it still waits, and as long as Redis may take).
 
@@ -329,7 +328,7 @@ class RecordStore:
         applied, _ = self._answer(future, f"the update of job {message_id}")
         return applied
 
-    def state_soon(self, message_id: str, when: When = When.SOON) -> Future[JobState]:
+    def state_soon(self, message_id: str, when: When = When.SOON) -> Answer[JobState]:
         """Ask the state of ``message_id``'s record; the future holds it (``PENDING`` when there
         is none). ``when`` says who sends the read (see :class:`~pipeline.store.writer.When`).
         """

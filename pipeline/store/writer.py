@@ -43,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 
@@ -78,19 +78,98 @@ class When(enum.Enum):
     LATER = "later"
 
 
-#: Guards every answer's "sent" flag and its callbacks (held for a few lines at a time).
-_sent_lock = threading.Lock()
+#: Guards every answer's state (done, sent) and its callbacks, held for a few lines at a time:
+#: one lock for all of them, rather than a lock (and a condition) made for each command.
+_answer_lock = threading.Lock()
 
 
-class Answer(concurrent.futures.Future[T]):
-    """The future of a command handed to the writer, which also says when the command has left
-    for Redis: written to its connection, its answer still to come.
+class Answer(Generic[T]):
+    """The future of a command handed to the writer: ``result``, ``exception``, ``done`` and
+    ``add_done_callback`` as :class:`concurrent.futures.Future` has them, and also when the
+    command has left for Redis (written to its connection, its answer still to come).
+
+    Every command of every job makes one, so it carries no lock or condition of its own (a
+    ``Future`` makes both, which under gevent costs as much as the command's own packing): an
+    event is made only for a thread that waits for an answer not there yet.
     """
 
+    __slots__ = ("_callbacks", "_done", "_exception", "_on_sent", "_result", "_sent", "_waiter")
+
     def __init__(self) -> None:
-        super().__init__()
+        self._done = False
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._callbacks: list[Callable[[Answer[T]], object]] | None = None
+        self._waiter: threading.Event | None = None
         self._sent = False
         self._on_sent: list[Callable[[], object]] | None = None
+
+    def done(self) -> bool:
+        """Whether the answer (or the command's error) is there."""
+        return self._done
+
+    def result(self, timeout: float | None = None) -> T:
+        """The answer, waiting ``timeout`` seconds at most (None: as long as it takes).
+
+        Raises:
+          concurrent.futures.TimeoutError: No answer in time.
+          Exception: The command's error.
+        """
+        if not self._done:
+            self._wait(timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The command's error (None when it was answered), waiting as :meth:`result` does."""
+        if not self._done:
+            self._wait(timeout)
+        return self._exception
+
+    def _wait(self, timeout: float | None) -> None:
+        with _answer_lock:
+            if self._done:
+                return
+            if self._waiter is None:
+                self._waiter = threading.Event()
+            waiter = self._waiter
+        if not waiter.wait(timeout):
+            raise concurrent.futures.TimeoutError()
+
+    def add_done_callback(self, callback: Callable[[Answer[T]], object]) -> None:
+        """Call ``callback(self)`` once the answer is there (at once if it is), on the thread
+        that sets it.
+        """
+        with _answer_lock:
+            if not self._done:
+                self._callbacks = [*(self._callbacks or ()), callback]
+                return
+        _call(callback, self)
+
+    def set_result(self, result: T) -> None:
+        """Set the answer, and wake whoever waits for it.
+
+        Raises:
+          concurrent.futures.InvalidStateError: It was set already.
+        """
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException) -> None:
+        """Set the command's error, and wake whoever waits for it (see :meth:`set_result`)."""
+        self._finish(None, exception)
+
+    def _finish(self, result: Any, exception: BaseException | None) -> None:
+        with _answer_lock:
+            if self._done:
+                raise concurrent.futures.InvalidStateError(f"{self!r} is answered already")
+            self._result, self._exception = result, exception
+            self._done = True
+            waiter, callbacks, self._callbacks = self._waiter, self._callbacks, None
+        if waiter is not None:
+            waiter.set()
+        for callback in callbacks or ():
+            _call(callback, self)
 
     @property
     def sent(self) -> bool:
@@ -101,7 +180,7 @@ class Answer(concurrent.futures.Future[T]):
         """Call ``callback`` once the command is written to Redis's connection (at once if it
         is), on the thread that writes it; also when the write failed.
         """
-        with _sent_lock:
+        with _answer_lock:
             if not self._sent:
                 self._on_sent = [*(self._on_sent or ()), callback]
                 return
@@ -111,7 +190,7 @@ class Answer(concurrent.futures.Future[T]):
         """Note that the command left (or could not): its ``when_sent`` callbacks run now."""
         if self._sent:
             return
-        with _sent_lock:
+        with _answer_lock:
             if self._sent:
                 return
             self._sent = True
@@ -121,6 +200,13 @@ class Answer(concurrent.futures.Future[T]):
                 callback()
             except Exception:
                 logger.exception("A callback of a Redis command sent failed")
+
+
+def _call(callback: Callable[[Answer[Any]], object], answer: Answer[Any]) -> None:
+    try:
+        callback(answer)
+    except Exception:
+        logger.exception("A callback of a Redis answer failed")
 
 
 class _Command:
@@ -316,7 +402,7 @@ class RedisWriter:
             return
         self._keep_ahead(connection)
 
-    def answer(self, future: concurrent.futures.Future[T], timeout: float, *, send: bool = True) -> T:
+    def answer(self, future: Answer[T], timeout: float, *, send: bool = True) -> T:
         """``future``'s result, waiting ``timeout`` seconds at most.
 
         Parameters:
