@@ -118,8 +118,10 @@ class MailRateLimit(Middleware):
             return self._ask(message_id, priority, take=False)
         now = time.monotonic()
         if now - self._pause_seen_at >= PAUSE_KNOWN_FOR:
-            self._paused_until = now + self._ask(message_id, priority, take=False)
+            # Noted before the ask: the threads that start while it is on its way trust what is
+            # known, rather than all asking too.
             self._pause_seen_at = now
+            self._paused_until = now + self._ask(message_id, priority, take=False)
         return max(0.0, self._paused_until - now)
 
     def _ask(self, message_id: str, priority: int, take: bool) -> float:
