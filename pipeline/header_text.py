@@ -11,4 +11,7 @@ HEADER_BREAKERS = frozenset({"Cc", "Zl", "Zp"})
 
 def first_header_breaker(value: str) -> str | None:
     """The first character of ``value`` that has no place in a header, or None."""
+    if value.isprintable():
+        # Printable excludes every category above (and more): the common case, decided in C.
+        return None
     return next((c for c in value if unicodedata.category(c) in HEADER_BREAKERS), None)

@@ -59,7 +59,7 @@ def _text_part(text: str, subtype: str) -> Message:
     # Line ends as the email package's encoder takes them: a lone CR is one too.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
-    if any(len(line) > QP_LINE_LENGTH for line in encoded.split(b"\n")):
+    if max(map(len, encoded.split(b"\n"))) > QP_LINE_LENGTH:
         # typeshed types MIMEText's charset as a name only; the email package takes a Charset too.
         return MIMEText(text, subtype, _UTF8)  # type: ignore[arg-type]
     part = Message()
