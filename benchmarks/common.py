@@ -110,6 +110,23 @@ def peak_rss_mib(process: subprocess.Popen) -> float:
     return max(peaks, default=0.0)
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user and system) the processes ``pids`` have spent so far, in seconds."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            # The fields after the command's name, which may hold spaces: utime and stime.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pids(process: subprocess.Popen) -> list[int]:
+    """The worker processes a ``dramatiq`` command started (its children)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
 def wait_for_quiet(threshold: float = 0.05, longest: float = 60.0) -> float:
     """Wait until other processes keep less than ``threshold`` cores busy (the benchmark itself is
     idle while it waits), ``longest`` seconds at most; the load last seen, in cores.
