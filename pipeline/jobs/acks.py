@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
@@ -89,9 +90,7 @@ class AcksTogether(WrappedConsumer):
           ConnectionClosed: The connection is closed: the message goes back to the queue, and its
             next delivery finds its job finished.
         """
-        write = self.unsent.waiting(message.message_id)
-        if write is not None:
-            write.when_sent(lambda: self._ack_sent(message))
+        if self._held(message, self._ack_sent):
             return
         if self._call_soon is None:
             self.inner.ack(message)
@@ -115,11 +114,17 @@ class AcksTogether(WrappedConsumer):
         Raises:
           ConnectionClosed: The connection is closed: the message goes back to the queue.
         """
-        write = self.unsent.waiting(message.message_id)
-        if write is not None:
-            write.when_sent(lambda: self._nack_sent(message))
+        if self._held(message, self._nack_sent):
             return
         self.inner.nack(message)
+
+    def _held(self, message: Any, then: Callable[[Any], None]) -> bool:
+        """Whether ``message``'s final write is still to leave; ``then(message)`` runs once it has."""
+        write = self.unsent.waiting(message.message_id)
+        if write is None:
+            return False
+        write.when_sent(lambda: then(message))
+        return True
 
     def _nack_sent(self, message: Any) -> None:
         """Reject ``message`` now that its job's final write has left for Redis."""
@@ -134,8 +139,7 @@ class AcksTogether(WrappedConsumer):
         try:
             self.ack(message)
         except ConnectionClosed as exc:
-            # Redelivered once the consumer is back, and then skipped: its job finished.
-            logger.warning("Job %s finished; its ack was lost with the connection: %s", message.message_id, exc)
+            _ack_lost(message, exc)
 
     def _ack_waiting(self) -> None:
         """On the connection's thread: acknowledge every message handed in so far."""
@@ -145,5 +149,9 @@ class AcksTogether(WrappedConsumer):
             try:
                 self.inner.ack(message)
             except ConnectionClosed as exc:
-                # Redelivered once the consumer is back, and then skipped: its job finished.
-                logger.warning("Job %s finished; its ack was lost with the connection: %s", message.message_id, exc)
+                _ack_lost(message, exc)
+
+
+def _ack_lost(message: Any, exc: ConnectionClosed) -> None:
+    # Redelivered once the consumer is back, and then skipped: its job finished.
+    logger.warning("Job %s finished; its ack was lost with the connection: %s", message.message_id, exc)

@@ -196,17 +196,15 @@ class Answer(Generic[T]):
             self._sent = True
             callbacks, self._on_sent = self._on_sent, None
         for callback in callbacks or ():
-            try:
-                callback()
-            except Exception:
-                logger.exception("A callback of a Redis command sent failed")
+            _call(callback)
 
 
-def _call(callback: Callable[[Answer[Any]], object], answer: Answer[Any]) -> None:
+def _call(callback: Callable[..., object], *args: Any) -> None:
+    """Run an answer's callback; one that fails is logged and stops no other."""
     try:
-        callback(answer)
+        callback(*args)
     except Exception:
-        logger.exception("A callback of a Redis answer failed")
+        logger.exception("A callback of a Redis command failed")
 
 
 class _Command:
