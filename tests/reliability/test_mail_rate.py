@@ -83,8 +83,11 @@ def test_a_mail_whose_turn_is_far_waits_in_the_schedule_and_its_record_says_so(p
         assert all(r["state"] == JobState.QUEUED for r in said)
         relay.wait_for(12, timeout=30)
         for message in sent:
+            # The relay has the mail a moment before its worker writes the job's end.
+            AsyncResult(message.message_id).get(timeout=10)
             record = AsyncResult(message.message_id).info()
             assert record["state"] == JobState.SUCCESS and record["attempt"] == 1 and "waiting_for" not in record
+        assert sorted(Counter(relay.message_ids).values()) == [1] * 12
         assert most_in_one_second(relay.arrival_times) <= 2
 
 
