@@ -6,9 +6,11 @@ waits in its thread; a longer one it does not: the message goes back to the sche
 a slot frees, and the delivery is acknowledged. No retry is spent, the record says what the mail
 waits for (``waiting_for``, ``waiting_until``), and when it comes back it asks again, behind any
 mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`, which the
-mailer calls right before the SMTP transaction, with the mail rendered and claimed and no
-connection held: what the relay sees is the rate the slots were taken at. A job whose mail the
-relay throttled pauses every worker's mail.
+mailer calls once the relay has taken the mail's envelope, right before its content: the relay
+has the mail one round trip after its slot, however long the connection and the envelope took
+on a busy machine, so what it counts is the rate the slots were taken at. The turn is a moment
+away by then (the look before the job began saw to that), so the connection is held that long
+at most. A job whose mail the relay throttled pauses every worker's mail.
 """
 
 from __future__ import annotations
@@ -100,9 +102,9 @@ class MailRateLimit(Middleware):
         raise SkipMessage(f"job {message.message_id} waits for the mail rate limit")
 
     def pace(self, message_id: str) -> None:
-        """Take ``message_id``'s slot, waiting for it in this thread (the mail is rendered and
-        claimed, and no SMTP connection is held): right before the mail goes to the relay.
-        Without a limit there is no slot to take: the look before the job began saw any pause.
+        """Take ``message_id``'s slot, waiting for it in this thread: right before the mail's
+        content goes to the relay, which has taken its envelope. Without a limit there is no
+        slot to take: the look before the job began saw any pause.
         """
         if self.rate.limit <= 0:
             return

@@ -8,6 +8,7 @@ This package knows nothing of Dramatiq or Redis; :mod:`pipeline.actors` wires it
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -107,7 +108,7 @@ class Mailer:
     def __init__(self, settings: Settings, claims: SendClaims, pace: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.claims = claims
-        # Called with the job's id right before each SMTP transaction (a rate limit's slot).
+        # Called with the job's id right before each mail's content goes (a rate limit's slot).
         self.pace = pace
         self.renderer = get_renderer(settings.template_dirs)
         self.sender = SmtpSender(settings)
@@ -173,9 +174,10 @@ class Mailer:
             so_far = earlier["outcome"]
             envelope.recipients = list(so_far["deferred"])
         try:
-            if self.pace is not None:
-                self.pace(job_id)
-            refused = self.sender.send(envelope)
+            # The slot is taken once the relay has the envelope: it then has the mail one round
+            # trip later, which is when it counts it.
+            pace = None if self.pace is None else functools.partial(self.pace, job_id)
+            refused = self.sender.send(envelope, before_data=pace)
         except DeliveryUncertain:
             raise
         except BaseException:

@@ -19,6 +19,7 @@ import re
 import smtplib
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpThrottled, SmtpUnavailable
@@ -184,11 +185,18 @@ class SmtpSender:
                 _hang_up(idle[0])
             self._pool.put(None)
 
-    def send(self, envelope: Envelope) -> dict[str, tuple[int, str]]:
+    def send(self, envelope: Envelope, before_data: Callable[[], object] | None = None) -> dict[str, tuple[int, str]]:
         """Deliver ``envelope``.
 
         A reused connection the server dropped is reopened once and the mail sent on the new
         one: up to the DATA command nothing was delivered, so that repeats nothing.
+
+        Parameters:
+          envelope: The mail and who receives it.
+          before_data: Called once the server has taken the envelope, right before the mail's
+            content goes (a rate limit's slot): the server has the mail one round trip later,
+            however long the connection and the envelope took. Nothing is sent when it raises,
+            and the connection, its transaction open, is closed.
 
         Returns:
           The recipients the server refused while accepting the mail for others.
@@ -201,7 +209,7 @@ class SmtpSender:
         lease = self._take()
         try:
             try:
-                return self._transmit(lease, envelope)
+                return self._transmit(lease, envelope, before_data)
             except _BeforeData as exc:
                 lease.broken = True
                 if not lease.reused:
@@ -211,14 +219,16 @@ class SmtpSender:
             lease = _Lease(self._connect(), reused=False)
             self.opened += 1
             try:
-                return self._transmit(lease, envelope)
+                return self._transmit(lease, envelope, before_data)
             except _BeforeData as again:
                 lease.broken = True
                 raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {again.__cause__!r}") from again
         finally:
             self._give_back(lease)
 
-    def _transmit(self, lease: _Lease, envelope: Envelope) -> dict[str, tuple[int, str]]:
+    def _transmit(
+        self, lease: _Lease, envelope: Envelope, before_data: Callable[[], object] | None = None
+    ) -> dict[str, tuple[int, str]]:
         """Run MAIL, RCPT and DATA one by one.
 
         smtplib's ``sendmail`` does the same, but does not say whether a broken connection broke
@@ -266,6 +276,14 @@ class SmtpSender:
             raise
         if data_reply is not None and data_reply[0] != DATA_GO_AHEAD:
             self._reject(lease, data_reply[0], data_reply[1], "data refused")
+        if before_data is not None:
+            try:
+                before_data()
+            except BaseException:
+                # The transaction is open (DATA too, with PIPELINING): the connection cannot
+                # carry another mail, and closing it leaves the server nothing to deliver.
+                lease.broken = True
+                raise
         try:
             if data_reply is None:
                 code, reply = smtp.data(data)
