@@ -194,3 +194,31 @@ def test_a_relay_that_closed_idle_connections_costs_one_reconnect_each_not_a_mai
     assert len(inbox.wait_for(6)) == 6
     assert sender.opened == opened + 1
     sender.close()
+
+
+def test_before_data_runs_once_the_envelope_is_taken_and_before_the_content(smtp_server, settings):
+    inbox, _ = smtp_server
+    seen: list[int] = []
+    sender = SmtpSender(settings)
+    sender.send(envelope(settings, to="c@example.com"), before_data=lambda: seen.append(len(inbox.mails)))
+    assert seen == [0] and len(inbox.wait_for(1)) == 1
+    # A mail every recipient refuses never reaches its content: nothing is called, no slot taken.
+    with pytest.raises(SmtpRejected, match="550"):
+        sender.send(envelope(settings, to="x@bounce.example.com"), before_data=lambda: seen.append(-1))
+    assert seen == [0]
+    sender.close()
+
+
+def test_a_failure_before_the_content_sends_nothing_and_closes_the_open_transaction(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(settings)
+
+    def stopped() -> None:
+        raise TimeoutError("the job's time ran out while it waited for its slot")
+
+    with pytest.raises(TimeoutError):
+        sender.send(envelope(settings, job="stopped"), before_data=stopped)
+    sender.send(envelope(settings, job="next"))
+    # The connection whose transaction was left open is not reused: the next mail opened another.
+    assert [m["Message-ID"] for m in inbox.wait_for(1)] == ["<next@example.com>"] and inbox.connections == 2
+    sender.close()
