@@ -76,9 +76,13 @@ def test_a_mail_whose_turn_is_far_waits_in_the_schedule_and_its_record_says_so(p
         start_worker([DEFAULT_QUEUE], threads=8, env={**mail_env(relay.port), "PIPELINE_MAIL_RATE_LIMIT": "2/s"})
         sent = newsletter(12, uuid.uuid4().hex[:8])
         relay.wait_for(2, timeout=20)
-        records = [AsyncResult(m.message_id).info() for m in sent]
-        said = [r for r in records if r.get("waiting_for")]
-        assert said, records
+
+        def waiting() -> list[dict]:
+            return [r for r in (AsyncResult(m.message_id).info() for m in sent) if r.get("waiting_for")]
+
+        # The mails that looked for their turn at once all hold a thread; the next to look, once
+        # a thread is free, find theirs far and wait in the schedule.
+        said = wait_until(waiting, 10, "a mail waiting in the schedule")
         assert all(r["waiting_for"] == "a slot of the mail rate limit (2/s)" and r["waiting_until"] for r in said)
         assert all(r["state"] == JobState.QUEUED for r in said)
         relay.wait_for(12, timeout=30)
