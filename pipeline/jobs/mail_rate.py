@@ -8,9 +8,11 @@ waits for (``waiting_for``, ``waiting_until``), and when it comes back it asks a
 mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`, which the
 mailer calls once the relay has taken the mail's envelope, right before its content: the relay
 has the mail one round trip after its slot, however long the connection and the envelope took
-on a busy machine, so what it counts is the rate the slots were taken at. The turn is a moment
-away by then (the look before the job began saw to that), so the connection is held that long
-at most. A job whose mail the relay throttled pauses every worker's mail.
+on a busy machine, so what it counts is the rate the slots were taken at. The connection is held
+while the mail waits for its turn, which the look before the job began found a moment away: the
+look counts the mails that asked for a slot, not those that passed their look meanwhile, so a
+burst that looked at once waits longer, each in its thread. A job whose mail the relay
+throttled pauses every worker's mail.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ class SmtpSender:
             self._give_back(lease)
 
     def _transmit(
-        self, lease: _Lease, envelope: Envelope, before_data: Callable[[], object] | None = None
+        self, lease: _Lease, envelope: Envelope, before_data: Callable[[], object] | None
     ) -> dict[str, tuple[int, str]]:
         """Run MAIL, RCPT and DATA one by one.
 
