@@ -1,18 +1,18 @@
 """The worker's side of the mail rate limit and of the relay's throttling (see
 :mod:`pipeline.store.mail_rate`).
 
-Before a mail job starts, it looks whether a slot is free or soon will be. A short wait it
-waits in its thread; a longer one it does not: the message goes back to the schedule, due when
-a slot frees, and the delivery is acknowledged. No retry is spent, the record says what the mail
-waits for (``waiting_for``, ``waiting_until``), and when it comes back it asks again, behind any
-mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`, which the
-mailer calls once the relay has taken the mail's envelope, right before its content: the relay
-has the mail one round trip after its slot, however long the connection and the envelope took
-on a busy machine, so what it counts is the rate the slots were taken at. The connection is held
-while the mail waits for its turn, which the look before the job began found a moment away: the
-look counts the mails that asked for a slot, not those that passed their look meanwhile, so a
-burst that looked at once waits longer, each in its thread. A job whose mail the relay
-throttled pauses every worker's mail.
+Before a mail job starts, it looks when its turn comes, behind the mails waiting for a slot and
+those that passed their look before it. A turn a moment away it waits for in its thread, before
+it opens a connection; a later one it does not: the message goes back to the schedule, due when
+its turn comes, and the delivery is acknowledged. No retry is spent, the record says what the
+mail waits for (``waiting_for``, ``waiting_until``), and when it comes back it looks again,
+behind any mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`,
+which the mailer calls once the relay has taken the mail's envelope, right before its content:
+the relay has the mail one round trip after its slot, however long the connection and the
+envelope took on a busy machine, so what it counts is the rate the slots were taken at. As the
+look counted the mails that passed it, a burst that looks at once is spread over the schedule
+rather than over the connections: the connection waits only for the drift between a turn and its
+slot. A job whose mail the relay throttled pauses every worker's mail.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class MailRateLimit(Middleware):
         self.store = store
         # The priority of each running mail job, for the slot taken before its send.
         self._priorities: dict[str, int] = {}
+        # The running mail jobs that passed their look and have not asked for their slot yet.
+        self._passed: set[str] = set()
         # Without a limit: when the shared pause was last looked at, and until when it runs
         # (time.monotonic()).
         self._pause_seen_at = -PAUSE_KNOWN_FOR
@@ -80,18 +82,16 @@ class MailRateLimit(Middleware):
         if not self._limited(broker, message):
             return
         priority = int(message.options.get(BROKER_PRIORITY_OPTION, 0) or 0)
-        held = 0.0
-        while True:
-            wait = self._look(message.message_id, priority)
-            if wait == 0:
-                self._priorities[message.message_id] = priority
-                if message.options.pop(RATE_WAIT_OPTION, None) is not None:
-                    self._note(message.message_id, waiting_for=None, waiting_until=None)
-                return
-            if held + wait > HOLD_AT_MOST:
-                break
+        wait = self._look(message.message_id, priority)
+        if wait <= HOLD_AT_MOST:
+            self._priorities[message.message_id] = priority
+            if self.rate.limit > 0:
+                self._passed.add(message.message_id)
+            # Its turn is near: waited for before a connection is opened.
             time.sleep(wait)
-            held += wait
+            if message.options.pop(RATE_WAIT_OPTION, None) is not None:
+                self._note(message.message_id, waiting_for=None, waiting_until=None)
+            return
         due = int((time.time() + wait) * 1000)
         later = message.copy()
         later.options[RATE_WAIT_OPTION] = due
@@ -111,11 +111,13 @@ class MailRateLimit(Middleware):
         if self.rate.limit <= 0:
             return
         priority = self._priorities.get(message_id, 0)
+        self._passed.discard(message_id)
         while wait := self._ask(message_id, priority, take=True):
             time.sleep(wait)
 
     def _look(self, message_id: str, priority: int) -> float:
-        """Seconds until ``message_id``'s turn (0.0: now). Without a limit only the shared pause
+        """Seconds until ``message_id``'s turn (0.0: now); a turn at most :data:`HOLD_AT_MOST`
+        away passes the mail (see :meth:`MailRate.look`). Without a limit only the shared pause
         counts, which is looked at in Redis once every :data:`PAUSE_KNOWN_FOR` seconds.
         """
         if self.rate.limit > 0:
@@ -133,7 +135,9 @@ class MailRateLimit(Middleware):
         never waits on a Redis that is away.
         """
         try:
-            return self.rate.acquire(message_id, priority, take=take)
+            if take:
+                return self.rate.acquire(message_id, priority)
+            return self.rate.look(message_id, priority, passes_within=HOLD_AT_MOST)
         except ResultBackendUnavailable as exc:
             logger.warning("Mail of job %s goes out without the rate limit: %s", message_id, exc)
             return 0.0
@@ -146,7 +150,19 @@ class MailRateLimit(Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """A skipped job sends nothing."""
-        self._priorities.pop(message.message_id, None)
+        self._done(message.message_id)
+
+    def _done(self, message_id: str) -> None:
+        """``message_id``'s job ended; if it passed its look but never asked for its slot (it
+        failed before its mail, or an earlier attempt had sent it), its turn is given up.
+        """
+        self._priorities.pop(message_id, None)
+        if message_id in self._passed:
+            self._passed.discard(message_id)
+            try:
+                self.rate.give_up(message_id)
+            except ResultBackendUnavailable as exc:
+                logger.debug("Job %s: its turn for a mail slot lapses on its own: %s", message_id, exc)
 
     def after_process_message(
         self,
@@ -157,7 +173,7 @@ class MailRateLimit(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         """Pause every worker's mail when the relay throttled this one (it is retried)."""
-        self._priorities.pop(message.message_id, None)
+        self._done(message.message_id)
         if isinstance(exception, SmtpThrottled):
             try:
                 pause = self.rate.pause()

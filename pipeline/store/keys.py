@@ -125,6 +125,13 @@ class Keys:
         return f"{self.namespace}:mail-rate:order"
 
     @property
+    def mail_passed(self) -> str:
+        """Sorted set of the mail jobs that passed their look and have not taken their slot yet,
+        scored by when each looked (ms); a silent one is dropped.
+        """
+        return f"{self.namespace}:mail-rate:passed"
+
+    @property
     def mail_pause(self) -> str:
         """String whose life is the shared pause of every worker's mail after the relay throttled."""
         return f"{self.namespace}:mail-rate:pause"

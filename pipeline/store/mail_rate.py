@@ -9,6 +9,12 @@ to ask again when its own turn comes (its rank among the waiters times the inter
 that frees wakes one waiter, not all of them. A waiter that stopped asking (its worker died) is
 dropped after a few seconds.
 
+Before a mail job starts, it looks when its turn would come. The look counts the waiters ahead
+of it and the mails that passed their own look and have not taken their slot yet: a burst of
+mails that look at once is told turns one interval apart, and those whose turn is far go back to
+the schedule rather than waiting for it in a thread, holding a connection. A mail that passed
+its look is counted until it takes its slot, gives it up, or is silent for a few seconds.
+
 When the relay throttles (see :class:`~pipeline.errors.SmtpThrottled`), a shared pause of two
 seconds stops every worker's mail; the throttled mail is retried after it.
 """
@@ -23,12 +29,14 @@ import redis.commands.core
 from pipeline.store.connection import RedisConnection
 
 #: KEYS: sends, waiting (by priority, then first ask), waiting (by last ask), pause, the count of
-#: first asks. ARGV: window (ms), limit, job id, priority, milliseconds after which a silent waiter
-#: is dropped, 1 to take the slot (0 only to look). Time is Redis's own, so hosts whose clocks
+#: first asks, passed (by when each looked). ARGV: window (ms), limit, job id, priority,
+#: milliseconds after which a silent waiter or passed mail is dropped, 1 to take the slot (0 only
+#: to look), the longest turn (ms) a look lets pass. Time is Redis's own, so hosts whose clocks
 #: differ share one window. A waiter's score is its priority times 2^42 less the number of its
 #: first ask: a higher priority first, then the one that asked first.
 #: Returns 0 when a slot is free (taken, and counted as sent, when asked to), else the
-#: milliseconds to wait: for a waiter, until its own turn.
+#: milliseconds to wait: for a waiter, until its own turn. A look whose turn is at most the
+#: longest a look lets pass counts the mail as passed until it takes its slot.
 ACQUIRE_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -47,6 +55,10 @@ for _, gone in ipairs(stale) do
   redis.call('ZREM', KEYS[2], gone)
   redis.call('ZREM', KEYS[3], gone)
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[5]))
+-- A mail that asks to take its slot (and takes it, or waits among the waiters) is no longer only
+-- passed.
+if ARGV[6] == '1' then redis.call('ZREM', KEYS[6], id) end
 local paused = redis.call('PTTL', KEYS[4])
 local wait = 0
 if paused > 0 then
@@ -58,12 +70,18 @@ else
   local interval = window / limit
   local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
   if ARGV[6] ~= '1' then
-    -- A look: how long until this job's turn, behind the waiters of its priority or higher.
+    -- A look: how long until this job's turn, behind the waiters of its priority or higher and
+    -- the mails that passed their look and will take a slot soon.
     local ahead = redis.call('ZCOUNT', KEYS[2], priority * scale, '+inf')
     if redis.call('ZSCORE', KEYS[2], id) then ahead = ahead - 1 end
-    local turn = math.max(0, free_at - now) + ahead * interval
-    if turn <= 0 then return 0 end
-    return math.ceil(turn)
+    ahead = ahead + redis.call('ZCARD', KEYS[6])
+    if redis.call('ZSCORE', KEYS[6], id) then ahead = ahead - 1 end
+    local turn = math.ceil(math.max(0, free_at - now) + ahead * interval)
+    if turn <= tonumber(ARGV[7]) then
+      redis.call('ZADD', KEYS[6], now, id)
+      redis.call('PEXPIRE', KEYS[6], 60000)
+    end
+    return turn
   end
   local top = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   local ahead = top[1] and top[1] ~= id and math.floor(tonumber(top[2]) / scale) > priority
@@ -126,18 +144,56 @@ class MailRate:
         self.limit = limit
         self.window = window
 
-    def acquire(self, message_id: str, priority: int, take: bool = True) -> float:
-        """A slot for ``message_id``'s mail now (0.0), or the seconds to wait before asking again;
-        with ``take`` False the slot is only looked at, not taken.
+    def acquire(self, message_id: str, priority: int) -> float:
+        """Take a slot for ``message_id``'s mail now (0.0), or the seconds to wait before asking
+        again.
 
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
+        return self._run(message_id, priority, take=True, passes_within=0.0)
+
+    def look(self, message_id: str, priority: int, passes_within: float) -> float:
+        """The seconds until ``message_id``'s mail would get a slot (0.0: now), without taking
+        one. A turn at most ``passes_within`` away lets the mail pass: it is counted ahead of the
+        mails that look after it until it takes its slot (:meth:`acquire`), gives it up
+        (:meth:`give_up`) or is silent for :data:`WAITER_STALE_MS`.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        return self._run(message_id, priority, take=False, passes_within=passes_within)
+
+    def give_up(self, message_id: str) -> None:
+        """``message_id`` passed its look but sends no mail: it is no longer counted.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed.
+        """
+        with self.redis.translated():
+            self.redis.client.zrem(self.redis.keys.mail_passed, message_id)
+
+    def _run(self, message_id: str, priority: int, take: bool, passes_within: float) -> float:
         keys = self.redis.keys
         with self.redis.translated():
             waited = self._acquire(
-                keys=[keys.mail_sends, keys.mail_waiting, keys.mail_waiting_seen, keys.mail_pause, keys.mail_order],
-                args=[self.window * 1000 * SPREAD, self.limit, message_id, priority, WAITER_STALE_MS, int(take)],
+                keys=[
+                    keys.mail_sends,
+                    keys.mail_waiting,
+                    keys.mail_waiting_seen,
+                    keys.mail_pause,
+                    keys.mail_order,
+                    keys.mail_passed,
+                ],
+                args=[
+                    self.window * 1000 * SPREAD,
+                    self.limit,
+                    message_id,
+                    priority,
+                    WAITER_STALE_MS,
+                    int(take),
+                    int(passes_within * 1000),
+                ],
             )
         return cast("int", waited) / 1000
 

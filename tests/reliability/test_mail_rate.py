@@ -4,11 +4,13 @@ slow every worker down while no mail fails or goes out twice."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import dramatiq
 import pytest
 from mail_support import WELCOME, mail_env
 from relay_process import RelayProcess
@@ -193,3 +195,70 @@ def test_a_freed_slot_wakes_one_waiting_mail_not_all_of_them(private_redis):
     assert asks <= 4 * mails, f"{asks} asks for {mails} mails"
     # Still one slot every 20 ms.
     assert max(taken) - min(taken) >= (mails - 1) / 50 * 0.9
+
+
+def rate_limited_on_stub(private_redis, rate: str):
+    """The rate limit's middleware for a ``rate_limited`` actor on Dramatiq's StubBroker, with
+    the records in a Redis of the test's own."""
+    from dramatiq.brokers.stub import StubBroker
+    from testenv import make_settings
+
+    from pipeline.jobs.mail_rate import MailRateLimit
+    from pipeline.store.connection import RedisConnection
+    from pipeline.store.records import RecordStore
+
+    settings = make_settings(redis_url=private_redis.url, mail_rate_limit=rate)
+    limit = MailRateLimit(settings, RecordStore(RedisConnection(settings)))
+    broker = StubBroker(middleware=[limit])
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="mail", rate_limited=True)
+    return limit, broker, actor
+
+
+@pytest.mark.alone
+def test_a_burst_that_looks_at_once_waits_in_the_schedule_not_on_its_connections(private_redis):
+    from dramatiq.broker import MessageProxy
+    from dramatiq.middleware import SkipMessage
+
+    limit, broker, actor = rate_limited_on_stub(private_redis, "20/s")
+    mails = 60
+    messages = [MessageProxy(actor.message()) for _ in range(mails)]
+    start = threading.Barrier(mails)
+    held: list[float] = []
+    later: list[str] = []
+
+    def start_job(message) -> None:
+        start.wait()
+        try:
+            limit.before_process_message(broker, message)
+        except SkipMessage:
+            later.append(message.message_id)
+            return
+        # What the mailer does once the relay took the envelope: the connection is open from here.
+        opened = time.monotonic()
+        limit.pace(message.message_id)
+        held.append(time.monotonic() - opened)
+        limit.after_process_message(broker, message)
+
+    with ThreadPoolExecutor(mails) as jobs:
+        list(jobs.map(start_job, messages))
+    # About one second of slots at 20 a second passed their look; the rest wait in the schedule.
+    assert 15 <= len(held) <= 25 and len(held) + len(later) == mails
+    assert broker.queues["default.DQ"].qsize() == len(later)
+    # Each passed mail waited for its turn before its connection: what the connection waits is the
+    # drift between a turn and its slot, not the turns of the mails that looked with it (one mail
+    # would wait three seconds were they all let through).
+    assert max(held) < 0.5, sorted(held)[-5:]
+
+
+def test_a_job_that_passed_its_look_and_sends_nothing_gives_its_turn_up(private_redis):
+    from dramatiq.broker import MessageProxy
+
+    limit, broker, actor = rate_limited_on_stub(private_redis, "2/s")
+    first, second, third = (MessageProxy(actor.message()) for _ in range(3))
+    limit.before_process_message(broker, first)
+    # The second mail's turn comes one slot (540 ms) after the first's, which passed its look.
+    assert 0.4 < limit._look(second.message_id, 0) < 0.8
+    # The first job fails before its mail (or an earlier attempt had sent it): its turn is free,
+    # and the third mail's comes after the second's alone, not two slots away.
+    limit.after_process_message(broker, first, exception=ValueError("bad context"))
+    assert 0.4 < limit._look(third.message_id, 0) < 0.8
