@@ -2,17 +2,18 @@
 :mod:`pipeline.store.mail_rate`).
 
 Before a mail job starts, it looks when its turn comes, behind the mails waiting for a slot and
-those that passed their look before it. A turn a moment away it waits for in its thread, before
-it opens a connection; a later one it does not: the message goes back to the schedule, due when
-its turn comes, and the delivery is acknowledged. No retry is spent, the record says what the
-mail waits for (``waiting_for``, ``waiting_until``), and when it comes back it looks again,
-behind any mail of higher priority. The slot itself is taken by :meth:`MailRateLimit.pace`,
-which the mailer calls once the relay has taken the mail's envelope, right before its content:
-the relay has the mail one round trip after its slot, however long the connection and the
-envelope took on a busy machine, so what it counts is the rate the slots were taken at. As the
-look counted the mails that passed it, a burst that looks at once is spread over the schedule
-rather than over the connections: the connection waits only for the drift between a turn and its
-slot. A job whose mail the relay throttled pauses every worker's mail.
+those that passed their look or were sent back before it. A turn a moment away it waits for in
+its thread, before it opens a connection; a later one it does not: the message goes back to the
+schedule, due just before its turn, and the delivery is acknowledged. No retry is spent, the
+record says what the mail waits for (``waiting_for``, ``waiting_until``), and when it comes back
+it looks again, in the place it had, behind any mail of higher priority. The slot itself is
+taken by :meth:`MailRateLimit.pace`, which the mailer calls once the relay has taken the mail's
+envelope, right before its content: the relay has the mail one round trip after its slot,
+however long the connection and the envelope took on a busy machine, so what it counts is the
+rate the slots were taken at. As the look counted the mails that passed it, a burst that looks at
+once is spread over the schedule rather than over the connections: the connection waits only for
+the drift between a turn and its slot. A job whose mail the relay throttled pauses every worker's
+mail.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a worker thread waits for a slot itself at most; a longer wait goes to the schedule.
 HOLD_AT_MOST = 1.0
+#: Seconds before its turn a mail sent back to the schedule comes back: what the schedule and the
+#: delivery take is then no slot lost.
+COME_BACK_BEFORE = 0.1
 #: Seconds a worker without a rate limit trusts what it last learnt of the shared pause: the
 #: relay's throttling reaches every worker within this, and a mail costs no round trip for it.
 PAUSE_KNOWN_FOR = 0.1
@@ -95,7 +99,7 @@ class MailRateLimit(Middleware):
         due = int((time.time() + wait) * 1000)
         later = message.copy()
         later.options[RATE_WAIT_OPTION] = due
-        broker.enqueue(later, delay=int(wait * 1000))
+        broker.enqueue(later, delay=int((wait - COME_BACK_BEFORE) * 1000))
         limit = self.settings.mail_rate_limit
         what = f"a slot of the mail rate limit ({limit})" if limit else "the end of the pause the relay asked for"
         self._note(message.message_id, waiting_for=what, waiting_until=iso_from_millis(due))

@@ -132,6 +132,20 @@ class Keys:
         return f"{self.namespace}:mail-rate:passed"
 
     @property
+    def mail_sent_back(self) -> str:
+        """Sorted set of the mail jobs sent back to the schedule until their turn, scored by
+        priority, then by when each is due (see :data:`~pipeline.store.mail_rate.ACQUIRE_SCRIPT`).
+        """
+        return f"{self.namespace}:mail-rate:sent-back"
+
+    @property
+    def mail_sent_back_due(self) -> str:
+        """Sorted set of the same jobs, scored by when each is due (ms); one that did not come
+        back is dropped.
+        """
+        return f"{self.namespace}:mail-rate:sent-back-due"
+
+    @property
     def mail_pause(self) -> str:
         """String whose life is the shared pause of every worker's mail after the relay throttled."""
         return f"{self.namespace}:mail-rate:pause"

@@ -10,10 +10,13 @@ that frees wakes one waiter, not all of them. A waiter that stopped asking (its 
 dropped after a few seconds.
 
 Before a mail job starts, it looks when its turn would come. The look counts the waiters ahead
-of it and the mails that passed their own look and have not taken their slot yet: a burst of
-mails that look at once is told turns one interval apart, and those whose turn is far go back to
-the schedule rather than waiting for it in a thread, holding a connection. A mail that passed
-its look is counted until it takes its slot, gives it up, or is silent for a few seconds.
+of it, the mails that passed their own look and have not taken their slot yet, and the mails
+sent back to the schedule before it: a burst of mails that look at once is told turns one
+interval apart, and those whose turn is far go back to the schedule until that turn rather than
+waiting for it in a thread, holding a connection. Each comes back once, when its turn is near,
+and keeps its place when it looks again. A mail that passed its look is counted until it takes
+its slot, gives it up, or is a few seconds past its turn; one sent back, until it looks again or
+is a few seconds past its due time.
 
 When the relay throttles (see :class:`~pipeline.errors.SmtpThrottled`), a shared pause of two
 seconds stops every worker's mail; the throttled mail is retried after it.
@@ -29,14 +32,18 @@ import redis.commands.core
 from pipeline.store.connection import RedisConnection
 
 #: KEYS: sends, waiting (by priority, then first ask), waiting (by last ask), pause, the count of
-#: first asks, passed (by when each looked). ARGV: window (ms), limit, job id, priority,
-#: milliseconds after which a silent waiter or passed mail is dropped, 1 to take the slot (0 only
-#: to look), the longest turn (ms) a look lets pass. Time is Redis's own, so hosts whose clocks
-#: differ share one window. A waiter's score is its priority times 2^42 less the number of its
-#: first ask: a higher priority first, then the one that asked first.
+#: first asks, passed (by when each one's turn comes), sent back (by priority, then due), sent
+#: back (by due). ARGV: window (ms), limit, job id, priority, the milliseconds after which a
+#: silent waiter, a passed mail past its turn, or a sent-back mail past its due time is dropped,
+#: 1 to take the slot (0 only to look), the longest turn (ms) a look lets pass. Time is Redis's
+#: own, so hosts whose clocks differ share one window. A waiter's score is its priority times 2^42
+#: less the number of its first ask: a higher priority first, then the one that asked first. A
+#: sent-back mail's score is 255 less its priority, times 2^42, plus when it is due (ms): the
+#: lower, the sooner.
 #: Returns 0 when a slot is free (taken, and counted as sent, when asked to), else the
 #: milliseconds to wait: for a waiter, until its own turn. A look whose turn is at most the
-#: longest a look lets pass counts the mail as passed until it takes its slot.
+#: longest a look lets pass counts the mail as passed until it takes its slot; a look whose turn
+#: is further counts it as sent back until it looks again.
 ACQUIRE_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -56,6 +63,11 @@ for _, gone in ipairs(stale) do
   redis.call('ZREM', KEYS[3], gone)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[5]))
+local late = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - tonumber(ARGV[5]))
+for _, gone in ipairs(late) do
+  redis.call('ZREM', KEYS[7], gone)
+  redis.call('ZREM', KEYS[8], gone)
+end
 -- A mail that asks to take its slot (and takes it, or waits among the waiters) is no longer only
 -- passed.
 if ARGV[6] == '1' then redis.call('ZREM', KEYS[6], id) end
@@ -74,12 +86,35 @@ else
     -- the mails that passed their look and will take a slot soon.
     local ahead = redis.call('ZCOUNT', KEYS[2], priority * scale, '+inf')
     if redis.call('ZSCORE', KEYS[2], id) then ahead = ahead - 1 end
-    ahead = ahead + redis.call('ZCARD', KEYS[6])
-    if redis.call('ZSCORE', KEYS[6], id) then ahead = ahead - 1 end
+    redis.call('ZREM', KEYS[6], id)
+    -- And behind the mails sent back to the schedule before it: those of a higher priority,
+    -- and those of its own that are due first. A mail back from the schedule keeps its place:
+    -- of the mails that passed, it counts those whose turn came before its own.
+    local band = (255 - math.max(0, math.min(255, priority))) * scale
+    local mine = redis.call('ZSCORE', KEYS[7], id)
+    if mine then
+      local due = tonumber(mine) - band
+      ahead = ahead + redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. mine)
+      ahead = ahead + redis.call('ZCOUNT', KEYS[6], '-inf', '(' .. string.format('%.0f', due))
+    else
+      ahead = ahead + redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. string.format('%.0f', band + scale))
+      ahead = ahead + redis.call('ZCARD', KEYS[6])
+    end
     local turn = math.ceil(math.max(0, free_at - now) + ahead * interval)
     if turn <= tonumber(ARGV[7]) then
-      redis.call('ZADD', KEYS[6], now, id)
+      redis.call('ZADD', KEYS[6], now + turn, id)
       redis.call('PEXPIRE', KEYS[6], 60000)
+      if mine then
+        redis.call('ZREM', KEYS[7], id)
+        redis.call('ZREM', KEYS[8], id)
+      end
+    else
+      -- Sent back to the schedule until its turn, where the mails that look after it count it.
+      local due = now + turn
+      redis.call('ZADD', KEYS[7], string.format('%.0f', band + due), id)
+      redis.call('ZADD', KEYS[8], due, id)
+      redis.call('PEXPIRE', KEYS[7], 60000 + turn)
+      redis.call('PEXPIRE', KEYS[8], 60000 + turn)
     end
     return turn
   end
@@ -117,7 +152,8 @@ redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return tonumber(ARGV[1])
 """
 
-#: Milliseconds after which a waiter that stopped asking is dropped.
+#: Milliseconds after which a waiter that stopped asking, a passed mail past its turn, or a mail
+#: sent back past its due time is dropped.
 WAITER_STALE_MS = 5_000
 #: The shared pause after the relay throttled (ms).
 PAUSE_MS = 2_000
@@ -157,7 +193,8 @@ class MailRate:
         """The seconds until ``message_id``'s mail would get a slot (0.0: now), without taking
         one. A turn at most ``passes_within`` away lets the mail pass: it is counted ahead of the
         mails that look after it until it takes its slot (:meth:`acquire`), gives it up
-        (:meth:`give_up`) or is silent for :data:`WAITER_STALE_MS`.
+        (:meth:`give_up`) or is :data:`WAITER_STALE_MS` past its turn. A further turn counts it
+        as sent back to the schedule, until it looks again, or is that long past its turn.
 
         Raises:
           ResultBackendUnavailable: Redis failed.
@@ -184,6 +221,8 @@ class MailRate:
                     keys.mail_pause,
                     keys.mail_order,
                     keys.mail_passed,
+                    keys.mail_sent_back,
+                    keys.mail_sent_back_due,
                 ],
                 args=[
                     self.window * 1000 * SPREAD,

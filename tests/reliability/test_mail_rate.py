@@ -262,3 +262,43 @@ def test_a_job_that_passed_its_look_and_sends_nothing_gives_its_turn_up(private_
     # and the third mail's comes after the second's alone, not two slots away.
     limit.after_process_message(broker, first, exception=ValueError("bad context"))
     assert 0.4 < limit._look(third.message_id, 0) < 0.8
+
+
+@pytest.mark.alone
+def test_a_mail_sent_back_to_the_schedule_comes_back_once_when_its_turn_is_near(private_redis):
+    from dramatiq.broker import MessageProxy
+    from dramatiq.middleware import SkipMessage
+
+    from pipeline.jobs.options import RATE_WAIT_OPTION
+
+    limit, broker, actor = rate_limited_on_stub(private_redis, "40/s")
+    mails = 120
+    start = threading.Barrier(mails)
+    sent_back: Counter[str] = Counter()
+    taken: list[float] = []
+
+    def run_job(message) -> None:
+        # A worker's part: the job starts; sent back, it comes back when due, as the schedule
+        # publishes it.
+        start.wait()
+        while True:
+            try:
+                limit.before_process_message(broker, MessageProxy(message))
+            except SkipMessage:
+                sent_back[message.message_id] += 1
+                time.sleep(max(0.0, message.options[RATE_WAIT_OPTION] / 1000 - time.time()))
+                continue
+            limit.pace(message.message_id)
+            taken.append(time.monotonic())
+            limit.after_process_message(broker, MessageProxy(message))
+            return
+
+    with ThreadPoolExecutor(mails) as jobs:
+        list(jobs.map(run_job, [actor.message() for _ in range(mails)]))
+    assert len(taken) == mails
+    # About a second of slots passed at once; every other mail went back once, to come back when
+    # its own turn was near, not with all the others to look again (which would send the last
+    # of them back three times).
+    assert mails - 50 <= sum(sent_back.values()) <= mails - 30 and max(sent_back.values()) == 1, sent_back
+    # Still one slot every 27 ms: 120 mails in about three seconds.
+    assert max(taken) - min(taken) >= (mails - 1) / 40 * 0.9
