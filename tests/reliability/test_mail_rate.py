@@ -1,6 +1,7 @@
 """One mail rate limit shared by every worker process, and a relay that throttles: four workers
-held to 50 mails a second, a password reset that overtakes a newsletter, and 421 replies that
-slow every worker down while no mail fails or goes out twice."""
+held to 50 mails a second (and two of greenlets, as the default worker command runs), a password
+reset that overtakes a newsletter, and 421 replies that slow every worker down while no mail
+fails or goes out twice."""
 
 from __future__ import annotations
 
@@ -69,6 +70,27 @@ def test_four_workers_send_1000_mails_at_50_a_second_each_once(purge, start_work
             # Waiting for a slot spent no attempt (and no retry).
             assert record["state"] == JobState.SUCCESS and record["attempt"] == 1
         print(f"1000 mails in {seconds:.1f} s; at most {most_in_one_second(relay.arrival_times)} in a second")
+
+
+@pytest.mark.alone
+def test_two_greenlet_workers_of_the_default_command_hold_the_rate_and_send_each_mail_once(purge, start_worker):
+    purge(DEFAULT_QUEUE)
+    with RelayProcess() as relay:
+        env = {**mail_env(relay.port), "PIPELINE_MAIL_RATE_LIMIT": "50/s", "PIPELINE_SMTP_MAX_CONNECTIONS": "100"}
+        with ThreadPoolExecutor(2) as starting:
+            list(starting.map(lambda _: start_worker([DEFAULT_QUEUE], threads=100, env=env, gevent=True), range(2)))
+        sent = newsletter(400, uuid.uuid4().hex[:8])
+        relay.wait_for(400, timeout=60)
+        time.sleep(1)
+        ids = Counter(relay.message_ids)
+        assert len(ids) == 400 and max(ids.values()) == 1 and len(relay.message_ids) == 400
+        assert most_in_one_second(relay.arrival_times) <= 55
+        seconds = relay.arrival_times[-1] - relay.arrival_times[0]
+        assert seconds >= 400 / 50 * 0.9
+        for message in sent:
+            record = AsyncResult(message.message_id).info()
+            assert record["state"] == JobState.SUCCESS and record["attempt"] == 1
+        print(f"400 mails in {seconds:.1f} s; at most {most_in_one_second(relay.arrival_times)} in a second")
 
 
 @pytest.mark.alone
