@@ -34,33 +34,67 @@ class PrivateRabbitMQ:
 
     def __init__(self, folder: Path, config: str = "") -> None:
         self.folder = folder
-        self.port = free_port()
-        self.node = f"pipeline-test-{self.port}@localhost"
         folder.mkdir(parents=True, exist_ok=True)
         shutil.chown(folder, "rabbitmq", "rabbitmq")
         if config:
             (folder / "rabbitmq.conf").write_text(config)
+        self.config = config
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        """Free ports for the node, and the node's name and environment, which follow them."""
+        self.port = free_port()
+        self.node = f"pipeline-test-{self.port}@localhost"
+        dist_port = free_port()
+        while dist_port == self.port:
+            dist_port = free_port()
         self.env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(folder / "log"),
-            "RABBITMQ_PID_FILE": str(folder / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(folder / ("rabbitmq.conf" if config else "none")),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_PID_FILE": str(self.folder / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.folder / ("rabbitmq.conf" if self.config else "none")),
         }
 
-    def start(self) -> None:
-        """Start the node and wait until it runs (the first moments, it is not even known)."""
-        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=NODE_TIMEOUT)
-        try:
-            self.ctl_until_done("await_startup")
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"RabbitMQ node {self.node} did not start; its log ends:\n{self.log_tail()}") from exc
+    def start(self, attempts: int = 3) -> None:
+        """Start the node and wait until it runs (the first moments, it is not even known).
 
-    def log_tail(self, lines: int = 40) -> str:
+        A port found free may be taken by another process of the suite before the node binds
+        it; a node that did not start is stopped and started again on other ports.
+        """
+        for attempt in range(1, attempts + 1):
+            subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=NODE_TIMEOUT)
+            deadline = time.monotonic() + NODE_TIMEOUT
+            while True:
+                try:
+                    self.ctl("await_startup")
+                    return
+                except subprocess.CalledProcessError:
+                    if time.monotonic() > deadline or not self._alive():
+                        break
+                    time.sleep(0.5)
+            tail = self.log_tail()
+            self.stop()
+            if attempt == attempts:
+                raise RuntimeError(f"RabbitMQ node {self.node} did not start; its log ends:\n{tail}")
+            (self.folder / "pid").unlink(missing_ok=True)
+            self._choose_ports()
+
+    def _alive(self) -> bool:
+        """False once the node's process has ended (True while it has not written its pid yet)."""
+        try:
+            os.kill(int((self.folder / "pid").read_text().strip()), 0)
+        except (FileNotFoundError, ValueError):
+            return True
+        except ProcessLookupError:
+            return False
+        return True
+
+    def log_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of the node's logs."""
         tails = []
         for log in sorted((self.folder / "log").glob("*.log")):
