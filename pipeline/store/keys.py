@@ -127,21 +127,30 @@ class Keys:
     @property
     def mail_passed(self) -> str:
         """Sorted set of the mail jobs that passed their look and have not taken their slot yet,
-        scored by when each looked (ms); a silent one is dropped.
+        scored by priority, then by when each one's turn comes (see
+        :data:`~pipeline.store.mail_rate.ACQUIRE_SCRIPT`).
         """
         return f"{self.namespace}:mail-rate:passed"
 
     @property
+    def mail_passed_turns(self) -> str:
+        """Sorted set of the same jobs, scored by when each one's turn comes (ms); one long past
+        it is dropped.
+        """
+        return f"{self.namespace}:mail-rate:passed-turns"
+
+    @property
     def mail_sent_back(self) -> str:
         """Sorted set of the mail jobs sent back to the schedule until their turn, scored by
-        priority, then by when each is due (see :data:`~pipeline.store.mail_rate.ACQUIRE_SCRIPT`).
+        priority, then by when each one's turn comes (see
+        :data:`~pipeline.store.mail_rate.ACQUIRE_SCRIPT`).
         """
         return f"{self.namespace}:mail-rate:sent-back"
 
     @property
     def mail_sent_back_due(self) -> str:
-        """Sorted set of the same jobs, scored by when each is due (ms); one that did not come
-        back is dropped.
+        """Sorted set of the same jobs, scored by when each one's turn comes (ms); one that did
+        not come back long after it is dropped.
         """
         return f"{self.namespace}:mail-rate:sent-back-due"
 

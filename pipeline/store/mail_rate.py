@@ -32,14 +32,14 @@ import redis.commands.core
 from pipeline.store.connection import RedisConnection
 
 #: KEYS: sends, waiting (by priority, then first ask), waiting (by last ask), pause, the count of
-#: first asks, passed (by when each one's turn comes), sent back (by priority, then due), sent
-#: back (by due). ARGV: window (ms), limit, job id, priority, the milliseconds after which a
-#: silent waiter, a passed mail past its turn, or a sent-back mail past its due time is dropped,
-#: 1 to take the slot (0 only to look), the longest turn (ms) a look lets pass. Time is Redis's
-#: own, so hosts whose clocks differ share one window. A waiter's score is its priority times 2^42
-#: less the number of its first ask: a higher priority first, then the one that asked first. A
-#: sent-back mail's score is 255 less its priority, times 2^42, plus when it is due (ms): the
-#: lower, the sooner.
+#: first asks, passed (by priority, then turn), sent back (by priority, then turn), sent back (by
+#: turn), passed (by turn). ARGV: window (ms), limit, job id, priority, the milliseconds after
+#: which a silent waiter, or a passed or sent-back mail past its turn, is dropped, 1 to take the
+#: slot (0 only to look), the longest turn (ms) a look lets pass. Time is Redis's own, so hosts
+#: whose clocks differ share one window. A waiter's score is its priority times 2^42 less the
+#: number of its first ask: a higher priority first, then the one that asked first. A passed or
+#: sent-back mail's score is 255 less its priority, times 2^42, plus the time of its turn (ms):
+#: the lower, the sooner.
 #: Returns 0 when a slot is free (taken, and counted as sent, when asked to), else the
 #: milliseconds to wait: for a waiter, until its own turn. A look whose turn is at most the
 #: longest a look lets pass counts the mail as passed until it takes its slot; a look whose turn
@@ -62,15 +62,21 @@ for _, gone in ipairs(stale) do
   redis.call('ZREM', KEYS[2], gone)
   redis.call('ZREM', KEYS[3], gone)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[5]))
-local late = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - tonumber(ARGV[5]))
-for _, gone in ipairs(late) do
-  redis.call('ZREM', KEYS[7], gone)
-  redis.call('ZREM', KEYS[8], gone)
+-- Passed and sent-back mails are kept in pairs of sets: one in the order they count in (by
+-- priority, then time), one by time alone, to drop those long past their time.
+local function drop_late(ordered, by_time)
+  local late = redis.call('ZRANGEBYSCORE', by_time, '-inf', now - tonumber(ARGV[5]))
+  for _, gone in ipairs(late) do
+    redis.call('ZREM', ordered, gone)
+    redis.call('ZREM', by_time, gone)
+  end
 end
--- A mail that asks to take its slot (and takes it, or waits among the waiters) is no longer only
--- passed.
-if ARGV[6] == '1' then redis.call('ZREM', KEYS[6], id) end
+drop_late(KEYS[6], KEYS[9])
+drop_late(KEYS[7], KEYS[8])
+-- A mail that looks again, or asks to take its slot (and takes it, or waits among the waiters),
+-- is no longer only passed.
+redis.call('ZREM', KEYS[6], id)
+redis.call('ZREM', KEYS[9], id)
 local paused = redis.call('PTTL', KEYS[4])
 local wait = 0
 if paused > 0 then
@@ -82,28 +88,24 @@ else
   local interval = window / limit
   local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
   if ARGV[6] ~= '1' then
-    -- A look: how long until this job's turn, behind the waiters of its priority or higher and
-    -- the mails that passed their look and will take a slot soon.
+    -- A look: how long until this job's turn, behind the waiters of its priority or higher.
     local ahead = redis.call('ZCOUNT', KEYS[2], priority * scale, '+inf')
     if redis.call('ZSCORE', KEYS[2], id) then ahead = ahead - 1 end
-    redis.call('ZREM', KEYS[6], id)
-    -- And behind the mails sent back to the schedule before it: those of a higher priority,
-    -- and those of its own that are due first. A mail back from the schedule keeps its place:
-    -- of the mails that passed, it counts those whose turn came before its own.
+    -- And behind the mails that passed their look or were sent back to the schedule before it:
+    -- those of a higher priority, and those of its own whose turn comes first. Their scores are
+    -- 255 less the priority, times 2^42, plus the time (ms) of their turn. A mail back from the
+    -- schedule keeps its place: it counts those ahead of the turn it was given.
     local band = (255 - math.max(0, math.min(255, priority))) * scale
     local mine = redis.call('ZSCORE', KEYS[7], id)
-    if mine then
-      local due = tonumber(mine) - band
-      ahead = ahead + redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. mine)
-      ahead = ahead + redis.call('ZCOUNT', KEYS[6], '-inf', '(' .. string.format('%.0f', due))
-    else
-      ahead = ahead + redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. string.format('%.0f', band + scale))
-      ahead = ahead + redis.call('ZCARD', KEYS[6])
-    end
+    local before = mine or string.format('%.0f', band + scale)
+    ahead = ahead + redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. before)
+    ahead = ahead + redis.call('ZCOUNT', KEYS[6], '-inf', '(' .. before)
     local turn = math.ceil(math.max(0, free_at - now) + ahead * interval)
     if turn <= tonumber(ARGV[7]) then
-      redis.call('ZADD', KEYS[6], now + turn, id)
+      redis.call('ZADD', KEYS[6], string.format('%.0f', band + now + turn), id)
+      redis.call('ZADD', KEYS[9], now + turn, id)
       redis.call('PEXPIRE', KEYS[6], 60000)
+      redis.call('PEXPIRE', KEYS[9], 60000)
       if mine then
         redis.call('ZREM', KEYS[7], id)
         redis.call('ZREM', KEYS[8], id)
@@ -207,8 +209,12 @@ class MailRate:
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
+        keys = self.redis.keys
         with self.redis.translated():
-            self.redis.client.zrem(self.redis.keys.mail_passed, message_id)
+            pipe = self.redis.client.pipeline(transaction=False)
+            pipe.zrem(keys.mail_passed, message_id)
+            pipe.zrem(keys.mail_passed_turns, message_id)
+            pipe.execute()
 
     def _run(self, message_id: str, priority: int, take: bool, passes_within: float) -> float:
         keys = self.redis.keys
@@ -223,6 +229,7 @@ class MailRate:
                     keys.mail_passed,
                     keys.mail_sent_back,
                     keys.mail_sent_back_due,
+                    keys.mail_passed_turns,
                 ],
                 args=[
                     self.window * 1000 * SPREAD,

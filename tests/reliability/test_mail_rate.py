@@ -324,3 +324,16 @@ def test_a_mail_sent_back_to_the_schedule_comes_back_once_when_its_turn_is_near(
     assert mails - 50 <= sum(sent_back.values()) <= mails - 30 and max(sent_back.values()) == 1, sent_back
     # Still one slot every 27 ms: 120 mails in about three seconds.
     assert max(taken) - min(taken) >= (mails - 1) / 40 * 0.9
+
+
+def test_a_password_reset_looks_past_the_newsletter_mails_that_passed_their_look(private_redis):
+    from dramatiq.broker import MessageProxy
+
+    limit, _, actor = rate_limited_on_stub(private_redis, "10/s")
+    newsletter_turns = [limit._look(MessageProxy(actor.message()).message_id, 0) for _ in range(9)]
+    # Nine newsletter mails passed, their turns a slot (108 ms) apart over the next second.
+    assert newsletter_turns[0] == 0.0 and 0.8 < newsletter_turns[-1] <= 1.0
+    # A password reset is not behind them: it asks for the next slot, which goes to it.
+    assert limit._look(MessageProxy(actor.message()).message_id, 5) < 0.15
+    # Another newsletter mail is behind all of them.
+    assert limit._look(MessageProxy(actor.message()).message_id, 0) > 0.9
