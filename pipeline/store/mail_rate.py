@@ -57,13 +57,8 @@ local function join()
     redis.call('ZADD', KEYS[2], priority * scale + (scale - 1 - order), id)
   end
 end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
-for _, gone in ipairs(stale) do
-  redis.call('ZREM', KEYS[2], gone)
-  redis.call('ZREM', KEYS[3], gone)
-end
--- Passed and sent-back mails are kept in pairs of sets: one in the order they count in (by
--- priority, then time), one by time alone, to drop those long past their time.
+-- Waiters, passed and sent-back mails are each kept in a pair of sets: one in the order they
+-- count in, one by time alone (a waiter's last ask, a mail's turn), to drop those long past it.
 local function drop_late(ordered, by_time)
   local late = redis.call('ZRANGEBYSCORE', by_time, '-inf', now - tonumber(ARGV[5]))
   for _, gone in ipairs(late) do
@@ -71,12 +66,23 @@ local function drop_late(ordered, by_time)
     redis.call('ZREM', by_time, gone)
   end
 end
+-- Puts this mail in a pair of sets (ordered by its score, timed by its turn), for ``life`` ms.
+local function keep(ordered, by_time, score, at, life)
+  redis.call('ZADD', ordered, string.format('%.0f', score), id)
+  redis.call('ZADD', by_time, at, id)
+  redis.call('PEXPIRE', ordered, life)
+  redis.call('PEXPIRE', by_time, life)
+end
+local function forget(ordered, by_time)
+  redis.call('ZREM', ordered, id)
+  redis.call('ZREM', by_time, id)
+end
+drop_late(KEYS[2], KEYS[3])
 drop_late(KEYS[6], KEYS[9])
 drop_late(KEYS[7], KEYS[8])
 -- A mail that looks again, or asks to take its slot (and takes it, or waits among the waiters),
 -- is no longer only passed.
-redis.call('ZREM', KEYS[6], id)
-redis.call('ZREM', KEYS[9], id)
+forget(KEYS[6], KEYS[9])
 local paused = redis.call('PTTL', KEYS[4])
 local wait = 0
 if paused > 0 then
@@ -101,22 +107,13 @@ else
     ahead = ahead + redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. before)
     ahead = ahead + redis.call('ZCOUNT', KEYS[6], '-inf', '(' .. before)
     local turn = math.ceil(math.max(0, free_at - now) + ahead * interval)
+    local at = now + turn
     if turn <= tonumber(ARGV[7]) then
-      redis.call('ZADD', KEYS[6], string.format('%.0f', band + now + turn), id)
-      redis.call('ZADD', KEYS[9], now + turn, id)
-      redis.call('PEXPIRE', KEYS[6], 60000)
-      redis.call('PEXPIRE', KEYS[9], 60000)
-      if mine then
-        redis.call('ZREM', KEYS[7], id)
-        redis.call('ZREM', KEYS[8], id)
-      end
+      keep(KEYS[6], KEYS[9], band + at, at, 60000)
+      if mine then forget(KEYS[7], KEYS[8]) end
     else
       -- Sent back to the schedule until its turn, where the mails that look after it count it.
-      local due = now + turn
-      redis.call('ZADD', KEYS[7], string.format('%.0f', band + due), id)
-      redis.call('ZADD', KEYS[8], due, id)
-      redis.call('PEXPIRE', KEYS[7], 60000 + turn)
-      redis.call('PEXPIRE', KEYS[8], 60000 + turn)
+      keep(KEYS[7], KEYS[8], band + at, at, 60000 + turn)
     end
     return turn
   end
@@ -128,8 +125,7 @@ else
     local next_at = now + interval
     if now - free_at < interval then next_at = free_at + interval end
     redis.call('SET', KEYS[1], tostring(next_at), 'PX', math.ceil(interval) + 1000)
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
+    forget(KEYS[2], KEYS[3])
     return 0
   end
   -- Its turn: when the next slot frees, one interval more for each waiter before it.
