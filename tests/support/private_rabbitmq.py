@@ -13,7 +13,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pika
@@ -68,19 +68,14 @@ class PrivateRabbitMQ:
         """
         for attempt in range(1, attempts + 1):
             subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=NODE_TIMEOUT)
-            deadline = time.monotonic() + NODE_TIMEOUT
-            while True:
-                try:
-                    self.ctl("await_startup")
-                    return
-                except subprocess.CalledProcessError:
-                    if time.monotonic() > deadline or not self._alive():
-                        break
-                    time.sleep(0.5)
-            tail = self.log_tail()
-            self.stop()
-            if attempt == attempts:
-                raise RuntimeError(f"RabbitMQ node {self.node} did not start; its log ends:\n{tail}")
+            try:
+                self.ctl_until_done("await_startup", while_=self._alive)
+                return
+            except subprocess.CalledProcessError as exc:
+                tail = self.log_tail()
+                self.stop()
+                if attempt == attempts:
+                    raise RuntimeError(f"RabbitMQ node {self.node} did not start; its log ends:\n{tail}") from exc
             (self.folder / "pid").unlink(missing_ok=True)
             self._choose_ports()
 
@@ -116,9 +111,10 @@ class PrivateRabbitMQ:
             capture_output=True,
         )
 
-    def ctl_until_done(self, *command: str) -> None:
+    def ctl_until_done(self, *command: str, while_: Callable[[], bool] = lambda: True) -> None:
         """Run ``rabbitmqctl`` until it succeeds: a node starting, or stopping its app, or a
         busy machine, may leave the CLI unable to reach it for a moment (exit 69, unavailable).
+        Tries stop early once ``while_`` says there is no point (the node's process ended).
         """
         deadline = time.monotonic() + NODE_TIMEOUT
         while True:
@@ -126,7 +122,7 @@ class PrivateRabbitMQ:
                 self.ctl(*command)
                 return
             except subprocess.CalledProcessError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or not while_():
                     raise
                 time.sleep(0.5)
 
