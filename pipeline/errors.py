@@ -23,6 +23,13 @@ def shown(value: object) -> str:
     return _SHOWN.repr(value)
 
 
+def not_text(error: UnicodeEncodeError) -> str:
+    """What an error message says of the character UTF-8 could not encode: in a ``str``, only
+    a lone surrogate (``U+D800, a lone surrogate, which is not text``).
+    """
+    return f"U+{ord(error.object[error.start]):04X}, a lone surrogate, which is not text (UTF-8 cannot encode it)"
+
+
 class PipelineError(Exception):
     """Base class of every error pipeline raises."""
 

@@ -13,13 +13,13 @@ writer counts the cells it cut and the characters it replaced, for the export's 
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -38,6 +38,10 @@ MAX_CELL_UNITS = 32_767
 CUT_MARKER = " […cut]"
 #: What replaces a character XML cannot hold.
 REPLACEMENT = "\ufffd"
+#: The characters XML 1.0 cannot hold: the controls but tab and line ends (openpyxl's
+#: ``ILLEGAL_CHARACTERS_RE``), and what the XML writer refuses besides: the lone surrogates
+#: (which are not text: UTF-8 cannot encode them) and the non-characters U+FFFE and U+FFFF.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def utf16_units(text: str) -> int:
@@ -144,8 +148,8 @@ class WorkbookWriter:
         written, never evaluated.
         """
         # Every character XML cannot hold is unprintable: the quick test spares the search.
-        if not text.isprintable() and ILLEGAL_CHARACTERS_RE.search(text):
-            text, replaced = ILLEGAL_CHARACTERS_RE.subn(REPLACEMENT, text)
+        if not text.isprintable() and NOT_XML.search(text):
+            text, replaced = NOT_XML.subn(REPLACEMENT, text)
             self.replaced_characters += replaced
         # No more characters than half the limit cannot take more units than the limit.
         if len(text) > MAX_CELL_UNITS // 2 and utf16_units(text) > MAX_CELL_UNITS:

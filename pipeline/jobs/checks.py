@@ -18,7 +18,7 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError
+from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError, not_text
 from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION, SHOWN_ARGUMENTS_OPTION
 from pipeline.settings import Settings
 
@@ -121,21 +121,32 @@ class MessageChecks(Middleware):
             raise Refusal(refusal) from exc
 
 
-#: JSON as a message body holds it, without NaN or infinities (made once: ``json.dumps`` with
-#: an option builds a new encoder on every call).
-_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+#: JSON as a message body holds it, without NaN or infinities, its text left as it is (made once:
+#: ``json.dumps`` with an option builds a new encoder on every call).
+_STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 
 def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse arguments that are not JSON values, naming the first such argument."""
+    """Refuse arguments that are not JSON values, naming the first such argument.
+
+    Text must be Unicode that UTF-8 can encode: a lone surrogate (what ``surrogateescape``
+    leaves of undecodable bytes) passes JSON's escapes, but fails wherever a worker writes the
+    text out (a mail, a workbook, a log), so it is refused here, at send.
+    """
     try:
-        _STRICT_JSON.encode([args, kwargs])
+        _STRICT_JSON.encode([args, kwargs]).encode("utf-8")
         return
     except (TypeError, ValueError):
         pass
     named = [(f"argument {n + 1}", value) for n, value in enumerate(args)] + [(repr(k), v) for k, v in kwargs.items()]
     for name, value in named:
         try:
-            _STRICT_JSON.encode(value)
+            _STRICT_JSON.encode(value).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise Refusal(
+                InvalidMessage(
+                    f"{actor_name}: {name} holds {not_text(exc)}; decode the bytes it came from with errors='replace'"
+                )
+            ) from None
         except (TypeError, ValueError) as exc:
             raise Refusal(InvalidMessage(f"{actor_name}: {name} is not a JSON value ({exc})")) from None

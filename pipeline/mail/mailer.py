@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypedDict, cast
 
-from pipeline.errors import DeliveryUncertain, MailError, ResultBackendUnavailable, SmtpUnavailable
+from pipeline.errors import DeliveryUncertain, MailError, ResultBackendUnavailable, SmtpUnavailable, not_text
 from pipeline.mail.message import build_message, parse_addresses
 from pipeline.mail.rendering import check_template_request, get_renderer
 from pipeline.mail.smtp import SmtpSender
@@ -156,10 +156,15 @@ class Mailer:
           SmtpUnavailable: Worth retrying; nothing was sent.
           DeliveryUncertain: The server may have it; not sent again.
         """
-        rendered = self.renderer.render(template, context or {})
-        envelope = build_message(
-            rendered, settings=self.settings, message_id=job_id, to=to, cc=cc, bcc=bcc, reply_to=reply_to
-        )
+        try:
+            rendered = self.renderer.render(template, context or {})
+            envelope = build_message(
+                rendered, settings=self.settings, message_id=job_id, to=to, cc=cc, bcc=bcc, reply_to=reply_to
+            )
+        except UnicodeEncodeError as exc:
+            raise MailError(
+                f"{template}: the mail would hold {not_text(exc)}, from its context or an address"
+            ) from None
         earlier = self._claim(job_id)
         so_far: Mapping[str, Any] | None = None
         if earlier is not None:

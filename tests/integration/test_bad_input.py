@@ -80,6 +80,18 @@ FAILED_IN_THE_WORKER = {
         "header injection",
     ),
     "no recipient": (send_email, {"to": [], "template": "welcome", "context": WELCOME}, {}, "at least one recipient"),
+    "a lone surrogate in the context": (
+        send_email,
+        {"to": "a@example.com", "template": "welcome", "context": {**WELCOME, "customer": {"name": "Zo\ud800"}}},
+        {},
+        "welcome: the mail would hold U+D800, a lone surrogate",
+    ),
+    "a lone surrogate in a display name": (
+        send_email,
+        {"to": "Zo\udceb <zoe@example.com>", "template": "welcome", "context": WELCOME},
+        {},
+        "welcome: the mail would hold U+DCEB, a lone surrogate",
+    ),
     "non-ASCII address, no SMTPUTF8": (
         send_email,
         {"to": "zoë@example.com", "template": "welcome", "context": WELCOME},
@@ -153,6 +165,28 @@ REFUSED_AT_SEND = {
         "plain name",
     ),
     "mail without recipient": (send_email, (), {"to": [], "template": "welcome"}, InvalidMessage, "at least one"),
+    "a lone surrogate": (ping, ("caf\udce9",), {}, InvalidMessage, "argument 1 holds U+DCE9, a lone surrogate"),
+    "a lone surrogate in a mail's context": (
+        send_email,
+        (),
+        {"to": "a@example.com", "template": "welcome", "context": {**WELCOME, "customer": {"name": "Zo\ud800"}}},
+        InvalidMessage,
+        "'context' holds U+D800, a lone surrogate",
+    ),
+    "a lone surrogate in an address": (
+        send_email,
+        (),
+        {"to": "zo\udceb@example.com", "template": "welcome", "context": WELCOME},
+        InvalidMessage,
+        "'to' holds U+DCEB",
+    ),
+    "a lone surrogate in an inline order": (
+        export_orders,
+        (),
+        {"orders": [order(customer_name="M\udcfcller")]},
+        InvalidMessage,
+        "'orders' holds U+DCFC",
+    ),
     "notify with a line break": (
         export_orders,
         (),
@@ -177,7 +211,14 @@ def bad_input_worker(amqp, redis_client, tmp_path_factory):
 
 #: Cases of :data:`FAILED_IN_THE_WORKER` that the sender refuses too: published past its checks,
 #: as another service might, the worker must still fail them at once.
-REFUSED_AT_SEND_TOO = ("not an address", "header injection", "template name leaving the folder", "no recipient")
+REFUSED_AT_SEND_TOO = (
+    "not an address",
+    "header injection",
+    "template name leaving the folder",
+    "no recipient",
+    "a lone surrogate in the context",
+    "a lone surrogate in a display name",
+)
 
 
 @pytest.mark.parametrize("case", FAILED_IN_THE_WORKER)

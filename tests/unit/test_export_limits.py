@@ -96,6 +96,16 @@ def test_characters_xml_cannot_hold_are_replaced_and_counted(exporter):
     assert pointer["replaced_characters"] == 4
 
 
+def test_lone_surrogates_and_non_characters_are_replaced_and_counted(exporter):
+    # Neither is text XML holds: the XML writer refuses both, which failed the whole export.
+    order = make_order(1, name="M\udcfcller\uffff")
+    order["items"][0]["sku"] = "S\ud800-\ufffe"
+    pointer = exporter.export("j", orders=[order])
+    book = openpyxl.load_workbook(pointer["path"])
+    assert book["Orders"]["C2"].value == "M\ufffdller\ufffd" and book["Items"]["B2"].value == "S\ufffd-\ufffd"
+    assert pointer["replaced_characters"] == 4
+
+
 def test_a_time_never_shows_as_the_next_second(exporter):
     pointer = exporter.export("j", orders=[{**make_order(1), "created_at": "2025-12-31T23:59:59.9999"}])
     assert openpyxl.load_workbook(pointer["path"])["Orders"]["B2"].value == datetime.datetime(2025, 12, 31, 23, 59, 59)
