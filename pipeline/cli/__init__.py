@@ -86,8 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_what_cannot_be_encoded() -> None:
+    """Print a character the output cannot encode (a lone surrogate in a record another
+    service's job wrote) as a backslash escape, as stderr does, rather than stop on it.
+    """
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pipeline`` command and return its exit status."""
+    _escape_what_cannot_be_encoded()
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

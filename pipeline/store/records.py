@@ -133,6 +133,12 @@ class RecordStore:
             fields = {"message_id": message_id, "state": state.value, **fields}
             if attempt:
                 fields = {**fields, "attempt": attempt}
+        actor = fields.get("actor")
+        if type(actor) is str and not actor.isascii():
+            # The script keys the index by actor with the decoded name, and Redis's JSON decoder
+            # refuses a lone surrogate (a raw message's actor name may hold one): it is kept as
+            # its escape, as text.
+            fields = {**fields, "actor": actor.encode("utf-8", "backslashreplace").decode("utf-8")}
         # A failure lives as long as its message may wait in the dead-letter queue.
         ttl = max(self.settings.result_ttl, FAILURE_TTL) if state is JobState.FAILURE else self.settings.result_ttl
         args: list[Any] = ["" if state is None else rank(state, attempt), ttl, time.time_ns() // 1000]

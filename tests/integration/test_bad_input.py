@@ -269,6 +269,16 @@ def test_a_raw_message_for_an_unknown_actor_fails_at_once(bad_input_worker, amqp
     assert result.info()["attempt"] == 1 and "no_such_actor" in error["message"]
 
 
+@pytest.mark.parametrize("args", [(), "not a list"])
+def test_a_raw_message_for_an_actor_named_with_a_lone_surrogate_fails_at_once(args, bad_input_worker, amqp):
+    # The record's index by actor is keyed by the name, which Redis's JSON decoder refused.
+    message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="scan\udcff", args=args, kwargs={}, options={})
+    publish_raw(amqp, message)
+    result = AsyncResult(message.message_id)
+    error = result.get(timeout=20, propagate=False)
+    assert result.info()["attempt"] == 1 and "scan\\udcff" in error["message"], error
+
+
 def test_a_raw_message_whose_arguments_do_not_fit_fails_at_once(bad_input_worker, amqp):
     message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(1, 2, 3), kwargs={}, options={})
     publish_raw(amqp, message)

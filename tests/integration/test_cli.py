@@ -40,6 +40,17 @@ def test_status_of_a_failure_prints_the_error_and_exits_1(clean_redis):
     assert "ValueError: row 17: total 'abc' is not a number" in out.stdout
 
 
+def test_status_of_a_record_holding_a_lone_surrogate_prints_it_escaped(clean_redis):
+    # Another service's job may write one (an OSError over a file name that is not UTF-8).
+    error = {"type": "FileNotFoundError", "message": "no file 'q3\udce9.csv'", "traceback": ""}
+    message_id = finished(str(uuid.uuid4()), JobState.FAILURE, error=error)
+    out = run_cli("status", message_id, PYTHONIOENCODING="utf-8")
+    assert out.returncode == RET_FAILED, out.stderr
+    assert "FileNotFoundError: no file 'q3\\udce9.csv'" in out.stdout
+    out = run_cli("status", "--json", message_id, PYTHONIOENCODING="utf-8")
+    assert out.returncode == RET_FAILED and "q3\\udce9.csv" in out.stdout, out.stderr
+
+
 def test_status_json_is_the_record(clean_redis):
     message_id = finished(str(uuid.uuid4()), JobState.SUCCESS, result=[1, 2])
     out = run_cli("status", "--json", message_id)

@@ -312,6 +312,28 @@ def test_every_value_a_page_shows_from_a_record_is_text(client, clean_redis):
     assert "<script>" not in job_page.text.replace('<script src="/static/live.js" defer></script>', "")
 
 
+def test_a_record_holding_lone_surrogates_is_shown_with_escapes(client, clean_redis):
+    # As another service's job may write them: an OSError over a file name that is not UTF-8.
+    message_id = str(uuid.uuid4())
+    get_store().write(
+        message_id,
+        JobState.FAILURE,
+        attempt=1,
+        actor="scan\udcff",
+        queue="default",
+        finished_at="2026-01-01T00:00:02+00:00",
+        error={"type": "FileNotFoundError", "message": "no file 'q3\udce9.csv'", "traceback": "at 'q3\udce9.csv'"},
+    )
+    succeeded = str(uuid.uuid4())
+    get_store().write(succeeded, JobState.SUCCESS, attempt=1, actor="scan", result={"name": "M\udcfcller"})
+    pages = {}
+    for path in (f"/jobs/{message_id}", f"/jobs/{succeeded}", "/jobs", f"/live/job?id={message_id}", "/live/jobs"):
+        pages[path] = client.get(path, headers={"X-Test-User": "viewer"})
+        assert pages[path].status_code == 200, path
+    assert "no file &#39;q3\\udce9.csv&#39;" in pages[f"/jobs/{message_id}"].text
+    assert "M\\udcfcller" in pages[f"/jobs/{succeeded}"].text
+
+
 @pytest.mark.parametrize(
     ("path", "status", "says"),
     [
