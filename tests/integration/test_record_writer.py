@@ -322,7 +322,7 @@ def test_writes_in_flight_at_exit_are_answered_before_the_process_ends(private_r
 def test_a_record_whose_actor_name_holds_a_lone_surrogate_is_written_and_indexed(clean_redis):
     # A raw message's actor name may hold one. The write script keys the index by the decoded
     # name, and Redis's JSON decoder refused the escape: the write failed after the record was
-    # set, and a worker kept it to make again, failing each time.
+    # set, and the job was missing from the index by actor.
     message_id = str(uuid.uuid4())
     error = {"type": "ActorNotFound", "message": "no such actor"}
     applied, state = get_store().write(message_id, JobState.FAILURE, attempt=1, actor="scan\udcff", error=error)
