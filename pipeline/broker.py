@@ -43,7 +43,7 @@ from pipeline.errors import (
     ResultBackendUnavailable,
 )
 from pipeline.jobs.acks import AcksTogether, UnsentWrites
-from pipeline.jobs.checks import MessageChecks, SettingsAtStart, is_retry, refusals_raised
+from pipeline.jobs.checks import MessageChecks, SettingsAtStart, check_delay, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
 from pipeline.jobs.logs import WorkerLogs
@@ -252,7 +252,8 @@ class PipelineBroker(RabbitmqBroker):
           PublishOutcomeUnknown: The connection broke while the message was published, and the
             retries failed too: RabbitMQ may have it.
           InvalidPriority: The message's priority does not fit its queue.
-          InvalidMessage: The message could never be published (too large for the server).
+          InvalidMessage: The message could never be published (too large for the server, or a
+            ``delay`` that is not a number of milliseconds).
         """
         # Read first, out of the middleware's hooks (which log what they raise): a bad setting
         # reaches the sender as the SettingsError that names it.
@@ -260,8 +261,10 @@ class PipelineBroker(RabbitmqBroker):
         canonical = q_name(message.queue_name)
         queue_name = canonical
         if delay is not None:
+            now = current_millis()
+            check_delay(delay, now)
             queue_name = dq_name(canonical)
-            due = current_millis() + delay
+            due = now + delay
             retried, message = message, message.copy(queue_name=queue_name, options={ETA_OPTION: due})
             if is_retry(retried):
                 retried.options[RETRY_DUE_OPTION] = due

@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,8 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError, not_text
+from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError, not_text, shown
+from pipeline.jobs.holds import longest_run
 from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION, SHOWN_ARGUMENTS_OPTION
 from pipeline.settings import Settings
 
@@ -49,6 +51,60 @@ def refusals_raised() -> Iterator[None]:
 def is_retry(message: dramatiq.Message[Any] | MessageProxy) -> bool:
     """True for a message the Retries middleware is sending again."""
     return bool(message.options.get(RETRIES_OPTION))
+
+
+#: The latest a delayed job may be due: the last millisecond of the year 9999, the last a
+#: record's timestamps can hold.
+LATEST_DUE_MILLIS = 253_402_300_799_999
+
+#: Options a message may set for itself, as Dramatiq's middleware read them: each a number of
+#: at least this much (``max_retries`` a whole one).
+NUMERIC_OPTIONS = {"max_retries": 0, "min_backoff": 0, "max_backoff": 0, "time_limit": 1, "max_age": 1}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_delay(delay: object, now_millis: int) -> None:
+    """Refuse a send's ``delay`` that is not a number of milliseconds, or that makes the job due
+    past the year 9999; a negative one is due at once, as with Dramatiq.
+
+    Raises:
+      InvalidMessage: It is refused; the message names it.
+    """
+    if not _is_number(delay):
+        raise InvalidMessage(f"delay {shown(delay)} is not a number of milliseconds (or a timedelta)")
+    if now_millis + delay > LATEST_DUE_MILLIS:  # type: ignore[operator]
+        raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
+
+
+def _check_options(broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any], options: dict[str, Any]) -> None:
+    """Refuse options a message sets for itself that no worker could follow: a number that is
+    not one, and a ``time_limit`` longer than any its queue's actors declare, which the workers'
+    consumer-timeout check is measured against (see :mod:`pipeline.jobs.holds`).
+    """
+    for name, least in NUMERIC_OPTIONS.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        whole = name == "max_retries"
+        if not _is_number(value) or value < least or (whole and not isinstance(value, int)):
+            kind = "a whole number" if whole else "a number"
+            problem = f"option {name} {shown(value)} is not {kind} of {least} or more"
+            raise Refusal(InvalidMessage(f"{actor.actor_name}: {problem}"))
+    limit = options.get("time_limit")
+    if limit is not None:
+        # 0: no time limit applies on this broker, so none is checked either.
+        longest = longest_run(broker, actor.queue_name)
+        if longest and limit > longest:
+            raise Refusal(
+                InvalidMessage(
+                    f"{actor.actor_name}: time_limit {limit} ms is longer than any actor of queue "
+                    f"{actor.queue_name!r} declares ({longest} ms), which the workers' consumer timeout is "
+                    "checked against: declare the longer limit on the actor"
+                )
+            )
 
 
 #: Exit code of a worker process that stops for a bad setting.
@@ -110,6 +166,7 @@ class MessageChecks(Middleware):
         except TypeError as exc:
             raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
         _check_json(actor.actor_name, message.args, message.kwargs)
+        _check_options(broker, actor, message.options)
         check = actor.options.get(CHECK_OPTION)
         if check is None:
             return

@@ -256,6 +256,42 @@ def test_a_call_that_can_never_run_is_refused_at_send(case, bad_input_worker, am
     assert job_keys(clean_redis) == []
 
 
+#: Send options refused in the sender: (options, text the error must hold).
+REFUSED_OPTIONS = {
+    "delay as text": ({"delay": "10"}, "delay '10' is not a number of milliseconds"),
+    "delay NaN": ({"delay": math.nan}, "delay nan is not a number of milliseconds"),
+    "delay True": ({"delay": True}, "delay True is not a number of milliseconds"),
+    "delay past the year 9999": ({"delay": 10**20}, "makes the job due past the year 9999"),
+    "max_retries as text": ({"max_retries": "x"}, "ping: option max_retries 'x' is not a whole number of 0 or more"),
+    "max_retries a fraction": ({"max_retries": 1.5}, "option max_retries 1.5 is not a whole number"),
+    "time_limit negative": ({"time_limit": -1}, "option time_limit -1 is not a number of 1 or more"),
+    "min_backoff infinite": ({"min_backoff": math.inf}, "option min_backoff inf is not a number"),
+    "time_limit past the queue's": (
+        {"time_limit": 10**9},
+        "time_limit 1000000000 ms is longer than any actor of queue 'default' declares",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_OPTIONS)
+def test_a_send_option_no_worker_could_follow_is_refused_at_send(case, bad_input_worker, clean_redis):
+    options, reason = REFUSED_OPTIONS[case]
+    with pytest.raises(InvalidMessage) as raised:
+        ping.send_with_options(args=(1,), **options)
+    assert reason in str(raised.value)
+    assert job_keys(clean_redis) == []
+
+
+def test_send_options_a_worker_can_follow_are_taken(bad_input_worker):
+    # A shorter time limit, a fraction of a millisecond, and a delay already past (due at once).
+    sent = [
+        ping.send_with_options(args=(1,), time_limit=5_000),
+        ping.send_with_options(args=(2,), delay=0.5, max_retries=0),
+        ping.send_with_options(args=(3,), delay=-5),
+    ]
+    assert [AsyncResult(m.message_id).get(timeout=20) for m in sent] == [{"pong": 1}, {"pong": 2}, {"pong": 3}]
+
+
 def publish_raw(amqp, message: dramatiq.Message) -> None:
     """Publish as another service might, past every send-time check."""
     amqp.basic_publish("", message.queue_name, message.encode())
