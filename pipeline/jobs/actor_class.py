@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
 
+from pipeline.errors import InvalidMessage, shown
 from pipeline.jobs.checks import refusals_raised
 from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION
 from pipeline.jobs.send_once import claim, publish_or_release, send_once
@@ -154,6 +155,8 @@ class PipelineActor(dramatiq.Actor):
           BrokerUnavailable: RabbitMQ did not take a batch; earlier batches stand.
           InvalidPriority: ``priority`` does not fit the queue.
           InvalidIdempotencyKey: A key cannot be one (nothing of its batch was published).
+          InvalidMessage: A call is not of either form, or a check refused one (nothing of its
+            batch was published; a call of neither form: nothing at all).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
@@ -161,9 +164,9 @@ class PipelineActor(dramatiq.Actor):
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
         messages = []
-        for call in calls:
-            args, kwargs = ((), call) if isinstance(call, Mapping) else call
-            messages.append(self.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options))
+        for position, call in enumerate(calls, 1):
+            args, kwargs = self._arguments(position, call)
+            messages.append(self.message_with_options(args=args, kwargs=kwargs, **options))
         keys: list[str | None] = list(idempotency_keys) if idempotency_keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError(f"idempotency_keys holds {len(keys)} keys for {len(messages)} calls")
@@ -171,6 +174,23 @@ class PipelineActor(dramatiq.Actor):
         for start in range(0, len(messages), batch_size):
             sent += self._send_batch(messages[start : start + batch_size], keys[start : start + batch_size])
         return sent
+
+    def _arguments(self, position: int, call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional and keyword arguments of one of ``send_many``'s calls.
+
+        Raises:
+          InvalidMessage: The call is neither keyword arguments nor an ``(args, kwargs)`` pair.
+        """
+        if isinstance(call, Mapping):
+            return (), dict(call)
+        if isinstance(call, tuple | list) and len(call) == 2:
+            args, kwargs = call
+            if isinstance(args, tuple | list) and isinstance(kwargs, Mapping):
+                return tuple(args), dict(kwargs)
+        raise InvalidMessage(
+            f"{self.actor_name}: call {position} of send_many, {shown(call)}, is neither keyword arguments "
+            "nor an (args, kwargs) pair"
+        )
 
     def _send_batch(self, messages: list[dramatiq.Message[Any]], keys: list[str | None]) -> list[dramatiq.Message[Any]]:
         """Publish one batch, but for the calls whose key a send already used."""

@@ -17,7 +17,7 @@ from waiting import wait_until
 
 from pipeline.actors import ping
 from pipeline.broker import PipelineBroker, build_broker
-from pipeline.errors import BrokerUnavailable, InvalidPriority, QueueMismatch
+from pipeline.errors import BrokerUnavailable, InvalidMessage, InvalidPriority, QueueMismatch
 from pipeline.jobs.actor_class import PipelineActor, actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
@@ -145,11 +145,23 @@ def test_a_queue_declared_with_other_arguments_is_reported(amqp):
 def test_a_send_many_batch_refused_by_a_check_queues_nothing_and_leaves_no_record(purge, amqp, clean_redis):
     purge(SLOW_QUEUE)
     from pipeline.actors import export_orders
-    from pipeline.errors import InvalidMessage
 
     with pytest.raises(InvalidMessage, match="give either orders"):
         export_orders.send_many([{"filter": {}}, {"orders": [], "file": "x.jsonl"}])
     assert queue_depth(amqp, SLOW_QUEUE) == 0
+    assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+
+
+@pytest.mark.parametrize(
+    ("calls", "shown"),
+    [([{"payload": 1}, 7], "call 2 of send_many, 7,"), ("ab", "call 1 of send_many, 'a',"), ([((1,),)], "((1,),)")],
+)
+def test_send_many_refuses_a_call_of_neither_form_and_sends_nothing(calls, shown, purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(InvalidMessage) as raised:
+        ping.send_many(calls)
+    assert shown in str(raised.value) and "neither keyword arguments nor an (args, kwargs) pair" in str(raised.value)
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
     assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
 
 
