@@ -113,6 +113,10 @@ class JobTimeout(PipelineError, TimeoutError):
     """``AsyncResult.get`` ran out of time before the job finished."""
 
 
+class InvalidTimeout(PermanentError, ValueError):
+    """A wait's ``timeout`` is not a number of seconds (NaN, text); nothing was waited for."""
+
+
 class InvalidJobId(PermanentError, ValueError):
     """A job id is not of the form pipeline issues (a UUID); nothing was looked up."""
 

@@ -114,6 +114,7 @@ class AsyncResult:
 
         Raises:
           JobTimeout: The job did not finish in time (also a ``TimeoutError``).
+          InvalidTimeout: ``timeout`` is not a number of seconds (also a ``ValueError``).
           JobRevoked: The job was revoked.
           Exception: The worker's error, rebuilt with its type where that type is a builtin or
             one of pipeline's, else :class:`~pipeline.errors.JobFailed` carrying type and message.

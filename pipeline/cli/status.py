@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 from typing import Any
 
 from pipeline.cli.exit_codes import exit_code
@@ -97,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
     return show_job(args.message_id, as_json=args.json, wait=args.wait, live=args.follow)
 
 
+def seconds(text: str) -> float:
+    """``--wait``'s value: a number of seconds, 0 or more (not NaN, which no wait would end)."""
+    value = float(text)
+    if math.isnan(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
 def add_parser(commands: Any) -> None:
     """Add ``status`` to the command's subparsers."""
     status = commands.add_parser(
@@ -107,7 +116,7 @@ def add_parser(commands: Any) -> None:
     )
     status.add_argument("message_id", help="the job's message id")
     status.add_argument("--json", action="store_true", help="print the record as JSON")
-    status.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
+    status.add_argument("--wait", type=seconds, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
     status.add_argument(
         "--follow", action="store_true", help="draw the job's progress until it ends (or --wait runs out)"
     )

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 
-from pipeline.errors import JobTimeout, ResultBackendUnavailable
+from pipeline.errors import InvalidTimeout, JobTimeout, ResultBackendUnavailable, shown
 from pipeline.job_record import JobRecord
 from pipeline.settings import PROCESS_SETTINGS, Settings
 from pipeline.states import JobState, rank
@@ -546,10 +547,17 @@ class RecordStore:
 
         Raises:
           JobTimeout: ``timeout`` seconds passed first.
+          InvalidTimeout: ``timeout`` is not a number of seconds (NaN, which no time passes).
           ResultBackendUnavailable: Redis failed or did not answer in time.
         """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout)
+        ):
+            raise InvalidTimeout(
+                f"timeout {shown(timeout)} is not a number of seconds (None waits as long as it takes)"
+            )
         done = self.keys.done(message_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None or timeout == math.inf else time.monotonic() + timeout
         with self.translated():
             while True:
                 left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())

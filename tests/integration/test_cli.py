@@ -99,7 +99,10 @@ def test_status_of_a_revoked_job_exits_1(clean_redis, capsys):
     assert "REVOKED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args", [[], ["status"], ["status", "x", "--wait", "soon"], ["no-such-command"]])
+@pytest.mark.parametrize(
+    "args",
+    [[], ["status"], ["status", "x", "--wait", "soon"], ["status", "x", "--wait", "nan"], ["no-such-command"]],
+)
 def test_a_wrong_command_line_exits_2(args):
     out = run_cli(*args)
     assert out.returncode == RET_USAGE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import subprocess
 import sys
 import time
@@ -17,10 +18,11 @@ from waiting import settled, wait_until
 
 from pipeline.actors import ping
 from pipeline.broker import broker
-from pipeline.errors import JobRevoked, JobTimeout, PermanentError
+from pipeline.errors import InvalidTimeout, JobRevoked, JobTimeout, PermanentError
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult, report_progress
 from pipeline.states import JobState
+from pipeline.store.records import get_store
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +154,24 @@ def test_get_times_out_with_a_timeout_error(clean_redis):
     with pytest.raises(JobTimeout, match="SCHEDULED"):
         AsyncResult(sent.message_id).get(timeout=0.1)
     AsyncResult(sent.message_id).revoke()
+
+
+@pytest.mark.parametrize("timeout", [math.nan, "5", True])
+def test_get_refuses_a_timeout_that_is_not_a_number_of_seconds_at_once(timeout, clean_redis):
+    # NaN compares false with every deadline: the wait never ended.
+    message_id = str(uuid.uuid4())
+    started = time.monotonic()
+    with pytest.raises(InvalidTimeout, match="is not a number of seconds"):
+        AsyncResult(message_id).get(timeout=timeout)
+    assert time.monotonic() - started < 1
+
+
+def test_get_with_an_infinite_timeout_waits_as_long_as_it_takes(clean_redis):
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.SUCCESS, actor="ping", result={"pong": 1})
+    assert AsyncResult(message_id).get(timeout=math.inf) == {"pong": 1}
+    with pytest.raises(JobTimeout):
+        AsyncResult(str(uuid.uuid4())).get(timeout=-math.inf)
 
 
 def test_get_with_no_time_to_wait_looks_once(worker, clean_redis):
