@@ -25,6 +25,7 @@ from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_ERROR, RET_FAILED, RET_OK
 from pipeline.cli.follow import follow
 from pipeline.errors import PipelineError
@@ -242,5 +243,5 @@ def add_parser(commands: Any) -> None:
         "the file and the mails, and stop everything. Exit 0: both succeeded; 1: a job failed; 5: a service "
         "is not running (the line says how to start it).",
     )
-    demo.add_argument("--orders", type=int, default=5000, metavar="N", help="orders to generate (default 5000)")
+    demo.add_argument("--orders", type=count, default=5000, metavar="N", help="orders to generate (default 5000)")
     demo.set_defaults(handler=run)

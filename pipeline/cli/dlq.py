@@ -10,6 +10,7 @@ from typing import Any
 
 import pika.exceptions
 
+from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
 from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, dead_letter_queues
 from pipeline.errors import PipelineError
@@ -101,7 +102,7 @@ def add_parser(commands: Any) -> None:
 
     listing = sub.add_parser("list", help="list dead-lettered messages and why each failed (changes no queue)")
     listing.add_argument("--queue", help="default or slow (both when omitted)")
-    listing.add_argument("--limit", type=int, default=100, metavar="N", help="list N at most (default 100)")
+    listing.add_argument("--limit", type=count, default=100, metavar="N", help="list N at most (default 100)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=run_list)
 
@@ -120,7 +121,7 @@ def add_parser(commands: Any) -> None:
     requeue.add_argument("--all", action="store_true", help="requeue every message (of --queue)")
     requeue.add_argument("--actor", help="requeue the messages of this actor")
     requeue.add_argument("--queue", help="default or slow (both when omitted)")
-    requeue.add_argument("--limit", type=int, metavar="N", help="requeue N messages at most")
+    requeue.add_argument("--limit", type=count, metavar="N", help="requeue N messages at most")
     requeue.add_argument("--json", action="store_true", help="print JSON")
     requeue.set_defaults(handler=run_requeue)
 

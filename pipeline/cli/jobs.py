@@ -8,8 +8,8 @@ import re
 import time
 from typing import Any
 
+from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK
-from pipeline.errors import PipelineError
 from pipeline.states import JobState
 from pipeline.store.records import get_store
 
@@ -44,8 +44,6 @@ def state_name(text: str) -> JobState:
 
 def run(args: argparse.Namespace) -> int:
     """``pipeline jobs``."""
-    if args.limit < 1:
-        raise PipelineError("--limit must be at least 1")
     since = time.time() - args.since if args.since else 0.0
     records = get_store().recent(state=args.state, actor=args.actor, since=since, limit=args.limit)
     if args.json:
@@ -82,6 +80,6 @@ def add_parser(commands: Any) -> None:
     jobs.add_argument("--state", type=state_name, help="only jobs in this state (QUEUED, STARTED, ... REVOKED)")
     jobs.add_argument("--actor", help="only jobs of this actor")
     jobs.add_argument("--since", type=age, metavar="AGE", help="only jobs changed within AGE (90s, 15m, 1h, 2d)")
-    jobs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)")
+    jobs.add_argument("--limit", type=count, default=50, metavar="N", help="at most N jobs (default 50)")
     jobs.add_argument("--json", action="store_true", help="print the records as JSON")
     jobs.set_defaults(handler=run)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 from typing import Any
 
+from pipeline.cli.arguments import seconds
 from pipeline.cli.exit_codes import exit_code
 from pipeline.cli.follow import follow
 from pipeline.errors import JobTimeout
@@ -96,14 +96,6 @@ def show_job(message_id: str, *, as_json: bool, wait: float | None = None, live:
 def run(args: argparse.Namespace) -> int:
     """``pipeline status``."""
     return show_job(args.message_id, as_json=args.json, wait=args.wait, live=args.follow)
-
-
-def seconds(text: str) -> float:
-    """``--wait``'s value: a number of seconds, 0 or more (not NaN, which no wait would end)."""
-    value = float(text)
-    if math.isnan(value) or value < 0:
-        raise ValueError(text)
-    return value
 
 
 def add_parser(commands: Any) -> None:

@@ -101,7 +101,17 @@ def test_status_of_a_revoked_job_exits_1(clean_redis, capsys):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["status"], ["status", "x", "--wait", "soon"], ["status", "x", "--wait", "nan"], ["no-such-command"]],
+    [
+        [],
+        ["status"],
+        ["status", "x", "--wait", "soon"],
+        ["status", "x", "--wait", "nan"],
+        ["jobs", "--limit", "0"],
+        ["dlq", "list", "--limit", "-1"],
+        ["dlq", "requeue", "--all", "--limit", "0"],
+        ["demo", "--orders", "-5"],
+        ["no-such-command"],
+    ],
 )
 def test_a_wrong_command_line_exits_2(args):
     out = run_cli(*args)

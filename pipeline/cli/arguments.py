@@ -1,0 +1,23 @@
+"""The kinds of value the command's options take, checked as argparse reads them: a value of
+the wrong kind is a usage error that names the option, before anything is done.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def count(text: str) -> int:
+    """A number of things: a whole number, 1 or more (``--limit``, ``--orders``)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, 0 or more (not NaN, which no wait would end)."""
+    value = float(text)
+    if math.isnan(value) or value < 0:
+        raise ValueError(text)
+    return value
