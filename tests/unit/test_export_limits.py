@@ -139,7 +139,11 @@ def openpyxl_files_in_the_system_temp() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "openpyxl.*")))
 
 
-def test_a_failed_export_leaves_no_scratch_files_anywhere(exporter, settings):
+def test_a_failed_export_leaves_no_scratch_files_anywhere(exporter, settings, tmp_path, monkeypatch):
+    # The system temp of this process alone: the suite's other processes write openpyxl's
+    # files into the machine's own meanwhile.
+    (tmp_path / "system-temp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-temp"))
     before = openpyxl_files_in_the_system_temp()
     orders = [make_order(1), {**make_order(2), "total": "abc"}]
     with pytest.raises(Exception, match="row 2"):
