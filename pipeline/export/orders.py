@@ -98,6 +98,13 @@ def _text(row: int, field: str, value: Any, *, required: bool = True) -> str:
     return text
 
 
+#: The exponent of the largest number a spreadsheet cell holds: Excel's is 9.99999999999999E+307
+#: (past it the cell's double is infinite, which openpyxl writes as an empty value: lost silently).
+LARGEST_CELL_EXPONENT = 307
+#: The largest count a spreadsheet cell holds exactly: Excel keeps 15 significant digits.
+LARGEST_EXACT_COUNT = 10**15 - 1
+
+
 def _money(row: int, field: str, value: Any) -> Decimal:
     """An amount, exact: from the input's decimal text, never through a binary float.
 
@@ -113,6 +120,8 @@ def _money(row: int, field: str, value: Any) -> Decimal:
         raise InvalidOrder(f"row {row}: {field} {value!r} is not a number") from None
     if not number.is_finite():
         raise InvalidOrder(f"row {row}: {field} {value!r} is not a finite number")
+    if number and number.adjusted() > LARGEST_CELL_EXPONENT:
+        raise InvalidOrder(f"row {row}: {field} {value!r} is larger than a spreadsheet cell holds (9.99e307)")
     return number
 
 
@@ -123,6 +132,10 @@ def _count(row: int, field: str, value: Any) -> int:
         number = None
     if number is None or number < 1:
         raise InvalidOrder(f"row {row}: {field} {value!r} is not a whole number of at least 1")
+    if number > LARGEST_EXACT_COUNT:
+        raise InvalidOrder(
+            f"row {row}: {field} {value!r} is more than a spreadsheet cell holds exactly ({LARGEST_EXACT_COUNT:,})"
+        )
     return number
 
 
@@ -200,9 +213,16 @@ def _validate_item(raw: Any, row: int, position: int) -> Item:
     missing = [f for f in Item._fields if f not in raw]
     if missing:
         raise InvalidOrder(f"row {row}: {where} misses field(s) {', '.join(missing)}")
-    return Item(
+    item = Item(
         sku=_text(row, f"{where} sku", raw["sku"]),
         name=_text(row, f"{where} name", raw["name"]),
         quantity=_count(row, f"{where} quantity", raw["quantity"]),
         unit_price=_money(row, f"{where} unit_price", raw["unit_price"]),
     )
+    amount = item.unit_price * item.quantity
+    if amount and amount.adjusted() > LARGEST_CELL_EXPONENT:
+        raise InvalidOrder(
+            f"row {row}: {where} amount ({item.quantity} at {item.unit_price}) is larger than a spreadsheet cell "
+            "holds (9.99e307)"
+        )
+    return item

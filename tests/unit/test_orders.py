@@ -34,6 +34,9 @@ def test_a_time_with_an_offset_is_converted_to_utc():
         ("total", float("inf"), "row 17: total inf is not a finite number"),
         ("total", "-Infinity", "row 17: total '-Infinity' is not a finite number"),
         ("total", [1], "row 17: total [1] is not a number"),
+        # Past Excel's largest number the cell's double is infinite, written as an empty value.
+        ("total", "1e999", "row 17: total '1e999' is larger than a spreadsheet cell holds"),
+        ("total", "-1E+308", "row 17: total '-1E+308' is larger than a spreadsheet cell holds"),
         ("created_at", "yesterday", "row 17: created_at 'yesterday' is not an ISO 8601 date and time"),
         ("customer_email", "nobody", "row 17: customer_email 'nobody' is not an e-mail address"),
         ("status", "lost", "row 17: status 'lost' is not one of"),
@@ -76,6 +79,23 @@ def test_a_bad_item_names_its_position():
     raw["items"][1]["quantity"] = 0
     with pytest.raises(InvalidOrder, match=r"row 4: item 2 quantity 0 is not a whole number of at least 1"):
         validate_order(raw, 4)
+
+
+def test_an_item_past_what_a_cell_holds_names_its_position():
+    raw = make_order(1)
+    raw["items"][0]["quantity"] = 10**15
+    with pytest.raises(InvalidOrder, match=r"row 4: item 1 quantity 1000000000000000 is more than a spreadsheet"):
+        validate_order(raw, 4)
+    raw["items"][0].update(quantity=10**14, unit_price="1e300")
+    with pytest.raises(InvalidOrder, match=r"row 4: item 1 amount \(100000000000000 at 1E\+300\) is larger"):
+        validate_order(raw, 4)
+
+
+def test_the_largest_amounts_and_counts_a_cell_holds_are_taken():
+    raw = {**make_order(1), "total": "9.99999999999999E+307"}
+    raw["items"][0].update(quantity=10**15 - 1, unit_price="0.01")
+    order = validate_order(raw, 1)
+    assert order.total == Decimal("9.99999999999999E+307") and order.items[0].quantity == 10**15 - 1
 
 
 def test_missing_fields_are_listed():
