@@ -20,9 +20,10 @@ from pipeline.export.exporter import Exporter, ExportPointer
 from pipeline.export.orders import choose_columns
 from pipeline.export.sources import check_request
 from pipeline.job_id import derived_job_id
-from pipeline.jobs.actor_class import FromSettings, actor
+from pipeline.jobs.actor_class import actor
 from pipeline.jobs.current import current_message_id, interruption, report_progress, should_stop
 from pipeline.jobs.mail_rate import MailRateLimit
+from pipeline.jobs.options import FromSettings
 from pipeline.mail.mailer import BULK_MAIL_PRIORITY, Mailer, MailOutcome, check_mail_request, priority_for
 from pipeline.mail.message import parse_addresses
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE

@@ -61,6 +61,12 @@ class InvalidPriority(PermanentError):
     """A message's priority is outside what its queue was declared with; nothing was queued."""
 
 
+class InvalidActor(PermanentError, ValueError):
+    """An actor's declaration no worker could follow (an option of the wrong kind): raised where
+    it is declared, as Dramatiq raises for a bad queue name.
+    """
+
+
 class InvalidMessage(PermanentError):
     """A message's arguments failed its actor's send-time check; nothing was queued."""
 

@@ -14,7 +14,6 @@ An actor function therefore cannot take a parameter named ``priority`` or ``idem
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,33 +23,15 @@ import dramatiq
 
 from pipeline.errors import InvalidMessage, shown
 from pipeline.jobs.checks import refusals_raised
-from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION
+from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION, FromSettings
 from pipeline.jobs.send_once import claim, publish_or_release, send_once
-from pipeline.settings import PROCESS_SETTINGS, get_settings
+from pipeline.settings import PROCESS_SETTINGS
 
 if TYPE_CHECKING:
     from pipeline.broker import PipelineBroker
 
 #: Messages per AMQP transaction in :meth:`PipelineActor.send_many`.
 DEFAULT_BATCH_SIZE = 500
-
-
-@dataclasses.dataclass(frozen=True)
-class FromSettings:
-    """An actor option whose value is a setting's, read when the option is first asked for
-    (when a worker or a send needs it), not when the actor is declared.
-
-    Parameters:
-      name: The field of :class:`~pipeline.settings.Settings`.
-      factor: What the value is multiplied by (1000: seconds to milliseconds).
-    """
-
-    name: str
-    factor: int = 1
-
-    def value(self) -> Any:
-        """The setting's value, times the factor."""
-        return getattr(get_settings(), self.name) * self.factor
 
 
 class ActorOptions(dict[str, Any]):

@@ -12,16 +12,24 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from pipeline.errors import InvalidMessage, PermanentError, PipelineError, SettingsError, not_text, shown
+from pipeline.errors import (
+    InvalidActor,
+    InvalidMessage,
+    PermanentError,
+    PipelineError,
+    SettingsError,
+    not_text,
+    shown,
+)
 from pipeline.jobs.holds import longest_run
-from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION, SHOWN_ARGUMENTS_OPTION
+from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION, SHOWN_ARGUMENTS_OPTION, FromSettings
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,20 +87,29 @@ def check_delay(delay: object, now_millis: int) -> None:
         raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
 
 
+def _numeric_problem(options: Mapping[str, Any]) -> str | None:
+    """What is wrong with the first of :data:`NUMERIC_OPTIONS` in ``options`` that is not the
+    number it must be, or None (an option read from the settings is checked there).
+    """
+    for name, least in NUMERIC_OPTIONS.items():
+        value = options.get(name)
+        if value is None or isinstance(value, FromSettings):
+            continue
+        whole = name == "max_retries"
+        if not _is_number(value) or value < least or (whole and not isinstance(value, int)):
+            kind = "a whole number" if whole else "a number"
+            return f"option {name} {shown(value)} is not {kind} of {least} or more"
+    return None
+
+
 def _check_options(broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any], options: dict[str, Any]) -> None:
     """Refuse options a message sets for itself that no worker could follow: a number that is
     not one, and a ``time_limit`` longer than any its queue's actors declare, which the workers'
     consumer-timeout check is measured against (see :mod:`pipeline.jobs.holds`).
     """
-    for name, least in NUMERIC_OPTIONS.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        whole = name == "max_retries"
-        if not _is_number(value) or value < least or (whole and not isinstance(value, int)):
-            kind = "a whole number" if whole else "a number"
-            problem = f"option {name} {shown(value)} is not {kind} of {least} or more"
-            raise Refusal(InvalidMessage(f"{actor.actor_name}: {problem}"))
+    problem = _numeric_problem(options)
+    if problem is not None:
+        raise Refusal(InvalidMessage(f"{actor.actor_name}: {problem}"))
     limit = options.get("time_limit")
     if limit is not None:
         # 0: no time limit applies on this broker, so none is checked either.
@@ -152,6 +169,20 @@ class MessageChecks(Middleware):
         dashboard may show).
         """
         return {CHECK_OPTION, SHOWN_ARGUMENTS_OPTION}
+
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        """Refuse a declaration no worker could follow, where it is made: a numeric option that
+        is not a number (``time_limit="5m"``), a ``check`` that is not a function.
+
+        Raises:
+          InvalidActor: Through :class:`Refusal`; the message names the actor and the option.
+        """
+        problem = _numeric_problem(actor.options)
+        check = actor.options.get(CHECK_OPTION)
+        if problem is None and check is not None and not callable(check):
+            problem = f"option check {shown(check)} is not a function"
+        if problem is not None:
+            raise Refusal(InvalidActor(f"actor {actor.actor_name!r}: {problem}"))
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Check a newly sent message (retries were checked when first sent)."""

@@ -1,4 +1,13 @@
-"""The names of the options pipeline adds to actors and messages."""
+"""The names of the options pipeline adds to actors and messages, and the actor options whose
+values are settings (:class:`FromSettings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.settings import get_settings
 
 #: Message option a sender sets for the AMQP priority (higher is sooner).
 PRIORITY_OPTION = "priority"
@@ -24,3 +33,21 @@ SHOWN_ARGUMENTS_OPTION = "shown_arguments"
 RATE_LIMITED_OPTION = "rate_limited"
 #: Message option: when (Unix ms) a mail waiting for the rate limit is due again.
 RATE_WAIT_OPTION = "pipeline_rate_wait"
+
+
+@dataclasses.dataclass(frozen=True)
+class FromSettings:
+    """An actor option whose value is a setting's, read when the option is first asked for
+    (when a worker or a send needs it), not when the actor is declared.
+
+    Parameters:
+      name: The field of :class:`~pipeline.settings.Settings`.
+      factor: What the value is multiplied by (1000: seconds to milliseconds).
+    """
+
+    name: str
+    factor: int = 1
+
+    def value(self) -> Any:
+        """The setting's value, times the factor."""
+        return getattr(get_settings(), self.name) * self.factor

@@ -1,0 +1,76 @@
+"""Declarations and message options no worker could follow, refused where they are made (on a
+stub broker: no services)."""
+
+from __future__ import annotations
+
+import math
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Retries, TimeLimit
+
+from pipeline.errors import InvalidActor, InvalidMessage
+from pipeline.jobs.actor_class import PipelineActor
+from pipeline.jobs.checks import MessageChecks
+from pipeline.jobs.options import FromSettings
+
+
+@pytest.fixture
+def stub():
+    # The middleware that define the options checked, as every broker of pipeline has them.
+    broker = StubBroker(middleware=[AgeLimit(), TimeLimit(), Retries(), MessageChecks()])
+    broker.emit_after("process_boot")
+    yield broker
+    broker.close()
+
+
+def declare(broker, **options):
+    return dramatiq.actor(lambda: None, actor_class=PipelineActor, broker=broker, queue_name="default", **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"time_limit": "5m"}, "option time_limit '5m' is not a number of 1 or more"),
+        ({"time_limit": math.nan}, "option time_limit nan is not a number of 1 or more"),
+        ({"max_retries": -1}, "option max_retries -1 is not a whole number of 0 or more"),
+        ({"max_retries": True}, "option max_retries True is not a whole number of 0 or more"),
+        ({"min_backoff": "x"}, "option min_backoff 'x' is not a number of 0 or more"),
+        ({"max_age": 0}, "option max_age 0 is not a number of 1 or more"),
+        ({"check": "not a function"}, "option check 'not a function' is not a function"),
+    ],
+)
+def test_a_declaration_no_worker_could_follow_is_refused_naming_the_option(stub, options, problem):
+    with pytest.raises(InvalidActor) as raised:
+        declare(stub, actor_name="invoices", **options)
+    assert str(raised.value) == f"actor 'invoices': {problem}"
+    assert "invoices" not in stub.actors
+
+
+def test_numbers_and_options_read_from_the_settings_are_taken(stub):
+    declared = declare(
+        stub,
+        time_limit=FromSettings("export_time_limit", 1000),
+        max_retries=3,
+        min_backoff=0,
+        max_backoff=2.5,
+        max_age=60_000,
+        check=lambda: None,
+    )
+    assert declared.options["max_retries"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"max_retries": "x"}, "option max_retries 'x' is not a whole number of 0 or more"),
+        ({"time_limit": -1}, "option time_limit -1 is not a number of 1 or more"),
+    ],
+)
+def test_a_message_option_no_worker_could_follow_is_refused_at_send(stub, options, problem):
+    declared = declare(stub, actor_name="pings")
+    with pytest.raises(InvalidMessage) as raised:
+        declared.send_with_options(**options)
+    assert str(raised.value) == f"pings: {problem}"
+    assert stub.queues["default"].qsize() == 0
