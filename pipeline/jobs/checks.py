@@ -224,7 +224,7 @@ def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     try:
         _STRICT_JSON.encode([args, kwargs]).encode("utf-8")
         return
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         pass
     named = [(f"argument {n + 1}", value) for n, value in enumerate(args)] + [(repr(k), v) for k, v in kwargs.items()]
     for name, value in named:
@@ -236,5 +236,6 @@ def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) 
                     f"{actor_name}: {name} holds {not_text(exc)}; decode the bytes it came from with errors='replace'"
                 )
             ) from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
+            # RecursionError: nested deeper than any encoder (or a worker's decoder) goes.
             raise Refusal(InvalidMessage(f"{actor_name}: {name} is not a JSON value ({exc})")) from None

@@ -29,6 +29,14 @@ pytestmark = pytest.mark.integration
 ORDER = {"customer": {"name": "A"}, "order": {"id": "1", "currency": "EUR", "total": 1, "items": []}}
 
 
+def nested(depth: int) -> list:
+    """A list ``depth`` lists deep."""
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def order(**changes):
     return {**make_order(1), **changes}
 
@@ -108,6 +116,8 @@ REFUSED_AT_SEND = {
     "not a JSON value": (ping, ({1, 2},), {}, InvalidMessage, "argument 1 is not a JSON value"),
     "a date": (ping, (), {"payload": datetime.date(2026, 1, 1)}, InvalidMessage, "'payload' is not a JSON value"),
     "NaN": (ping, (math.nan,), {}, InvalidMessage, "argument 1 is not a JSON value"),
+    "nested past any decoder": (ping, (nested(100_000),), {}, InvalidMessage, "argument 1 is not a JSON value"),
+    "an integer past Python's conversion limit": (ping, (10**5000,), {}, InvalidMessage, "argument 1 is not a JSON"),
     "both orders and a file": (export_orders, (), {"orders": [], "file": "x.jsonl"}, InvalidMessage, "give either"),
     "too many inline orders": (export_orders, (), {"orders": [{}] * 1001}, InvalidMessage, "at most 1000"),
     "priority out of range": (ping, (1,), {"priority": 11}, InvalidPriority, "outside 0..10"),
