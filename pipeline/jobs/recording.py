@@ -326,9 +326,12 @@ class JobRecords(Middleware):
                 fields.update(error=None, next_attempt_at=None)
             try:
                 self._write(message, JobState.SUCCESS, attempt, result=result, **fields)
-            except TypeError as exc:
+            # A value JSON has no form for, a list that holds itself or an integer past Python's
+            # conversion limit, or one nested deeper than the encoder goes.
+            except (TypeError, ValueError, RecursionError) as exc:
                 message.fail()
-                not_json: JobError = {"type": "TypeError", "message": f"the result is not JSON-safe: {exc}"}
+                reason = f"the result is not JSON-safe: {exc}"
+                not_json: JobError = {"type": type(exc).__name__, "message": reason}
                 self._fail(message, attempt, error=not_json, **fields)
             return
         error = error_info(exception) if exception is not None else FAILED_BEFORE_RUN

@@ -147,6 +147,15 @@ def test_get_without_propagate_returns_the_error(worker):
     assert error["type"] == "pipeline.errors.PermanentError" and error["message"] == "nope"
 
 
+@pytest.mark.parametrize("kind", ["set", "circular", "deep", "huge"])
+def test_a_result_no_record_can_hold_fails_the_job_at_once_saying_why(kind, worker):
+    # Before, only a TypeError was caught: the others left the record STARTED, the job acked.
+    result = AsyncResult(sample_actors.returns_what_json_cannot_hold.send(kind).message_id)
+    error = result.get(timeout=10, propagate=False)
+    assert result.info()["state"] == "FAILURE" and result.info()["attempt"] == 1
+    assert error["message"].startswith("the result is not JSON-safe: "), error
+
+
 def test_get_times_out_with_a_timeout_error(clean_redis):
     sent = broker.enqueue(ping.message_with_options(args=("later",)), delay=60_000)
     with pytest.raises(TimeoutError):

@@ -131,3 +131,22 @@ def fails_until_fixed(key: str, secret: str = "") -> str:
     if not _redis().get(FIXED_PREFIX + key):
         raise PermanentError(f"<script>alert('{key}')</script> is not fixed yet")
     return "fixed"
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=3)
+def returns_what_json_cannot_hold(kind: str) -> object:
+    """Return a result no record can hold: a set, a list holding itself, lists nested deeper
+    than any encoder goes, or an integer past Python's conversion limit.
+    """
+    if kind == "set":
+        return {1, 2}
+    if kind == "circular":
+        itself: list = []
+        itself.append(itself)
+        return itself
+    if kind == "deep":
+        deep: list = []
+        for _ in range(100_000):
+            deep = [deep]
+        return deep
+    return 10**5000
