@@ -60,6 +60,16 @@ def error_info(exception: BaseException) -> JobError:
     module = "" if cls.__module__ == "builtins" else cls.__module__ + "."
     return {
         "type": module + cls.__qualname__,
-        "message": str(exception),
+        "message": _message_of(exception),
         "traceback": "".join(traceback.format_exception(exception, limit=30)),
     }
+
+
+def _message_of(exception: BaseException) -> str:
+    """``str(exception)``, or what says it failed: an actor's exception whose ``__str__`` raises
+    must still leave a record that says the job failed.
+    """
+    try:
+        return str(exception)
+    except Exception as exc:  # noqa: BLE001 - whatever an actor's __str__ raises
+        return f"<its message could not be made: {type(exc).__name__}>"

@@ -39,3 +39,17 @@ def test_error_fields_name_the_type_message_and_traceback():
 @pytest.mark.parametrize("exc", [KeyError("k"), OSError(2, "gone")])
 def test_builtin_types_are_recorded_without_module(exc):
     assert "." not in error_info(exc)["type"]
+
+
+def test_an_error_whose_message_cannot_be_made_is_still_recorded():
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    try:
+        raise Unprintable()
+    except Unprintable as exc:
+        fields = error_info(exc)
+    assert fields["type"].endswith("Unprintable")
+    assert fields["message"] == "<its message could not be made: RuntimeError>"
+    assert "Traceback" in fields["traceback"]
