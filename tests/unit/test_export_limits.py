@@ -87,22 +87,22 @@ def test_a_text_that_fits_exactly_is_not_cut(exporter):
     assert openpyxl.load_workbook(pointer["path"])["Orders"]["C2"].value == text and pointer["cut_cells"] == 0
 
 
-def test_characters_xml_cannot_hold_are_replaced_and_counted(exporter):
-    order = make_order(1, name="Zoë\x00\x01Ørsted\x0bB.")
-    order["items"][0]["name"] = "Mu\x1fg"
+@pytest.mark.parametrize(
+    ("name", "item_field", "item_value", "item_cell", "name_shown", "item_shown"),
+    [
+        ("Zoë\x00\x01Ørsted\x0bB.", "name", "Mu\x1fg", "C2", "Zoë\ufffd\ufffdØrsted\ufffdB.", "Mu\ufffdg"),
+        # Lone surrogates and non-characters: the XML writer refused both, failing the export.
+        ("M\udcfcller\uffff", "sku", "S\ud800-\ufffe", "B2", "M\ufffdller\ufffd", "S\ufffd-\ufffd"),
+    ],
+)
+def test_characters_xml_cannot_hold_are_replaced_and_counted(
+    exporter, name, item_field, item_value, item_cell, name_shown, item_shown
+):
+    order = make_order(1, name=name)
+    order["items"][0][item_field] = item_value
     pointer = exporter.export("j", orders=[order])
     book = openpyxl.load_workbook(pointer["path"])
-    assert book["Orders"]["C2"].value == "Zoë\ufffd\ufffdØrsted\ufffdB." and book["Items"]["C2"].value == "Mu\ufffdg"
-    assert pointer["replaced_characters"] == 4
-
-
-def test_lone_surrogates_and_non_characters_are_replaced_and_counted(exporter):
-    # Neither is text XML holds: the XML writer refuses both, which failed the whole export.
-    order = make_order(1, name="M\udcfcller\uffff")
-    order["items"][0]["sku"] = "S\ud800-\ufffe"
-    pointer = exporter.export("j", orders=[order])
-    book = openpyxl.load_workbook(pointer["path"])
-    assert book["Orders"]["C2"].value == "M\ufffdller\ufffd" and book["Items"]["B2"].value == "S\ufffd-\ufffd"
+    assert book["Orders"]["C2"].value == name_shown and book["Items"][item_cell].value == item_shown
     assert pointer["replaced_characters"] == 4
 
 
