@@ -15,11 +15,14 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Retries
 
-from pipeline.errors import JobStopped, TransientError
+from pipeline.errors import InvalidActor, JobStopped, TransientError, shown
+from pipeline.jobs.checks import Refusal
 from pipeline.settings import Settings
 
 #: Actor option: more exception types that count as passing for that actor.
 RETRY_ON_OPTION = "retry_on"
+#: What a declared ``retry_on`` is tried on when the actor is declared.
+_PROBE = Exception()
 #: Exceptions that may pass whatever the actor: trouble with a service, or time running out.
 PASSING = (TransientError, ConnectionError, TimeoutError)
 
@@ -71,6 +74,23 @@ class PipelineRetries(Retries):
             # The retry could not be sent: dead-letter the message rather than ack and lose it.
             self.logger.exception("Could not schedule a retry of message %r.", message.message_id)
             message.fail()
+
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        """Refuse a ``retry_on`` that ``isinstance`` cannot take (a type, a tuple or a union of
+        types): every failure would raise again in the retry decision, and the job would be
+        acknowledged with neither a retry nor a failure.
+
+        Raises:
+          InvalidActor: Through :class:`~pipeline.jobs.checks.Refusal`.
+        """
+        declared = actor.options.get(RETRY_ON_OPTION)
+        if declared is None:
+            return
+        try:
+            isinstance(_PROBE, declared)
+        except TypeError:
+            problem = f"option retry_on {shown(declared)} is not an exception type, or a tuple of them"
+            raise Refusal(InvalidActor(f"actor {actor.actor_name!r}: {problem}")) from None
 
     @staticmethod
     def may_pass(broker: dramatiq.Broker, message: MessageProxy, exception: BaseException) -> bool:

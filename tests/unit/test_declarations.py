@@ -8,18 +8,20 @@ import math
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, Retries, TimeLimit
+from dramatiq.middleware import AgeLimit, TimeLimit
 
 from pipeline.errors import InvalidActor, InvalidMessage
 from pipeline.jobs.actor_class import PipelineActor
 from pipeline.jobs.checks import MessageChecks
 from pipeline.jobs.options import FromSettings
+from pipeline.jobs.retries import PipelineRetries
+from pipeline.settings import Settings
 
 
 @pytest.fixture
 def stub():
     # The middleware that define the options checked, as every broker of pipeline has them.
-    broker = StubBroker(middleware=[AgeLimit(), TimeLimit(), Retries(), MessageChecks()])
+    broker = StubBroker(middleware=[AgeLimit(), TimeLimit(), PipelineRetries(Settings()), MessageChecks()])
     broker.emit_after("process_boot")
     yield broker
     broker.close()
@@ -39,6 +41,11 @@ def declare(broker, **options):
         ({"min_backoff": "x"}, "option min_backoff 'x' is not a number of 0 or more"),
         ({"max_age": 0}, "option max_age 0 is not a number of 1 or more"),
         ({"check": "not a function"}, "option check 'not a function' is not a function"),
+        ({"retry_on": "TimeoutError"}, "option retry_on 'TimeoutError' is not an exception type, or a tuple of them"),
+        (
+            {"retry_on": (KeyError, "x")},
+            "option retry_on (<class 'KeyError'>, 'x') is not an exception type, or a tuple of them",
+        ),
     ],
 )
 def test_a_declaration_no_worker_could_follow_is_refused_naming_the_option(stub, options, problem):
@@ -57,7 +64,10 @@ def test_numbers_and_options_read_from_the_settings_are_taken(stub):
         max_backoff=2.5,
         max_age=60_000,
         check=lambda: None,
+        retry_on=(KeyError, OSError),
     )
+    union = declare(stub, actor_name="unions", retry_on=KeyError | OSError)
+    assert union.options["retry_on"] == KeyError | OSError
     assert declared.options["max_retries"] == 3
 
 
