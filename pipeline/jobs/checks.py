@@ -70,7 +70,8 @@ LATEST_DUE_MILLIS = 253_402_300_799_999
 NUMERIC_OPTIONS = {"max_retries": 0, "min_backoff": 0, "max_backoff": 0, "time_limit": 1, "max_age": 1}
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -81,13 +82,13 @@ def check_delay(delay: object, now_millis: int) -> None:
     Raises:
       InvalidMessage: It is refused; the message names it.
     """
-    if not _is_number(delay):
+    if not is_number(delay):
         raise InvalidMessage(f"delay {shown(delay)} is not a number of milliseconds (or a timedelta)")
     if now_millis + delay > LATEST_DUE_MILLIS:  # type: ignore[operator]
         raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
 
 
-def _numeric_problem(options: Mapping[str, Any]) -> str | None:
+def numeric_option_problem(options: Mapping[str, Any]) -> str | None:
     """What is wrong with the first of :data:`NUMERIC_OPTIONS` in ``options`` that is not the
     number it must be, or None (an option read from the settings is checked there).
     """
@@ -96,7 +97,7 @@ def _numeric_problem(options: Mapping[str, Any]) -> str | None:
         if value is None or isinstance(value, FromSettings):
             continue
         whole = name == "max_retries"
-        if not _is_number(value) or value < least or (whole and not isinstance(value, int)):
+        if not is_number(value) or value < least or (whole and not isinstance(value, int)):
             kind = "a whole number" if whole else "a number"
             return f"option {name} {shown(value)} is not {kind} of {least} or more"
     return None
@@ -107,7 +108,7 @@ def _check_options(broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any], opt
     not one, and a ``time_limit`` longer than any its queue's actors declare, which the workers'
     consumer-timeout check is measured against (see :mod:`pipeline.jobs.holds`).
     """
-    problem = _numeric_problem(options)
+    problem = numeric_option_problem(options)
     if problem is not None:
         raise Refusal(InvalidMessage(f"{actor.actor_name}: {problem}"))
     limit = options.get("time_limit")
@@ -177,7 +178,7 @@ class MessageChecks(Middleware):
         Raises:
           InvalidActor: Through :class:`Refusal`; the message names the actor and the option.
         """
-        problem = _numeric_problem(actor.options)
+        problem = numeric_option_problem(actor.options)
         check = actor.options.get(CHECK_OPTION)
         if problem is None and check is not None and not callable(check):
             problem = f"option check {shown(check)} is not a function"

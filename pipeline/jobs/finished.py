@@ -26,7 +26,16 @@ from dramatiq.errors import DecodeError
 from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
+from pipeline.jobs.checks import is_number, numeric_option_problem
 from pipeline.jobs.consumers import WrappedConsumer
+from pipeline.jobs.options import (
+    BROKER_PRIORITY_OPTION,
+    ETA_OPTION,
+    RATE_WAIT_OPTION,
+    REDELIVERIES_OPTION,
+    RETRIES_OPTION,
+    RETRY_DUE_OPTION,
+)
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
 from pipeline.store.writer import Answer, When
@@ -222,15 +231,32 @@ FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 )
 
 
+#: Options the middleware count with: whole numbers of 0 or more.
+COUNT_OPTIONS = (RETRIES_OPTION, REDELIVERIES_OPTION)
+#: Options that hold a time (Unix milliseconds), or the AMQP priority: numbers.
+NUMBER_OPTIONS = (ETA_OPTION, RETRY_DUE_OPTION, RATE_WAIT_OPTION, BROKER_PRIORITY_OPTION)
+
+
 def malformed(message: Any) -> str | None:
     """What makes a decoded message unusable (a field of the wrong type, as another service may
-    publish it), or None.
+    publish it), or None. Its options are checked too, each as the middleware read it: one of
+    the wrong type would fail a hook, which Dramatiq logs and passes, and the job would run
+    half-wired.
     """
     for field, kind, described in FIELD_TYPES:
         value = getattr(message, field, None)
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"{field} {shown(value)} is not {described}"
-    return None
+    options = message.options
+    for name in COUNT_OPTIONS:
+        value = options.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            return f"option {name} {shown(value)} is not a whole number of 0 or more"
+    for name in NUMBER_OPTIONS:
+        value = options.get(name)
+        if value is not None and not is_number(value):
+            return f"option {name} {shown(value)} is not a number"
+    return numeric_option_problem(options)
 
 
 def checks_finished(queue_name: str) -> bool:

@@ -398,6 +398,13 @@ def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_li
         ("message_timestamp", None, "message_timestamp None is not a whole number"),
         ("options", [], "options [] is not an object"),
         ("kwargs", "x", "kwargs 'x' is not an object"),
+        # Options the middleware read: each of the wrong type ran the job half-wired.
+        ("options", {"retries": "x"}, "option retries 'x' is not a whole number of 0 or more"),
+        ("options", {"retries": -3}, "option retries -3 is not a whole number of 0 or more"),
+        ("options", {"pipeline_redeliveries": 1.5}, "option pipeline_redeliveries 1.5 is not a whole number"),
+        ("options", {"eta": "tomorrow"}, "option eta 'tomorrow' is not a number"),
+        ("options", {"broker_priority": "high"}, "option broker_priority 'high' is not a number"),
+        ("options", {"time_limit": "x"}, "option time_limit 'x' is not a number of 1 or more"),
     ],
 )
 def test_a_raw_message_with_a_field_of_the_wrong_type_fails_at_once_with_one_line(
