@@ -19,7 +19,7 @@ from testenv import make_settings
 from waiting import wait_until
 
 from pipeline.actors import ping
-from pipeline.errors import InvalidIdempotencyKey, InvalidPriority
+from pipeline.errors import InvalidIdempotencyKey, InvalidMessage, InvalidPriority
 from pipeline.jobs.send_once import send_once
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
@@ -129,6 +129,14 @@ def test_a_send_refused_at_send_gives_its_key_back(purge, amqp, clean_redis):
     with pytest.raises(InvalidPriority, match=r"outside 0\.\.10"):
         ping.send(1, priority=99, idempotency_key="order-8")
     assert ping.send(1, idempotency_key="order-8").message_id
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 1, what="the second send published")
+
+
+def test_a_send_whose_delay_is_refused_gives_its_key_back(purge, amqp, clean_redis):
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(InvalidMessage, match="delay 'soon' is not a number of milliseconds"):
+        ping.send_with_options(args=(1,), delay="soon", idempotency_key="order-9")
+    assert ping.send(1, idempotency_key="order-9").message_id
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 1, what="the second send published")
 
 
