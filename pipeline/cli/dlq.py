@@ -47,9 +47,11 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     """``pipeline dlq show ID``."""
     with DeadLetters() as letters:
-        found = [d for d in letters.take(dead_letter_queues(None), DEFAULT_LIMIT) if d.message_id == args.message_id]
+        taken = letters.take(dead_letter_queues(None), DEFAULT_LIMIT)
+        found = [d for d in taken if d.message_id == args.message_id]
         if not found:
-            print(f"pipeline: no dead-lettered message {args.message_id}")
+            where = f" among the first {DEFAULT_LIMIT:,} (there are more)" if len(taken) == DEFAULT_LIMIT else ""
+            print(f"pipeline: no dead-lettered message {args.message_id}{where}")
             return RET_UNKNOWN
         summary = found[0].summary()
         summary["headers"] = {k: v for k, v in (found[0].properties.headers or {}).items() if k != "x-death"}
@@ -67,19 +69,32 @@ def run_requeue(args: argparse.Namespace) -> int:
         raise PipelineError("say which messages: job ids, --all, or --actor NAME")
     wanted = set(args.ids)
     done: list[str] = []
+    unseen = False
     with DeadLetters() as letters:
-        for dead in letters.take(dead_letter_queues(args.queue), DEFAULT_LIMIT):
-            if args.limit is not None and len(done) >= args.limit:
+        while args.limit is None or len(done) < args.limit:
+            taken = letters.take(dead_letter_queues(args.queue), DEFAULT_LIMIT)
+            for dead in taken:
+                if args.limit is not None and len(done) >= args.limit:
+                    break
+                by_actor = args.actor is not None and dead.actor == args.actor
+                if args.all or dead.message_id in wanted or by_actor:
+                    letters.requeue(dead)
+                    done.append(str(dead.message_id))
+            # With --all every message taken was requeued, so the next window holds new ones; else
+            # those passed over are still held here, and what lies past them was not looked at.
+            unseen = len(taken) == DEFAULT_LIMIT
+            if not (args.all and unseen):
                 break
-            chosen = args.all or (dead.message_id in wanted) or (args.actor is not None and dead.actor == args.actor)
-            if chosen:
-                letters.requeue(dead)
-                done.append(str(dead.message_id))
     missing = sorted(wanted - set(done))
+    more = unseen and not args.all
     if args.json:
-        print(json.dumps({"requeued": done, "not_found": missing}))
+        shown: dict[str, Any] = {"requeued": done, "not_found": missing}
+        if more:
+            shown["more_not_looked_at"] = True
+        print(json.dumps(shown))
     else:
-        print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else ""))
+        beyond = f"; only the first {DEFAULT_LIMIT:,} dead letters were looked at, more remain" if more else ""
+        print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else "") + beyond)
     return RET_UNKNOWN if missing else RET_OK
 
 

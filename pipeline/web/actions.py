@@ -57,14 +57,18 @@ class Actions:
     def requeue(self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None) -> list[str]:
         """Requeue the dead letters of ``ids``, or of ``actor``, or all of ``queue``'s; their ids."""
         done: list[str] = []
+        everything = ids is None and actor is None
         with DeadLetters() as letters:
-            for dead in letters.take(dead_letter_queues(queue), DEFAULT_LIMIT):
-                chosen = (ids is not None and dead.message_id in ids) or (actor is not None and dead.actor == actor)
-                if ids is None and actor is None:
-                    chosen = True
-                if chosen:
-                    letters.requeue(dead)
-                    done.append(str(dead.message_id))
+            while True:
+                taken = letters.take(dead_letter_queues(queue), DEFAULT_LIMIT)
+                for dead in taken:
+                    by_id = ids is not None and dead.message_id in ids
+                    if everything or by_id or (actor is not None and dead.actor == actor):
+                        letters.requeue(dead)
+                        done.append(str(dead.message_id))
+                # All of a window requeued, the next one holds new messages (see `dlq requeue`).
+                if not (everything and len(taken) == DEFAULT_LIMIT):
+                    break
         self.audit.add(self.who, "requeue", done, f"actor={actor}" if actor else (f"queue={queue}" if queue else ""))
         return done
 

@@ -7,6 +7,8 @@ import json
 import os
 import uuid
 
+import dramatiq
+import pika
 import pytest
 from cli_runner import run_cli
 from export_support import export_env, make_folders
@@ -17,6 +19,7 @@ from smtp import running_smtp_server
 from waiting import wait_until
 
 from pipeline.cli import RET_BAD_ID, RET_ERROR, RET_FAILED, RET_OK, RET_UNKNOWN
+from pipeline.dead_letters import DEFAULT_LIMIT
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 
@@ -166,6 +169,29 @@ def test_dlq_requeue_runs_the_message_again_under_its_id_and_notes_it(operated, 
     record = AsyncResult(message_id).info()
     assert record["state"] == "FAILURE" and record["attempt"] == 1 and "requeued_at" in record
     wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1, what="the message dead-lettered again")
+
+
+@pytest.mark.lasts(10)
+def test_dlq_past_its_window_of_dead_letters_says_so_and_requeue_all_takes_every_one(operated, amqp):
+    # A command looks at 1,000 dead letters at a time: past them, "no such message" was said of
+    # one that is there, and "requeue --all" requeued the first 1,000 as if they were all.
+    env, _, _ = operated
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    ids = []
+    for n in range(DEFAULT_LIMIT + 1):
+        message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(n,), kwargs={}, options={})
+        properties = pika.BasicProperties(message_id=message.message_id)
+        amqp.basic_publish("", DEFAULT_QUEUE + ".XQ", message.encode(), properties)
+        ids.append(message.message_id)
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == DEFAULT_LIMIT + 1, what="the dead letters")
+    shown = run_cli("dlq", "show", ids[-1], **env)
+    assert shown.returncode == RET_UNKNOWN and "among the first 1,000 (there are more)" in shown.stdout
+    one = run_cli("dlq", "requeue", ids[-1], **env)
+    assert one.returncode == RET_UNKNOWN and "only the first 1,000 dead letters were looked at" in one.stdout
+    every = run_cli("dlq", "requeue", "--all", "--json", **env)
+    assert every.returncode == RET_OK, every.stderr
+    assert sorted(json.loads(every.stdout)["requeued"]) == sorted(ids)
+    assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 0
 
 
 @pytest.mark.lasts(13)
