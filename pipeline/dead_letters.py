@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import dramatiq
@@ -180,3 +180,33 @@ class DeadLetters:
             if publisher.is_open:
                 publisher.close()
         self.channel.basic_ack(dead.tag)
+
+    def requeue_chosen(
+        self,
+        queues: list[str],
+        chosen: Callable[[DeadMessage], bool] | None,
+        limit: int | None = None,
+    ) -> tuple[list[str], bool]:
+        """Requeue the dead letters of ``queues`` that ``chosen`` picks (every one: None),
+        ``limit`` at most, looking at :data:`DEFAULT_LIMIT` at a time.
+
+        Every one: each window is requeued whole, so the next holds new messages, until the
+        queues are empty. Else the one window is looked at: those passed over are still held
+        here, and what lies past them is not looked at.
+
+        Returns:
+          The ids requeued, and whether more dead letters lay past the window looked at.
+        """
+        done: list[str] = []
+        while limit is None or len(done) < limit:
+            taken = self.take(queues, DEFAULT_LIMIT)
+            for dead in taken:
+                if limit is not None and len(done) >= limit:
+                    break
+                if chosen is None or chosen(dead):
+                    self.requeue(dead)
+                    done.append(str(dead.message_id))
+            full = len(taken) == DEFAULT_LIMIT
+            if chosen is not None or not full:
+                return done, full and chosen is not None
+        return done, False

@@ -12,7 +12,7 @@ import pika.exceptions
 
 from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
-from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, dead_letter_queues
+from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
 
 
@@ -68,25 +68,13 @@ def run_requeue(args: argparse.Namespace) -> int:
     if not (args.ids or args.all or args.actor):
         raise PipelineError("say which messages: job ids, --all, or --actor NAME")
     wanted = set(args.ids)
-    done: list[str] = []
-    unseen = False
+
+    def chosen(dead: DeadMessage) -> bool:
+        return dead.message_id in wanted or (args.actor is not None and dead.actor == args.actor)
+
     with DeadLetters() as letters:
-        while args.limit is None or len(done) < args.limit:
-            taken = letters.take(dead_letter_queues(args.queue), DEFAULT_LIMIT)
-            for dead in taken:
-                if args.limit is not None and len(done) >= args.limit:
-                    break
-                by_actor = args.actor is not None and dead.actor == args.actor
-                if args.all or dead.message_id in wanted or by_actor:
-                    letters.requeue(dead)
-                    done.append(str(dead.message_id))
-            # With --all every message taken was requeued, so the next window holds new ones; else
-            # those passed over are still held here, and what lies past them was not looked at.
-            unseen = len(taken) == DEFAULT_LIMIT
-            if not (args.all and unseen):
-                break
+        done, more = letters.requeue_chosen(dead_letter_queues(args.queue), None if args.all else chosen, args.limit)
     missing = sorted(wanted - set(done))
-    more = unseen and not args.all
     if args.json:
         shown: dict[str, Any] = {"requeued": done, "not_found": missing}
         if more:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pika.exceptions
 from dramatiq.common import xq_name
 
-from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, dead_letter_queues
+from pipeline.dead_letters import DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
@@ -56,19 +56,14 @@ class Actions:
 
     def requeue(self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None) -> list[str]:
         """Requeue the dead letters of ``ids``, or of ``actor``, or all of ``queue``'s; their ids."""
-        done: list[str] = []
-        everything = ids is None and actor is None
+
+        def chosen(dead: DeadMessage) -> bool:
+            return (ids is not None and dead.message_id in ids) or (actor is not None and dead.actor == actor)
+
         with DeadLetters() as letters:
-            while True:
-                taken = letters.take(dead_letter_queues(queue), DEFAULT_LIMIT)
-                for dead in taken:
-                    by_id = ids is not None and dead.message_id in ids
-                    if everything or by_id or (actor is not None and dead.actor == actor):
-                        letters.requeue(dead)
-                        done.append(str(dead.message_id))
-                # All of a window requeued, the next one holds new messages (see `dlq requeue`).
-                if not (everything and len(taken) == DEFAULT_LIMIT):
-                    break
+            done, _ = letters.requeue_chosen(
+                dead_letter_queues(queue), None if ids is None and actor is None else chosen
+            )
         self.audit.add(self.who, "requeue", done, f"actor={actor}" if actor else (f"queue={queue}" if queue else ""))
         return done
 
