@@ -65,12 +65,18 @@ def is_retry(message: dramatiq.Message[Any] | MessageProxy) -> bool:
 #: record's timestamps can hold.
 LATEST_DUE_MILLIS = 253_402_300_799_999
 
-#: Options a message may set for itself, as Dramatiq's middleware read them: each a number of
-#: at least this much (``max_retries`` a whole one).
-NUMERIC_OPTIONS = {"max_retries": 0, "min_backoff": 0, "max_backoff": 0, "time_limit": 1, "max_age": 1}
+#: Options a message may set for itself, as Dramatiq's middleware read them: each a number, of
+#: at least the first value (None: any), and whole when the second is true.
+NUMERIC_OPTIONS: dict[str, tuple[int | None, bool]] = {
+    "max_retries": (0, True),
+    "min_backoff": (0, False),
+    "max_backoff": (0, False),
+    "time_limit": (1, False),
+    "max_age": (1, False),
+}
 
 
-def is_number(value: object) -> bool:
+def _is_number(value: object) -> bool:
     """Whether ``value`` is a finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -82,24 +88,27 @@ def check_delay(delay: object, now_millis: int) -> None:
     Raises:
       InvalidMessage: It is refused; the message names it.
     """
-    if not is_number(delay):
+    if not _is_number(delay):
         raise InvalidMessage(f"delay {shown(delay)} is not a number of milliseconds (or a timedelta)")
     if now_millis + delay > LATEST_DUE_MILLIS:  # type: ignore[operator]
         raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
 
 
-def numeric_option_problem(options: Mapping[str, Any]) -> str | None:
-    """What is wrong with the first of :data:`NUMERIC_OPTIONS` in ``options`` that is not the
-    number it must be, or None (an option read from the settings is checked there).
+def numeric_option_problem(
+    options: Mapping[str, Any], rules: Mapping[str, tuple[int | None, bool]] = NUMERIC_OPTIONS
+) -> str | None:
+    """What is wrong with the first option of ``rules`` in ``options`` that is not the number
+    its rule says (see :data:`NUMERIC_OPTIONS`), or None; an option read from the settings is
+    checked there.
     """
-    for name, least in NUMERIC_OPTIONS.items():
+    for name, (least, whole) in rules.items():
         value = options.get(name)
         if value is None or isinstance(value, FromSettings):
             continue
-        whole = name == "max_retries"
-        if not is_number(value) or value < least or (whole and not isinstance(value, int)):
+        if not _is_number(value) or (whole and not isinstance(value, int)) or (least is not None and value < least):
             kind = "a whole number" if whole else "a number"
-            return f"option {name} {shown(value)} is not {kind} of {least} or more"
+            at_least = "" if least is None else f" of {least} or more"
+            return f"option {name} {shown(value)} is not {kind}{at_least}"
     return None
 
 

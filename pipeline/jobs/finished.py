@@ -26,7 +26,7 @@ from dramatiq.errors import DecodeError
 from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
-from pipeline.jobs.checks import is_number, numeric_option_problem
+from pipeline.jobs.checks import NUMERIC_OPTIONS, numeric_option_problem
 from pipeline.jobs.consumers import WrappedConsumer
 from pipeline.jobs.options import (
     BROKER_PRIORITY_OPTION,
@@ -231,10 +231,18 @@ FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 )
 
 
-#: Options the middleware count with: whole numbers of 0 or more.
-COUNT_OPTIONS = (RETRIES_OPTION, REDELIVERIES_OPTION)
-#: Options that hold a time (Unix milliseconds), or the AMQP priority: numbers.
-NUMBER_OPTIONS = (ETA_OPTION, RETRY_DUE_OPTION, RATE_WAIT_OPTION, BROKER_PRIORITY_OPTION)
+#: The options the middleware read from a delivered message, as
+#: :func:`~pipeline.jobs.checks.numeric_option_problem` checks them: the counts (whole, 0 or
+#: more), the times (Unix milliseconds) and the AMQP priority, and those a sender may set.
+RECEIVED_OPTIONS: dict[str, tuple[int | None, bool]] = {
+    RETRIES_OPTION: (0, True),
+    REDELIVERIES_OPTION: (0, True),
+    ETA_OPTION: (None, False),
+    RETRY_DUE_OPTION: (None, False),
+    RATE_WAIT_OPTION: (None, False),
+    BROKER_PRIORITY_OPTION: (None, False),
+    **NUMERIC_OPTIONS,
+}
 
 
 def malformed(message: Any) -> str | None:
@@ -247,16 +255,7 @@ def malformed(message: Any) -> str | None:
         value = getattr(message, field, None)
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"{field} {shown(value)} is not {described}"
-    options = message.options
-    for name in COUNT_OPTIONS:
-        value = options.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            return f"option {name} {shown(value)} is not a whole number of 0 or more"
-    for name in NUMBER_OPTIONS:
-        value = options.get(name)
-        if value is not None and not is_number(value):
-            return f"option {name} {shown(value)} is not a number"
-    return numeric_option_problem(options)
+    return numeric_option_problem(message.options, RECEIVED_OPTIONS)
 
 
 def checks_finished(queue_name: str) -> bool:
