@@ -123,6 +123,12 @@ class InvalidTimeout(PermanentError, ValueError):
     """A wait's ``timeout`` is not a number of seconds (NaN, text); nothing was waited for."""
 
 
+class InvalidProgress(PermanentError, ValueError):
+    """A progress report's ``done``, ``total`` or ``phase`` is not what a report holds; the
+    report was not recorded.
+    """
+
+
 class InvalidJobId(PermanentError, ValueError):
     """A job id is not of the form pipeline issues (a UUID); nothing was looked up."""
 

@@ -12,8 +12,10 @@ import pika.exceptions
 
 from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
+from pipeline.cli.terminal import cell
 from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
+from pipeline.printable import printable
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -26,12 +28,12 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
     table = Table("job", "queue", "actor", "failed at", "reason", "arguments")
     for row in rows:
         table.add_row(
-            str(row["message_id"]),
-            row["queue"],
-            str(row["actor"]),
-            str(row["failed_at"] or ""),
-            row["reason"],
-            row["arguments"],
+            cell(row["message_id"]),
+            cell(row["queue"]),
+            cell(row["actor"]),
+            cell(row["failed_at"]),
+            cell(row["reason"], 500),
+            cell(row["arguments"], 500),
         )
     Console(width=200).print(table)
 
@@ -59,7 +61,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     else:
         for name, value in summary.items():
-            print(f"{name:<10} {value}")
+            print(f"{name:<10} {printable(value, 20_000)}")
     return RET_OK
 
 

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 
 from pipeline.errors import JobTimeout
 from pipeline.job_record import JobRecord
+from pipeline.printable import printable
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 
@@ -34,7 +35,8 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
     console = console or Console(file=sys.stderr)
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (
-        TextColumn("{task.description}"),
+        # The phase is the job's text: shown as it is, never read as markup.
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
@@ -56,13 +58,22 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
             if record is None:
                 break
             progress: dict[str, Any] = dict(record.get("progress") or {})
-            phase = f" {progress['phase']}" if progress.get("phase") else ""
+            phase = f" {printable(progress['phase'], 60)}" if progress.get("phase") else ""
             bar.update(
                 task,
                 description=f"{message_id[:8]} {record['state']}{phase}",
-                completed=progress.get("done", 0),
-                total=progress.get("total"),
+                completed=_count(progress.get("done")) or 0,
+                total=_count(progress.get("total")),
             )
             speed = bar.tasks[0].speed
             bar.update(task, speed_text=f"{speed:,.0f}/s" if speed else "")
     return handle.info()
+
+
+def _count(value: object) -> float | None:
+    """A progress count as the bar takes it; None for what is not a finite number at least 0
+    (a record written by hand, or by another program).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        return None
+    return value

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK
+from pipeline.cli.terminal import cell
 from pipeline.states import JobState
 from pipeline.store.records import get_store
 
@@ -57,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
         fields: dict[str, Any] = dict(record)
         error = fields.get("error") or {}
         table.add_row(
-            fields["message_id"],
-            str(fields.get("actor", "")),
-            fields["state"],
-            str(fields.get("attempt", "")),
-            str(fields.get("enqueued_at", "")),
-            str(fields.get("finished_at", "")),
-            str(error.get("message", ""))[:80],
+            cell(fields["message_id"]),
+            cell(fields.get("actor")),
+            cell(fields["state"]),
+            cell(fields.get("attempt")),
+            cell(fields.get("enqueued_at")),
+            cell(fields.get("finished_at")),
+            cell(error.get("message"), 80),
         )
     Console(width=200).print(table)
     return RET_OK

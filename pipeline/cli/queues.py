@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 
 from pipeline.cli.exit_codes import RET_OK
+from pipeline.cli.terminal import cell
 from pipeline.errors import ManagementUnavailable
 from pipeline.management import QUEUES, ManagementApi, broker_vhost, from_management
 from pipeline.settings import get_settings
@@ -57,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     columns = ["queue", "ready", "unacked", "consumers", "publish_rate", "deliver_rate", "ack_rate", "max_priority"]
-    table = Table(*[c.replace("_", " ") for c in columns], caption=f"from the {source}")
+    table = Table(*[c.replace("_", " ") for c in columns], caption=cell(f"from the {source}", 500))
     for row in rows:
         table.add_row(
-            *["" if row.get(c) is None else (f"{row[c]:.1f}/s" if "rate" in c else str(row[c])) for c in columns]
+            *[cell(None if row.get(c) is None else (f"{row[c]:.1f}/s" if "rate" in c else row[c])) for c in columns]
         )
     Console(width=160).print(table)
     return RET_OK

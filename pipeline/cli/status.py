@@ -13,6 +13,7 @@ from pipeline.cli.follow import follow
 from pipeline.errors import JobTimeout
 from pipeline.job_id import check_job_id
 from pipeline.job_record import JobRecord
+from pipeline.printable import printable
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 
@@ -34,9 +35,15 @@ _LABELS = (
 
 
 def format_record(message_id: str, record: JobRecord | None) -> str:
-    """A job record as aligned, human-readable lines."""
+    """A job record as aligned, human-readable lines, its text printable (control characters,
+    which a terminal would obey, shown as escapes).
+    """
+    return "\n".join(printable(line, 20_000) for line in _record_lines(message_id, record))
+
+
+def _record_lines(message_id: str, record: JobRecord | None) -> list[str]:
     if record is None:
-        return f"job {message_id}: PENDING (no record: unknown id, or expired)"
+        return [f"job {message_id}: PENDING (no record: unknown id, or expired)"]
     lines = [f"job {message_id}: {record['state']}"]
     fields: dict[str, Any] = dict(record)
     lines += [f"  {label:<9} {fields[name]}" for name, label in _LABELS if fields.get(name) is not None]
@@ -44,7 +51,7 @@ def format_record(message_id: str, record: JobRecord | None) -> str:
     if progress:
         total = f"/{progress['total']}" if progress.get("total") is not None else ""
         phase = f" ({progress['phase']})" if progress.get("phase") else ""
-        lines.append(f"  {'progress':<9} {progress['done']}{total}{phase}")
+        lines.append(f"  {'progress':<9} {progress.get('done')}{total}{phase}")
     result = record.get("result")
     if record.get("state") == JobState.SUCCESS.value:
         if isinstance(result, dict) and "path" in result:
@@ -55,7 +62,7 @@ def format_record(message_id: str, record: JobRecord | None) -> str:
         lines.append(f"  {'error':<9} {error['type']}: {error['message']}")
         if record.get("state") == JobState.FAILURE.value and error.get("traceback"):
             lines += ["    " + line for line in error["traceback"].rstrip().splitlines()]
-    return "\n".join(lines)
+    return lines
 
 
 def notification(record: JobRecord | None) -> dict[str, str] | None:
@@ -89,7 +96,7 @@ def show_job(message_id: str, *, as_json: bool, wait: float | None = None, live:
     else:
         print(format_record(message_id, record))
         if mail is not None:
-            print(f"  {'notified':<9} {mail['to']}: mail job {mail['message_id']} {mail['state']}")
+            print(printable(f"  {'notified':<9} {mail['to']}: mail job {mail['message_id']} {mail['state']}", 500))
     return exit_code(JobState(record["state"]) if record else JobState.PENDING)
 
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from pipeline.cli.exit_codes import RET_OK, RET_USAGE
+from pipeline.printable import printable
 from pipeline.store.connection import get_redis
 from pipeline.store.workers import WorkerEntry, WorkerRegistry, entry_fields
 
@@ -29,7 +30,8 @@ def format_entries(entries: list[WorkerEntry]) -> str:
     lines = [f"{'ID':<32} {'STATUS':<8} {'QUEUES':<16} {'THREADS':>7} {'IN FLIGHT':>9}  STARTED (UTC)        LAST BEAT"]
     for e in entries:
         lines.append(
-            f"{e.id:<32} {_status(e):<8} {','.join(e.queues):<16} {e.threads:>7} {e.in_flight:>9}  "
+            f"{printable(e.id, 200):<32} {_status(e):<8} {printable(','.join(e.queues), 200):<16} "
+            f"{e.threads:>7} {e.in_flight:>9}  "
             f"{_when(e.started_at)}  {_when(e.beat_at)}"
         )
     return "\n".join(lines)
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         registry.ask_quiet(chosen)
         print(f"asked {len(chosen)} worker{'s' if len(chosen) != 1 else ''} to take no more jobs:")
         for e in chosen:
-            print(f"  {e.id}")
+            print(f"  {printable(e.id, 200)}")
         return RET_OK
     if args.json:
         print(json.dumps([entry_fields(e) for e in entries], indent=2))

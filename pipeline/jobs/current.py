@@ -1,8 +1,9 @@
 """What a running actor asks about its own job: its id, whether it was revoked or its worker is
 shutting down, and progress.
 
-Progress reports and revocation checks never fail a job: while Redis is away a report is
-dropped (and False returned), and a revocation is looked up in the worker's memory.
+Progress reports and revocation checks never fail a job for Redis: while Redis is away a report
+is dropped (and False returned), and a revocation is looked up in the worker's memory. A report
+no reader could show (a count that is text or NaN) is refused with ``InvalidProgress``.
 
 The job-records middleware tells this module which message each worker thread is running. It
 imports neither Dramatiq nor the actors, so :mod:`pipeline.results` can offer these functions to
@@ -14,7 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 
-from pipeline.errors import JobInterrupted, JobStopped, PipelineError, ResultBackendUnavailable
+from pipeline.errors import (
+    InvalidProgress,
+    JobInterrupted,
+    JobStopped,
+    PipelineError,
+    ResultBackendUnavailable,
+    not_text,
+    shown,
+)
 from pipeline.job_id import check_job_id
 from pipeline.job_record import Progress
 from pipeline.states import JobState
@@ -27,6 +36,12 @@ _running = threading.local()
 _stop_requested = threading.Event()
 
 logger = logging.getLogger(__name__)
+
+#: The largest count a progress report holds: the largest integer every JSON reader (a
+#: browser's among them) holds exactly.
+MAX_PROGRESS_COUNT = 2**53
+#: The longest phase a progress report holds, in characters.
+MAX_PHASE_LENGTH = 200
 
 #: Why a job stopped, as its record and log say it.
 REVOKED = "it was revoked"
@@ -67,7 +82,10 @@ def report_progress(
 
     Raises:
       InvalidJobId: ``message_id`` is not a job id.
+      InvalidProgress: ``done`` or ``total`` is not a number from 0 to 2**53, or ``phase`` is
+        not text of at most 200 characters (a bug in the actor: the report is not recorded).
     """
+    check_progress(done, total, phase)
     job_id = current_message_id() if message_id is None else check_job_id(message_id)
     progress: Progress = {"done": done, "total": total, "phase": phase, "updated_at": now_iso()}
     try:
@@ -75,6 +93,36 @@ def report_progress(
     except ResultBackendUnavailable as exc:
         logger.debug("Progress of job %s not recorded: %s", job_id, exc)
         return False
+
+
+def check_progress(done: object, total: object, phase: object) -> None:
+    """Refuse a progress report that no reader could show: a count that is not a finite number
+    from 0 to :data:`MAX_PROGRESS_COUNT`, a phase that is not text. ``done`` may pass ``total``
+    (an estimate the work outgrew).
+
+    Raises:
+      InvalidProgress: Naming the argument and what it holds.
+    """
+    for name, value in (("done", done), ("total", total)):
+        if value is None and name == "total":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidProgress(f"report_progress {name} must be a number, not {type(value).__name__} {shown(value)}")
+        if not 0 <= value <= MAX_PROGRESS_COUNT:
+            raise InvalidProgress(f"report_progress {name} must be from 0 to 2**53, not {shown(value)}")
+    if phase is None:
+        return
+    if not isinstance(phase, str):
+        raise InvalidProgress(f"report_progress phase must be text, not {type(phase).__name__} {shown(phase)}")
+    if len(phase) > MAX_PHASE_LENGTH:
+        raise InvalidProgress(
+            f"report_progress phase is {len(phase):,} characters, more than {MAX_PHASE_LENGTH}: name the phase, "
+            "do not describe it"
+        )
+    try:
+        phase.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidProgress(f"report_progress phase holds {not_text(exc)}") from None
 
 
 def is_revoked(message_id: str | None = None) -> bool:

@@ -26,13 +26,13 @@ from werkzeug.wrappers import Request, Response
 from pipeline.dead_letters import DeadLetters, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.jobs.options import SHOWN_ARGUMENTS_OPTION
+from pipeline.printable import printable
 from pipeline.settings import Settings, get_settings
 from pipeline.states import JobState
 from pipeline.store.records import get_store
 from pipeline.web import queries
 from pipeline.web.access import CSRF_COOKIE, CSRF_FIELD, Authorize, Role, caller_of, csrf_passes, new_csrf_token
 from pipeline.web.actions import ActionRefused, Actions
-from pipeline.web.text import printable
 
 #: Every page's security headers: no inline script, no framing, no referrer, no caching.
 SECURITY_HEADERS = {

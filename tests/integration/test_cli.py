@@ -130,3 +130,50 @@ def test_bad_settings_exit_5_naming_the_variable():
     out = run_cli("status", str(uuid.uuid4()), PIPELINE_RESULT_TTL="a day")
     assert out.returncode == RET_ERROR
     assert "PIPELINE_RESULT_TTL" in out.stderr and "Traceback" not in out.stderr
+
+
+#: Text a job's error may hold that a terminal would obey or rich would read as markup: a
+#: closing tag with nothing to close, a clipboard write (OSC 52), a screen clear in C0 and C1.
+HOSTILE = "[/] [red]x \x1b]52;c;ZXZpbA==\x07 \x1b[2J \x9b2J"
+
+
+def assert_shown_inert(text: str) -> None:
+    assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
+    assert "\\x1b]52;c;ZXZpbA==\\x07" in text and "\\x9b2J" in text
+
+
+def test_status_shows_a_record_s_control_characters_as_escapes(clean_redis):
+    error = {"type": "ValueError", "message": HOSTILE, "traceback": f"Traceback\n  {HOSTILE}\n"}
+    message_id = finished(str(uuid.uuid4()), JobState.FAILURE, error=error)
+    out = run_cli("status", message_id, PYTHONIOENCODING="utf-8")
+    assert out.returncode == RET_FAILED, out.stderr
+    assert "ValueError: [/] [red]x" in out.stdout
+    assert_shown_inert(out.stdout)
+
+
+def test_jobs_shows_markup_and_escapes_in_records_as_text(clean_redis):
+    error = {"type": "ValueError", "message": HOSTILE}
+    finished(str(uuid.uuid4()), JobState.FAILURE, error=error)
+    out = run_cli("jobs", "--state", "failure", PYTHONIOENCODING="utf-8")
+    assert out.returncode == RET_OK, out.stderr
+    assert "[/] [red]x" in out.stdout
+    assert "\x1b" not in out.stdout and "\\x1b" in out.stdout
+
+
+def test_follow_draws_a_hostile_phase_as_text_and_skips_counts_that_are_not_numbers(clean_redis):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline.cli.follow import follow
+
+    message_id = str(uuid.uuid4())
+    store = get_store()
+    store.write(message_id, JobState.STARTED, attempt=1, actor="ping", queue="default")
+    # Written by hand, as another program might: no check stood in its way.
+    store.update(message_id, progress={"done": "many", "total": float("nan"), "phase": HOSTILE})
+    screen = StringIO()
+    record = follow(message_id, timeout=0.6, console=Console(file=screen, force_terminal=True, width=200))
+    assert record is not None and record["state"] == "STARTED"
+    drawn = screen.getvalue()
+    assert "[/] [red]x" in drawn and "\\x1b]52" in drawn and "ZXZpbA==\x07" not in drawn

@@ -194,6 +194,27 @@ def test_dlq_past_its_window_of_dead_letters_says_so_and_requeue_all_takes_every
     assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 0
 
 
+def test_dlq_shows_another_service_s_hostile_actor_name_and_reason_as_text(operated, amqp):
+    from pipeline.states import JobState
+    from pipeline.store.records import get_store
+
+    env, _, _ = operated
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    message_id, actor = str(uuid.uuid4()), "[/]x\x1b[2J"
+    body = dramatiq.Message(
+        queue_name="default", actor_name=actor, args=(), kwargs={}, options={}, message_id=message_id
+    )
+    amqp.basic_publish("", DEFAULT_QUEUE + ".XQ", body.encode())
+    get_store().write(message_id, JobState.FAILURE, error={"type": "E", "message": "[red]\x1b]0;title\x07"})
+    listed = run_cli("dlq", "list", PYTHONIOENCODING="utf-8", **env)
+    assert listed.returncode == RET_OK, listed.stderr
+    assert "[/]x\\x1b[2J" in listed.stdout and "E: [red]\\x1b]0;title\\x07" in listed.stdout
+    shown = run_cli("dlq", "show", message_id, PYTHONIOENCODING="utf-8", **env)
+    assert shown.returncode == RET_OK and "[/]x\\x1b[2J" in shown.stdout
+    assert "\x1b" not in listed.stdout + shown.stdout and "\x07" not in listed.stdout + shown.stdout
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+
+
 @pytest.mark.lasts(13)
 def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operated, amqp):
     env, _, _ = operated

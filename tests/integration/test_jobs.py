@@ -267,6 +267,14 @@ def test_progress_needs_a_running_job_or_an_id(clean_redis):
     assert report_progress(1, message_id=str(uuid.uuid4())) is False
 
 
+def test_a_progress_report_no_reader_could_show_fails_the_job_at_once_naming_it(worker, clean_redis):
+    result = AsyncResult(sample_actors.reports.send("12", 40).message_id)
+    with pytest.raises(PermanentError, match="report_progress done must be a number, not str '12'"):
+        result.get(timeout=10)
+    record = result.info()
+    assert record["error"]["type"].endswith("InvalidProgress") and record["attempt"] == 1
+
+
 def test_forget_removes_the_record(worker):
     result = AsyncResult(ping.send(1).message_id)
     result.get(timeout=10)
