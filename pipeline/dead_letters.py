@@ -21,10 +21,11 @@ import pika.exceptions
 from dramatiq.common import q_name, xq_name
 from dramatiq.errors import DecodeError
 
-from pipeline.errors import BrokerUnavailable, PipelineError
+from pipeline.errors import BrokerUnavailable, ManagementUnavailable, PipelineError
 from pipeline.jobs.options import ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.properties import message_properties
-from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.management import ManagementApi, broker_vhost, dramatiq_queues
+from pipeline.queues import QUEUES
 from pipeline.settings import get_settings, mask_url
 from pipeline.states import JobState
 from pipeline.store.records import get_store
@@ -98,10 +99,18 @@ def argument_shapes(message: dramatiq.Message[Any], shown: Collection[str] = ())
 
 
 def dead_letter_queues(queue: str | None) -> list[str]:
-    """The ``.XQ`` queues a command looks at: the one of ``queue``, or those of both queues."""
-    if queue is None:
-        return [xq_name(DEFAULT_QUEUE), xq_name(SLOW_QUEUE)]
-    return [xq_name(q_name(queue.removesuffix(".XQ")))]
+    """The ``.XQ`` queues a command looks at: the one of ``queue``; else those of every queue
+    Dramatiq declared on the broker's virtual host (other services' actors' too), as the
+    management API lists them, or of pipeline's own queues when it does not answer.
+    """
+    if queue is not None:
+        return [xq_name(q_name(queue.removesuffix(".XQ")))]
+    settings = get_settings()
+    try:
+        names = [found["name"] for found in ManagementApi.from_settings(settings).queues(broker_vhost(settings))]
+    except ManagementUnavailable:
+        return [xq_name(name) for name in QUEUES]
+    return [xq_name(name) for name in dramatiq_queues(names)]
 
 
 class DeadLetters:
@@ -122,6 +131,22 @@ class DeadLetters:
     def __exit__(self, *exc: object) -> None:
         if self.channel.is_open:
             self.channel.close()
+
+    def missing(self, queues: list[str]) -> list[str]:
+        """Those of ``queues`` RabbitMQ does not have (a name mistyped: Dramatiq declares a
+        queue's ``.XQ`` with it).
+        """
+        absent = []
+        for queue in queues:
+            asker = self.broker.connection.channel()
+            try:
+                asker.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                absent.append(queue)
+            finally:
+                if asker.is_open:
+                    asker.close()
+        return absent
 
     def take(self, queues: list[str], limit: int) -> list[DeadMessage]:
         """Up to ``limit`` messages of ``queues``, oldest first, not acknowledged."""

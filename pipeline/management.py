@@ -10,11 +10,12 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from pipeline.errors import ManagementUnavailable
-from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
+from pipeline.queues import QUEUES as PIPELINE_QUEUES
 from pipeline.settings import Settings, mask_url
 
 #: The management plugin's default port.
@@ -86,6 +87,10 @@ class ManagementApi:
         """The RabbitMQ version of the node that answers."""
         return str(self.get("overview").get("rabbitmq_version", "unknown"))
 
+    def queues(self, vhost: str) -> list[dict[str, Any]]:
+        """What the server says of every queue in ``vhost``."""
+        return list(self.get(f"queues/{quote(vhost, safe='')}"))
+
     def queue(self, vhost: str, name: str) -> dict[str, Any]:
         """What the server says of queue ``name`` in ``vhost``."""
         return dict(self.get(f"queues/{quote(vhost, safe='')}/{quote(name, safe='')}"))
@@ -108,8 +113,21 @@ def queue_consumer_timeout(queue: dict[str, Any]) -> int | None:
     return min(found) if found else None
 
 
-#: The queues shown, in order: each queue, its delay queue (retries) and its dead letters.
-QUEUES = [name for queue in (DEFAULT_QUEUE, SLOW_QUEUE) for name in (queue, queue + ".DQ", queue + ".XQ")]
+def with_companions(queues: Iterable[str]) -> list[str]:
+    """Each queue followed by its delay queue (retries) and its dead letters, as shown."""
+    return [name for queue in queues for name in (queue, queue + ".DQ", queue + ".XQ")]
+
+
+#: pipeline's own queues as shown when the server is not asked which others there are.
+QUEUES = with_companions(PIPELINE_QUEUES)
+
+
+def dramatiq_queues(names: Iterable[str]) -> list[str]:
+    """Of a virtual host's queue names, the queues Dramatiq declared (each has its ``.XQ``):
+    pipeline's own first, declared or not, then those of other services' actors, by name.
+    """
+    others = {name.removesuffix(".XQ") for name in names if name.endswith(".XQ")} - set(PIPELINE_QUEUES)
+    return [*PIPELINE_QUEUES, *sorted(others)]
 
 
 def _rate(stats: dict[str, Any], name: str) -> float | None:
@@ -118,10 +136,12 @@ def _rate(stats: dict[str, Any], name: str) -> float | None:
 
 
 def from_management(api: ManagementApi, vhost: str) -> list[dict[str, Any]]:
-    """Each queue as the management API describes it (a queue not declared yet is left out)."""
-    known = {queue["name"]: queue for queue in api.get(f"queues/{quote(vhost, safe='')}")}
+    """Each queue of pipeline's and of other services' actors (see :func:`dramatiq_queues`) as
+    the management API describes it (a queue not declared yet is left out).
+    """
+    known = {queue["name"]: queue for queue in api.queues(vhost)}
     rows = []
-    for name in QUEUES:
+    for name in with_companions(dramatiq_queues(known)):
         queue = known.get(name)
         if queue is None:
             continue

@@ -8,8 +8,6 @@ import argparse
 import json
 from typing import Any
 
-import pika.exceptions
-
 from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
 from pipeline.cli.terminal import cell
@@ -38,9 +36,24 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
     Console(width=200).print(table)
 
 
+def _unknown_queue(letters: DeadLetters, queue: str | None) -> bool:
+    """Whether ``queue`` (None: every queue) names a queue RabbitMQ does not have; says so."""
+    if queue is None:
+        return False
+    absent = letters.missing(dead_letter_queues(queue))
+    if absent:
+        print(
+            f"pipeline: RabbitMQ has no queue {printable(absent[0], 200)}: {printable(queue, 200)} is not a queue "
+            "of Dramatiq's on this virtual host (see `pipeline queues`)"
+        )
+    return bool(absent)
+
+
 def run_list(args: argparse.Namespace) -> int:
     """``pipeline dlq list``."""
     with DeadLetters() as letters:
+        if _unknown_queue(letters, args.queue):
+            return RET_UNKNOWN
         rows = [dead.summary() for dead in letters.take(dead_letter_queues(args.queue), args.limit)]
     _print(rows, args.json)
     return RET_OK
@@ -75,6 +88,8 @@ def run_requeue(args: argparse.Namespace) -> int:
         return dead.message_id in wanted or (args.actor is not None and dead.actor == args.actor)
 
     with DeadLetters() as letters:
+        if _unknown_queue(letters, args.queue):
+            return RET_UNKNOWN
         done, more = letters.requeue_chosen(dead_letter_queues(args.queue), None if args.all else chosen, args.limit)
     missing = sorted(wanted - set(done))
     if args.json:
@@ -92,10 +107,9 @@ def run_purge(args: argparse.Namespace) -> int:
     """``pipeline dlq purge QUEUE``."""
     (queue,) = dead_letter_queues(args.queue)
     with DeadLetters() as letters:
-        try:
-            purged = letters.channel.queue_purge(queue).method.message_count
-        except pika.exceptions.ChannelClosedByBroker:
-            purged = 0
+        if _unknown_queue(letters, args.queue):
+            return RET_UNKNOWN
+        purged = letters.channel.queue_purge(queue).method.message_count
     print(json.dumps({"queue": queue, "purged": purged}) if args.json else f"purged {purged} message(s) from {queue}")
     return RET_OK
 
@@ -106,7 +120,7 @@ def add_parser(commands: Any) -> None:
     sub = dlq.add_subparsers(dest="dlq_command", required=True)
 
     listing = sub.add_parser("list", help="list dead-lettered messages and why each failed (changes no queue)")
-    listing.add_argument("--queue", help="default or slow (both when omitted)")
+    listing.add_argument("--queue", help="default, slow, or another service's queue (every queue when omitted)")
     listing.add_argument("--limit", type=count, default=100, metavar="N", help="list N at most (default 100)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=run_list)
@@ -120,17 +134,21 @@ def add_parser(commands: Any) -> None:
         "requeue",
         help="put dead-lettered messages back in their queue",
         description="Publish messages again under their ids (confirmed), records back to QUEUED. "
-        "Exit 0: all requeued; 4: an id given was not found.",
+        "Exit 0: all requeued; 4: an id given was not found, or no such queue.",
     )
     requeue.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue")
     requeue.add_argument("--all", action="store_true", help="requeue every message (of --queue)")
     requeue.add_argument("--actor", help="requeue the messages of this actor")
-    requeue.add_argument("--queue", help="default or slow (both when omitted)")
+    requeue.add_argument("--queue", help="default, slow, or another service's queue (every queue when omitted)")
     requeue.add_argument("--limit", type=count, metavar="N", help="requeue N messages at most")
     requeue.add_argument("--json", action="store_true", help="print JSON")
     requeue.set_defaults(handler=run_requeue)
 
-    purge = sub.add_parser("purge", help="delete every dead-lettered message of a queue")
-    purge.add_argument("queue", help="default or slow")
+    purge = sub.add_parser(
+        "purge",
+        help="delete every dead-lettered message of a queue",
+        description="Exit 0: purged; 4: RabbitMQ has no such queue.",
+    )
+    purge.add_argument("queue", help="default, slow, or another service's queue")
     purge.add_argument("--json", action="store_true", help="print JSON")
     purge.set_defaults(handler=run_purge)

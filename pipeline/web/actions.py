@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pika.exceptions
 from dramatiq.common import xq_name
 
 from pipeline.dead_letters import DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
-from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.settings import Settings
 from pipeline.store.audit import AuditLog
@@ -73,14 +71,11 @@ class Actions:
         Raises:
           ActionRefused: The queue is unknown or the confirmation does not match.
         """
-        if queue not in (DEFAULT_QUEUE, SLOW_QUEUE):
-            raise ActionRefused(f"queue {queue[:60]!r} is not one of {DEFAULT_QUEUE}, {SLOW_QUEUE}")
         if confirmation != queue:
-            raise ActionRefused(f"type the queue's name, {queue!r}, to purge its dead letters")
+            raise ActionRefused(f"type the queue's name, {queue[:60]!r}, to purge its dead letters")
         with DeadLetters() as letters:
-            try:
-                purged = int(letters.channel.queue_purge(xq_name(queue)).method.message_count)
-            except pika.exceptions.ChannelClosedByBroker:
-                purged = 0
+            if not queue or queue.endswith((".DQ", ".XQ")) or letters.missing([xq_name(queue)]):
+                raise ActionRefused(f"queue {queue[:60]!r} is not a queue of Dramatiq's on this virtual host")
+            purged = int(letters.channel.queue_purge(xq_name(queue)).method.message_count)
         self.audit.add(self.who, "purge", [], f"{xq_name(queue)}: {purged} messages")
         return purged

@@ -215,6 +215,16 @@ def test_dlq_shows_another_service_s_hostile_actor_name_and_reason_as_text(opera
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
 
 
+@pytest.mark.parametrize(
+    "command", [["list", "--queue", "defualt"], ["requeue", "--all", "--queue", "defualt"], ["purge", "defualt"]]
+)
+def test_dlq_naming_a_queue_rabbitmq_does_not_have_exits_4_naming_it(operated, command):
+    env, _, _ = operated
+    out = run_cli("dlq", *command, **env)
+    assert out.returncode == RET_UNKNOWN, out.stderr
+    assert "RabbitMQ has no queue defualt.XQ" in out.stdout
+
+
 @pytest.mark.lasts(13)
 def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operated, amqp):
     env, _, _ = operated

@@ -4,8 +4,12 @@ and the start-up checks of its long time limit."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from cli_runner import run_cli
 from invoice_actors import INVOICE_QUEUE, send_invoice
+from services import queue_depth
 from waiting import wait_until
 
 from pipeline.results import AsyncResult
@@ -54,3 +58,21 @@ def test_a_prefetch_the_operator_set_past_the_timeout_is_warned_of_by_its_name(p
         what="the prefetch warning naming the setting",
     )
     assert "set dramatiq_queue_prefetch to 2 or less" in worker.log
+
+
+def test_its_queue_and_dead_letters_are_seen_by_the_operator_s_commands(invoice_worker, amqp):
+    bad = AsyncResult(send_invoice.send(1004, fail="bad-number").message_id)
+    with pytest.raises(ValueError, match="invoice 1004 does not exist"):
+        bad.get(timeout=20)
+    dead_letters = INVOICE_QUEUE + ".XQ"
+    wait_until(lambda: queue_depth(amqp, dead_letters) >= 1, what="the invoice dead-lettered")
+    listed = run_cli("dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {"message_id": bad.id, "queue": dead_letters} in [
+        {"message_id": row["message_id"], "queue": row["queue"]} for row in json.loads(listed.stdout)
+    ]
+    shown = run_cli("queues", "--json")
+    assert {INVOICE_QUEUE, dead_letters} <= {row["queue"] for row in json.loads(shown.stdout)["queues"]}
+    purged = run_cli("dlq", "purge", INVOICE_QUEUE, "--json")
+    assert purged.returncode == 0 and json.loads(purged.stdout)["purged"] >= 1, purged.stderr
+    assert queue_depth(amqp, dead_letters) == 0

@@ -188,6 +188,13 @@ def test_the_overview_and_workers_pages_show_queues_actors_and_workers(client, p
 
 # -- who may do what -----------------------------------------------------------------------
 
+
+def test_purging_the_dead_letters_of_a_queue_rabbitmq_does_not_have_is_refused_naming_it(client):
+    token = csrf(client)
+    refused = post(client, "/dead-letters/purge", token, queue="defualt", confirm="defualt")
+    assert refused.status_code == 400 and "&#39;defualt&#39; is not a queue of Dramatiq" in refused.text
+
+
 JOB = "0b7a3c3e-1111-4222-8333-444455556666"
 PAGES = ["/", "/jobs", f"/jobs/{JOB}", "/dead-letters", "/workers", "/live/overview", "/live/jobs", "/live/workers"]
 ACTIONS = {
