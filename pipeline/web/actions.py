@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dramatiq.common import xq_name
 
-from pipeline.dead_letters import DeadLetters, DeadMessage, dead_letter_queues
+from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.results import AsyncResult
 from pipeline.settings import Settings
@@ -46,24 +46,42 @@ class Actions:
         requeue`` does.
 
         Raises:
-          ActionRefused: No dead letter holds it (it did not fail, or its message expired).
+          ActionRefused: No dead letter holds it (it did not fail, or its message expired), or
+            none among the first 1,000 looked at.
         """
-        requeued = self.requeue(ids={message_id})
+        requeued, more = self.requeue(ids={message_id})
+        if more and not requeued:
+            raise ActionRefused(
+                f"job {message_id} has no dead-lettered message among the first {DEFAULT_LIMIT:,} looked at, and more "
+                "remain: `pipeline dlq requeue --all` takes every one"
+            )
         if not requeued:
             raise ActionRefused(f"job {message_id} has no dead-lettered message to retry")
 
-    def requeue(self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None) -> list[str]:
-        """Requeue the dead letters of ``ids``, or of ``actor``, or all of ``queue``'s; their ids."""
+    def requeue(
+        self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None
+    ) -> tuple[list[str], bool]:
+        """Requeue the dead letters of ``ids``, or of ``actor``, or all of ``queue``'s (every
+        queue's when None).
+
+        Returns:
+          Their ids, and whether more dead letters lay past the 1,000 looked at.
+
+        Raises:
+          ActionRefused: ``queue`` is not a queue of Dramatiq's on the virtual host.
+        """
 
         def chosen(dead: DeadMessage) -> bool:
             return (ids is not None and dead.message_id in ids) or (actor is not None and dead.actor == actor)
 
         with DeadLetters() as letters:
-            done, _ = letters.requeue_chosen(
+            if queue is not None:
+                _check_queue(letters, queue)
+            done, more = letters.requeue_chosen(
                 dead_letter_queues(queue), None if ids is None and actor is None else chosen
             )
         self.audit.add(self.who, "requeue", done, f"actor={actor}" if actor else (f"queue={queue}" if queue else ""))
-        return done
+        return done, more
 
     def purge(self, queue: str, confirmation: str) -> int:
         """Delete every dead letter of ``queue``; ``confirmation`` must be the queue's name.
@@ -74,8 +92,17 @@ class Actions:
         if confirmation != queue:
             raise ActionRefused(f"type the queue's name, {queue[:60]!r}, to purge its dead letters")
         with DeadLetters() as letters:
-            if not queue or queue.endswith((".DQ", ".XQ")) or letters.missing([xq_name(queue)]):
-                raise ActionRefused(f"queue {queue[:60]!r} is not a queue of Dramatiq's on this virtual host")
+            _check_queue(letters, queue)
             purged = int(letters.channel.queue_purge(xq_name(queue)).method.message_count)
         self.audit.add(self.who, "purge", [], f"{xq_name(queue)}: {purged} messages")
         return purged
+
+
+def _check_queue(letters: DeadLetters, queue: str) -> None:
+    """Refuse a queue that is not one of Dramatiq's on the virtual host (it has no ``.XQ``).
+
+    Raises:
+      ActionRefused: Naming the queue.
+    """
+    if not queue or queue.endswith((".DQ", ".XQ")) or letters.missing([xq_name(queue)]):
+        raise ActionRefused(f"queue {queue[:60]!r} is not a queue of Dramatiq's on this virtual host")

@@ -23,7 +23,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
-from pipeline.dead_letters import DeadLetters, dead_letter_queues
+from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.jobs.options import SHOWN_ARGUMENTS_OPTION
 from pipeline.printable import printable
@@ -334,10 +334,11 @@ class Dashboard:
         queue = request.form.get("queue") or None
         if not ids and actor is None:
             raise ActionRefused("say which dead letters to requeue: ids, or an actor")
-        if queue is not None and queue not in ("default", "slow"):
-            raise ActionRefused(f"queue {queue[:60]!r} is not one of default, slow")
-        done = self._actions(request).requeue(ids=ids or None, actor=actor, queue=queue)
-        return redirect(self.url(request, "dead_letters") + "?" + urlencode({"done": f"requeued {len(done)}"}), 303)
+        done, more = self._actions(request).requeue(ids=ids or None, actor=actor, queue=queue)
+        beyond = f"; only the first {DEFAULT_LIMIT:,} dead letters were looked at, more remain" if more else ""
+        return redirect(
+            self.url(request, "dead_letters") + "?" + urlencode({"done": f"requeued {len(done)}{beyond}"}), 303
+        )
 
     def view_purge(self, request: Request) -> Response:
         """Purge a queue's dead letters, once its name is typed as the confirmation."""

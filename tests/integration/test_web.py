@@ -13,16 +13,19 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
+import dramatiq
+import pika
 import pytest
 import sample_actors
 from cli_runner import run_cli
-from services import ROOT
+from services import ROOT, queue_depth
 from testenv import make_settings
 from waiting import wait_until
 from werkzeug.test import Client, TestResponse
 
 from pipeline.actors import ping
 from pipeline.broker import broker
+from pipeline.dead_letters import DEFAULT_LIMIT
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
@@ -187,6 +190,51 @@ def test_the_overview_and_workers_pages_show_queues_actors_and_workers(client, p
 
 
 # -- who may do what -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sms_queue(amqp) -> Iterator[str]:
+    """Another service's queue, declared as its actors' would be, deleted afterwards."""
+    queue = f"pipeline-test-sms-{uuid.uuid4().hex[:8]}"
+    broker.declare_queue(queue, ensure=True)
+    yield queue
+    for name in (queue, queue + ".DQ", queue + ".XQ"):
+        amqp.queue_delete(name)
+
+
+def dead_letter(amqp, queue: str, n: int = 1) -> list[str]:
+    """Publish ``n`` messages of an actor no worker here knows straight to ``queue``'s dead letters."""
+    ids = []
+    for i in range(n):
+        message = dramatiq.Message(queue_name=queue, actor_name="send_sms", args=(i,), kwargs={}, options={})
+        amqp.basic_publish("", queue + ".XQ", message.encode(), pika.BasicProperties(message_id=message.message_id))
+        ids.append(message.message_id)
+    wait_until(lambda: queue_depth(amqp, queue + ".XQ") == n, what="the dead letters")
+    return ids
+
+
+def test_another_service_s_dead_letters_are_shown_requeued_and_purged(client, amqp, sms_queue):
+    (first,) = dead_letter(amqp, sms_queue)
+    page = client.get("/dead-letters", headers={"X-Test-User": "viewer"})
+    assert f"{sms_queue}.XQ (1)" in page.text and first in page.text and "send_sms" in page.text
+    token = csrf(client)
+    requeued = post(client, "/dead-letters/requeue", token, ids=first, queue=sms_queue)
+    assert requeued.status_code == 303 and "requeued+1" in requeued.headers["Location"], requeued.text
+    assert queue_depth(amqp, sms_queue) == 1 and queue_depth(amqp, sms_queue + ".XQ") == 0
+    dead_letter(amqp, sms_queue)
+    purged = post(client, "/dead-letters/purge", token, queue=sms_queue, confirm=sms_queue)
+    assert purged.status_code == 303 and "purged+1" in purged.headers["Location"], purged.text
+
+
+def test_requeue_and_retry_say_when_dead_letters_lay_past_the_first_thousand(client, amqp, sms_queue):
+    ids = dead_letter(amqp, sms_queue, DEFAULT_LIMIT + 1)
+    token = csrf(client)
+    requeued = post(client, "/dead-letters/requeue", token, ids=ids[-1], queue=sms_queue)
+    assert requeued.status_code == 303, requeued.text
+    assert "requeued+0%3B+only+the+first+1%2C000+dead+letters+were+looked+at" in requeued.headers["Location"]
+    retried = post(client, f"/jobs/{ids[-1]}/retry", token)
+    assert retried.status_code == 400 and "among the first 1,000 looked at, and more remain" in retried.text
+    assert queue_depth(amqp, sms_queue + ".XQ") == DEFAULT_LIMIT + 1
 
 
 def test_purging_the_dead_letters_of_a_queue_rabbitmq_does_not_have_is_refused_naming_it(client):
