@@ -28,13 +28,16 @@ def is_job_id(value: object) -> bool:
 
 
 def check_job_id(value: object) -> str:
-    """``value``, when it is a job id.
+    """``value`` as the job id it names, in the form pipeline issues: a UUID's digits are read
+    in either case (RFC 4122), so ``F81D4FAE-...``, as some databases store it, names the job
+    ``f81d4fae-...``.
 
     Raises:
-      InvalidJobId: It is not; the message shows it (shortened).
+      InvalidJobId: It names no job id; the message shows it (shortened).
     """
-    if not is_job_id(value):
+    canonical = value.lower() if isinstance(value, str) and value.isascii() else value
+    if not is_job_id(canonical):
         raise InvalidJobId(
             f"{shown(value)} is not a job id (a message id such as 'f81d4fae-7dec-11d0-a765-00a0c91e6bf6')"
         )
-    return value  # type: ignore[return-value]
+    return canonical  # type: ignore[return-value]

@@ -79,7 +79,8 @@ def show_job(message_id: str, *, as_json: bool, wait: float | None = None, live:
     """Print job ``message_id``'s record after following it (``live``) or waiting ``wait``
     seconds for its end; the exit code that says how it stands.
     """
-    handle = AsyncResult(check_job_id(message_id))
+    message_id = check_job_id(message_id)
+    handle = AsyncResult(message_id)
     if live:
         follow(message_id, timeout=wait)
     elif wait is not None and handle.state is not JobState.PENDING:

@@ -234,7 +234,8 @@ class Dashboard:
 
     def _job(self, request: Request, message_id: str) -> dict[str, Any]:
         store = get_store(self.settings)
-        record = store.read(queries.checked_id(message_id))
+        message_id = queries.checked_id(message_id)
+        record = store.read(message_id)
         if record is None:
             raise queries.NotFoundHere(f"no record of job {message_id} (unknown, or expired)")
         state = JobState(record["state"])
@@ -242,7 +243,12 @@ class Dashboard:
         return {"record": record, "state": state.value, "ready": state.ready, "timeline": moments}
 
     def view_job(self, request: Request, message_id: str) -> Response:
-        """One job's record: its timeline, progress, result or error, and its actions."""
+        """One job's record: its timeline, progress, result or error, and its actions (an id in
+        capitals is sent to its page's own address).
+        """
+        canonical = queries.checked_id(message_id)
+        if canonical != message_id:
+            return redirect(self.url(request, "job", message_id=canonical), 308)
         return self.render(request, "job.html", live="job", message_id=message_id, **self._job(request, message_id))
 
     def view_workers(self, request: Request) -> Response:
@@ -315,7 +321,7 @@ class Dashboard:
 
     def view_job_action(self, request: Request, message_id: str, action: str) -> Response:
         """Revoke, retry or forget one job, then show it again."""
-        queries.checked_id(message_id)
+        message_id = queries.checked_id(message_id)
         actions = self._actions(request)
         if action == "revoke":
             done = "revoked" if actions.revoke(message_id) else "already finished: not revoked"

@@ -13,8 +13,8 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from pipeline.errors import ManagementUnavailable, PipelineError
-from pipeline.job_id import is_job_id
+from pipeline.errors import InvalidJobId, ManagementUnavailable, PipelineError
+from pipeline.job_id import check_job_id
 from pipeline.job_record import JobRecord
 from pipeline.management import ManagementApi, broker_vhost, from_management
 from pipeline.settings import Settings
@@ -208,14 +208,15 @@ def timeline(record: JobRecord, attempts: list[dict[str, Any]] | None = None) ->
 
 
 def checked_id(message_id: str) -> str:
-    """``message_id`` when it is a job id.
+    """The job id ``message_id`` names (see :func:`~pipeline.job_id.check_job_id`).
 
     Raises:
-      NotFoundHere: It is not.
+      NotFoundHere: It names none.
     """
-    if not is_job_id(message_id):
-        raise NotFoundHere(f"{message_id[:60]!r} is not a job id")
-    return message_id
+    try:
+        return check_job_id(message_id)
+    except InvalidJobId:
+        raise NotFoundHere(f"{message_id[:60]!r} is not a job id") from None
 
 
 def safe_link(url: Any) -> str | None:

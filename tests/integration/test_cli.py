@@ -51,6 +51,14 @@ def test_status_of_a_record_holding_a_lone_surrogate_prints_it_escaped(clean_red
     assert out.returncode == RET_FAILED and "q3\\udce9.csv" in out.stdout, out.stderr
 
 
+def test_status_takes_an_id_in_capitals_as_some_databases_keep_it(clean_redis):
+    message_id = finished(str(uuid.uuid4()), JobState.SUCCESS, result=[1])
+    out = run_cli("status", message_id.upper())
+    assert out.returncode == RET_OK, out.stderr
+    assert f"job {message_id}: SUCCESS" in out.stdout
+    assert AsyncResult(message_id.upper()).get(timeout=1) == [1]
+
+
 def test_status_json_is_the_record(clean_redis):
     message_id = finished(str(uuid.uuid4()), JobState.SUCCESS, result=[1, 2])
     out = run_cli("status", "--json", message_id)

@@ -259,6 +259,14 @@ def known_job(clean_redis):
     get_store().write(JOB, JobState.SUCCESS, attempt=1, actor="ping", queue="default", result={"pong": 1})
 
 
+def test_a_job_page_takes_its_id_in_capitals(client, known_job):
+    page = client.get(f"/jobs/{JOB.upper()}", headers={"X-Test-User": "viewer"}, follow_redirects=True)
+    assert page.status_code == 200 and "SUCCESS" in page.text and JOB.upper() not in page.text
+    assert page.request.path.endswith(f"/jobs/{JOB}")
+    live = client.get(f"/live/job?id={JOB.upper()}", headers={"X-Test-User": "viewer"})
+    assert live.status_code == 200 and "SUCCESS" in live.text
+
+
 @pytest.mark.parametrize("path", PAGES)
 @pytest.mark.parametrize("user", ["anonymous", "viewer", "operator"])
 def test_pages_answer_by_role(client, known_job, path, user):
