@@ -399,6 +399,7 @@ class PipelineBroker(RabbitmqBroker):
         Raises:
           BrokerUnavailable: RabbitMQ could not be reached or refused the commit.
           InvalidPriority: A message's priority does not fit the queue.
+          MessageTooLarge: A message is larger than RabbitMQ takes (the largest is named).
         """
         if not messages:
             return []
@@ -420,6 +421,15 @@ class PipelineBroker(RabbitmqBroker):
                 break
             except (*_PUBLISH_FAILURES, ConnectionClosed, OSError) as exc:
                 del self.connection
+                if _too_large(exc):
+                    # No retry can pass: the same batch is refused again.
+                    (body, _), largest = max(zip(bodies, messages, strict=True), key=lambda pair: len(pair[0][0]))
+                    size = len(body)
+                    raise MessageTooLarge(
+                        f"message {largest.message_id} is {size:,} bytes, more than RabbitMQ at "
+                        f"{mask_url(self.settings.broker_url)} takes ({getattr(exc, 'reply_text', '')}): send a "
+                        "reference to the data (a file, a row id), not the data; nothing of its batch was sent"
+                    ) from exc
                 if attempt == MAX_ENQUEUE_ATTEMPTS:
                     raise self._unavailable(exc) from exc
         self._emit_batch("after", messages)

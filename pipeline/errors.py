@@ -10,6 +10,8 @@ edge, so a caller catches one family.
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Sequence
+from typing import Any
 
 #: How an error message shows a value a caller gave: its repr, shortened (a 5,000-character
 #: name, a long list), so that the message stays readable and a log line stays a line.
@@ -31,7 +33,14 @@ def not_text(error: UnicodeEncodeError) -> str:
 
 
 class PipelineError(Exception):
-    """Base class of every error pipeline raises."""
+    """Base class of every error pipeline raises.
+
+    Attributes:
+      sent: The messages ``send_many`` had sent before the error stopped it (empty elsewhere):
+        RabbitMQ has them, with their records.
+    """
+
+    sent: Sequence[Any] = ()
 
 
 class PermanentError(PipelineError):

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
 
-from pipeline.errors import InvalidMessage, shown
-from pipeline.jobs.checks import refusals_raised
+from pipeline.errors import InvalidIdempotencyKey, InvalidMessage, PipelineError, shown
+from pipeline.jobs.checks import MessageChecks, Refusal, refusals_raised
 from pipeline.jobs.options import BULK_PRIORITY_OPTION, PRIORITY_OPTION, FromSettings
-from pipeline.jobs.send_once import claim, publish_or_release, send_once
+from pipeline.jobs.send_once import check_idempotency_key, claim, publish_or_release, send_once
 from pipeline.settings import PROCESS_SETTINGS
 
 if TYPE_CHECKING:
@@ -129,18 +129,22 @@ class PipelineActor(dramatiq.Actor):
             whose key a send already used is not published, and its returned message has
             that send's job id.
 
+        Every call and key is checked before the first batch is published: one that could never
+        be sent refuses the whole, and nothing is published.
+
         Returns:
           The messages, in the order of ``calls``.
 
         Raises:
-          BrokerUnavailable: RabbitMQ did not take a batch; earlier batches stand.
           InvalidPriority: ``priority`` does not fit the queue.
-          InvalidIdempotencyKey: A key cannot be one (nothing of its batch was published).
-          InvalidMessage: A call is not of either form, or a check refused one (nothing of its
-            batch was published; a call of neither form: nothing at all).
+          InvalidIdempotencyKey: A key cannot be one.
+          InvalidMessage: A call is not of either form, or a check refused one (naming it).
+          BrokerUnavailable: RabbitMQ did not take a batch. When earlier batches were taken,
+            the error's ``sent`` holds their messages (and its note says how many): those calls
+            must not be sent again; the others were not sent.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number, 1 or more, not {shown(batch_size)}")
         if priority is None:
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}
@@ -151,10 +155,42 @@ class PipelineActor(dramatiq.Actor):
         keys: list[str | None] = list(idempotency_keys) if idempotency_keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError(f"idempotency_keys holds {len(keys)} keys for {len(messages)} calls")
+        self._check_calls(messages, keys)
         sent: list[dramatiq.Message[Any]] = []
-        for start in range(0, len(messages), batch_size):
-            sent += self._send_batch(messages[start : start + batch_size], keys[start : start + batch_size])
+        try:
+            for start in range(0, len(messages), batch_size):
+                sent += self._send_batch(messages[start : start + batch_size], keys[start : start + batch_size])
+        except PipelineError as exc:
+            if sent:
+                exc.sent = sent
+                exc.add_note(
+                    f"send_many sent calls 1 to {len(sent):,} of {len(messages):,} before this error: their "
+                    "messages are in the error's sent; the others were not sent"
+                )
+            raise
         return sent
+
+    def _check_calls(self, messages: list[dramatiq.Message[Any]], keys: list[str | None]) -> None:
+        """Refuse the whole of a ``send_many`` when one of its calls or keys could never be sent,
+        naming it, as the broker's checks would refuse its batch (:class:`MessageChecks`).
+
+        Raises:
+          InvalidMessage: A check refused a call.
+          InvalidIdempotencyKey: A key cannot be one.
+        """
+        for position, key in enumerate(keys, 1):
+            if key is not None:
+                try:
+                    check_idempotency_key(key)
+                except InvalidIdempotencyKey as exc:
+                    raise InvalidIdempotencyKey(f"call {position} of send_many: {exc}") from None
+        checks = [m for m in self.broker.middleware if isinstance(m, MessageChecks)]
+        for checker in checks:
+            for position, message in enumerate(messages, 1):
+                try:
+                    checker.check(self.broker, message)
+                except Refusal as refused:
+                    raise InvalidMessage(f"call {position} of send_many: {refused.error}") from refused.error.__cause__
 
     def _arguments(self, position: int, call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments of one of ``send_many``'s calls.

@@ -196,8 +196,15 @@ class MessageChecks(Middleware):
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Check a newly sent message (retries were checked when first sent)."""
-        if is_retry(message):
-            return
+        if not is_retry(message):
+            self.check(broker, message)
+
+    def check(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        """Refuse ``message`` if it could never run (see the class).
+
+        Raises:
+          Refusal: Carrying the :class:`~pipeline.errors.InvalidMessage` that names the problem.
+        """
         actor = broker.get_actor(message.actor_name)
         signature = self._signatures.get(actor.actor_name)
         if signature is None:

@@ -17,7 +17,7 @@ from waiting import wait_until
 
 from pipeline.actors import ping
 from pipeline.broker import PipelineBroker, build_broker
-from pipeline.errors import BrokerUnavailable, InvalidMessage, InvalidPriority, QueueMismatch
+from pipeline.errors import BrokerUnavailable, InvalidIdempotencyKey, InvalidMessage, InvalidPriority, QueueMismatch
 from pipeline.jobs.actor_class import PipelineActor, actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
@@ -150,6 +150,31 @@ def test_a_send_many_batch_refused_by_a_check_queues_nothing_and_leaves_no_recor
         export_orders.send_many([{"filter": {}}, {"orders": [], "file": "x.jsonl"}])
     assert queue_depth(amqp, SLOW_QUEUE) == 0
     assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+
+
+def test_a_call_refused_in_a_later_batch_refuses_the_whole_send_many_naming_it(purge, amqp, clean_redis):
+    # Sent batch by batch, the first two were queued before the third was refused: a caller who
+    # fixed the call and sent again would have sent 1,000 jobs twice.
+    purge(SLOW_QUEUE)
+    from pipeline.actors import export_orders
+
+    calls = [{"filter": {"n": i}} for i in range(1200)]
+    calls[1100] = {"orders": [], "file": "x.jsonl"}
+    with pytest.raises(InvalidMessage, match="call 1101 of send_many: export_orders: give either orders"):
+        export_orders.send_many(calls, batch_size=500)
+    keys = ["k1", "k2", "", "k4"]
+    with pytest.raises(InvalidIdempotencyKey, match="call 3 of send_many"):
+        export_orders.send_many([{"filter": {}}] * 4, batch_size=1, idempotency_keys=keys)
+    assert queue_depth(amqp, SLOW_QUEUE) == 0
+    assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+
+
+@pytest.mark.parametrize("batch_size", [0, "10", 2.5, True], ids=["zero", "text", "fraction", "bool"])
+def test_send_many_refuses_a_batch_size_that_is_not_a_count(batch_size, purge, amqp):
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(ValueError, match="batch_size must be a whole number, 1 or more"):
+        ping.send_many([{"payload": 1}], batch_size=batch_size)
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
 
 
 @pytest.mark.parametrize(

@@ -55,3 +55,25 @@ def test_a_message_over_the_servers_limit_is_refused_at_once_naming_size_and_lim
     assert broker.enqueue(ping.message_with_options(args=("small",))).message_id
     assert broker.get_queue_message_counts(DEFAULT_QUEUE)[0] == 1
     broker.close()
+
+
+def test_a_send_many_batch_over_the_limit_is_refused_at_once_and_names_what_was_sent(small_limit_node, clean_redis):
+    from pipeline.jobs.actor_class import actor
+    from pipeline.results import AsyncResult
+
+    broker = build_broker(make_settings(broker_url=small_limit_node.url))
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    broker.flush(DEFAULT_QUEUE)
+    bound = actor(lambda payload: payload, actor_name="echo_payload", queue_name=DEFAULT_QUEUE, broker=broker)
+    calls = [{"payload": "small"}, {"payload": "small"}, {"payload": "x" * (2 * LIMIT)}, {"payload": "small"}]
+    started = time.monotonic()
+    with pytest.raises(MessageTooLarge) as raised:
+        bound.send_many(calls, batch_size=2)
+    assert time.monotonic() - started < 3
+    assert "bytes, more than RabbitMQ" in str(raised.value) and "nothing of its batch was sent" in str(raised.value)
+    sent = raised.value.sent
+    assert len(sent) == 2 and "send_many sent calls 1 to 2 of 4 before this error" in raised.value.__notes__[0]
+    assert [AsyncResult(m.message_id).state.value for m in sent] == ["QUEUED", "QUEUED"]
+    assert broker.get_queue_message_counts(DEFAULT_QUEUE)[0] == 2
+    assert len(list(clean_redis.scan_iter(f"{NAMESPACE}:job:*"))) == 2
+    broker.close()
