@@ -117,6 +117,9 @@ class PipelineBroker(RabbitmqBroker):
             url = self.settings.broker_url
             nodes = [pika.URLParameters(node) for node in url.split(";")]
             for node in nodes:
+                if node.blocked_connection_timeout is None:
+                    # pika waits for ever while RabbitMQ blocks publishers (a resource alarm).
+                    node.blocked_connection_timeout = self.settings.broker_blocked_timeout
                 if node.ssl_options is not None:
                     # pika's amqps default checks the certificate but names no host to check it
                     # against, which fails every connection: name the node's, with the CA bundle.
@@ -222,6 +225,14 @@ class PipelineBroker(RabbitmqBroker):
             consumer = FinishedCheck(consumer, self.received)
         return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 
+    def _blocked(self) -> str:
+        """What a publish that timed out on a blocked connection was told, for an error."""
+        waited = self._nodes()[0].blocked_connection_timeout
+        return (
+            f"RabbitMQ at {mask_url(self.settings.broker_url)} blocked publishers for more than {waited:g} s "
+            "(a memory or disk alarm: see its management UI; PIPELINE_BROKER_BLOCKED_TIMEOUT)"
+        )
+
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
 
@@ -250,7 +261,8 @@ class PipelineBroker(RabbitmqBroker):
           BrokerUnavailable: RabbitMQ could not be reached or refused the message after the
             broker's retries: it does not have it.
           PublishOutcomeUnknown: The connection broke while the message was published, and the
-            retries failed too: RabbitMQ may have it.
+            retries failed too, or RabbitMQ blocked publishers (a memory or disk alarm) longer
+            than ``PIPELINE_BROKER_BLOCKED_TIMEOUT``: RabbitMQ may have it.
           InvalidPriority: The message's priority does not fit its queue.
           InvalidMessage: The message could never be published (too large for the server, or a
             ``delay`` that is not a number of milliseconds).
@@ -313,8 +325,21 @@ class PipelineBroker(RabbitmqBroker):
                     self.queues_pending.add(canonical)
                 with contextlib.suppress(*_PUBLISH_FAILURES, OSError):
                     del self.connection
-                if attempt < MAX_ENQUEUE_ATTEMPTS:
+                blocked = isinstance(exc, pika.exceptions.ConnectionBlockedTimeout)
+                # A blocked publisher is blocked on a new connection too: no retry passes.
+                if attempt < MAX_ENQUEUE_ATTEMPTS and not blocked:
                     continue
+                if blocked and broke:
+                    # RabbitMQ may read the message once the alarm clears: the record stays.
+                    self._emit_own("after_enqueue_outcome_unknown", message)
+                    raise PublishOutcomeUnknown(
+                        f"{self._blocked()} and did not confirm message {message.message_id}: it may take it once "
+                        "the alarm clears; look at its AsyncResult before sending it again",
+                        message.message_id,
+                    ) from exc
+                if blocked:
+                    self._emit_own("after_enqueue_failure", message)
+                    raise BrokerUnavailable(f"{self._blocked()}: message {message.message_id} was not sent") from exc
                 if broke:
                     # The record stays, since a worker may yet run the job, and the caller is
                     # told the outcome is unknown.
@@ -400,6 +425,8 @@ class PipelineBroker(RabbitmqBroker):
           BrokerUnavailable: RabbitMQ could not be reached or refused the commit.
           InvalidPriority: A message's priority does not fit the queue.
           MessageTooLarge: A message is larger than RabbitMQ takes (the largest is named).
+          PublishOutcomeUnknown: RabbitMQ blocked publishers (a resource alarm) past the
+            broker's blocked timeout: it may take the batch once the alarm clears.
         """
         if not messages:
             return []
@@ -421,6 +448,13 @@ class PipelineBroker(RabbitmqBroker):
                 break
             except (*_PUBLISH_FAILURES, ConnectionClosed, OSError) as exc:
                 del self.connection
+                if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout):
+                    # RabbitMQ may read the batch, its commit included, once the alarm clears.
+                    raise PublishOutcomeUnknown(
+                        f"{self._blocked()} and did not commit the batch of {len(messages)} messages from "
+                        f"{messages[0].message_id}: it may take it once the alarm clears",
+                        messages[0].message_id,
+                    ) from exc
                 if _too_large(exc):
                     # No retry can pass: the same batch is refused again.
                     (body, _), largest = max(zip(bodies, messages, strict=True), key=lambda pair: len(pair[0][0]))

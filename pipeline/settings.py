@@ -55,6 +55,9 @@ class Settings:
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     #: CA bundle that signs RabbitMQ's certificate (``amqps``); the system's CAs when unset.
     broker_ca_file: Path | None = None
+    #: Seconds a publish waits while RabbitMQ blocks publishers (a memory or disk alarm) before
+    #: it gives up; a ``blocked_connection_timeout`` in the broker URL overrides it.
+    broker_blocked_timeout: float = 10.0
     #: RabbitMQ management API URL (``http://user:password@host:15672``); unset: the first broker
     #: node's host and credentials on port 15672.
     management_url: str | None = None
@@ -198,6 +201,7 @@ class Settings:
             raise SettingsError(
                 "PIPELINE_NAMESPACE", self.namespace, "expected letters, digits, '_', '-' or '.' (at most 64)"
             )
+        _check_positive("PIPELINE_BROKER_BLOCKED_TIMEOUT", self.broker_blocked_timeout)
         _check_positive("PIPELINE_REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout)
         _check_positive("PIPELINE_REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout)
         _check_minimum("PIPELINE_STARTED_AFTER", self.started_after, 0)

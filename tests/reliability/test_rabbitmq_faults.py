@@ -66,3 +66,40 @@ def test_a_node_restart_under_a_send_loop_loses_and_doubles_nothing(private_rabb
     assert all(runs(n) == 0 for n in refused)
     assert all(runs(n) <= 1 for n in unknown)
     print(f"{len(confirmed)} confirmed, {len(refused)} refused, {len(unknown)} of unknown outcome")
+
+
+#: Seconds a publish waits on a blocked connection in the test below.
+BLOCKED_TIMEOUT = 2.0
+
+
+@pytest.mark.lasts(12)
+def test_a_resource_alarm_makes_sends_give_up_in_time_and_what_they_sent_arrives_after(private_rabbitmq, clean_redis):
+    # RabbitMQ stops reading a publisher's connection while a memory or disk alarm lasts, and
+    # pika waited for the confirm for ever: a web request that sent a job hung with it.
+    from testenv import make_settings
+
+    from pipeline.broker import build_broker
+    from pipeline.errors import PublishOutcomeUnknown
+    from pipeline.jobs.actor_class import actor
+
+    broker = build_broker(make_settings(broker_url=private_rabbitmq.url, broker_blocked_timeout=BLOCKED_TIMEOUT))
+    echo = actor(lambda n: n, actor_name="echo", queue_name="default", broker=broker)
+    echo.send(0)
+    private_rabbitmq.ctl("set_disk_free_limit", "100000GB")
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishOutcomeUnknown, match="blocked publishers for more than 2 s") as raised:
+            echo.send(1)
+        assert time.monotonic() - started < BLOCKED_TIMEOUT + 3
+        # It may yet be taken: its record stays, for a worker to carry on.
+        assert AsyncResult(raised.value.message_id).state is JobState.QUEUED
+        started = time.monotonic()
+        with pytest.raises(PublishOutcomeUnknown, match="did not commit the batch of 3 messages"):
+            echo.send_many([{"n": n} for n in (2, 3, 4)])
+        assert time.monotonic() - started < BLOCKED_TIMEOUT + 3
+    finally:
+        private_rabbitmq.ctl("set_disk_free_limit", "1MB")
+    assert echo.send(5).message_id
+    # RabbitMQ read what the blocked connections held once the alarm cleared: "may" was true.
+    wait_until(lambda: broker.get_queue_message_counts("default")[0] == 6, what="the six messages in the queue")
+    broker.close()

@@ -55,6 +55,7 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_NAMESPACE", "", "expected letters, digits"),
         ("PIPELINE_REDIS_SOCKET_TIMEOUT", "0", "must be more than 0"),
         ("PIPELINE_REDIS_CONNECT_TIMEOUT", "-1", "must be more than 0"),
+        ("PIPELINE_BROKER_BLOCKED_TIMEOUT", "0", "must be more than 0"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(variable, value, complaint):
@@ -109,3 +110,12 @@ def test_a_valid_sender_and_namespace_are_kept():
         {"PIPELINE_MAIL_SENDER": "Zoë's Shop <noreply@shop.example>", "PIPELINE_NAMESPACE": "eu-1"}
     )
     assert settings.mail_sender == "Zoë's Shop <noreply@shop.example>" and settings.namespace == "eu-1"
+
+
+def test_a_publisher_blocked_by_rabbitmq_waits_the_setting_unless_the_url_says_otherwise():
+    from pipeline.broker import build_broker
+
+    default = build_broker(Settings(broker_blocked_timeout=4.5))
+    assert default.parameters.blocked_connection_timeout == 4.5
+    url = "amqp://guest:guest@127.0.0.1:5672/%2F?blocked_connection_timeout=30"
+    assert build_broker(Settings(broker_url=url)).parameters.blocked_connection_timeout == 30
