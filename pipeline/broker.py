@@ -33,6 +33,7 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, MAX_DECLARE_ATTEMPTS, MA
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import MiddlewareError, Retries, default_middleware
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from pipeline.errors import (
     BrokerUnavailable,
@@ -63,8 +64,11 @@ from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.records import get_store
 from pipeline.store.schedule import Schedule
 
-#: What pika raises when a publish cannot be made on the connection or channel at hand.
-_PUBLISH_FAILURES = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
+#: What pika raises when a connection cannot be opened, or a publish made on the connection or
+#: channel at hand. pika's blocking connection lets a handshake that timed out (a node that takes
+#: the TCP connection and says nothing: frozen, or overloaded) through as a connector error,
+#: which is not one of its AMQP errors.
+AMQP_FAILURES = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, AMQPConnectorException)
 #: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.
 PRECONDITION_FAILED = 406
 
@@ -173,9 +177,9 @@ class PipelineBroker(RabbitmqBroker):
             try:
                 self._declare_on_server(canonical)
                 break
-            except _PUBLISH_FAILURES as exc:
+            except AMQP_FAILURES as exc:
                 del self.connection
-                if attempt == MAX_DECLARE_ATTEMPTS:
+                if attempt == MAX_DECLARE_ATTEMPTS or _unanswered(exc):
                     raise ConnectionClosed(exc) from None
         self.queues_pending.discard(canonical)
 
@@ -310,10 +314,10 @@ class PipelineBroker(RabbitmqBroker):
                     raise
                 break
             # pika lets a TLS failure (an unknown CA, a wrong host name) through as an OSError.
-            except (*_PUBLISH_FAILURES, ConnectionClosed, OSError) as exc:
+            except (*AMQP_FAILURES, ConnectionClosed, OSError) as exc:
                 if _too_large(exc):
                     # No retry can pass: the same body is refused again, so refuse it now.
-                    with contextlib.suppress(*_PUBLISH_FAILURES, OSError):
+                    with contextlib.suppress(*AMQP_FAILURES, OSError):
                         del self.connection
                     self._emit_own("after_enqueue_failure", message)
                     raise MessageTooLarge(
@@ -323,11 +327,12 @@ class PipelineBroker(RabbitmqBroker):
                     ) from exc
                 if isinstance(exc, pika.exceptions.UnroutableError):
                     self.queues_pending.add(canonical)
-                with contextlib.suppress(*_PUBLISH_FAILURES, OSError):
+                with contextlib.suppress(*AMQP_FAILURES, OSError):
                     del self.connection
                 blocked = isinstance(exc, pika.exceptions.ConnectionBlockedTimeout)
-                # A blocked publisher is blocked on a new connection too: no retry passes.
-                if attempt < MAX_ENQUEUE_ATTEMPTS and not blocked:
+                # A blocked publisher is blocked on a new connection too, and a node that did not
+                # answer a handshake costs the whole stack timeout again: no retry passes.
+                if attempt < MAX_ENQUEUE_ATTEMPTS and not blocked and not _unanswered(exc):
                     continue
                 if blocked and broke:
                     # RabbitMQ may read the message once the alarm clears: the record stays.
@@ -446,7 +451,7 @@ class PipelineBroker(RabbitmqBroker):
                 self.declare_queue(queue_name, ensure=True)
                 self._publish_transaction(queue_name, bodies)
                 break
-            except (*_PUBLISH_FAILURES, ConnectionClosed, OSError) as exc:
+            except (*AMQP_FAILURES, ConnectionClosed, OSError) as exc:
                 del self.connection
                 if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout):
                     # RabbitMQ may read the batch, its commit included, once the alarm clears.
@@ -464,7 +469,7 @@ class PipelineBroker(RabbitmqBroker):
                         f"{mask_url(self.settings.broker_url)} takes ({getattr(exc, 'reply_text', '')}): send a "
                         "reference to the data (a file, a row id), not the data; nothing of its batch was sent"
                     ) from exc
-                if attempt == MAX_ENQUEUE_ATTEMPTS:
+                if attempt == MAX_ENQUEUE_ATTEMPTS or _unanswered(exc):
                     raise self._unavailable(exc) from exc
         self._emit_batch("after", messages)
         return list(messages)
@@ -479,6 +484,14 @@ class PipelineBroker(RabbitmqBroker):
         finally:
             if channel.is_open:
                 channel.close()
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether a connection could not be opened because the node took it and did not answer in
+    pika's stack timeout (frozen, or overloaded), directly or as the cause of a failed declare.
+    """
+    cause = exc.message if isinstance(exc, ConnectionClosed) else exc
+    return isinstance(cause, AMQPConnectorException)
 
 
 def _too_large(exc: BaseException) -> bool:

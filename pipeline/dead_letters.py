@@ -20,6 +20,7 @@ import pika
 import pika.exceptions
 from dramatiq.common import q_name, xq_name
 from dramatiq.errors import DecodeError
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from pipeline.errors import BrokerUnavailable, ManagementUnavailable, PipelineError
 from pipeline.jobs.options import ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
@@ -122,7 +123,7 @@ class DeadLetters:
         self.broker = broker
         try:
             self.channel = broker.connection.channel()
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             raise BrokerUnavailable(f"RabbitMQ at {mask_url(get_settings().broker_url)} did not answer: {exc}") from exc
 
     def __enter__(self) -> DeadLetters:
@@ -197,7 +198,7 @@ class DeadLetters:
             publisher.confirm_delivery()
             properties = message_properties(fresh, get_settings().service_name)
             publisher.basic_publish("", fresh.queue_name, fresh.encode(), properties, mandatory=True)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             if before is not None and before.get("state") == "FAILURE":
                 store.write(fresh.message_id, JobState.FAILURE, error=before.get("error"))
             raise BrokerUnavailable(f"message {fresh.message_id} was not requeued: {exc}") from exc

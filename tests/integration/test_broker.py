@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from urllib.parse import quote
 
@@ -11,6 +12,7 @@ import dramatiq
 import pytest
 import sample_actors
 import testenv
+from cli_runner import run_cli
 from services import queue_depth
 from testenv import make_settings
 from waiting import wait_until
@@ -127,6 +129,28 @@ def test_sending_with_rabbitmq_down_names_the_url_without_password():
         down.enqueue(ping.message_with_options(args=(1,), priority=0))
     assert "amqp://shop:***@127.0.0.1:1/%2F" in str(raised.value)
     assert "s3cret" not in str(raised.value)
+
+
+def test_a_node_that_takes_the_connection_and_says_nothing_is_unavailable_in_time(clean_redis):
+    # A frozen or overloaded node: pika's handshake times out with a connector error, which is
+    # not one of its AMQP errors, and it escaped send() bare, after twelve handshakes (six
+    # attempts of two declares), each the whole stack timeout: three minutes at pika's 15 s.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/%2F?stack_timeout=0.5"
+        down = build_broker(make_settings(broker_url=url))
+        sender = actor(lambda n: n, actor_name=f"silent_{uuid.uuid4().hex[:8]}", queue_name="default", broker=down)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:\d+/%2F"):
+            sender.send(1)
+        with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:\d+/%2F"):
+            sender.send_many([{"n": 2}])
+        # One handshake's timeout each: a node that did not answer one does not answer the next.
+        assert time.monotonic() - started < 4
+        listed = run_cli("dlq", "list", PIPELINE_BROKER_URL=url, PIPELINE_MANAGEMENT_URL="http://127.0.0.1:1")
+        assert listed.returncode == 5 and "did not answer" in listed.stderr, listed.stderr
+    assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
 
 
 def test_a_queue_declared_with_other_arguments_is_reported(amqp):
