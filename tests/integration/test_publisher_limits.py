@@ -1,5 +1,7 @@
-"""A message over RabbitMQ's ``max_message_size``, on a node of the test's own with a small limit:
-refused at once as invalid, naming its size and the limit, with nothing queued or recorded."""
+"""RabbitMQ's limits on publishers, on a node of the test's own: a message over its small
+``max_message_size`` is refused at once as invalid, naming its size and the limit, with nothing
+queued or recorded; a resource alarm that blocks publishers holds a send no longer than the
+broker's blocked timeout."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 from private_rabbitmq import PrivateRabbitMQ
 from private_services import require
 from testenv import NAMESPACE, make_settings
+from waiting import wait_until
 
 from pipeline.broker import build_broker
 from pipeline.errors import InvalidMessage, MessageTooLarge
@@ -76,4 +79,42 @@ def test_a_send_many_batch_over_the_limit_is_refused_at_once_and_names_what_was_
     assert [AsyncResult(m.message_id).state.value for m in sent] == ["QUEUED", "QUEUED"]
     assert broker.get_queue_message_counts(DEFAULT_QUEUE)[0] == 2
     assert len(list(clean_redis.scan_iter(f"{NAMESPACE}:job:*"))) == 2
+    broker.close()
+
+
+#: Seconds a publish waits on a blocked connection in the test below.
+BLOCKED_TIMEOUT = 2.0
+
+
+def test_a_resource_alarm_makes_sends_give_up_in_time_and_what_they_sent_arrives_after(small_limit_node, clean_redis):
+    # RabbitMQ stops reading a publisher's connection while a memory or disk alarm lasts, and
+    # pika waited for the confirm for ever: a web request that sent a job hung with it.
+    from pipeline.errors import PublishOutcomeUnknown
+    from pipeline.jobs.actor_class import actor
+    from pipeline.results import AsyncResult
+    from pipeline.states import JobState
+
+    broker = build_broker(make_settings(broker_url=small_limit_node.url, broker_blocked_timeout=BLOCKED_TIMEOUT))
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    broker.flush(DEFAULT_QUEUE)
+    echo = actor(lambda n: n, actor_name="echo", queue_name=DEFAULT_QUEUE, broker=broker)
+    echo.send(0)
+    small_limit_node.ctl("set_disk_free_limit", "100000GB")
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishOutcomeUnknown, match="blocked publishers for more than 2 s") as raised:
+            echo.send(1)
+        assert time.monotonic() - started < BLOCKED_TIMEOUT + 3
+        # It may yet be taken: its record stays, for a worker to carry on.
+        assert AsyncResult(raised.value.message_id).state is JobState.QUEUED
+        started = time.monotonic()
+        with pytest.raises(PublishOutcomeUnknown, match="did not commit the batch of 3 messages"):
+            echo.send_many([{"n": n} for n in (2, 3, 4)])
+        assert time.monotonic() - started < BLOCKED_TIMEOUT + 3
+    finally:
+        small_limit_node.ctl("set_disk_free_limit", "1MB")
+    assert echo.send(5).message_id
+    # RabbitMQ read what the blocked connections held once the alarm cleared: "may" was true.
+    wait_until(lambda: broker.get_queue_message_counts(DEFAULT_QUEUE)[0] == 6, what="the six messages in the queue")
+    broker.flush(DEFAULT_QUEUE)
     broker.close()
