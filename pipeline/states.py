@@ -45,6 +45,17 @@ class JobState(enum.StrEnum):
 #: States a job ends in; a record in one of them is final.
 READY_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
 
+
+def state_named(value: object) -> JobState:
+    """The state a record's ``state`` field names; ``PENDING`` for a value that names none (a
+    record written by hand, or by a later version with a state this one does not know), as
+    ``AsyncResult.state`` reads it.
+    """
+    if not isinstance(value, str) or value not in JobState.__members__:
+        return JobState.PENDING
+    return JobState(value)
+
+
 #: The lowest rank of a finished state: above any attempt's.
 FINAL_RANK = 1_000_000
 #: The rank of ``FAILURE``.

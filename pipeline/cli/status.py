@@ -15,7 +15,7 @@ from pipeline.job_id import check_job_id
 from pipeline.job_record import JobRecord
 from pipeline.printable import printable
 from pipeline.results import AsyncResult
-from pipeline.states import JobState
+from pipeline.states import JobState, state_named
 
 #: Record fields shown by ``status``, in order, with their labels.
 _LABELS = (
@@ -44,22 +44,26 @@ def format_record(message_id: str, record: JobRecord | None) -> str:
 def _record_lines(message_id: str, record: JobRecord | None) -> list[str]:
     if record is None:
         return [f"job {message_id}: PENDING (no record: unknown id, or expired)"]
-    lines = [f"job {message_id}: {record['state']}"]
+    lines = [f"job {message_id}: {record.get('state', '(no state)')}"]
     fields: dict[str, Any] = dict(record)
     lines += [f"  {label:<9} {fields[name]}" for name, label in _LABELS if fields.get(name) is not None]
     progress = record.get("progress")
-    if progress:
+    if isinstance(progress, dict) and progress:
         total = f"/{progress['total']}" if progress.get("total") is not None else ""
         phase = f" ({progress['phase']})" if progress.get("phase") else ""
         lines.append(f"  {'progress':<9} {progress.get('done')}{total}{phase}")
+    elif progress:
+        lines.append(f"  {'progress':<9} {progress}")
     result = record.get("result")
     if record.get("state") == JobState.SUCCESS.value:
         if isinstance(result, dict) and "path" in result:
             lines += [f"  {key:<9} {result[key]}" for key in ("path", "url", "size", "rows") if key in result]
         lines.append(f"  {'result':<9} {json.dumps(result, ensure_ascii=False)}")
     error = record.get("error")
-    if error:
-        lines.append(f"  {'error':<9} {error['type']}: {error['message']}")
+    if error and not isinstance(error, dict):
+        lines.append(f"  {'error':<9} {error}")
+    elif error:
+        lines.append(f"  {'error':<9} {error.get('type')}: {error.get('message')}")
         if record.get("state") == JobState.FAILURE.value and error.get("traceback"):
             lines += ["    " + line for line in error["traceback"].rstrip().splitlines()]
     return lines
@@ -98,7 +102,7 @@ def show_job(message_id: str, *, as_json: bool, wait: float | None = None, live:
         print(format_record(message_id, record))
         if mail is not None:
             print(printable(f"  {'notified':<9} {mail['to']}: mail job {mail['message_id']} {mail['state']}", 500))
-    return exit_code(JobState(record["state"]) if record else JobState.PENDING)
+    return exit_code(state_named(record.get("state")) if record else JobState.PENDING)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from pipeline.jobs.options import (
     RETRY_DUE_OPTION,
 )
 from pipeline.jobs.starts import DelayedStarts
-from pipeline.states import JobState
+from pipeline.states import JobState, state_named
 from pipeline.store.records import QUEUED_ANSWER_WAIT, RecordStore
 from pipeline.store.revocations import RevocationWatcher
 from pipeline.store.writer import Answer, When
@@ -278,7 +278,7 @@ class JobRecords(Middleware):
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s runs without its record read: %s", message.message_id, exc)
             return
-        if record is not None and JobState(record["state"]).ready:
+        if record is not None and state_named(record.get("state")).ready:
             raise SkipMessage(f"job {message.message_id} is already {record['state']}")
         if not redelivered:
             return

@@ -617,10 +617,17 @@ def _sent_by(timeout: float | None) -> When:
 
 
 def _decode(raw: Mapping[str, str]) -> JobRecord:
-    """A record as stored (field to JSON text) as a dict of values, without internal or cleared fields."""
-    return cast(
-        "JobRecord", {name: json.loads(value) for name, value in raw.items() if name != "rank" and value != "null"}
-    )
+    """A record as stored (field to JSON text) as a dict of values, without internal or cleared
+    fields; a field that is not JSON (written by hand) is kept as its text.
+    """
+    return cast("JobRecord", {name: _value(text) for name, text in raw.items() if name != "rank" and text != "null"})
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def get_store(settings: Settings | None = None) -> RecordStore:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from pipeline.states import FAILURE_RANK, FINAL_RANK, SUCCESS_RANK, JobState
+from pipeline.states import FAILURE_RANK, FINAL_RANK, SUCCESS_RANK, JobState, state_named
 from pipeline.store.keys import FAILURE_TTL
 
 #: One write: the script's keys and arguments.
@@ -126,6 +126,6 @@ def stored_state(stored: str | None) -> JobState:
     if not stored:
         return JobState.PENDING
     try:
-        return JobState(json.loads(stored))
+        return state_named(json.loads(stored))
     except ValueError:
         return JobState.PENDING

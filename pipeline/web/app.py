@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.jobs.options import SHOWN_ARGUMENTS_OPTION
 from pipeline.printable import printable
 from pipeline.settings import Settings, get_settings
-from pipeline.states import JobState
+from pipeline.states import JobState, state_named
 from pipeline.store.records import get_store
 from pipeline.web import queries
 from pipeline.web.access import CSRF_COOKIE, CSRF_FIELD, Authorize, Role, caller_of, csrf_passes, new_csrf_token
@@ -238,7 +238,7 @@ class Dashboard:
         record = store.read(message_id)
         if record is None:
             raise queries.NotFoundHere(f"no record of job {message_id} (unknown, or expired)")
-        state = JobState(record["state"])
+        state = state_named(record.get("state"))
         moments = queries.timeline(record, store.attempts(message_id))
         return {"record": record, "state": state.value, "ready": state.ready, "timeline": moments}
 

@@ -192,6 +192,25 @@ def test_the_overview_and_workers_pages_show_queues_actors_and_workers(client, p
 # -- who may do what -----------------------------------------------------------------------
 
 
+#: Records pipeline's write script never writes: by hand, or by a later version's new state.
+ODD_RECORDS = {
+    "a state this version does not know": {"state": '"WAITING"', "actor": '"ping"'},
+    "a field that is not JSON": {"state": "SUCCESS", "result": "{oops"},
+    "an error that is text": {"state": '"FAILURE"', "error": '"boom"'},
+    "progress that is a list": {"state": '"STARTED"', "progress": "[1, 2]"},
+}
+
+
+@pytest.mark.parametrize("fields", list(ODD_RECORDS.values()), ids=list(ODD_RECORDS))
+def test_a_record_pipeline_did_not_write_is_shown_not_a_server_error(client, clean_redis, fields):
+    message_id = str(uuid.uuid4())
+    clean_redis.hset(get_store().keys.record(message_id), mapping=fields)
+    page = client.get(f"/jobs/{message_id}", headers={"X-Test-User": "viewer"})
+    assert page.status_code == 200, page.text
+    out = run_cli("status", message_id)
+    assert "Traceback" not in out.stderr and f"job {message_id}:" in out.stdout, out.stderr
+
+
 @pytest.fixture
 def sms_queue(amqp) -> Iterator[str]:
     """Another service's queue, declared as its actors' would be, deleted afterwards."""

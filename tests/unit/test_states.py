@@ -46,3 +46,11 @@ def test_pending_is_never_written():
         rank(JobState.PENDING)
     with pytest.raises(ValueError, match="attempt must be 1 or more"):
         rank(JobState.STARTED, 0)
+
+
+def test_a_state_field_that_names_no_state_reads_pending_as_asyncresult_reads_it():
+    from pipeline.states import state_named
+
+    assert state_named("SUCCESS") is JobState.SUCCESS
+    for odd in ("WAITING", "success", "", None, 7, [1], {"state": "SUCCESS"}):
+        assert state_named(odd) is JobState.PENDING
