@@ -36,19 +36,34 @@ def run_export(args: argparse.Namespace) -> int:
     return _sent(message.message_id, args)
 
 
+#: The largest ``--context`` file read, in bytes.
+CONTEXT_FILE_LIMIT = 16 * 2**20
+
+
 def context_argument(text: str) -> dict[str, Any]:
     """A mail's context from ``--context``: a JSON object, or ``@path`` to a file holding one.
 
     Raises:
-      InvalidMessage: The file cannot be read, or the text is not a JSON object.
+      InvalidMessage: The file cannot be read, is larger than :data:`CONTEXT_FILE_LIMIT` (or
+        endless, as ``/dev/zero``), is not UTF-8, or the text is not a JSON object.
     """
     source = "--context"
     if text.startswith("@"):
         source = text[1:]
         try:
-            text = Path(source).read_text(encoding="utf-8")
+            with Path(source).open("rb") as file:
+                data = file.read(CONTEXT_FILE_LIMIT + 1)
         except OSError as exc:
             raise InvalidMessage(f"--context file {source!r} cannot be read: {exc.strerror}") from exc
+        if len(data) > CONTEXT_FILE_LIMIT:
+            raise InvalidMessage(
+                f"--context file {source!r} is larger than {CONTEXT_FILE_LIMIT // 2**20} MiB: a context holds a "
+                "mail's variables, not data"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage(f"--context file {source!r} is not UTF-8 text (byte {exc.start:,})") from None
     try:
         value = json.loads(text)
     except ValueError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 
 import dramatiq
@@ -81,7 +82,13 @@ def test_email_sent_twice_with_one_idempotency_key_is_one_job(operated):
 
 @pytest.mark.parametrize(
     ("context", "reason"),
-    [("[1, 2]", "must be a JSON object"), ("{not json", "not valid JSON"), ("@/nonexistent.json", "cannot be read")],
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "not valid JSON"),
+        ("@/nonexistent.json", "cannot be read"),
+        ("@/dev/zero", "is larger than 16 MiB"),  # endless: read until memory ran out
+        (f"@{sys.executable}", "is not UTF-8 text (byte"),  # a bare UnicodeDecodeError traceback
+    ],
 )
 def test_email_with_a_bad_context_exits_5_naming_it(operated, context, reason):
     env, _, _ = operated
