@@ -38,6 +38,8 @@ FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 MAX_PATH_LENGTH = 4096
 #: Largest CSV field read, in characters (Python's default is 131,072); a cell holds 32,767.
 MAX_CSV_FIELD = 1 << 20
+#: Longest line of an order file read, in bytes: one order (a CSV line is one of its items).
+MAX_LINE_BYTES = 16 << 20
 #: CSV columns that hold an item's fields, and the item field each fills.
 CSV_ITEM_FIELDS = {"sku": "sku", "item_name": "name", "quantity": "quantity", "unit_price": "unit_price"}
 
@@ -136,10 +138,16 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """The lines of a UTF-8 text file (a byte-order mark, as Excel writes, is skipped), numbered.
 
     Raises:
-      SourceError: A line is not UTF-8 text (a binary file, another encoding), naming it.
+      SourceError: A line is not UTF-8 text (a binary file, another encoding), or is longer than
+        :data:`MAX_LINE_BYTES` (a file with no line breaks would be read whole), naming it.
     """
     with path.open("rb") as handle:
-        for line_number, raw in enumerate(handle, 1):
+        for line_number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise SourceError(
+                    f"file {path.name}: line {line_number} is longer than {MAX_LINE_BYTES >> 20} MiB: one order "
+                    "per line"
+                )
             if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             try:

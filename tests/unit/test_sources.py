@@ -9,7 +9,7 @@ import pytest
 from sample_source import make_order
 
 from pipeline.errors import SourceError
-from pipeline.export.sources import INLINE_LIMIT, check_request, load_plugin, open_source
+from pipeline.export.sources import INLINE_LIMIT, MAX_LINE_BYTES, check_request, load_plugin, open_source
 
 
 def source(tmp_path, **request):
@@ -45,6 +45,17 @@ def test_a_bad_json_line_names_its_row(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(make_order(1)) + "\n{oops\n")
     with pytest.raises(SourceError, match="row 2: not valid JSON"):
         list(source(tmp_path, file="bad.jsonl").rows())
+
+
+@pytest.mark.parametrize("name", ["huge.jsonl", "huge.csv"])
+def test_a_line_past_the_limit_is_refused_naming_it_without_reading_it_whole(tmp_path, name):
+    # A file with no line break was read whole into the worker's memory, which a file of some
+    # gigabytes ends by killing the worker, delivery after delivery.
+    header = "id,sku,item_name,quantity,unit_price\n" if name.endswith(".csv") else ""
+    with (tmp_path / name).open("w") as file:
+        file.write(header + "x" * (MAX_LINE_BYTES + 1))
+    with pytest.raises(SourceError, match=r"line \d is longer than 16 MiB: one order per line"):
+        list(source(tmp_path, file=name).rows())
 
 
 def test_csv_lines_of_one_order_become_its_items(tmp_path):
