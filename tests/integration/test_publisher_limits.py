@@ -5,15 +5,11 @@ broker's blocked timeout."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from private_rabbitmq import PrivateRabbitMQ
-from private_services import require
+from private_rabbitmq import PrivateRabbitMQ, running_node
 from testenv import NAMESPACE, make_settings
 from waiting import wait_until
 
@@ -29,16 +25,8 @@ LIMIT = 1_048_576
 
 @pytest.fixture(scope="module")
 def small_limit_node() -> Iterator[PrivateRabbitMQ]:
-    require("rabbitmq-server")
-    folder = Path(tempfile.mkdtemp(prefix="pipeline-rabbitmq-size-"))
-    shutil.chown(folder, "rabbitmq", "rabbitmq")
-    node = PrivateRabbitMQ(folder / "node", f"max_message_size = {LIMIT}\n")
-    try:
-        node.start()
+    with running_node("pipeline-rabbitmq-size-", f"max_message_size = {LIMIT}\n") as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_message_over_the_servers_limit_is_refused_at_once_naming_size_and_limit(small_limit_node, clean_redis):

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import datetime
 import random
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import sample_actors
-from private_rabbitmq import PrivateRabbitMQ
-from private_services import require
+from private_rabbitmq import PrivateRabbitMQ, running_node
 from testenv import make_settings
 from waiting import wait_until
 
@@ -66,16 +62,8 @@ class Node:
 
 @pytest.fixture(scope="module", params=["classic", "quorum"])
 def node(request: pytest.FixtureRequest) -> Iterator[Node]:
-    require("rabbitmq-server")
-    folder = Path(tempfile.mkdtemp(prefix="pipeline-rabbitmq-delays-"))
-    shutil.chown(folder, "rabbitmq", "rabbitmq")
-    rabbitmq = PrivateRabbitMQ(folder / "node", f"consumer_timeout = {CONSUMER_TIMEOUT}\n")
-    try:
-        rabbitmq.start()
+    with running_node("pipeline-rabbitmq-delays-", f"consumer_timeout = {CONSUMER_TIMEOUT}\n") as rabbitmq:
         yield Node(rabbitmq, request.param)
-    finally:
-        rabbitmq.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def seconds(iso: str) -> float:

@@ -154,19 +154,27 @@ class PrivateRabbitMQ:
 @pytest.fixture
 def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
     """A RabbitMQ node of the test's own; skipped without ``rabbitmq-server`` (failed in CI)."""
+    with running_node("pipeline-rabbitmq-") as node:
+        yield node
+
+
+@contextlib.contextmanager
+def running_node(prefix: str, config: str = "") -> Iterator[PrivateRabbitMQ]:
+    """A node of the test's own with ``config`` (lines of a ``rabbitmq.conf``), started, then
+    stopped and its folder removed; skipped without ``rabbitmq-server`` (failed in CI).
+    """
     if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
         reason = "rabbitmq-server is not installed"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
     # The server runs as the rabbitmq user, who cannot reach pytest's own temporary folders.
-    folder = Path(tempfile.mkdtemp(prefix="pipeline-rabbitmq-"))
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    shutil.chown(folder, "rabbitmq", "rabbitmq")
+    node = PrivateRabbitMQ(folder / "node", config)
     try:
-        node = PrivateRabbitMQ(folder)
-        try:
-            node.start()
-            yield node
-        finally:
-            node.stop()
+        node.start()
+        yield node
     finally:
+        node.stop()
         shutil.rmtree(folder, ignore_errors=True)
