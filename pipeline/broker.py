@@ -237,6 +237,19 @@ class PipelineBroker(RabbitmqBroker):
             "(a memory or disk alarm: see its management UI; PIPELINE_BROKER_BLOCKED_TIMEOUT)"
         )
 
+    def _refused_as_too_large(
+        self, message: dramatiq.Message[Any], body: bytes, exc: BaseException, *, in_batch: bool = False
+    ) -> MessageTooLarge:
+        """The refusal of ``message``, whose encoded ``body`` RabbitMQ refused as too large (with
+        the rest of its batch, ``in_batch``).
+        """
+        return MessageTooLarge(
+            f"message {message.message_id} is {len(body):,} bytes, more than RabbitMQ at "
+            f"{mask_url(self.settings.broker_url)} takes ({getattr(exc, 'reply_text', '')}): send a "
+            "reference to the data (a file, a row id), not the data"
+            + ("; nothing of its batch was sent" if in_batch else "")
+        )
+
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"RabbitMQ at {mask_url(self.settings.broker_url)} did not take the message: {exc}")
 
@@ -320,11 +333,7 @@ class PipelineBroker(RabbitmqBroker):
                     with contextlib.suppress(*AMQP_FAILURES, OSError):
                         del self.connection
                     self._emit_own("after_enqueue_failure", message)
-                    raise MessageTooLarge(
-                        f"message {message.message_id} is {len(body):,} bytes, more than RabbitMQ at "
-                        f"{mask_url(self.settings.broker_url)} takes ({getattr(exc, 'reply_text', '')}): send a "
-                        "reference to the data (a file, a row id), not the data"
-                    ) from exc
+                    raise self._refused_as_too_large(message, body, exc) from exc
                 if isinstance(exc, pika.exceptions.UnroutableError):
                     self.queues_pending.add(canonical)
                 with contextlib.suppress(*AMQP_FAILURES, OSError):
@@ -463,12 +472,7 @@ class PipelineBroker(RabbitmqBroker):
                 if _too_large(exc):
                     # No retry can pass: the same batch is refused again.
                     (body, _), largest = max(zip(bodies, messages, strict=True), key=lambda pair: len(pair[0][0]))
-                    size = len(body)
-                    raise MessageTooLarge(
-                        f"message {largest.message_id} is {size:,} bytes, more than RabbitMQ at "
-                        f"{mask_url(self.settings.broker_url)} takes ({getattr(exc, 'reply_text', '')}): send a "
-                        "reference to the data (a file, a row id), not the data; nothing of its batch was sent"
-                    ) from exc
+                    raise self._refused_as_too_large(largest, body, exc, in_batch=True) from exc
                 if attempt == MAX_ENQUEUE_ATTEMPTS or _unanswered(exc):
                     raise self._unavailable(exc) from exc
         self._emit_batch("after", messages)
