@@ -36,6 +36,8 @@ from pipeline.timestamps import now_iso
 _SPENT_OPTIONS = (RETRIES_OPTION, ETA_OPTION, REDELIVERIES_OPTION, "traceback")
 #: Dead-lettered messages looked at by one command, at most, unless ``--limit`` says otherwise.
 DEFAULT_LIMIT = 1000
+#: What a command says when dead letters lay past the window it looked at.
+MORE_REMAIN = f"only the first {DEFAULT_LIMIT:,} dead letters were looked at, more remain"
 
 
 @dataclasses.dataclass
@@ -133,21 +135,20 @@ class DeadLetters:
         if self.channel.is_open:
             self.channel.close()
 
-    def missing(self, queues: list[str]) -> list[str]:
-        """Those of ``queues`` RabbitMQ does not have (a name mistyped: Dramatiq declares a
-        queue's ``.XQ`` with it).
+    def has_queue(self, queue: str) -> bool:
+        """Whether RabbitMQ has ``queue``'s dead-letter queue: Dramatiq declares it with the
+        queue, so a name without one is not a queue of Dramatiq's (mistyped, most likely).
         """
-        absent = []
-        for queue in queues:
-            asker = self.broker.connection.channel()
-            try:
-                asker.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
-                absent.append(queue)
-            finally:
-                if asker.is_open:
-                    asker.close()
-        return absent
+        (dead,) = dead_letter_queues(queue)
+        asker = self.broker.connection.channel()
+        try:
+            asker.queue_declare(dead, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        finally:
+            if asker.is_open:
+                asker.close()
+        return True
 
     def take(self, queues: list[str], limit: int) -> list[DeadMessage]:
         """Up to ``limit`` messages of ``queues``, oldest first, not acknowledged."""

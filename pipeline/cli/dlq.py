@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
 from pipeline.cli.terminal import cell
-from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, dead_letter_queues
+from pipeline.dead_letters import DEFAULT_LIMIT, MORE_REMAIN, DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.printable import printable
 
@@ -38,15 +38,14 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def _unknown_queue(letters: DeadLetters, queue: str | None) -> bool:
     """Whether ``queue`` (None: every queue) names a queue RabbitMQ does not have; says so."""
-    if queue is None:
+    if queue is None or letters.has_queue(queue):
         return False
-    absent = letters.missing(dead_letter_queues(queue))
-    if absent:
-        print(
-            f"pipeline: RabbitMQ has no queue {printable(absent[0], 200)}: {printable(queue, 200)} is not a queue "
-            "of Dramatiq's on this virtual host (see `pipeline queues`)"
-        )
-    return bool(absent)
+    (dead,) = dead_letter_queues(queue)
+    print(
+        f"pipeline: RabbitMQ has no queue {printable(dead, 200)}: {printable(queue, 200)} is not a queue "
+        "of Dramatiq's on this virtual host (see `pipeline queues`)"
+    )
+    return True
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -98,7 +97,7 @@ def run_requeue(args: argparse.Namespace) -> int:
             shown["more_not_looked_at"] = True
         print(json.dumps(shown))
     else:
-        beyond = f"; only the first {DEFAULT_LIMIT:,} dead letters were looked at, more remain" if more else ""
+        beyond = f"; {MORE_REMAIN}" if more else ""
         print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else "") + beyond)
     return RET_UNKNOWN if missing else RET_OK
 

@@ -104,5 +104,5 @@ def _check_queue(letters: DeadLetters, queue: str) -> None:
     Raises:
       ActionRefused: Naming the queue.
     """
-    if not queue or queue.endswith((".DQ", ".XQ")) or letters.missing([xq_name(queue)]):
+    if not queue or queue.endswith((".DQ", ".XQ")) or not letters.has_queue(queue):
         raise ActionRefused(f"queue {queue[:60]!r} is not a queue of Dramatiq's on this virtual host")

@@ -23,7 +23,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
-from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, dead_letter_queues
+from pipeline.dead_letters import MORE_REMAIN, DeadLetters, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.jobs.options import SHOWN_ARGUMENTS_OPTION
 from pipeline.printable import printable
@@ -341,7 +341,7 @@ class Dashboard:
         if not ids and actor is None:
             raise ActionRefused("say which dead letters to requeue: ids, or an actor")
         done, more = self._actions(request).requeue(ids=ids or None, actor=actor, queue=queue)
-        beyond = f"; only the first {DEFAULT_LIMIT:,} dead letters were looked at, more remain" if more else ""
+        beyond = f"; {MORE_REMAIN}" if more else ""
         return redirect(
             self.url(request, "dead_letters") + "?" + urlencode({"done": f"requeued {len(done)}{beyond}"}), 303
         )
