@@ -73,3 +73,15 @@ def _message_of(exception: BaseException) -> str:
         return str(exception)
     except Exception as exc:  # noqa: BLE001 - whatever an actor's __str__ raises
         return f"<its message could not be made: {type(exc).__name__}>"
+
+
+#: The largest count a progress report holds: the largest integer every JSON reader (a
+#: browser's among them) holds exactly.
+MAX_PROGRESS_COUNT = 2**53
+
+
+def is_progress_count(value: object) -> bool:
+    """Whether ``value`` is a count a progress report holds (``done``, ``total``): a number, not
+    a bool, from 0 to :data:`MAX_PROGRESS_COUNT` (so not NaN nor infinite).
+    """
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_PROGRESS_COUNT

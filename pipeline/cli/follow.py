@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from pipeline.errors import JobTimeout
-from pipeline.job_record import JobRecord
+from pipeline.job_record import JobRecord, is_progress_count
 from pipeline.printable import printable
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
@@ -70,10 +70,8 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
     return handle.info()
 
 
-def _count(value: object) -> float | None:
-    """A progress count as the bar takes it; None for what is not a finite number at least 0
-    (a record written by hand, or by another program).
+def _count(value: Any) -> float | None:
+    """A progress count as the bar takes it; None for what a report cannot hold (a record
+    written by hand, or by another program).
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-        return None
-    return value
+    return value if is_progress_count(value) else None

@@ -25,7 +25,7 @@ from pipeline.errors import (
     shown,
 )
 from pipeline.job_id import check_job_id
-from pipeline.job_record import Progress
+from pipeline.job_record import Progress, is_progress_count
 from pipeline.states import JobState
 from pipeline.store import revocations
 from pipeline.store.records import get_store
@@ -37,9 +37,6 @@ _stop_requested = threading.Event()
 
 logger = logging.getLogger(__name__)
 
-#: The largest count a progress report holds: the largest integer every JSON reader (a
-#: browser's among them) holds exactly.
-MAX_PROGRESS_COUNT = 2**53
 #: The longest phase a progress report holds, in characters.
 MAX_PHASE_LENGTH = 200
 
@@ -96,9 +93,9 @@ def report_progress(
 
 
 def check_progress(done: object, total: object, phase: object) -> None:
-    """Refuse a progress report that no reader could show: a count that is not a finite number
-    from 0 to :data:`MAX_PROGRESS_COUNT`, a phase that is not text. ``done`` may pass ``total``
-    (an estimate the work outgrew).
+    """Refuse a progress report that no reader could show: a count that is not a number from 0
+    to :data:`~pipeline.job_record.MAX_PROGRESS_COUNT`, a phase that is not text. ``done`` may
+    pass ``total`` (an estimate the work outgrew).
 
     Raises:
       InvalidProgress: Naming the argument and what it holds.
@@ -108,7 +105,7 @@ def check_progress(done: object, total: object, phase: object) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidProgress(f"report_progress {name} must be a number, not {type(value).__name__} {shown(value)}")
-        if not 0 <= value <= MAX_PROGRESS_COUNT:
+        if not is_progress_count(value):
             raise InvalidProgress(f"report_progress {name} must be from 0 to 2**53, not {shown(value)}")
     if phase is None:
         return

@@ -7,7 +7,8 @@ import uuid
 import pytest
 
 from pipeline.errors import InvalidProgress, PermanentError
-from pipeline.jobs.current import MAX_PROGRESS_COUNT, check_progress, report_progress
+from pipeline.job_record import MAX_PROGRESS_COUNT
+from pipeline.jobs.current import check_progress, report_progress
 
 
 @pytest.mark.parametrize(
