@@ -9,13 +9,28 @@ edge, so a caller catches one family.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from collections.abc import Sequence
 from typing import Any
 
-#: How an error message shows a value a caller gave: its repr, shortened (a 5,000-character
-#: name, a long list), so that the message stays readable and a log line stays a line.
-_SHOWN = reprlib.Repr()
+
+class _Shown(reprlib.Repr):
+    """Reprs shortened (a 5,000-character name, a long list), so that an error message stays
+    readable and a log line stays a line; an integer too long for Python to write out (over
+    ``sys.get_int_max_str_digits()`` digits, whose repr raises ``ValueError``) by its length.
+    """
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:
+            digits = int(abs(x).bit_length() * math.log10(2)) + 1
+            return f"<an integer of about {digits:,} digits>"
+
+
+#: How an error message shows a value a caller gave (see :class:`_Shown`).
+_SHOWN = _Shown()
 _SHOWN.maxstring = _SHOWN.maxother = 80
 _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 6
 

@@ -68,6 +68,8 @@ def context_argument(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise InvalidMessage(f"{source} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidMessage(f"{source} is JSON nested too deep to read") from None
     if not isinstance(value, dict):
         raise InvalidMessage(f"{source} must be a JSON object, not {type(value).__name__}")
     return value

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from pipeline.errors import InvalidOrder, PermanentError
+from pipeline.errors import InvalidOrder, PermanentError, shown
 
 #: The statuses an order may have.
 STATUSES = frozenset({"pending", "paid", "shipped", "delivered", "cancelled", "refunded"})
@@ -91,8 +91,11 @@ def choose_columns(names: list[str] | None) -> list[str]:
 
 def _text(row: int, field: str, value: Any, *, required: bool = True) -> str:
     if not isinstance(value, str | int) or isinstance(value, bool):
-        raise InvalidOrder(f"row {row}: {field} {value!r} is not text")
-    text = str(value).strip()
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is not text")
+    try:
+        text = str(value).strip()
+    except ValueError:  # an integer of more digits than Python writes out
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is too long") from None
     if required and not text:
         raise InvalidOrder(f"row {row}: {field} is empty")
     return text
@@ -112,16 +115,16 @@ def _money(row: int, field: str, value: Any) -> Decimal:
     as, so that text is what is read. Negative amounts (refunds, discounts) are amounts too.
     """
     if isinstance(value, bool):
-        raise InvalidOrder(f"row {row}: {field} {value!r} is not a number")
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is not a number")
     text = repr(value) if isinstance(value, float) else value.strip() if isinstance(value, str) else value
     try:
         number = Decimal(text)
     except (ArithmeticError, TypeError, ValueError):
-        raise InvalidOrder(f"row {row}: {field} {value!r} is not a number") from None
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is not a number") from None
     if not number.is_finite():
-        raise InvalidOrder(f"row {row}: {field} {value!r} is not a finite number")
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is not a finite number")
     if number and number.adjusted() > LARGEST_CELL_EXPONENT:
-        raise InvalidOrder(f"row {row}: {field} {value!r} is larger than a spreadsheet cell holds (9.99e307)")
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is larger than a spreadsheet cell holds (9.99e307)")
     return number
 
 
@@ -131,10 +134,10 @@ def _count(row: int, field: str, value: Any) -> int:
     except ValueError:
         number = None
     if number is None or number < 1:
-        raise InvalidOrder(f"row {row}: {field} {value!r} is not a whole number of at least 1")
+        raise InvalidOrder(f"row {row}: {field} {shown(value)} is not a whole number of at least 1")
     if number > LARGEST_EXACT_COUNT:
         raise InvalidOrder(
-            f"row {row}: {field} {value!r} is more than a spreadsheet cell holds exactly ({LARGEST_EXACT_COUNT:,})"
+            f"row {row}: {field} {shown(value)} is more than a spreadsheet cell holds exactly ({LARGEST_EXACT_COUNT:,})"
         )
     return number
 
@@ -151,15 +154,15 @@ def _timestamp(row: int, field: str, value: Any) -> datetime.datetime:
         try:
             moment = datetime.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidOrder(f"row {row}: {field} {value!r} is not an ISO 8601 date and time") from None
+            raise InvalidOrder(f"row {row}: {field} {shown(value)} is not an ISO 8601 date and time") from None
     if moment.tzinfo is not None:
         try:
             moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
         except OverflowError:
-            raise InvalidOrder(f"row {row}: {field} {value!r} falls outside the years 1 to 9999 in UTC") from None
+            raise InvalidOrder(f"row {row}: {field} {shown(value)} falls outside the years 1 to 9999 in UTC") from None
     if not EARLIEST_CELL_TIME <= moment <= LATEST_CELL_TIME:
         raise InvalidOrder(
-            f"row {row}: {field} {value!r} is outside the dates an Excel cell holds "
+            f"row {row}: {field} {shown(value)} is outside the dates an Excel cell holds "
             f"({EARLIEST_CELL_TIME:%Y-%m-%d} to {LATEST_CELL_TIME:%Y-%m-%d}, UTC)"
         )
     return moment
@@ -178,22 +181,22 @@ def validate_order(raw: Mapping[str, Any], row: int) -> Order:
       InvalidOrder: A field is missing or wrong; the message names row, field and value.
     """
     if not isinstance(raw, Mapping):
-        raise InvalidOrder(f"row {row}: {raw!r} is not an object with order fields")
+        raise InvalidOrder(f"row {row}: {shown(raw)} is not an object with order fields")
     missing = [f for f in Order._fields if f not in raw]
     if missing:
         raise InvalidOrder(f"row {row}: missing field(s) {', '.join(missing)}")
     email = _text(row, "customer_email", raw["customer_email"])
     if not EMAIL.fullmatch(email):
-        raise InvalidOrder(f"row {row}: customer_email {email!r} is not an e-mail address")
+        raise InvalidOrder(f"row {row}: customer_email {shown(email)} is not an e-mail address")
     status = _text(row, "status", raw["status"]).lower()
     if status not in STATUSES:
-        raise InvalidOrder(f"row {row}: status {status!r} is not one of {', '.join(sorted(STATUSES))}")
+        raise InvalidOrder(f"row {row}: status {shown(status)} is not one of {', '.join(sorted(STATUSES))}")
     currency = _text(row, "currency", raw["currency"]).upper()
     if not CURRENCY.fullmatch(currency):
-        raise InvalidOrder(f"row {row}: currency {currency!r} is not a three-letter ISO code")
+        raise InvalidOrder(f"row {row}: currency {shown(currency)} is not a three-letter ISO code")
     items = raw["items"]
     if not isinstance(items, list | tuple):
-        raise InvalidOrder(f"row {row}: items {items!r} is not a list")
+        raise InvalidOrder(f"row {row}: items {shown(items)} is not a list")
     return Order(
         id=_text(row, "id", raw["id"]),
         created_at=_timestamp(row, "created_at", raw["created_at"]),
@@ -209,7 +212,7 @@ def validate_order(raw: Mapping[str, Any], row: int) -> Order:
 def _validate_item(raw: Any, row: int, position: int) -> Item:
     where = f"item {position}"
     if not isinstance(raw, Mapping):
-        raise InvalidOrder(f"row {row}: {where} {raw!r} is not an object")
+        raise InvalidOrder(f"row {row}: {where} {shown(raw)} is not an object")
     missing = [f for f in Item._fields if f not in raw]
     if missing:
         raise InvalidOrder(f"row {row}: {where} misses field(s) {', '.join(missing)}")

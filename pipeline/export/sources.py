@@ -22,6 +22,7 @@ import csv
 import importlib
 import itertools
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from decimal import Decimal
@@ -167,6 +168,12 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             yield line_number, json.loads(line, parse_float=Decimal)
         except json.JSONDecodeError as exc:
             raise SourceError(f"row {line_number}: not valid JSON ({exc.msg})") from None
+        except ValueError:  # an integer of more digits than Python reads
+            raise SourceError(
+                f"row {line_number}: a number of more than {sys.get_int_max_str_digits():,} digits"
+            ) from None
+        except RecursionError:
+            raise SourceError(f"row {line_number}: JSON nested too deep to read") from None
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:

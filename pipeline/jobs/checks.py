@@ -78,7 +78,10 @@ NUMERIC_OPTIONS: dict[str, tuple[int | None, bool]] = {
 
 def _is_number(value: object) -> bool:
     """Whether ``value`` is a finite int or float (not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    # Not math.isfinite: an int past a float's range (10**400) would raise OverflowError.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_delay(delay: object, now_millis: int) -> None:

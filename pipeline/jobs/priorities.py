@@ -8,7 +8,7 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
-from pipeline.errors import InvalidPriority
+from pipeline.errors import InvalidPriority, shown
 from pipeline.jobs.checks import Refusal
 from pipeline.jobs.options import BROKER_PRIORITY_OPTION, BULK_PRIORITY_OPTION, PRIORITY_OPTION
 from pipeline.settings import Settings
@@ -71,6 +71,6 @@ class MessagePriorities(Middleware):
         highest = self.settings.max_priority(queue_name)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= highest:
             raise InvalidPriority(
-                f"{owner}: priority {priority!r} is outside 0..{highest}, the range queue "
+                f"{owner}: priority {shown(priority)} is outside 0..{highest}, the range queue "
                 f"{queue_name!r} is declared with (PIPELINE_QUEUE_PRIORITIES)"
             )

@@ -272,6 +272,10 @@ REFUSED_OPTIONS = {
     "delay NaN": ({"delay": math.nan}, "delay nan is not a number of milliseconds"),
     "delay True": ({"delay": True}, "delay True is not a number of milliseconds"),
     "delay past the year 9999": ({"delay": 10**20}, "makes the job due past the year 9999"),
+    # Past a float's range (math.isfinite raises), and past the digits Python writes out.
+    "delay past a float": ({"delay": 10**400}, "makes the job due past the year 9999"),
+    "delay of 5,001 digits": ({"delay": 10**5000}, "delay <an integer of about 5,001 digits> ms makes the job due"),
+    "max_retries past a float": ({"max_retries": -(10**400)}, "option max_retries -1000"),
     "max_retries as text": ({"max_retries": "x"}, "ping: option max_retries 'x' is not a whole number of 0 or more"),
     "max_retries a fraction": ({"max_retries": 1.5}, "option max_retries 1.5 is not a whole number"),
     "time_limit negative": ({"time_limit": -1}, "option time_limit -1 is not a number of 1 or more"),
@@ -405,6 +409,8 @@ def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_li
         ("options", {"eta": "tomorrow"}, "option eta 'tomorrow' is not a number"),
         ("options", {"broker_priority": "high"}, "option broker_priority 'high' is not a number"),
         ("options", {"time_limit": "x"}, "option time_limit 'x' is not a number of 1 or more"),
+        # Past a float's range: math.isfinite raised OverflowError.
+        ("options", {"retries": -(10**400)}, "option retries -1000000"),
     ],
 )
 def test_a_raw_message_with_a_field_of_the_wrong_type_fails_at_once_with_one_line(

@@ -88,6 +88,7 @@ def test_email_sent_twice_with_one_idempotency_key_is_one_job(operated):
         ("@/nonexistent.json", "cannot be read"),
         ("@/dev/zero", "is larger than 16 MiB"),  # endless: read until memory ran out
         (f"@{sys.executable}", "is not UTF-8 text (byte"),  # a bare UnicodeDecodeError traceback
+        pytest.param("[" * 50_000 + "]" * 50_000, "is JSON nested too deep to read", id="deep"),  # RecursionError
     ],
 )
 def test_email_with_a_bad_context_exits_5_naming_it(operated, context, reason):

@@ -43,6 +43,12 @@ def test_a_time_with_an_offset_is_converted_to_utc():
         ("currency", "euro", "row 17: currency 'EURO' is not a three-letter ISO code"),
         ("id", "  ", "row 17: id is empty"),
         ("items", "none", "row 17: items 'none' is not a list"),
+        # A plug-in's integers: past the digits Python writes out, its repr raises ValueError.
+        pytest.param("id", 10**5000, "row 17: id <an integer of about 5,001 digits> is too long", id="huge id"),
+        pytest.param(
+            "created_at", 10**5000, "row 17: created_at <an integer of about 5,001 digits> is not", id="huge time"
+        ),
+        pytest.param("total", 10**5000, "row 17: total <an integer of about 5,001 digits> is larger", id="huge total"),
     ],
 )
 def test_a_bad_field_names_row_field_and_value(field, value, message):
@@ -130,3 +136,12 @@ def test_an_item_amount_is_computed_exactly():
     raw["items"][0].update(quantity=100, unit_price=0.07)
     item = validate_order(raw, 1).items[0]
     assert item.unit_price * item.quantity == Decimal("7.00")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("customer_email", "x" * 100_000), ("items", {str(n): n for n in range(10**4)})]
+)
+def test_a_long_bad_value_is_shown_shortened(field, value):
+    with pytest.raises(InvalidOrder) as raised:
+        validate_order({**make_order(1), field: value}, 17)
+    assert str(raised.value).startswith(f"row 17: {field} ") and len(str(raised.value)) < 200

@@ -37,7 +37,9 @@ def test_no_default_means_zero(stub):
     assert declare(stub).send().options["broker_priority"] == 0
 
 
-@pytest.mark.parametrize("bad", [11, -1, "high", 2.5, True])
+@pytest.mark.parametrize(
+    "bad", [11, -1, "high", 2.5, True, 10**400, pytest.param(10**5000, id="an integer of 5,001 digits")]
+)
 def test_a_priority_the_queue_cannot_hold_is_refused(stub, bad):
     with pytest.raises(InvalidPriority, match=r"outside 0\.\.10"):
         declare(stub).send(priority=bad)

@@ -47,6 +47,20 @@ def test_a_bad_json_line_names_its_row(tmp_path):
         list(source(tmp_path, file="bad.jsonl").rows())
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "A", "total": ' + "9" * 5000 + "}", "row 2: a number of more than 4,300 digits"),
+        ("[" * 100_000 + "]" * 100_000, "row 2: JSON nested too deep to read"),
+    ],
+)
+def test_a_json_line_python_cannot_read_names_its_row(tmp_path, line, message):
+    (tmp_path / "bad.jsonl").write_text(json.dumps(make_order(1)) + "\n" + line + "\n")
+    with pytest.raises(SourceError) as raised:
+        list(source(tmp_path, file="bad.jsonl").rows())
+    assert str(raised.value) == message
+
+
 @pytest.mark.parametrize("name", ["huge.jsonl", "huge.csv"])
 def test_a_line_past_the_limit_is_refused_naming_it_without_reading_it_whole(tmp_path, name):
     # A file with no line break was read whole into the worker's memory, which a file of some
