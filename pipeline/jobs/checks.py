@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -65,14 +65,26 @@ def is_retry(message: dramatiq.Message[Any] | MessageProxy) -> bool:
 #: record's timestamps can hold.
 LATEST_DUE_MILLIS = 253_402_300_799_999
 
-#: Options a message may set for itself, as Dramatiq's middleware read them: each a number, of
-#: at least the first value (None: any), and whole when the second is true.
-NUMERIC_OPTIONS: dict[str, tuple[int | None, bool]] = {
-    "max_retries": (0, True),
-    "min_backoff": (0, False),
-    "max_backoff": (0, False),
-    "time_limit": (1, False),
-    "max_age": (1, False),
+
+class NumberRule(NamedTuple):
+    """What an option's number must be: at least ``least`` (None: any), whole or not, and at
+    most ``most``.
+    """
+
+    least: int | None
+    whole: bool
+    #: By default the year 9999 in milliseconds: past it, a time is no date a record holds,
+    #: and a number past a float's range fails Dramatiq's arithmetic (a time limit's deadline).
+    most: int = LATEST_DUE_MILLIS
+
+
+#: Options a message may set for itself, as Dramatiq's middleware read them.
+NUMERIC_OPTIONS: dict[str, NumberRule] = {
+    "max_retries": NumberRule(0, True),
+    "min_backoff": NumberRule(0, False),
+    "max_backoff": NumberRule(0, False),
+    "time_limit": NumberRule(1, False),
+    "max_age": NumberRule(1, False),
 }
 
 
@@ -97,14 +109,12 @@ def check_delay(delay: object, now_millis: int) -> None:
         raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
 
 
-def numeric_option_problem(
-    options: Mapping[str, Any], rules: Mapping[str, tuple[int | None, bool]] = NUMERIC_OPTIONS
-) -> str | None:
+def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, NumberRule] = NUMERIC_OPTIONS) -> str | None:
     """What is wrong with the first option of ``rules`` in ``options`` that is not the number
     its rule says (see :data:`NUMERIC_OPTIONS`), or None; an option read from the settings is
     checked there.
     """
-    for name, (least, whole) in rules.items():
+    for name, (least, whole, most) in rules.items():
         value = options.get(name)
         if value is None or isinstance(value, FromSettings):
             continue
@@ -112,6 +122,8 @@ def numeric_option_problem(
             kind = "a whole number" if whole else "a number"
             at_least = "" if least is None else f" of {least} or more"
             return f"option {name} {shown(value)} is not {kind}{at_least}"
+        if value > most:
+            return f"option {name} {shown(value)} is larger than {most:,}"
     return None
 
 

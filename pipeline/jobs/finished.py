@@ -26,7 +26,7 @@ from dramatiq.errors import DecodeError
 from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
-from pipeline.jobs.checks import NUMERIC_OPTIONS, numeric_option_problem
+from pipeline.jobs.checks import LATEST_DUE_MILLIS, NUMERIC_OPTIONS, NumberRule, numeric_option_problem
 from pipeline.jobs.consumers import WrappedConsumer
 from pipeline.jobs.options import (
     BROKER_PRIORITY_OPTION,
@@ -234,13 +234,14 @@ FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
 #: The options the middleware read from a delivered message, as
 #: :func:`~pipeline.jobs.checks.numeric_option_problem` checks them: the counts (whole, 0 or
 #: more), the times (Unix milliseconds) and the AMQP priority, and those a sender may set.
-RECEIVED_OPTIONS: dict[str, tuple[int | None, bool]] = {
-    RETRIES_OPTION: (0, True),
-    REDELIVERIES_OPTION: (0, True),
-    ETA_OPTION: (None, False),
-    RETRY_DUE_OPTION: (None, False),
-    RATE_WAIT_OPTION: (None, False),
-    BROKER_PRIORITY_OPTION: (None, False),
+RECEIVED_OPTIONS: dict[str, NumberRule] = {
+    RETRIES_OPTION: NumberRule(0, True),
+    REDELIVERIES_OPTION: NumberRule(0, True),
+    ETA_OPTION: NumberRule(None, False),
+    RETRY_DUE_OPTION: NumberRule(None, False),
+    RATE_WAIT_OPTION: NumberRule(None, False),
+    # An AMQP priority is one octet: a retry publishes the message with it again.
+    BROKER_PRIORITY_OPTION: NumberRule(0, True, 255),
     **NUMERIC_OPTIONS,
 }
 
@@ -255,6 +256,8 @@ def malformed(message: Any) -> str | None:
         value = getattr(message, field, None)
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"{field} {shown(value)} is not {described}"
+    if message.message_timestamp > LATEST_DUE_MILLIS:
+        return f"message_timestamp {shown(message.message_timestamp)} is past the year 9999"
     return numeric_option_problem(message.options, RECEIVED_OPTIONS)
 
 

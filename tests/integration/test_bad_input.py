@@ -280,6 +280,7 @@ REFUSED_OPTIONS = {
     "max_retries a fraction": ({"max_retries": 1.5}, "option max_retries 1.5 is not a whole number"),
     "time_limit negative": ({"time_limit": -1}, "option time_limit -1 is not a number of 1 or more"),
     "min_backoff infinite": ({"min_backoff": math.inf}, "option min_backoff inf is not a number"),
+    "max_age past the year 9999": ({"max_age": 10**20}, "option max_age 100000000000000000000 is larger than"),
     "time_limit past the queue's": (
         {"time_limit": 10**9},
         "time_limit 1000000000 ms is longer than any actor of queue 'default' declares",
@@ -407,10 +408,18 @@ def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_li
         ("options", {"retries": -3}, "option retries -3 is not a whole number of 0 or more"),
         ("options", {"pipeline_redeliveries": 1.5}, "option pipeline_redeliveries 1.5 is not a whole number"),
         ("options", {"eta": "tomorrow"}, "option eta 'tomorrow' is not a number"),
-        ("options", {"broker_priority": "high"}, "option broker_priority 'high' is not a number"),
+        ("options", {"broker_priority": "high"}, "option broker_priority 'high' is not a whole number"),
         ("options", {"time_limit": "x"}, "option time_limit 'x' is not a number of 1 or more"),
         # Past a float's range: math.isfinite raised OverflowError.
         ("options", {"retries": -(10**400)}, "option retries -1000000"),
+        # Numbers past what the middleware's arithmetic or a record's dates hold: the job ran
+        # without its time limit (a CRITICAL traceback), or was held in the worker forever.
+        ("options", {"time_limit": 10**400}, "option time_limit 1000000"),
+        ("options", {"eta": 10**400}, "option eta 1000000"),
+        ("options", {"max_age": 10**20}, "option max_age 100000000000000000000 is larger than 253,402,300,799,999"),
+        ("options", {"broker_priority": 256}, "option broker_priority 256 is larger than 255"),
+        ("options", {"broker_priority": 2.5}, "option broker_priority 2.5 is not a whole number of 0 or more"),
+        ("message_timestamp", 10**400, "message_timestamp 1000000"),
     ],
 )
 def test_a_raw_message_with_a_field_of_the_wrong_type_fails_at_once_with_one_line(
