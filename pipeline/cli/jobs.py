@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK
 from pipeline.cli.terminal import cell
+from pipeline.errors import shown
 from pipeline.states import JobState
 from pipeline.store.records import get_store
 
@@ -25,9 +27,11 @@ def age(text: str) -> float:
       argparse.ArgumentTypeError: The text is not a number and a unit.
     """
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 90s, 15m, 1h or 2d")
-    return float(match[1]) * _UNITS[match[2]]
+    seconds = float(match[1]) * _UNITS[match[2]] if match is not None else math.inf
+    # Infinite: more digits than a float holds, which no date is.
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an age such as 90s, 15m, 1h or 2d")
+    return seconds
 
 
 def state_name(text: str) -> JobState:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,8 @@ T = TypeVar("T")
 QUEUED_ANSWER_WAIT = 0.25
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
+#: Seconds of a wait that count as waiting as long as it takes: a float holds no more.
+FOREVER = sys.float_info.max
 #: Seconds past a blocking wait's own end that Redis may take to answer it.
 WAIT_MARGIN = 0.5
 #: Worker record writes kept while Redis is away, to be written when it is back; past this
@@ -551,13 +554,17 @@ class RecordStore:
           ResultBackendUnavailable: Redis failed or did not answer in time.
         """
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout)
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or (isinstance(timeout, float) and math.isnan(timeout))
         ):
             raise InvalidTimeout(
                 f"timeout {shown(timeout)} is not a number of seconds (None waits as long as it takes)"
             )
         done = self.keys.done(message_id)
-        deadline = None if timeout is None or timeout == math.inf else time.monotonic() + timeout
+        # An int past a float's range (10**400) waits as long as it takes, as infinity does.
+        forever = timeout is None or timeout == math.inf or (isinstance(timeout, int) and timeout > FOREVER)
+        deadline = None if forever else time.monotonic() + timeout  # type: ignore[operator]
         with self.translated():
             while True:
                 left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())

@@ -96,7 +96,13 @@ def test_pipeline_jobs_lists_and_filters_as_json(clean_redis):
 
 
 @pytest.mark.parametrize(
-    ("args", "reason"), [(["--since", "yesterday"], "not an age"), (["--state", "DONE"], "not a state")]
+    ("args", "reason"),
+    [
+        (["--since", "yesterday"], "not an age"),
+        # More digits than a float holds: an OverflowError traceback.
+        pytest.param(["--since", "9" * 400 + "d"], "not an age", id="since-endless"),
+        (["--state", "DONE"], "not a state"),
+    ],
 )
 def test_pipeline_jobs_refuses_a_bad_filter_naming_it(args, reason):
     out = run_cli("jobs", *args)

@@ -179,6 +179,8 @@ def test_get_with_an_infinite_timeout_waits_as_long_as_it_takes(clean_redis):
     message_id = str(uuid.uuid4())
     get_store().write(message_id, JobState.SUCCESS, actor="ping", result={"pong": 1})
     assert AsyncResult(message_id).get(timeout=math.inf) == {"pong": 1}
+    # Past a float's range: the deadline's sum raised OverflowError.
+    assert AsyncResult(message_id).get(timeout=10**400) == {"pong": 1}
     with pytest.raises(JobTimeout):
         AsyncResult(str(uuid.uuid4())).get(timeout=-math.inf)
 
