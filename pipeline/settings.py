@@ -132,6 +132,9 @@ class Settings:
     #: SMTP connections a worker process keeps open at most, shared by its threads; a mail waits
     #: for one while all are busy.
     smtp_max_connections: int = 100
+    #: Recipients of one SMTP transaction at most: a mail to more goes in several (RFC 5321
+    #: has every server take 100; some take more).
+    smtp_max_recipients: int = 100
     #: The From of every mail, ``Name <address>``.
     mail_sender: str = "Shop <noreply@example.com>"
     #: Put before every subject, e.g. ``[Shop] ``.
@@ -217,6 +220,7 @@ class Settings:
                 raise SettingsError("PIPELINE_MAIL_RATE_LIMIT", self.mail_rate_limit, str(exc)) from None
         _check_positive("PIPELINE_SMTP_TIMEOUT", self.smtp_timeout)
         _check_minimum("PIPELINE_SMTP_MAX_CONNECTIONS", self.smtp_max_connections, 1)
+        _check_minimum("PIPELINE_SMTP_MAX_RECIPIENTS", self.smtp_max_recipients, 1)
         _check_sender(self.mail_sender)
         if first_header_breaker(self.mail_subject_prefix) is not None:
             raise SettingsError(

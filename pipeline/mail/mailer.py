@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypedDict, cast
 from pipeline.errors import DeliveryUncertain, MailError, ResultBackendUnavailable, SmtpUnavailable, not_text
 from pipeline.mail.message import build_message, parse_addresses
 from pipeline.mail.rendering import check_template_request, get_renderer
-from pipeline.mail.smtp import SmtpSender
+from pipeline.mail.smtp import SmtpSender, listed
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class Mailer:
         }
         if deferred:
             self.claims.partial(job_id, outcome)
-            detail = "; ".join(f"{address}: {code} {text}" for address, (code, text) in deferred.items())
+            detail = listed(deferred)
             raise SmtpUnavailable(
                 f"the server deferred {len(deferred)} recipient(s) ({detail}); the others have the mail, "
                 "the deferred ones are tried again alone"

@@ -13,13 +13,15 @@ a connection that broke once the mail's data was on its way is
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
+import itertools
 import queue
 import re
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.errors import DeliveryUncertain, PipelineError, SmtpRejected, SmtpThrottled, SmtpUnavailable
@@ -32,6 +34,12 @@ DATA_GO_AHEAD = 354
 DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 #: Seconds a reused SMTP connection may sit idle before it is checked with NOOP first.
 IDLE_CHECK_AFTER = 5.0
+#: The reply code a recipient is given when a transaction of a mail sent in several failed for
+#: good (5xx) or for now (4xx) after an earlier one delivered it: the failure's text goes with it.
+PART_REFUSED = 554
+PART_DEFERRED = 451
+#: Recipients an error message lists at most.
+LISTED_AT_MOST = 10
 
 
 class WirePolicy(email.policy.Compat32):
@@ -188,15 +196,22 @@ class SmtpSender:
     def send(self, envelope: Envelope, before_data: Callable[[], object] | None = None) -> dict[str, tuple[int, str]]:
         """Deliver ``envelope``.
 
+        A mail to more recipients than ``PIPELINE_SMTP_MAX_RECIPIENTS`` goes in several
+        transactions, each to at most that many (every server takes 100, RFC 5321 says, and
+        most refuse more, some for good). Once one transaction has delivered it, a later one
+        that fails is no error: its recipients are returned as refused with the failure, for
+        good (5xx) or for now (4xx, with the transactions not yet made), so that a later attempt
+        sends to them alone.
+
         A reused connection the server dropped is reopened once and the mail sent on the new
         one: up to the DATA command nothing was delivered, so that repeats nothing.
 
         Parameters:
           envelope: The mail and who receives it.
-          before_data: Called once the server has taken the envelope, right before the mail's
-            content goes (a rate limit's slot): the server has the mail one round trip later,
-            however long the connection and the envelope took. Nothing is sent when it raises,
-            and the connection, its transaction open, is closed.
+          before_data: Called once the server has taken a transaction's envelope, right before
+            the mail's content goes (a rate limit's slot): the server has the mail one round
+            trip later, however long the connection and the envelope took. Nothing is sent when
+            it raises, and the connection, its transaction open, is closed.
 
         Returns:
           The recipients the server refused while accepting the mail for others.
@@ -205,6 +220,40 @@ class SmtpSender:
           SmtpRejected: A 5xx reply: the sender, every recipient or the data refused.
           SmtpUnavailable: No connection, a timeout or a 4xx reply, before the data was sent.
           DeliveryUncertain: The connection broke after the data was sent.
+        """
+        size = self.settings.smtp_max_recipients
+        recipients = envelope.recipients
+        refused: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(recipients), size):
+            part = dataclasses.replace(envelope, recipients=recipients[start : start + size])
+            # Some recipient of an earlier transaction has the mail: this one must not undo that.
+            delivered = len(refused) < start
+            try:
+                refused.update(self._send_transaction(part, before_data))
+            except (SmtpRejected, SmtpUnavailable) as exc:
+                if not delivered:
+                    raise
+                if isinstance(exc, SmtpRejected):
+                    refused.update(dict.fromkeys(part.recipients, (PART_REFUSED, str(exc))))
+                    continue
+                refused.update(dict.fromkeys(recipients[start:], (PART_DEFERRED, str(exc))))
+                break
+            except DeliveryUncertain as exc:
+                if delivered:
+                    exc.add_note(f"{start - len(refused)} recipient(s) of earlier transactions have the mail")
+                raise
+        if len(refused) == len(recipients):
+            detail = listed(refused)
+            permanent = all(code >= 500 for code, _ in refused.values())
+            error = SmtpRejected if permanent else _deferral(min(code for code, _ in refused.values()), detail)
+            raise error(f"every recipient refused{'' if permanent else ' for now'}: {detail}")
+        return refused
+
+    def _send_transaction(
+        self, envelope: Envelope, before_data: Callable[[], object] | None
+    ) -> dict[str, tuple[int, str]]:
+        """One transaction of :meth:`send`: its refused recipients (all of them when the server
+        took none, and then nothing was sent).
         """
         lease = self._take()
         try:
@@ -255,11 +304,9 @@ class SmtpSender:
                 if code not in (250, 251):
                     refused[recipient] = (code, _text(reply))
             if len(refused) == len(envelope.recipients):
-                detail = "; ".join(f"{a}: {c} {m}" for a, (c, m) in refused.items())
-                permanent = all(c >= 500 for c, _ in refused.values())
+                # Nobody to send the content to (the data a pipelined envelope sent is refused).
                 self._reset(lease)
-                error = SmtpRejected if permanent else _deferral(min(c for c, _ in refused.values()), detail)
-                raise error(f"every recipient refused{'' if permanent else ' for now'}: {detail}")
+                return refused
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise _BeforeData from exc
         except PipelineError:
@@ -350,6 +397,15 @@ class SmtpSender:
 
 #: What a deferral that asks the client to slow down says (besides a 421).
 THROTTLING = re.compile(r"rate|too many|throttl|slow down", re.IGNORECASE)
+
+
+def listed(replies: Mapping[str, tuple[int, str]], most: int = LISTED_AT_MOST) -> str:
+    """Recipients and the server's reply to each, for an error message: the first ``most``,
+    and how many more.
+    """
+    shown = "; ".join(f"{address}: {code} {text}" for address, (code, text) in itertools.islice(replies.items(), most))
+    more = len(replies) - most
+    return shown if more <= 0 else f"{shown}; and {more:,} more"
 
 
 def _deferral(code: int, text: str) -> type[SmtpUnavailable]:

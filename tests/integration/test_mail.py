@@ -176,6 +176,21 @@ def test_deferred_recipients_are_retried_alone_and_the_others_get_the_mail_once(
     assert [recipients for _, recipients in mail_worker.envelopes] == [["ok@example.com"], ["later@defer.example.com"]]
 
 
+def test_a_mail_to_more_recipients_than_the_server_takes_at_once_reaches_each_once(mail_worker):
+    # A server that takes 100 recipients per transaction, as RFC 5321 has every one take; the
+    # second transaction is deferred, so the job is retried for its recipients and the third's.
+    mail_worker.max_recipients = 100
+    mail_worker.script.extend(["250 Message accepted", "451 4.3.0 Try again later"])
+    to = [f"r{n}@example.com" for n in range(250)]
+    result = AsyncResult(send_email.send(to=to[:1], bcc=to[1:], template="welcome", context=WELCOME).message_id)
+    outcome = result.get(timeout=30)
+    assert sorted(outcome["accepted"]) == sorted(to) and outcome["refused"] == outcome["deferred"] == {}
+    assert result.info()["attempt"] == 2
+    mail_worker.wait_for(3)
+    envelopes = [recipients for _, recipients in mail_worker.envelopes]
+    assert envelopes == [to[:100], to[100:200], to[200:]]
+
+
 def test_a_mail_revoked_before_it_runs_is_never_sent(module_worker, mail_worker):
     from pipeline.broker import broker
 

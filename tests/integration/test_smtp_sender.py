@@ -222,3 +222,49 @@ def test_a_failure_before_the_content_sends_nothing_and_closes_the_open_transact
     # The connection whose transaction was left open is not reused: the next mail opened another.
     assert [m["Message-ID"] for m in inbox.wait_for(1)] == ["<next@example.com>"] and inbox.connections == 2
     sender.close()
+
+
+def many(count: int) -> list[str]:
+    return [f"r{n}@example.com" for n in range(count)]
+
+
+def test_a_mail_to_more_recipients_than_a_transaction_takes_goes_in_several(smtp_server, settings):
+    # A server that takes 100 recipients per transaction, as RFC 5321 has every one take.
+    inbox, _ = smtp_server
+    inbox.max_recipients = 100
+    sender = SmtpSender(settings)
+    message = build_message(Rendered("Hi", "text", "<p>html</p>"), settings=settings, message_id="m", to=many(250))
+    paced = []
+    assert sender.send(message, before_data=lambda: paced.append(1)) == {}
+    inbox.wait_for(3)
+    assert [recipients for _, recipients in inbox.envelopes] == [many(250)[:100], many(250)[100:200], many(250)[200:]]
+    assert len(paced) == 3 and len({mail["Message-ID"] for mail in inbox.mails}) == 1
+    sender.close()
+
+
+def test_a_transaction_that_fails_after_another_delivered_returns_its_recipients_refused(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(Settings(smtp_port=settings.smtp_port, mail_sender=settings.mail_sender, smtp_max_recipients=2))
+    inbox.script.extend(["250 OK", "554 5.7.1 Content refused", "250 OK", "451 4.3.0 Try again later"])
+    message = build_message(Rendered("Hi", "text", "<p>html</p>"), settings=settings, message_id="m", to=many(9))
+    refused = sender.send(message)
+    # The first and third transactions delivered; the second was refused for good; the fourth
+    # for now, with the fifth, which was not made: a later attempt sends to those three alone.
+    assert [recipients for _, recipients in inbox.envelopes] == [many(9)[0:2], many(9)[4:6]]
+    assert {address: code for address, (code, _) in refused.items()} == {
+        **dict.fromkeys(many(9)[2:4], 554),
+        **dict.fromkeys(many(9)[6:], 451),
+    }
+    assert "Content refused" in refused["r2@example.com"][1] and "Try again later" in refused["r8@example.com"][1]
+    sender.close()
+
+
+def test_a_first_transaction_that_fails_fails_the_mail(smtp_server, settings):
+    inbox, _ = smtp_server
+    sender = SmtpSender(Settings(smtp_port=settings.smtp_port, mail_sender=settings.mail_sender, smtp_max_recipients=2))
+    inbox.script.append("451 4.3.0 Try again later")
+    message = build_message(Rendered("Hi", "text", "<p>html</p>"), settings=settings, message_id="m", to=many(5))
+    with pytest.raises(SmtpUnavailable, match="451"):
+        sender.send(message)
+    assert inbox.envelopes == []
+    sender.close()

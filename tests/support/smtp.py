@@ -49,6 +49,9 @@ class Inbox:
         #: Answer MAIL with a 421 ("too many connections") on every n-th connection (0: never).
         self.throttle_every = 0
         self.throttled = 0
+        #: Recipients one transaction may name at most (0: any number), as most servers bound
+        #: them: past it, a recipient gets 452.
+        self.max_recipients = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         if all(known is not server for known in self.servers):
@@ -77,6 +80,8 @@ class Inbox:
         if address.endswith("@defer.example.com") and address not in self.deferred:
             self.deferred.add(address)
             return "451 4.2.1 Mailbox busy, try later"
+        if self.max_recipients and len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -104,6 +109,7 @@ class Inbox:
             self.script.clear()
             self.deferred.clear()
         self.data_delay = 0.0
+        self.max_recipients = 0
 
     @property
     def connections(self) -> int:
