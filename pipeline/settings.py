@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import types
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import SettingsError
+from pipeline.errors import SettingsError, shown
 from pipeline.header_text import first_header_breaker
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 
@@ -35,6 +36,14 @@ QUEUE_TYPES = ("classic", "quorum")
 
 #: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
 MAX_QUEUE_PRIORITY = 255
+
+#: The largest value of a setting in seconds (about 31 years); a setting in milliseconds may be
+#: 1,000 times more, and a count of retries or recipients as large. Past about 292 years a
+#: timeout no longer fits a socket's or a lock's wait, and a key's lifetime no Redis command.
+MAX_SECONDS = 10**9
+MAX_MILLISECONDS = 1_000 * MAX_SECONDS
+#: Connections a worker process keeps at most (each an open socket).
+MAX_CONNECTIONS = 10_000
 
 #: The password part of a URL's netloc: after ``scheme://user:`` up to the last ``@`` of the netloc.
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@;]*:)[^/;]*@")
@@ -207,11 +216,11 @@ class Settings:
         _check_positive("PIPELINE_BROKER_BLOCKED_TIMEOUT", self.broker_blocked_timeout)
         _check_positive("PIPELINE_REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout)
         _check_positive("PIPELINE_REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout)
-        _check_minimum("PIPELINE_STARTED_AFTER", self.started_after, 0)
+        _check_minimum("PIPELINE_STARTED_AFTER", self.started_after, 0, MAX_MILLISECONDS)
         _check_minimum("PIPELINE_MAX_RETRIES", self.max_retries, 0)
-        _check_minimum("PIPELINE_RETRY_MIN_BACKOFF", self.retry_min_backoff, 1)
-        _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff)
-        _check_minimum("PIPELINE_SMTP_PORT", self.smtp_port, 1)
+        _check_minimum("PIPELINE_RETRY_MIN_BACKOFF", self.retry_min_backoff, 1, MAX_MILLISECONDS)
+        _check_minimum("PIPELINE_RETRY_MAX_BACKOFF", self.retry_max_backoff, self.retry_min_backoff, MAX_MILLISECONDS)
+        _check_minimum("PIPELINE_SMTP_PORT", self.smtp_port, 1, 65_535)
         _check_minimum("PIPELINE_MAIL_MAX_RETRIES", self.mail_max_retries, 0)
         if self.mail_rate_limit is not None:
             try:
@@ -219,7 +228,7 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError("PIPELINE_MAIL_RATE_LIMIT", self.mail_rate_limit, str(exc)) from None
         _check_positive("PIPELINE_SMTP_TIMEOUT", self.smtp_timeout)
-        _check_minimum("PIPELINE_SMTP_MAX_CONNECTIONS", self.smtp_max_connections, 1)
+        _check_minimum("PIPELINE_SMTP_MAX_CONNECTIONS", self.smtp_max_connections, 1, MAX_CONNECTIONS)
         _check_minimum("PIPELINE_SMTP_MAX_RECIPIENTS", self.smtp_max_recipients, 1)
         _check_sender(self.mail_sender)
         if first_header_breaker(self.mail_subject_prefix) is not None:
@@ -237,6 +246,7 @@ class Settings:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65_536:
             raise SettingsError("PIPELINE_METRICS_PORT", str(self.metrics_port), "a port is 1 to 65535")
         _check_minimum("PIPELINE_EXPORT_REUSE_WINDOW", self.export_reuse_window, 0)
+        _check_minimum("PIPELINE_RABBITMQ_CONSUMER_TIMEOUT", self.rabbitmq_consumer_timeout, 1, MAX_MILLISECONDS)
         # Every delivery a worker holds unacked (a running export, the prefetch behind it) must
         # be acked before RabbitMQ's consumer timeout, or RabbitMQ closes the channel and
         # redelivers them all: an export that always overruns would then loop forever.
@@ -342,9 +352,12 @@ def _parse(variable: str, raw: str, kind: object) -> object:
             raise SettingsError(variable, raw, "expected a whole number") from None
     if kind is float:
         try:
-            return float(raw.strip())
+            number = float(raw.strip())
         except ValueError:
             raise SettingsError(variable, raw, "expected a number") from None
+        if not math.isfinite(number):
+            raise SettingsError(variable, raw, "expected a finite number")
+        return number
     if kind is Path:
         return Path(raw).expanduser()
     if origin is tuple:
@@ -377,14 +390,21 @@ def _check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
             )
 
 
-def _check_minimum(variable: str, value: int, minimum: int) -> None:
+def _check_minimum(variable: str, value: int, minimum: int, maximum: int = MAX_SECONDS) -> None:
     if value < minimum:
         raise SettingsError(variable, str(value), f"must be at least {minimum}")
+    _check_maximum(variable, value, maximum)
 
 
-def _check_positive(variable: str, value: float) -> None:
+def _check_positive(variable: str, value: float, maximum: int = MAX_SECONDS) -> None:
     if value <= 0:
         raise SettingsError(variable, str(value), "must be more than 0")
+    _check_maximum(variable, value, maximum)
+
+
+def _check_maximum(variable: str, value: float, maximum: int) -> None:
+    if value > maximum:
+        raise SettingsError(variable, shown(value), f"must be at most {maximum:,}")
 
 
 def _check_sender(sender: str) -> None:

@@ -56,6 +56,20 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_REDIS_SOCKET_TIMEOUT", "0", "must be more than 0"),
         ("PIPELINE_REDIS_CONNECT_TIMEOUT", "-1", "must be more than 0"),
         ("PIPELINE_BROKER_BLOCKED_TIMEOUT", "0", "must be more than 0"),
+        # Each passed, then failed every connection: a socket takes no NaN, infinite or
+        # 300-year timeout, and no port past 65535.
+        ("PIPELINE_SMTP_TIMEOUT", "nan", "expected a finite number"),
+        ("PIPELINE_REDIS_SOCKET_TIMEOUT", "inf", "expected a finite number"),
+        ("PIPELINE_REDIS_CONNECT_TIMEOUT", "1e10", "must be at most 1,000,000,000"),
+        ("PIPELINE_SHUTDOWN_GRACE", "1e300", "must be at most 1,000,000,000"),
+        ("PIPELINE_SMTP_PORT", "70000", "must be at most 65,535"),
+        # A key's lifetime past what Redis's SET EX takes failed every record write.
+        ("PIPELINE_RESULT_TTL", "10000000000000000", "must be at most 1,000,000,000"),
+        # A backoff that makes a retry due past the year 9999 is refused when the retry is sent.
+        ("PIPELINE_RETRY_MAX_BACKOFF", "1" + "0" * 20, "must be at most 1,000,000,000,000"),
+        # A pool of that many places was made at a worker's start.
+        ("PIPELINE_SMTP_MAX_CONNECTIONS", "1000000000000", "must be at most 10,000"),
+        ("PIPELINE_RABBITMQ_CONSUMER_TIMEOUT", "0", "must be at least 1"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(variable, value, complaint):
