@@ -57,9 +57,17 @@ class AsyncResult:
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
 
-    def info(self) -> JobRecord | None:
-        """The whole record as a dict, or None while there is none (``PENDING``)."""
-        return self._store.read(self.id)
+    def info(self, timeout: float | None = None) -> JobRecord | None:
+        """The whole record as a dict, or None while there is none (``PENDING``).
+
+        Parameters:
+          timeout: Seconds Redis's answer is awaited at most; None: as long as Redis may take
+            (``PIPELINE_REDIS_SOCKET_TIMEOUT``).
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, or did not answer in time.
+        """
+        return self._store.read(self.id, timeout)
 
     @property
     def state(self) -> JobState:

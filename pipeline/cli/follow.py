@@ -13,10 +13,19 @@ from pipeline.errors import JobTimeout
 from pipeline.job_record import JobRecord, is_progress_count
 from pipeline.printable import printable
 from pipeline.results import AsyncResult
-from pipeline.states import JobState
 
 #: Seconds between two looks at a running job's progress.
 TICK = 0.25
+#: Seconds a read of a record may take past a caller's deadline (the job may end at it).
+READ_MARGIN = 0.5
+
+
+def read_time(deadline: float | None) -> float | None:
+    """Seconds a read of a record may take, to end by ``deadline`` (a ``time.monotonic()``, or
+    None: as long as Redis may take) and a moment: a wait the caller bounds stays bounded when
+    Redis does not answer.
+    """
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0) + READ_MARGIN
 
 
 def follow(message_id: str, *, timeout: float | None = None, console: Console | None = None) -> JobRecord | None:
@@ -30,10 +39,10 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
       The job's last record; None when it has none (an unknown id answers at once).
     """
     handle = AsyncResult(message_id)
-    if handle.state is JobState.PENDING:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if handle.info(read_time(deadline)) is None:
         return None
     console = console or Console(file=sys.stderr)
-    deadline = None if timeout is None else time.monotonic() + timeout
     columns = (
         # The phase is the job's text: shown as it is, never read as markup.
         TextColumn("{task.description}", markup=False),
@@ -54,7 +63,7 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
                 break
             except JobTimeout:
                 pass
-            record = handle.info()
+            record = handle.info(read_time(deadline))
             if record is None:
                 break
             progress: dict[str, Any] = dict(record.get("progress") or {})
@@ -67,7 +76,7 @@ def follow(message_id: str, *, timeout: float | None = None, console: Console | 
             )
             speed = bar.tasks[0].speed
             bar.update(task, speed_text=f"{speed:,.0f}/s" if speed else "")
-    return handle.info()
+    return handle.info(read_time(deadline))
 
 
 def _count(value: Any) -> float | None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import time
 from typing import Any
 
 from pipeline.cli.arguments import seconds
 from pipeline.cli.exit_codes import exit_code
-from pipeline.cli.follow import follow
+from pipeline.cli.follow import follow, read_time
 from pipeline.errors import JobTimeout
 from pipeline.job_id import check_job_id
 from pipeline.job_record import JobRecord
@@ -69,30 +70,35 @@ def _record_lines(message_id: str, record: JobRecord | None) -> list[str]:
     return lines
 
 
-def notification(record: JobRecord | None) -> dict[str, str] | None:
-    """Where an export's ``notify`` mail stands: its address, its job and that job's state."""
+def notification(record: JobRecord | None, deadline: float | None = None) -> dict[str, str] | None:
+    """Where an export's ``notify`` mail stands: its address, its job and that job's state
+    (read by ``deadline``, see :func:`~pipeline.cli.follow.read_time`).
+    """
     result = record.get("result") if record else None
     notified = result.get("notified") if isinstance(result, dict) else None
     if not isinstance(notified, dict) or "message_id" not in notified:
         return None
-    state = AsyncResult(notified["message_id"]).state
+    mail = AsyncResult(notified["message_id"]).info(read_time(deadline))
+    state = state_named(mail.get("state")) if mail else JobState.PENDING
     return {"to": str(notified.get("to")), "message_id": notified["message_id"], "state": state.value}
 
 
 def show_job(message_id: str, *, as_json: bool, wait: float | None = None, live: bool = False) -> int:
     """Print job ``message_id``'s record after following it (``live``) or waiting ``wait``
-    seconds for its end; the exit code that says how it stands.
+    seconds for its end; the exit code that says how it stands. With ``wait``, every read is
+    bounded by it too, so the command ends in about that time when Redis does not answer.
     """
     message_id = check_job_id(message_id)
     handle = AsyncResult(message_id)
+    deadline = None if wait is None else time.monotonic() + wait
     if live:
         follow(message_id, timeout=wait)
-    elif wait is not None and handle.state is not JobState.PENDING:
+    elif deadline is not None and handle.info(read_time(deadline)) is not None:
         # An unknown id has nothing to wait for: it answers at once.
         with contextlib.suppress(JobTimeout):
-            handle.get(timeout=wait, propagate=False)
-    record = handle.info()
-    mail = notification(record)
+            handle.get(timeout=max(deadline - time.monotonic(), 0.0), propagate=False)
+    record = handle.info(read_time(deadline))
+    mail = notification(record, deadline)
     if as_json:
         shown: dict[str, Any] = dict(record) if record else {"message_id": message_id, "state": "PENDING"}
         if mail is not None:

@@ -67,6 +67,9 @@ MAX_HELD = 64
 EXIT_WAIT = 2.0
 #: Connections kept for ``AHEAD`` commands at most: one per thread that sends at once.
 MAX_AHEAD_CONNECTIONS = 32
+#: Commands that change nothing: a process whose unanswered commands are all such (a reader
+#: whose Redis froze) does not wait for them at exit.
+READ_COMMANDS = frozenset({"GET", "HGET", "HGETALL", "EXISTS", "LINDEX", "LRANGE", "PING"})
 
 
 class When(enum.Enum):
@@ -276,6 +279,8 @@ class RedisWriter:
         self._ahead_wanted = False
         # The connection batches are sent on, by whoever holds the sending lock.
         self._connection: redis.Connection | None = None
+        # The batch being sent, its answers still to come.
+        self._in_flight: list[_Command] = []
         self._background = Background("pipeline-redis-writer", self._run)
         _writers.add(self)
         _watch_process()
@@ -291,6 +296,7 @@ class RedisWriter:
         self._ahead = []
         self._ahead_wanted = False
         self._connection = None
+        self._in_flight = []
 
     def submit(self, *args: Any, parse: Callable[[Any], Any] | None = None, when: When = When.NOW) -> Answer[Any]:
         """Hand in one command; its future holds ``parse(answer)`` (the answer when no ``parse``).
@@ -459,7 +465,11 @@ class RedisWriter:
         self._pressing = False
         batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
         self._held = 0
-        self._send(batch)
+        self._in_flight = batch
+        try:
+            self._send(batch)
+        finally:
+            self._in_flight = []
 
     def _leave_to_thread(self, within: float) -> None:
         """Have the writer's thread send what waits within ``within`` seconds."""
@@ -568,6 +578,9 @@ class RedisWriter:
         thread starts at interpreter shutdown), within the socket timeout.
         """
         if self._background.running:
+            unanswered = [*self._waiting, *self._in_flight]
+            if unanswered and all(command.args and command.args[0] in READ_COMMANDS for command in unanswered):
+                return  # reads only: nobody is left to read their answers
             # Even with nothing waiting: a batch the thread is sending has its answers to come,
             # and a process that ended now would cut it off, unanswered and maybe half sent.
             if not self.flush(timeout):

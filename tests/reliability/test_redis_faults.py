@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
+from cli_runner import run_cli
 from services import ROOT, queue_depth
 from testenv import make_settings
 from waiting import wait_until
 
+from pipeline.cli.exit_codes import RET_ERROR
 from pipeline.errors import JobTimeout, ResultBackendUnavailable
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
@@ -132,6 +135,23 @@ def test_jobs_sent_and_run_while_redis_is_down_get_their_records_when_it_is_back
     record = results(private_redis, outcome["sent"][:1])[0].info()
     assert record["actor"] == "ping" and record["queue"] == DEFAULT_QUEUE and record["attempt"] == 1
     assert JobState(record["state"]) is JobState.SUCCESS
+
+
+@pytest.mark.parametrize("follow", [[], ["--follow"]], ids=["wait", "follow"])
+def test_pipeline_status_wait_ends_within_a_second_of_its_wait_when_redis_is_frozen(private_redis, follow):
+    # Its reads waited the socket timeout (5 s) each, and the process waited 2 s more at exit
+    # for the answers of reads nobody would read: over 5 s for --wait 1.
+    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
+    private_redis.freeze()
+    try:
+        started = time.monotonic()
+        out = run_cli("status", str(uuid.uuid4()), "--wait", "1", *follow, **env)
+        elapsed = time.monotonic() - started
+    finally:
+        private_redis.thaw()
+    # One second of wait, half a second for the last read, and the interpreter's start.
+    assert elapsed < 3.5, elapsed
+    assert out.returncode == RET_ERROR and "did not answer within" in out.stderr, out.stderr
 
 
 @CONFIRMS
