@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import time
 
 #: Seconds formatted lately, to their text up to the seconds: a burst of jobs formats each second
@@ -27,3 +28,16 @@ def iso_from_millis(millis: int) -> str:
         moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
         text = _seconds[seconds] = moment.isoformat(timespec="seconds").removesuffix("+00:00")
     return f"{text}.{part:03d}+00:00"
+
+
+def seconds_until(iso: object) -> int:
+    """Whole seconds from now until the time ``iso`` (a timestamp of :func:`now_iso`'s format),
+    rounded up; 0 when it is past, or not such a timestamp.
+    """
+    if not isinstance(iso, str):
+        return 0
+    try:
+        moment = datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0
+    return max(0, math.ceil(moment - time.time()))

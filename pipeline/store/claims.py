@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 from typing import Any, TypedDict, cast
 
 import redis
@@ -41,7 +42,8 @@ class Claim(TypedDict, total=False):
 
 
 class Claims:
-    """Claims on job ids in one Redis database, kept as long as the job records.
+    """Claims on job ids in one Redis database, kept as long as the job records and a retry's
+    longest backoff (``PIPELINE_RETRY_MAX_BACKOFF``).
 
     Parameters:
       redis: The Redis of the job records.
@@ -56,7 +58,9 @@ class Claims:
     def __init__(self, redis: RedisConnection, writer: RedisWriter | None = None) -> None:
         self.redis = redis
         self.writer = writer
-        self.ttl = redis.settings.result_ttl
+        # As long as a record, and as long as a retry may wait before it comes: a claim that
+        # expired before the job's next attempt would let that attempt do the deed again.
+        self.ttl = redis.settings.result_ttl + math.ceil(redis.settings.retry_max_backoff / 1000)
 
     def claim(self, message_id: str) -> Claim | None:
         """Claim ``message_id`` for this attempt.

@@ -34,6 +34,7 @@ from pipeline.store.connection import RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
 from pipeline.store.writer import Answer, RedisWriter, When
+from pipeline.timestamps import seconds_until
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ class RecordStore:
             fields = {**fields, "actor": actor.encode("utf-8", "backslashreplace").decode("utf-8")}
         # A failure lives as long as its message may wait in the dead-letter queue.
         ttl = max(self.settings.result_ttl, FAILURE_TTL) if state is JobState.FAILURE else self.settings.result_ttl
+        if state in _WAITING:
+            # A job due later (a delay, a retry's backoff) keeps its record until then, and
+            # PIPELINE_RESULT_TTL after: it must not read PENDING while it waits.
+            ttl += seconds_until(fields.get(_WAITING[state]))
         args: list[Any] = ["" if state is None else rank(state, attempt), ttl, time.time_ns() // 1000]
         for name, value in fields.items():
             args += [name, json_value(value)]
@@ -614,6 +619,10 @@ class RecordStore:
                 connection.disconnect()
             else:
                 pool.release(connection)
+
+
+#: The states of a job that waits for a time, and the field that says until when.
+_WAITING = {JobState.SCHEDULED: "eta", JobState.RETRY: "next_attempt_at"}
 
 
 def _sent_by(timeout: float | None) -> When:

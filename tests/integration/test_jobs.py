@@ -329,6 +329,30 @@ def test_records_expire_after_the_ttl(worker, clean_redis):
     assert 0 < ttl <= get_settings().result_ttl
 
 
+def test_a_job_due_past_the_ttl_keeps_its_record_until_then_and_the_ttl_after(clean_redis):
+    # The record expired a day after the send: a job due in three days read PENDING ("unknown
+    # id, or expired") for two, and left the dashboard's lists.
+    from pipeline.settings import get_settings
+    from pipeline.store.claims import Claims
+    from pipeline.store.connection import get_redis
+    from pipeline.timestamps import iso_from_millis
+
+    settings, keys = get_settings(), get_redis().keys
+    hour = 3600
+    sent = broker.enqueue(ping.message_with_options(args=("later",)), delay=(settings.result_ttl + hour) * 1000)
+    assert clean_redis.ttl(keys.record(sent.message_id)) > settings.result_ttl + hour - 60
+    assert AsyncResult(sent.message_id).state is JobState.SCHEDULED
+    AsyncResult(sent.message_id).revoke()
+    # So does one whose retry is due that late (a long backoff).
+    retried = str(uuid.uuid4())
+    due = iso_from_millis((time.time() + settings.result_ttl + hour) * 1000)
+    get_store().write(retried, JobState.RETRY, attempt=1, actor="ping", next_attempt_at=due)
+    assert clean_redis.ttl(keys.record(retried)) > settings.result_ttl + hour - 60
+    # A claim lives until the longest backoff's retry has come.
+    Claims(get_redis()).claim(retried)
+    assert clean_redis.ttl(keys.claim(retried)) > settings.result_ttl + settings.retry_max_backoff / 1000 - 60
+
+
 def test_an_expected_failure_is_one_warning_line_without_arguments(worker, clean_redis):
     secret = f"reset-token-{uuid.uuid4().hex}"
     result = AsyncResult(sample_actors.fails.send("row 3: bad email", secret).message_id)
