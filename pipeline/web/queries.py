@@ -74,7 +74,7 @@ def job_filters(args: dict[str, str]) -> dict[str, Any]:
         filters["prefix"] = prefix
     before = args.get("before", "")
     if before:
-        if not before.isdigit() or len(before) > 20:
+        if not (before.isascii() and before.isdigit()) or len(before) > 20:
             raise BadFilter(f"cursor {before[:30]!r} is not a cursor of this list")
         filters["before"] = int(before)
     return filters

@@ -422,6 +422,7 @@ def test_a_record_holding_lone_surrogates_is_shown_with_escapes(client, clean_re
         ("/jobs?state=NOPE", 400, "is not one of"),
         ("/jobs?window=2y", 400, "window"),
         ("/jobs?before=abc", 400, "cursor"),
+        ("/jobs?before=%C2%B2", 400, "cursor"),  # a superscript two: a digit to str.isdigit, not to int
         ("/jobs?actor=%3Cscript%3E", 400, "not an actor name"),
         ("/jobs?prefix=zz%00", 400, "id prefix"),
         ("/jobs/not-an-id", 404, "is not a job id"),
