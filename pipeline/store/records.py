@@ -415,14 +415,15 @@ class RecordStore:
         self.writer.submit("EXPIRE", key, max(self.settings.result_ttl, FAILURE_TTL))
 
     def attempts(self, message_id: str) -> list[dict[str, Any]]:
-        """The job's ended attempts, oldest first.
+        """The job's ended attempts, oldest first (an entry pipeline did not write, which is not
+        a JSON object, left out).
 
         Raises:
           ResultBackendUnavailable: Redis failed.
         """
         with self.translated():
             raw = cast("list[str]", self.client.lrange(self.keys.attempts(message_id), 0, -1))
-        return [json.loads(entry) for entry in raw]
+        return [entry for entry in map(_value, raw) if isinstance(entry, dict)]
 
     def delete(self, message_id: str) -> bool:
         """Remove ``message_id``'s record (and its attempts); True if there was one."""

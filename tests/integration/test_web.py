@@ -211,6 +211,14 @@ def test_a_record_pipeline_did_not_write_is_shown_not_a_server_error(client, cle
     assert "Traceback" not in out.stderr and f"job {message_id}:" in out.stdout, out.stderr
 
 
+def test_an_attempt_history_pipeline_did_not_write_is_left_out_not_a_server_error(client, clean_redis):
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.RETRY, attempt=1, actor="ping", queue="default")
+    clean_redis.rpush(get_store().keys.attempts(message_id), "{oops", "5", '"text"')
+    page = client.get(f"/jobs/{message_id}", headers={"X-Test-User": "viewer"})
+    assert page.status_code == 200 and "RETRY" in page.text, page.text
+
+
 @pytest.fixture
 def sms_queue(amqp) -> Iterator[str]:
     """Another service's queue, declared as its actors' would be, deleted afterwards."""
