@@ -210,5 +210,18 @@ def build_message(
         message["Subject"] = Header(subject, "utf-8", header_name="Subject")  # type: ignore[assignment]
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = f"<{check_header('message id', message_id)}@{domain}>"
-    envelope_to = [address for _, address in [*recipients, *copies, *hidden]]
-    return Envelope(message=message, sender=sender[1], recipients=envelope_to, smtputf8=utf8)
+    return Envelope(message=message, sender=sender[1], recipients=_each_once(recipients, copies, hidden), smtputf8=utf8)
+
+
+def _each_once(*groups: list[tuple[str, str]]) -> list[str]:
+    """The envelope's recipients: every address of ``groups`` once, in order. An address named
+    twice (in To and in Bcc, or with its domain in other capitals) would be named twice to the
+    server, which may deliver it twice, or in two transactions (see
+    :mod:`pipeline.mail.smtp`), which do.
+    """
+    seen: dict[str, str] = {}
+    for group in groups:
+        for _, address in group:
+            local, _, domain = address.rpartition("@")
+            seen.setdefault(f"{local}@{domain.lower()}", address)
+    return list(seen.values())

@@ -191,6 +191,23 @@ def test_a_mail_to_more_recipients_than_the_server_takes_at_once_reaches_each_on
     assert envelopes == [to[:100], to[100:200], to[200:]]
 
 
+def test_an_address_named_twice_is_sent_the_mail_once(mail_worker):
+    # Named twice to the server, it may get two copies; in two transactions, it does.
+    mail_worker.max_recipients = 2
+    result = AsyncResult(
+        send_email.send(
+            to="a@example.com",
+            cc=["a@EXAMPLE.com", "b@example.com"],
+            bcc="a@example.com",
+            template="welcome",
+            context=WELCOME,
+        ).message_id
+    )
+    assert result.get(timeout=20)["accepted"] == ["a@example.com", "b@example.com"]
+    mail_worker.wait_for(1)
+    assert [recipients for _, recipients in mail_worker.envelopes] == [["a@example.com", "b@example.com"]]
+
+
 def test_a_mail_revoked_before_it_runs_is_never_sent(module_worker, mail_worker):
     from pipeline.broker import broker
 
