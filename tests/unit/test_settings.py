@@ -57,7 +57,7 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_REDIS_CONNECT_TIMEOUT", "-1", "must be more than 0"),
         ("PIPELINE_BROKER_BLOCKED_TIMEOUT", "0", "must be more than 0"),
         # Each passed, then failed every connection: a socket takes no NaN, infinite or
-        # 300-year timeout, and no port past 65535.
+        # 300-year timeout; and the resolver wraps a port past 65535 (70000 is 4464).
         ("PIPELINE_SMTP_TIMEOUT", "nan", "expected a finite number"),
         ("PIPELINE_REDIS_SOCKET_TIMEOUT", "inf", "expected a finite number"),
         ("PIPELINE_REDIS_CONNECT_TIMEOUT", "1e10", "must be at most 1,000,000,000"),
