@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -169,10 +169,18 @@ class SettingsAtStart(Middleware):
         try:
             self.settings.broker_url  # noqa: B018 - reading them is the check
         except SettingsError as exc:
-            logger.critical("The worker cannot start: %s", exc)
-            # SystemExit passes Dramatiq's hook dispatch, which logs any other exception and
-            # goes on: the worker would run half-configured.
-            raise SystemExit(RET_BAD_SETTING) from exc
+            stop_at_boot(exc)
+
+
+def stop_at_boot(error: SettingsError) -> NoReturn:
+    """Stop a booting worker process over a bad setting, with one line naming it.
+
+    Raises:
+      SystemExit: Always, which passes Dramatiq's hook dispatch: that logs any other exception
+        with its traceback and goes on, and the worker would run half-configured.
+    """
+    logger.critical("The worker cannot start: %s", error)
+    raise SystemExit(RET_BAD_SETTING) from error
 
 
 class MessageChecks(Middleware):

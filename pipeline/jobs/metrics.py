@@ -20,6 +20,7 @@ from wsgiref.simple_server import make_server
 from dramatiq.middleware import Middleware
 
 from pipeline.errors import SettingsError
+from pipeline.jobs.checks import stop_at_boot
 from pipeline.settings import Settings, get_settings
 
 
@@ -77,8 +78,14 @@ class WorkerMetrics(Middleware):
         return list(on.forks) if on is not None else []
 
     def after_process_boot(self, broker: Any) -> None:
-        """Dramatiq's."""
-        if (on := self._on()) is not None:
+        """Dramatiq's; a bad setting stops the process, as :class:`~pipeline.jobs.checks.SettingsAtStart` does (this
+        hook runs before its own: Dramatiq calls the last middleware's first).
+        """
+        try:
+            on = self._on()
+        except SettingsError as exc:
+            stop_at_boot(exc)
+        if on is not None:
             on.after_process_boot(broker)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
