@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.cli.exit_codes import RET_OK
 from pipeline.cli.status import show_job
 from pipeline.errors import InvalidMessage
+from pipeline.export.sources import FILE_FORMATS
 
 
 def _sent(message_id: str, args: argparse.Namespace) -> int:
@@ -109,7 +110,7 @@ def add_parsers(commands: Any) -> None:
         description="Send an export of FILE (under PIPELINE_IMPORT_DIR) and print the job's id. Exit 0: sent "
         "(with --wait: succeeded); 1: failed; 5: refused or RabbitMQ unreachable.",
     )
-    export.add_argument("file", help="the order file, relative to the import folder (.jsonl, .json or .csv)")
+    export.add_argument("file", help=f"the order file, relative to the import folder ({', '.join(FILE_FORMATS)})")
     export.add_argument(
         "--columns", nargs="+", metavar="COLUMN", help="the order columns to keep (names, or one comma-separated list)"
     )

@@ -63,8 +63,15 @@ def check_request(orders: Any = None, file: Any = None, filter: Any = None) -> N
     Raises:
       SourceError: Both ``orders`` and ``file`` given, ``orders`` not a list or over
         :data:`INLINE_LIMIT`, ``file`` not a path (a string, without NUL, at most
-        :data:`MAX_PATH_LENGTH` characters), ``filter`` not an object.
+        :data:`MAX_PATH_LENGTH` characters) or of no format of :data:`FILE_FORMATS`,
+        ``filter`` not an object.
     """
+    _check_form(orders, file, filter)
+    if file is not None and Path(file).suffix.lower() not in FILE_FORMATS:
+        raise SourceError(_unknown_format(file))
+
+
+def _check_form(orders: Any, file: Any, filter: Any) -> None:
     if orders is not None and file is not None:
         raise SourceError("give either orders (inline) or file, not both")
     if orders is not None:
@@ -95,7 +102,9 @@ def open_source(
     Raises:
       SourceError: The request or the configured source cannot be used.
     """
-    check_request(orders, file, filter)
+    # The file's format is checked once its path is resolved: a path out of the folder is
+    # named as such first.
+    _check_form(orders, file, filter)
     if orders is not None:
         return OrderSource({"kind": "inline", "orders": orders}, len(orders), lambda: enumerate(orders, 1))
     if file is not None:
@@ -122,12 +131,16 @@ def _file_source(name: str, import_dir: Path) -> OrderSource:
     path = resolve_import_path(name, import_dir)
     kind = FILE_FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise SourceError(f"file {name!r}: unknown format; use {', '.join(FILE_FORMATS)}")
+        raise SourceError(_unknown_format(name))
     stat = path.stat()
     description = {"kind": "file", "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if kind == "jsonl":
         return OrderSource(description, _count_lines(path), lambda: _read_jsonl(path))
     return OrderSource(description, None, lambda: _read_csv(path))
+
+
+def _unknown_format(name: str) -> str:
+    return f"file {shown(name)}: unknown format; use {', '.join(FILE_FORMATS)}"
 
 
 def _count_lines(path: Path) -> int:

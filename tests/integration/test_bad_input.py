@@ -50,7 +50,13 @@ def item(**changes):
 #: in the import folder, text the error must hold).
 FAILED_IN_THE_WORKER = {
     "total not a number": (export_orders, {"orders": [make_order(1), order(total="abc")]}, {}, "row 2: total 'abc'"),
-    "path out of the import folder": (export_orders, {"file": "../../etc/passwd"}, {}, "outside the import folder"),
+    # Named as an order file: /etc/passwd itself is refused at send, being of no known format.
+    "path out of the import folder": (
+        export_orders,
+        {"file": "../../etc/passwd.jsonl"},
+        {},
+        "outside the import folder",
+    ),
     "file that does not exist": (export_orders, {"file": "q9.jsonl"}, {}, "does not exist"),
     "unknown file format": (export_orders, {"file": "orders.txt"}, {"orders.txt": "x"}, "unknown format"),
     "date out of range": (export_orders, {"orders": [order(created_at="2026-13-45T10:00:00")]}, {}, "ISO 8601"),
@@ -128,6 +134,14 @@ REFUSED_AT_SEND = {
     "unknown column at send": (export_orders, (), {"filter": {}, "columns": ["colour"]}, InvalidMessage, "colour"),
     "NUL in the file name": (export_orders, (), {"file": "q3\x00.csv"}, InvalidMessage, "file must be a path"),
     "file not a string": (export_orders, (), {"file": ["q3.csv"]}, InvalidMessage, "file must be a path"),
+    # The name says it at send: a worker could only fail it.
+    "file of no known format": (
+        export_orders,
+        (),
+        {"file": "q3.json"},
+        InvalidMessage,
+        "file 'q3.json': unknown format; use .jsonl, .ndjson, .csv",
+    ),
     "notify not an address": (export_orders, (), {"filter": {}, "notify": "boss"}, InvalidMessage, "notify"),
     "to a number": (
         send_email,
@@ -228,6 +242,7 @@ REFUSED_AT_SEND_TOO = (
     "no recipient",
     "a lone surrogate in the context",
     "a lone surrogate in a display name",
+    "unknown file format",
 )
 
 
