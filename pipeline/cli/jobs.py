@@ -27,9 +27,8 @@ def age(text: str) -> float:
       argparse.ArgumentTypeError: The text is not a number and a unit.
     """
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    seconds = float(match[1]) * _UNITS[match[2]] if match is not None else math.inf
     # Infinite: more digits than a float holds, which no date is.
-    if not math.isfinite(seconds):
+    if match is None or not math.isfinite(seconds := float(match[1]) * _UNITS[match[2]]):
         raise argparse.ArgumentTypeError(f"{shown(text)} is not an age such as 90s, 15m, 1h or 2d")
     return seconds
 

@@ -92,12 +92,13 @@ def show_job(message_id: str, *, as_json: bool, wait: float | None = None, live:
     handle = AsyncResult(message_id)
     deadline = None if wait is None else time.monotonic() + wait
     if live:
-        follow(message_id, timeout=wait)
-    elif deadline is not None and handle.info(read_time(deadline)) is not None:
-        # An unknown id has nothing to wait for: it answers at once.
-        with contextlib.suppress(JobTimeout):
-            handle.get(timeout=max(deadline - time.monotonic(), 0.0), propagate=False)
-    record = handle.info(read_time(deadline))
+        record = follow(message_id, timeout=wait)
+    else:
+        if deadline is not None and handle.info(read_time(deadline)) is not None:
+            # An unknown id has nothing to wait for: it answers at once.
+            with contextlib.suppress(JobTimeout):
+                handle.get(timeout=max(deadline - time.monotonic(), 0.0), propagate=False)
+        record = handle.info(read_time(deadline))
     mail = notification(record, deadline)
     if as_json:
         shown: dict[str, Any] = dict(record) if record else {"message_id": message_id, "state": "PENDING"}

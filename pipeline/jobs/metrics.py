@@ -78,8 +78,9 @@ class WorkerMetrics(Middleware):
         return list(on.forks) if on is not None else []
 
     def after_process_boot(self, broker: Any) -> None:
-        """Dramatiq's; a bad setting stops the process, as :class:`~pipeline.jobs.checks.SettingsAtStart` does (this
-        hook runs before its own: Dramatiq calls the last middleware's first).
+        """Dramatiq's; a bad setting stops the process, as
+        :class:`~pipeline.jobs.checks.SettingsAtStart` does (this hook runs before its own:
+        Dramatiq calls the last middleware's first).
         """
         try:
             on = self._on()

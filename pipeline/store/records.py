@@ -568,9 +568,8 @@ class RecordStore:
                 f"timeout {shown(timeout)} is not a number of seconds (None waits as long as it takes)"
             )
         done = self.keys.done(message_id)
-        # An int past a float's range (10**400) waits as long as it takes, as infinity does.
-        forever = timeout is None or timeout == math.inf or (isinstance(timeout, int) and timeout > FOREVER)
-        deadline = None if forever else time.monotonic() + timeout  # type: ignore[operator]
+        # Infinity, or an int past a float's range (10**400), waits as long as it takes.
+        deadline = None if timeout is None or timeout > FOREVER else time.monotonic() + timeout
         with self.translated():
             while True:
                 left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
