@@ -43,7 +43,8 @@ class Claim(TypedDict, total=False):
 
 class Claims:
     """Claims on job ids in one Redis database, kept as long as the job records and a retry's
-    longest backoff (``PIPELINE_RETRY_MAX_BACKOFF``).
+    longest backoff (``PIPELINE_RETRY_MAX_BACKOFF``); a job's ``RETRY`` record write keeps its
+    claim as long as the record, for a message whose own backoff is longer.
 
     Parameters:
       redis: The Redis of the job records.

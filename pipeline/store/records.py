@@ -153,7 +153,12 @@ class RecordStore:
         args: list[Any] = ["" if state is None else rank(state, attempt), ttl, time.time_ns() // 1000]
         for name, value in fields.items():
             args += [name, json_value(value)]
-        return [self.keys.record(message_id), self.keys.done(message_id), self.keys.index], args
+        keys = [self.keys.record(message_id), self.keys.done(message_id), self.keys.index]
+        if state is JobState.RETRY:
+            # The job's claim (a mail sent once) must outlive the wait for the next attempt,
+            # however long the message's own backoff: it lives as long as the record then.
+            keys.append(self.keys.claim(message_id))
+        return keys, args
 
     def _send(
         self,

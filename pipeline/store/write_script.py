@@ -49,8 +49,10 @@ def passes(reply: redis.ResponseError) -> bool:
 
 
 #: Writes fields unless the record is final or ranks above the write. KEYS: record, done list,
-#: index prefix. ARGV: rank ('' keeps the record's, and then needs a record), ttl seconds, the
-#: writer's clock in Unix microseconds, then field, value, ...
+#: index prefix, and optionally a key of the job that must live at least as long as the record
+#: from now on (a claim, while a retry waits; one that does not exist is left so). ARGV: rank
+#: ('' keeps the record's, and then needs a record), ttl seconds, the writer's clock in Unix
+#: microseconds, then field, value, ...
 #: On reaching a final state it pushes a JSON snapshot of the record onto the done list, which
 #: waiters read with BLMOVE from the list onto itself, so every waiter sees it and none takes it.
 #: The record is read once, whole, and the snapshot is that read with the write laid over it:
@@ -81,6 +83,10 @@ if current ~= nil then
 end
 redis.call('HSET', KEYS[1], 'rank', new, unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[4] then
+  local left = redis.call('TTL', KEYS[4])
+  if left >= 0 and left < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[4], ARGV[2]) end
+end
 record['rank'] = tostring(new)
 for i = 4, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
 local after, actor = record['state'], record['actor']

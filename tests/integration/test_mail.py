@@ -12,6 +12,7 @@ from pipeline.actors import send_email
 from pipeline.errors import JobRevoked, PermanentError, SmtpRejected, SmtpUnavailable
 from pipeline.queues import DEFAULT_QUEUE
 from pipeline.results import AsyncResult
+from pipeline.states import JobState
 
 pytestmark = pytest.mark.integration
 
@@ -174,6 +175,26 @@ def test_deferred_recipients_are_retried_alone_and_the_others_get_the_mail_once(
     assert result.info()["attempt"] == 2
     mail_worker.wait_for(2)
     assert [recipients for _, recipients in mail_worker.envelopes] == [["ok@example.com"], ["later@defer.example.com"]]
+
+
+def test_the_claim_of_a_mail_waiting_out_its_own_long_backoff_lives_until_the_retry(mail_worker, redis_client):
+    # The claim lived PIPELINE_RESULT_TTL and the settings' longest backoff (0.4 s here): a
+    # message sent with a backoff of days found it gone when its retry came, and mailed the
+    # recipients who already had the mail a second time.
+    from pipeline.store.connection import get_redis
+
+    days = 2 * 86_400_000
+    to = ["ok@example.com", "later@defer.example.com"]
+    message = send_email.send_with_options(
+        kwargs={"to": to, "template": "welcome", "context": WELCOME}, min_backoff=days, max_backoff=days
+    )
+    result = AsyncResult(message.message_id)
+    wait_until(lambda: result.state is JobState.RETRY, timeout=20, what="the partly sent mail waiting for its retry")
+    keys = get_redis().keys
+    record_ttl = redis_client.ttl(keys.record(message.message_id))
+    assert record_ttl > 86_400 + get_redis().settings.result_ttl - 60
+    assert redis_client.ttl(keys.claim(message.message_id)) >= record_ttl - 5
+    assert result.revoke()
 
 
 def test_a_mail_to_more_recipients_than_the_server_takes_at_once_reaches_each_once(mail_worker):
