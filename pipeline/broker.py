@@ -223,7 +223,14 @@ class PipelineBroker(RabbitmqBroker):
         jobs that finished to its thread together and sends them together (see
         :mod:`pipeline.jobs.acks` and :mod:`pipeline.jobs.pika_adapter`), and takes no
         more deliveries once the worker is quiet (see :mod:`pipeline.jobs.shutdown`).
+
+        A consumer declares its queue (its ``.DQ`` and ``.XQ``) each time it starts, a restart
+        too: a queue deleted on the server while the worker ran (from the management UI, say) is
+        back, as at start, rather than consumed in vain until a sender declares it.
         """
+        # Dramatiq's consume declares the queues still pending: every start of a consumer (a
+        # restart too) makes them so.
+        self.queues_pending.add(q_name(queue_name))
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
             consumer = FinishedCheck(consumer, self.received)

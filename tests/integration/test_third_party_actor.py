@@ -76,3 +76,26 @@ def test_its_queue_and_dead_letters_are_seen_by_the_operator_s_commands(invoice_
     purged = run_cli("dlq", "purge", INVOICE_QUEUE, "--json")
     assert purged.returncode == 0 and json.loads(purged.stdout)["purged"] >= 1, purged.stderr
     assert queue_depth(amqp, dead_letters) == 0
+
+
+def test_a_worker_whose_queue_an_operator_deleted_declares_it_again_and_goes_on(invoice_worker):
+    # The consumer found no queue and logged CRITICAL every three seconds, until a sender came
+    # and declared it: a worker that serves a queue declares it, as it did at start.
+    from urllib.parse import quote
+
+    import testenv
+
+    queue = f"queues/{quote(testenv.vhost(), safe='')}/{INVOICE_QUEUE}"
+    wait_until(lambda: testenv.management("GET", queue)["consumers"], what="the worker consuming")
+    testenv.management("DELETE", queue)
+
+    def declared() -> bool:
+        try:
+            return testenv.management("GET", queue) is not None
+        except OSError:
+            return False
+
+    wait_until(declared, timeout=15, what="the deleted queue declared again by its worker")
+    result = AsyncResult(send_invoice.send(1004).message_id)
+    assert result.get(timeout=20) == {"invoice": 1004, "runs": 1}
+    assert "CRITICAL" not in invoice_worker.log
