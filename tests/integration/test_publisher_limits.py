@@ -106,3 +106,32 @@ def test_a_resource_alarm_makes_sends_give_up_in_time_and_what_they_sent_arrives
     wait_until(lambda: broker.get_queue_message_counts(DEFAULT_QUEUE)[0] == 6, what="the six messages in the queue")
     broker.flush(DEFAULT_QUEUE)
     broker.close()
+
+
+def test_a_frozen_node_holds_a_confirmed_send_no_longer_than_the_heartbeat_says(small_limit_node, clean_redis):
+    # A node that stops answering (its host stalled) keeps its TCP connections: a confirmed send
+    # waits for the confirm until pika's heartbeat check finds the connection silent, between
+    # the heartbeat and twice the heartbeat and 5 s, then gives up on a node that does not
+    # answer a new connection's handshake in its stack timeout.
+    from pipeline.errors import PublishOutcomeUnknown
+    from pipeline.jobs.actor_class import actor
+    from pipeline.results import AsyncResult
+    from pipeline.states import JobState
+
+    heartbeat, handshake = 2, 3
+    url = f"{small_limit_node.url}?heartbeat={heartbeat}&stack_timeout={handshake}"
+    broker = build_broker(make_settings(broker_url=url))
+    broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+    broker.flush(DEFAULT_QUEUE)
+    echo = actor(lambda n: n, actor_name="echo_frozen", queue_name=DEFAULT_QUEUE, broker=broker)
+    echo.send(0)
+    with small_limit_node.frozen():
+        started = time.monotonic()
+        with pytest.raises(PublishOutcomeUnknown, match="may or may not have taken") as raised:
+            echo.send(1)
+        waited = time.monotonic() - started
+    assert heartbeat < waited < 2 * (heartbeat + 5) + handshake + 3
+    assert AsyncResult(raised.value.message_id).state is JobState.QUEUED
+    assert echo.send(2).message_id
+    broker.flush(DEFAULT_QUEUE)
+    broker.close()

@@ -132,6 +132,18 @@ class PrivateRabbitMQ:
         self.ctl_until_done("start_app")
         self.ctl_until_done("await_startup")
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block, the node's process is stopped (SIGSTOP): its TCP connections stay
+        open and it answers nothing, as a node stalled by its host would; then it goes on.
+        """
+        pid = int((self.folder / "pid").read_text().strip())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def reachable(self) -> bool:
         """True when the node takes AMQP connections."""
         try:
