@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import dramatiq
 from dramatiq.broker import MessageProxy
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from pipeline.errors import (
@@ -127,23 +128,24 @@ def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, Numbe
     return None
 
 
-def _check_options(broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any], options: dict[str, Any]) -> None:
+def _check_options(broker: dramatiq.Broker, actor_name: str, queue_name: str, options: dict[str, Any]) -> None:
     """Refuse options a message sets for itself that no worker could follow: a number that is
     not one, and a ``time_limit`` longer than any its queue's actors declare, which the workers'
     consumer-timeout check is measured against (see :mod:`pipeline.jobs.holds`).
     """
     problem = numeric_option_problem(options)
     if problem is not None:
-        raise Refusal(InvalidMessage(f"{actor.actor_name}: {problem}"))
+        raise Refusal(InvalidMessage(f"{actor_name}: {problem}"))
     limit = options.get("time_limit")
     if limit is not None:
-        # 0: no time limit applies on this broker, so none is checked either.
-        longest = longest_run(broker, actor.queue_name)
+        # 0: no time limit applies on this broker (or no actor of the queue is declared here),
+        # so none is checked either.
+        longest = longest_run(broker, queue_name)
         if longest and limit > longest:
             raise Refusal(
                 InvalidMessage(
-                    f"{actor.actor_name}: time_limit {limit} ms is longer than any actor of queue "
-                    f"{actor.queue_name!r} declares ({longest} ms), which the workers' consumer timeout is "
+                    f"{actor_name}: time_limit {limit} ms is longer than any actor of queue "
+                    f"{queue_name!r} declares ({longest} ms), which the workers' consumer timeout is "
                     "checked against: declare the longer limit on the actor"
                 )
             )
@@ -190,7 +192,9 @@ class MessageChecks(Middleware):
     argument) and must be JSON values (no NaN); then ``@actor(check=function)`` makes ``send()``
     call ``function(*args, **kwargs)``, and a :class:`~pipeline.errors.PermanentError` it raises
     refuses the message too. The sender gets :class:`~pipeline.errors.InvalidMessage` naming
-    the problem, so bad input fails at once, in the caller, rather than later in a worker.
+    the problem, so bad input fails at once, in the caller, rather than later in a worker. A
+    message sent by name to an actor this process does not declare (another service's) has its
+    arguments and options checked alone.
     """
 
     def __init__(self) -> None:
@@ -228,7 +232,13 @@ class MessageChecks(Middleware):
         Raises:
           Refusal: Carrying the :class:`~pipeline.errors.InvalidMessage` that names the problem.
         """
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actors.get(message.actor_name)
+        if actor is None:
+            # Another service's actor, sent by name (a pipeline's next step, say): its signature
+            # and its check are that service's; what every message must be is checked here.
+            _check_json(message.actor_name, message.args, message.kwargs)
+            _check_options(broker, message.actor_name, q_name(message.queue_name), message.options)
+            return
         signature = self._signatures.get(actor.actor_name)
         if signature is None:
             signature = self._signatures[actor.actor_name] = inspect.signature(actor.fn)
@@ -237,7 +247,7 @@ class MessageChecks(Middleware):
         except TypeError as exc:
             raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
         _check_json(actor.actor_name, message.args, message.kwargs)
-        _check_options(broker, actor, message.options)
+        _check_options(broker, actor.actor_name, actor.queue_name, message.options)
         check = actor.options.get(CHECK_OPTION)
         if check is None:
             return

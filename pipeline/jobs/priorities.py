@@ -60,7 +60,9 @@ class MessagePriorities(Middleware):
         if PRIORITY_OPTION in options:
             options[BROKER_PRIORITY_OPTION] = options.pop(PRIORITY_OPTION)
         if options.get(BROKER_PRIORITY_OPTION) is None:
-            default = broker.get_actor(message.actor_name).options.get(BROKER_PRIORITY_OPTION, 0)
+            # A message sent by name to an actor not declared here has no default but 0.
+            actor = broker.actors.get(message.actor_name)
+            default = 0 if actor is None else actor.options.get(BROKER_PRIORITY_OPTION, 0)
             options[BROKER_PRIORITY_OPTION] = default(message.kwargs) if callable(default) else default
         try:
             self._check(q_name(message.queue_name), options[BROKER_PRIORITY_OPTION], f"message {message.message_id}")

@@ -62,6 +62,35 @@ def test_send_then_get_from_a_process_that_never_imported_the_actors(worker):
     assert json.loads(out.stdout) == {"pong": {"order": 17}}
 
 
+def test_a_message_sent_by_name_to_an_actor_another_service_declares_is_checked_and_runs(worker, caplog):
+    # A sender that does not declare the actor (it is another service's, or a pipeline's next
+    # step) sends a Message by name, as Dramatiq lets it: two checks failed on the unknown
+    # actor with a CRITICAL traceback each, and what they check went unchecked.
+    import dramatiq
+
+    from pipeline.broker import build_broker
+    from pipeline.errors import InvalidMessage, InvalidPriority
+    from pipeline.settings import get_settings
+
+    sender = build_broker(get_settings())
+    by_name = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(7,), kwargs={}, options={})
+    with caplog.at_level("WARNING"):
+        sender.enqueue(by_name)
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    assert AsyncResult(by_name.message_id).get(timeout=20) == {"pong": 7}
+    nan = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(math.nan,), kwargs={}, options={})
+    with pytest.raises(InvalidMessage, match="argument 1 is not a JSON value"):
+        sender.enqueue(nan)
+    loud = by_name.copy(message_id=str(uuid.uuid4()), options={"broker_priority": 99})
+    with pytest.raises(InvalidPriority, match=r"outside 0\.\.10"):
+        sender.enqueue(loud)
+    long = by_name.copy(message_id=str(uuid.uuid4()), options={"time_limit": "soon"})
+    with pytest.raises(InvalidMessage, match="option time_limit 'soon' is not a number"):
+        sender.enqueue(long)
+    assert [AsyncResult(m.message_id).state for m in (nan, loud, long)] == [JobState.PENDING] * 3
+    sender.close()
+
+
 def test_a_sent_message_is_queued_before_send_returns(purge):
     # No worker of this module consumes the slow queue: the record is the sender's.
     purge(SLOW_QUEUE)
