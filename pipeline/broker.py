@@ -44,7 +44,8 @@ from pipeline.errors import (
     ResultBackendUnavailable,
 )
 from pipeline.jobs.acks import AcksTogether, UnsentWrites
-from pipeline.jobs.checks import MessageChecks, SettingsAtStart, check_delay, is_retry, refusals_raised
+from pipeline.jobs.boot_checks import SettingsAtStart
+from pipeline.jobs.checks import MessageChecks, check_delay, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
 from pipeline.jobs.logs import WorkerLogs
@@ -233,7 +234,7 @@ class PipelineBroker(RabbitmqBroker):
         self.queues_pending.add(q_name(queue_name))
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
-            consumer = FinishedCheck(consumer, self.received)
+            consumer = FinishedCheck(consumer, self.received, self.actors)
         return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 
     def _blocked(self) -> str:

@@ -3,17 +3,25 @@
 Dramatiq lets only a ``MiddlewareError`` out of a ``before_*`` hook (anything else is logged
 and swallowed), so a check raises :class:`Refusal` around the pipeline error it means, and the
 actor class and the broker raise that error to the caller (:func:`refusals_raised`).
+
+The rules of what a message must hold (its fields' types, its options' numbers, the actors and
+messages its callbacks and pipeline name) are also those a worker holds each delivery to
+before it runs (:func:`malformed`, :func:`callback_problem`, used by
+:mod:`pipeline.jobs.finished`): a message another service publishes meets what pipeline's own
+senders do, since an option of the wrong type would fail a middleware's hook, which Dramatiq
+logs and passes, and the job would run half-wired, or its callback or next step be lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -25,13 +33,22 @@ from pipeline.errors import (
     InvalidMessage,
     PermanentError,
     PipelineError,
-    SettingsError,
     not_text,
     shown,
 )
+from pipeline.job_id import is_job_id
 from pipeline.jobs.holds import longest_run
-from pipeline.jobs.options import CHECK_OPTION, RETRIES_OPTION, SHOWN_ARGUMENTS_OPTION, FromSettings
-from pipeline.settings import Settings
+from pipeline.jobs.options import (
+    BROKER_PRIORITY_OPTION,
+    CHECK_OPTION,
+    ETA_OPTION,
+    RATE_WAIT_OPTION,
+    REDELIVERIES_OPTION,
+    RETRIES_OPTION,
+    RETRY_DUE_OPTION,
+    SHOWN_ARGUMENTS_OPTION,
+    FromSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,26 +105,53 @@ NUMERIC_OPTIONS: dict[str, NumberRule] = {
     "max_age": NumberRule(1, False),
 }
 
+#: The options the middleware read from a delivered message, as :func:`numeric_option_problem`
+#: checks them: the counts (whole, 0 or more), the times (Unix milliseconds) and the AMQP
+#: priority, and those a sender may set.
+RECEIVED_OPTIONS: dict[str, NumberRule] = {
+    RETRIES_OPTION: NumberRule(0, True),
+    REDELIVERIES_OPTION: NumberRule(0, True),
+    ETA_OPTION: NumberRule(None, False),
+    RETRY_DUE_OPTION: NumberRule(None, False),
+    RATE_WAIT_OPTION: NumberRule(None, False),
+    # An AMQP priority is one octet: a retry publishes the message with it again.
+    BROKER_PRIORITY_OPTION: NumberRule(0, True, 255),
+    **NUMERIC_OPTIONS,
+}
 
-def _is_number(value: object) -> bool:
+#: The options of a pipeline's next message: those a sender may set, its priority, and the
+#: delay Dramatiq's Pipelines middleware sends it with.
+NEXT_MESSAGE_OPTIONS: dict[str, NumberRule] = {
+    **NUMERIC_OPTIONS,
+    BROKER_PRIORITY_OPTION: NumberRule(0, True, 255),
+    "delay": NumberRule(None, False),
+}
+
+#: The fields of a message and the types Dramatiq's middleware rely on.
+FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("actor_name", str, "text"),
+    ("args", (list, tuple), "a list"),
+    ("kwargs", dict, "an object"),
+    ("options", dict, "an object"),
+    ("message_timestamp", int, "a whole number of milliseconds"),
+)
+
+#: Dramatiq's callbacks: the actors sent the message and its result, or its error.
+CALLBACK_OPTIONS = ("on_success", "on_failure")
+#: Dramatiq's pipelines: the message sent next with the result, and whether it takes it.
+PIPE_TARGET_OPTION = "pipe_target"
+PIPE_IGNORE_OPTION = "pipe_ignore"
+#: The fields a pipeline's next message is made of (``Message.asdict()``), and those it needs.
+MESSAGE_FIELDS = frozenset(field.name for field in dataclasses.fields(dramatiq.Message))
+NEEDED_FIELDS = MESSAGE_FIELDS - {"message_id", "message_timestamp"}
+
+
+def is_number(value: object) -> bool:
     """Whether ``value`` is a finite int or float (not a bool)."""
     if isinstance(value, float):
         return math.isfinite(value)
     # Not math.isfinite: an int past a float's range (10**400) would raise OverflowError.
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_delay(delay: object, now_millis: int) -> None:
-    """Refuse a send's ``delay`` that is not a number of milliseconds, or that makes the job due
-    past the year 9999; a negative one is due at once, as with Dramatiq.
-
-    Raises:
-      InvalidMessage: It is refused; the message names it.
-    """
-    if not _is_number(delay):
-        raise InvalidMessage(f"delay {shown(delay)} is not a number of milliseconds (or a timedelta)")
-    if now_millis + delay > LATEST_DUE_MILLIS:  # type: ignore[operator]
-        raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
 
 
 def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, NumberRule] = NUMERIC_OPTIONS) -> str | None:
@@ -119,7 +163,7 @@ def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, Numbe
         value = options.get(name)
         if value is None or isinstance(value, FromSettings):
             continue
-        if not _is_number(value) or (whole and not isinstance(value, int)) or (least is not None and value < least):
+        if not is_number(value) or (whole and not isinstance(value, int)) or (least is not None and value < least):
             kind = "a whole number" if whole else "a number"
             at_least = "" if least is None else f" of {least} or more"
             return f"option {name} {shown(value)} is not {kind}{at_least}"
@@ -128,12 +172,106 @@ def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, Numbe
     return None
 
 
+def malformed(message: Any) -> str | None:
+    """What makes a decoded message unusable (a field of the wrong type, as another service may
+    publish it), or None. Its options are checked too, each as the middleware read it, and the
+    callbacks and next messages they name (see :func:`composition_problem`).
+    """
+    for field, kind, described in FIELD_TYPES:
+        value = getattr(message, field, None)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field} {shown(value)} is not {described}"
+    if message.message_timestamp > LATEST_DUE_MILLIS:
+        return f"message_timestamp {shown(message.message_timestamp)} is past the year 9999"
+    return numeric_option_problem(message.options, RECEIVED_OPTIONS) or composition_problem(message.options)
+
+
+def composition_problem(options: Mapping[str, Any]) -> str | None:
+    """What is wrong with the callbacks ``options`` name and the messages of the pipeline they
+    lead on to, step by step, as Dramatiq's Callbacks and Pipelines middleware read them after
+    the job ran; or None.
+    """
+    step = 1
+    while True:
+        where = "" if step == 1 else f"step {step} of the pipeline: "
+        for name in CALLBACK_OPTIONS:
+            value = options.get(name)
+            if value is not None and not (isinstance(value, str) and value):
+                return f"{where}option {name} {shown(value)} is not an actor's name"
+        ignore = options.get(PIPE_IGNORE_OPTION)
+        if ignore is not None and not isinstance(ignore, bool):
+            return f"{where}option {PIPE_IGNORE_OPTION} {shown(ignore)} is not true or false"
+        target = options.get(PIPE_TARGET_OPTION)
+        if target is None:
+            return None
+        step += 1
+        problem = _next_message_problem(target)
+        if problem is not None:
+            return f"step {step} of the pipeline ({PIPE_TARGET_OPTION}): {problem}"
+        options = target["options"]
+
+
+def _next_message_problem(target: object) -> str | None:
+    """What keeps ``target`` from being a pipeline's next message, or None."""
+    if not isinstance(target, dict) or not NEEDED_FIELDS <= target.keys() <= MESSAGE_FIELDS:
+        return f"{shown(target)} is not a message (an object of {', '.join(sorted(MESSAGE_FIELDS))})"
+    if not isinstance(target["queue_name"], str):
+        return f"queue_name {shown(target['queue_name'])} is not text"
+    for field, kind, described in FIELD_TYPES:
+        value = target.get(field, 0)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field} {shown(value)} is not {described}"
+    if "message_id" in target and not is_job_id(target["message_id"]):
+        return f"message_id {shown(target['message_id'])} is not a job id"
+    return numeric_option_problem(target["options"], NEXT_MESSAGE_OPTIONS)
+
+
+def callback_problem(
+    actors: Mapping[str, dramatiq.Actor[Any, Any]], message: dramatiq.Message[Any], *, worker: bool
+) -> str | None:
+    """What keeps an actor ``message``'s callbacks name (its own options, else its actor's)
+    from taking the message and its result, or None: one whose signature cannot take two
+    arguments, and, in a ``worker`` (which sends them), one no module it imports declares.
+    A sender cannot know the actors of another service: it checks those it declares.
+    """
+    actor = actors.get(message.actor_name)
+    for name in CALLBACK_OPTIONS:
+        callback_name = message.options.get(name) or (actor.options.get(name) if actor is not None else None)
+        if not callback_name:
+            continue
+        if not isinstance(callback_name, str):
+            return f"option {name} {shown(callback_name)} is not an actor's name"
+        callback = actors.get(callback_name)
+        if callback is None:
+            if worker:
+                return f"option {name} names actor {shown(callback_name)}, which no module this worker imports declares"
+            continue
+        try:
+            inspect.signature(callback.fn).bind({}, None)
+        except TypeError as exc:
+            return f"option {name} names actor {callback_name!r}, which cannot take the message and its result ({exc})"
+    return None
+
+
+def check_delay(delay: object, now_millis: int) -> None:
+    """Refuse a send's ``delay`` that is not a number of milliseconds, or that makes the job due
+    past the year 9999; a negative one is due at once, as with Dramatiq.
+
+    Raises:
+      InvalidMessage: It is refused; the message names it.
+    """
+    if not is_number(delay):
+        raise InvalidMessage(f"delay {shown(delay)} is not a number of milliseconds (or a timedelta)")
+    if now_millis + delay > LATEST_DUE_MILLIS:  # type: ignore[operator]
+        raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
+
+
 def _check_options(broker: dramatiq.Broker, actor_name: str, queue_name: str, options: dict[str, Any]) -> None:
     """Refuse options a message sets for itself that no worker could follow: a number that is
     not one, and a ``time_limit`` longer than any its queue's actors declare, which the workers'
     consumer-timeout check is measured against (see :mod:`pipeline.jobs.holds`).
     """
-    problem = numeric_option_problem(options)
+    problem = numeric_option_problem(options) or composition_problem(options)
     if problem is not None:
         raise Refusal(InvalidMessage(f"{actor_name}: {problem}"))
     limit = options.get("time_limit")
@@ -151,38 +289,13 @@ def _check_options(broker: dramatiq.Broker, actor_name: str, queue_name: str, op
             )
 
 
-#: Exit code of a worker process that stops for a bad setting.
-RET_BAD_SETTING = 2
-
-
-class SettingsAtStart(Middleware):
-    """Reads the settings when a worker process boots, and stops the process, naming the
-    variable, when one is bad: the broker and the actors were built without reading them.
-
-    Parameters:
-      settings: The settings the broker was built with.
+def _check_callbacks(broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    """Refuse callbacks that name an actor declared here that cannot take the message and its
+    result: the job would run, and its callback fail after it.
     """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        """Read the settings; exit the process when one cannot be used."""
-        try:
-            self.settings.broker_url  # noqa: B018 - reading them is the check
-        except SettingsError as exc:
-            stop_at_boot(exc)
-
-
-def stop_at_boot(error: SettingsError) -> NoReturn:
-    """Stop a booting worker process over a bad setting, with one line naming it.
-
-    Raises:
-      SystemExit: Always, which passes Dramatiq's hook dispatch: that logs any other exception
-        with its traceback and goes on, and the worker would run half-configured.
-    """
-    logger.critical("The worker cannot start: %s", error)
-    raise SystemExit(RET_BAD_SETTING) from error
+    problem = callback_problem(broker.actors, message, worker=False)
+    if problem is not None:
+        raise Refusal(InvalidMessage(f"{message.actor_name}: {problem}"))
 
 
 class MessageChecks(Middleware):
@@ -238,6 +351,7 @@ class MessageChecks(Middleware):
             # and its check are that service's; what every message must be is checked here.
             _check_json(message.actor_name, message.args, message.kwargs)
             _check_options(broker, message.actor_name, q_name(message.queue_name), message.options)
+            _check_callbacks(broker, message)
             return
         signature = self._signatures.get(actor.actor_name)
         if signature is None:
@@ -248,6 +362,7 @@ class MessageChecks(Middleware):
             raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
         _check_json(actor.actor_name, message.args, message.kwargs)
         _check_options(broker, actor.actor_name, actor.queue_name, message.options)
+        _check_callbacks(broker, message)
         check = actor.options.get(CHECK_OPTION)
         if check is None:
             return

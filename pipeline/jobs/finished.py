@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import dramatiq
@@ -26,16 +27,8 @@ from dramatiq.errors import DecodeError
 from pipeline.errors import ResultBackendUnavailable, UndecodableMessage, shown
 from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
-from pipeline.jobs.checks import LATEST_DUE_MILLIS, NUMERIC_OPTIONS, NumberRule, numeric_option_problem
+from pipeline.jobs.checks import callback_problem, malformed
 from pipeline.jobs.consumers import WrappedConsumer
-from pipeline.jobs.options import (
-    BROKER_PRIORITY_OPTION,
-    ETA_OPTION,
-    RATE_WAIT_OPTION,
-    REDELIVERIES_OPTION,
-    RETRIES_OPTION,
-    RETRY_DUE_OPTION,
-)
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
 from pipeline.store.writer import Answer, When
@@ -106,11 +99,13 @@ class FinishedCheck(WrappedConsumer):
     Parameters:
       inner: Dramatiq's consumer of the queue.
       received: Where the questions are noted, for the job-records middleware.
+      actors: The actors the worker declares, which a delivery's callbacks must name.
     """
 
-    def __init__(self, inner: Any, received: ReceivedStates) -> None:
+    def __init__(self, inner: Any, received: ReceivedStates, actors: Mapping[str, dramatiq.Actor[Any, Any]]) -> None:
         super().__init__(inner)
         self.received = received
+        self.actors = actors
         self.store = received.store
         self._ready: collections.deque[Any] = collections.deque()
         self._deliveries = inner.iterator = _Deliveries(inner.iterator)
@@ -149,7 +144,7 @@ class FinishedCheck(WrappedConsumer):
             if method is not None:
                 self._record_undecodable(properties, body)
         if message is not None:
-            problem = malformed(message)
+            problem = malformed(message) or callback_problem(self.actors, message, worker=True)
             if problem is not None:
                 self._refuse_malformed(message, problem)
                 return None
@@ -219,46 +214,6 @@ class _Deliveries:
     def __next__(self) -> Any:
         self.last = next(self.iterator)
         return self.last
-
-
-#: The fields of a message and the types Dramatiq's middleware rely on.
-FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
-    ("actor_name", str, "text"),
-    ("args", (list, tuple), "a list"),
-    ("kwargs", dict, "an object"),
-    ("options", dict, "an object"),
-    ("message_timestamp", int, "a whole number of milliseconds"),
-)
-
-
-#: The options the middleware read from a delivered message, as
-#: :func:`~pipeline.jobs.checks.numeric_option_problem` checks them: the counts (whole, 0 or
-#: more), the times (Unix milliseconds) and the AMQP priority, and those a sender may set.
-RECEIVED_OPTIONS: dict[str, NumberRule] = {
-    RETRIES_OPTION: NumberRule(0, True),
-    REDELIVERIES_OPTION: NumberRule(0, True),
-    ETA_OPTION: NumberRule(None, False),
-    RETRY_DUE_OPTION: NumberRule(None, False),
-    RATE_WAIT_OPTION: NumberRule(None, False),
-    # An AMQP priority is one octet: a retry publishes the message with it again.
-    BROKER_PRIORITY_OPTION: NumberRule(0, True, 255),
-    **NUMERIC_OPTIONS,
-}
-
-
-def malformed(message: Any) -> str | None:
-    """What makes a decoded message unusable (a field of the wrong type, as another service may
-    publish it), or None. Its options are checked too, each as the middleware read it: one of
-    the wrong type would fail a hook, which Dramatiq logs and passes, and the job would run
-    half-wired.
-    """
-    for field, kind, described in FIELD_TYPES:
-        value = getattr(message, field, None)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"{field} {shown(value)} is not {described}"
-    if message.message_timestamp > LATEST_DUE_MILLIS:
-        return f"message_timestamp {shown(message.message_timestamp)} is past the year 9999"
-    return numeric_option_problem(message.options, RECEIVED_OPTIONS)
 
 
 def checks_finished(queue_name: str) -> bool:

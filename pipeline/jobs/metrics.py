@@ -20,7 +20,7 @@ from wsgiref.simple_server import make_server
 from dramatiq.middleware import Middleware
 
 from pipeline.errors import SettingsError
-from pipeline.jobs.checks import stop_at_boot
+from pipeline.jobs.boot_checks import stop_at_boot
 from pipeline.settings import Settings, get_settings
 
 
@@ -79,7 +79,7 @@ class WorkerMetrics(Middleware):
 
     def after_process_boot(self, broker: Any) -> None:
         """Dramatiq's; a bad setting stops the process, as
-        :class:`~pipeline.jobs.checks.SettingsAtStart` does (this hook runs before its own:
+        :class:`~pipeline.jobs.boot_checks.SettingsAtStart` does (this hook runs before its own:
         Dramatiq calls the last middleware's first).
         """
         try:

@@ -300,6 +300,21 @@ REFUSED_OPTIONS = {
         {"time_limit": 10**9},
         "time_limit 1000000000 ms is longer than any actor of queue 'default' declares",
     ),
+    # Dramatiq's callbacks and pipelines, read after the job ran: the job ran, its callback or
+    # next step failed with a CRITICAL traceback, and was lost.
+    "on_success an actor that takes one argument": (
+        {"on_success": "ping"},
+        "option on_success names actor 'ping', which cannot take the message and its result",
+    ),
+    "pipe_ignore as text": ({"pipe_ignore": "yes"}, "option pipe_ignore 'yes' is not true or false"),
+    "pipe_target as text": (
+        {"pipe_target": "garbage"},
+        "step 2 of the pipeline (pipe_target): 'garbage' is not a message",
+    ),
+    "pipe_target with a field of its own": (
+        {"pipe_target": {"x": 1}},
+        "step 2 of the pipeline (pipe_target): {'x': 1} is not a message",
+    ),
 }
 
 
@@ -411,6 +426,10 @@ def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_li
     assert "Failed to decode message" not in worker.log
 
 
+#: A pipeline's next message, as Dramatiq's ``Message.asdict()`` gives it.
+NEXT = {"queue_name": DEFAULT_QUEUE, "actor_name": "ping", "args": [], "kwargs": {}, "options": {}}
+
+
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [
@@ -435,6 +454,26 @@ def test_a_body_that_is_not_a_message_and_has_no_id_is_dead_lettered_with_one_li
         ("options", {"broker_priority": 256}, "option broker_priority 256 is larger than 255"),
         ("options", {"broker_priority": 2.5}, "option broker_priority 2.5 is not a whole number of 0 or more"),
         ("message_timestamp", 10**400, "message_timestamp 1000000"),
+        # Callbacks and pipelines: the job ran, and its callback or next step was lost after.
+        (
+            "options",
+            {"on_success": "no_such_actor"},
+            "option on_success names actor 'no_such_actor', which no module this worker imports declares",
+        ),
+        ("options", {"on_failure": 5}, "option on_failure 5 is not an actor's name"),
+        ("options", {"on_success": "ping"}, "option on_success names actor 'ping', which cannot take the message"),
+        ("options", {"pipe_ignore": "yes"}, "option pipe_ignore 'yes' is not true or false"),
+        ("options", {"pipe_target": "garbage"}, "step 2 of the pipeline (pipe_target): 'garbage' is not a message"),
+        (
+            "options",
+            {"pipe_target": NEXT | {"args": "x"}},
+            "step 2 of the pipeline (pipe_target): args 'x' is not a list",
+        ),
+        (
+            "options",
+            {"pipe_target": NEXT | {"options": {"pipe_target": NEXT | {"options": {"delay": "soon"}}}}},
+            "step 3 of the pipeline (pipe_target): option delay 'soon' is not a number",
+        ),
     ],
 )
 def test_a_raw_message_with_a_field_of_the_wrong_type_fails_at_once_with_one_line(

@@ -91,6 +91,23 @@ def test_a_message_sent_by_name_to_an_actor_another_service_declares_is_checked_
     sender.close()
 
 
+def test_dramatiq_callbacks_and_pipelines_run_with_a_record_for_every_step(worker, redis_client):
+    import dramatiq
+
+    followed = ping.send_with_options(args=(5,), on_success=sample_actors.note_outcome)
+    failed = sample_actors.crashes.send_with_options(args=("no",), on_failure=sample_actors.note_outcome)
+    outcome = sample_actors.RUNS_PREFIX + "outcome:"
+    wait_until(lambda: redis_client.get(outcome + followed.message_id), timeout=20, what="the on_success callback")
+    assert json.loads(redis_client.get(outcome + followed.message_id)) == {"pong": 5}
+    wait_until(lambda: redis_client.get(outcome + failed.message_id), timeout=20, what="the on_failure callback")
+    assert json.loads(redis_client.get(outcome + failed.message_id)) == {"type": "ValueError", "message": "no"}
+    steps = dramatiq.pipeline([ping.message(1), ping.message(), ping.message()])
+    steps.run()
+    last = AsyncResult(steps.messages[-1].message_id)
+    assert last.get(timeout=20) == {"pong": {"pong": {"pong": 1}}}
+    assert [AsyncResult(m.message_id).state for m in steps.messages] == [JobState.SUCCESS] * 3
+
+
 def test_a_sent_message_is_queued_before_send_returns(purge):
     # No worker of this module consumes the slow queue: the record is the sender's.
     purge(SLOW_QUEUE)

@@ -6,6 +6,7 @@ keys under the tests' namespace in the tests' own database, so a test can see wh
 
 from __future__ import annotations
 
+import json
 import time
 
 from pipeline.actors import actor
@@ -156,3 +157,9 @@ def returns_what_json_cannot_hold(kind: str) -> object:
             deep = [deep]
         return deep
     return 10**5000
+
+
+@actor(queue_name=DEFAULT_QUEUE, max_retries=0)
+def note_outcome(message: dict, outcome: object) -> None:
+    """A callback (``on_success``, ``on_failure``): keep what the job it follows ended with."""
+    _redis().set(RUNS_PREFIX + "outcome:" + message["message_id"], json.dumps(outcome))
