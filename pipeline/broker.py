@@ -32,7 +32,7 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, MAX_DECLARE_ATTEMPTS, MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed
-from dramatiq.middleware import MiddlewareError, Retries, default_middleware
+from dramatiq.middleware import Middleware, MiddlewareError, Retries, default_middleware
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from pipeline.errors import (
@@ -401,8 +401,11 @@ class PipelineBroker(RabbitmqBroker):
             return False
         return True
 
-    def _emit_batch(self, stage: str, messages: Sequence[dramatiq.Message[Any]]) -> None:
-        """Tell every middleware a batch is ``before`` or ``after`` its enqueue.
+    def _emit_batch(
+        self, stage: str, messages: Sequence[dramatiq.Message[Any]], skip: type[Middleware] | None = None
+    ) -> None:
+        """Tell every middleware (but those of type ``skip``) a batch is ``before`` or ``after``
+        its enqueue.
 
         A middleware's ``<stage>_enqueue_batch`` hook is called once where it defines one, its
         ``<stage>_enqueue`` per message where it does not. As Dramatiq's ``emit_before`` and
@@ -411,6 +414,8 @@ class PipelineBroker(RabbitmqBroker):
         """
         ordered = self.middleware if stage == "before" else list(reversed(self.middleware))
         for middleware in ordered:
+            if skip is not None and isinstance(middleware, skip):
+                continue
             batch_hook = getattr(middleware, f"{stage}_enqueue_batch", None)
             try:
                 if batch_hook is not None:
@@ -426,7 +431,9 @@ class PipelineBroker(RabbitmqBroker):
             except Exception:
                 self.logger.critical("Unexpected failure in %s_enqueue of %r.", stage, middleware, exc_info=True)
 
-    def enqueue_many(self, messages: Sequence[dramatiq.Message[Any]]) -> list[dramatiq.Message[Any]]:
+    def enqueue_many(
+        self, messages: Sequence[dramatiq.Message[Any]], *, checked: bool = False
+    ) -> list[dramatiq.Message[Any]]:
         """Publish messages of one queue in one AMQP transaction.
 
         RabbitMQ answers the commit once every message of the batch is routed and, the queues
@@ -439,6 +446,8 @@ class PipelineBroker(RabbitmqBroker):
 
         Parameters:
           messages: Messages built with ``actor.message_with_options``, all for one queue.
+          checked: The messages passed :class:`~pipeline.jobs.checks.MessageChecks` already
+            (``send_many`` checks every call before its first batch): not checked again.
 
         Returns:
           The messages, as published.
@@ -458,7 +467,7 @@ class PipelineBroker(RabbitmqBroker):
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
         (queue_name,) = queue_names
         with refusals_raised():
-            self._emit_batch("before", messages)
+            self._emit_batch("before", messages, skip=MessageChecks if checked else None)
         bodies = [(m.encode(), message_properties(m, self.settings.service_name)) for m in messages]
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:

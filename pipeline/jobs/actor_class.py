@@ -238,7 +238,7 @@ class PipelineActor(dramatiq.Actor):
                     publish.append(message)
                     releases.append(release)
                 batch_keys[key] = out[position].message_id
-            broker.enqueue_many(publish)
+            broker.enqueue_many(publish, checked=True)
 
         # Every key taken so far is given back when a claim or the publish fails.
         publish_or_release(claim_and_publish, release_all)

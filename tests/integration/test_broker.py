@@ -193,6 +193,21 @@ def test_a_call_refused_in_a_later_batch_refuses_the_whole_send_many_naming_it(p
     assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
 
 
+def test_send_many_runs_an_actors_check_once_per_call(purge, amqp, clean_redis):
+    # Every call was checked before the first batch and again as its batch was sent: a check
+    # that asks a database asked it twice per call.
+    purge(DEFAULT_QUEUE)
+    checked: list[object] = []
+    counted = actor(
+        lambda n: n, actor_name="counted_check", queue_name=DEFAULT_QUEUE, check=lambda n: checked.append(n)
+    )
+    sent = counted.send_many([{"n": n} for n in range(5)], batch_size=2)
+    assert checked == [0, 1, 2, 3, 4]
+    assert [AsyncResult(m.message_id).state.value for m in sent] == ["QUEUED"] * 5
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 5
+    purge(DEFAULT_QUEUE)
+
+
 @pytest.mark.parametrize("batch_size", [0, "10", 2.5, True], ids=["zero", "text", "fraction", "bool"])
 def test_send_many_refuses_a_batch_size_that_is_not_a_count(batch_size, purge, amqp):
     purge(DEFAULT_QUEUE)
