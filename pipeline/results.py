@@ -105,6 +105,14 @@ class AsyncResult:
         return None if record is None else record.get("error")
 
     @property
+    def traceback(self) -> str | None:
+        """The worker's traceback of the last error of a failed or retried job, as Celery's
+        ``AsyncResult.traceback``; None without one.
+        """
+        error = self.error
+        return None if error is None else error.get("traceback")
+
+    @property
     def progress(self) -> Progress | None:
         """The last progress report (``done``, ``total``, ``phase``, ``updated_at``), if any."""
         record = self.info()

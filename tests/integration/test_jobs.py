@@ -173,6 +173,18 @@ def test_failure_after_retries_records_error_and_dead_letters(worker, amqp, clea
     assert json.loads(body)["message_id"] == result.id
 
 
+def test_celerys_status_and_traceback_read_the_record(worker, clean_redis):
+    failed = AsyncResult(sample_actors.crashes.send("row 9: bad total").message_id)
+    with pytest.raises(ValueError, match="row 9"):
+        failed.get(timeout=20)
+    assert failed.status is JobState.FAILURE
+    assert "raise ValueError(reason)" in failed.traceback
+    done = AsyncResult(ping.send(1).message_id)
+    done.get(timeout=20)
+    assert done.status is JobState.SUCCESS and done.traceback is None
+    assert AsyncResult(str(uuid.uuid4())).traceback is None
+
+
 def test_an_error_the_same_message_would_raise_again_fails_at_once(worker, clean_redis):
     result = AsyncResult(sample_actors.crashes.send("total 'abc' is not a number").message_id)
     with pytest.raises(ValueError, match="total 'abc' is not a number"):
