@@ -60,12 +60,28 @@ def passes(reply: redis.ResponseError) -> bool:
 #: When the state changes, the job moves to its new state's sorted set in the index (scored by
 #: the writer's clock); a new record also joins its actor's set. About one add in sixteen (by
 #: the clock's microseconds) also drops the set's members older than their records can live,
-#: which keeps every set bounded without a SCAN and at little cost per write.
+#: which keeps every set bounded without a SCAN and at little cost per write. A record that
+#: waits (SCHEDULED, RETRY: due later) lives past that age, so the sets that hold such records
+#: (those two states', and the actors') drop only the old members whose records are gone, up to
+#: 64 at a time, and score a live one anew just inside the age, to be looked at again later.
 #: Returns {applied (0/1), state JSON or false}. Its shebang makes Redis 7 refuse it on a
 #: read-only replica (a primary demoted by a failover) even when it would write nothing, so a
 #: connection left on the old primary fails and is opened again to the new one.
 WRITE_SCRIPT = (
     """#!lua
+local function prune(set, horizon, records, checked)
+  if not checked then
+    redis.call('ZREMRANGEBYSCORE', set, '-inf', horizon)
+    return
+  end
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', horizon, 'LIMIT', 0, 64)) do
+    if redis.call('EXISTS', records .. member) == 1 then
+      redis.call('ZADD', set, horizon + 1, member)
+    else
+      redis.call('ZREM', set, member)
+    end
+  end
+end
 local flat = redis.call('HGETALL', KEYS[1])
 local record = {}
 for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
@@ -101,18 +117,22 @@ if after and after ~= before then
   if before then redis.call('ZREM', KEYS[3] .. ':' .. string.sub(before, 2, -2), id) end
   local into = KEYS[3] .. ':' .. string.sub(after, 2, -2)
   redis.call('ZADD', into, score, id)
-  local prune = score % 16 == 0
-  if prune then redis.call('ZREMRANGEBYSCORE', into, '-inf', score - tonumber(ARGV[2]) * 1000000) end
+  local pruned = score % 16 == 0
+  local records = string.sub(KEYS[1], 1, #KEYS[1] - #id)
+  local waits = after == 'SCHEDULED_JSON' or after == 'RETRY_JSON'
+  if pruned then prune(into, score - tonumber(ARGV[2]) * 1000000, records, waits) end
   if actor and not before then
     local by_actor = KEYS[3] .. ':actor:' .. cjson.decode(actor)
     redis.call('ZADD', by_actor, score, id)
-    if prune then
-      redis.call('ZREMRANGEBYSCORE', by_actor, '-inf', score - math.max(tonumber(ARGV[2]), FAILURE_TTL) * 1000000)
+    if pruned then
+      prune(by_actor, score - math.max(tonumber(ARGV[2]), FAILURE_TTL) * 1000000, records, true)
     end
   end
 end
 return {1, after}
-""".replace("FAILURE_RANK", str(FAILURE_RANK))
+""".replace("SCHEDULED_JSON", json.dumps(JobState.SCHEDULED.value))
+    .replace("RETRY_JSON", json.dumps(JobState.RETRY.value))
+    .replace("FAILURE_RANK", str(FAILURE_RANK))
     .replace("FAILURE_TTL", str(FAILURE_TTL))
     .replace("SUCCESS_RANK", str(SUCCESS_RANK))
     .replace("FINAL_RANK", str(FINAL_RANK))

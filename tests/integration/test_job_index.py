@@ -69,6 +69,35 @@ def test_members_older_than_a_record_can_live_are_pruned_as_the_sets_grow(clean_
     assert stale not in members(clean_redis, KEYS.actor_index("ping"))
 
 
+def test_a_job_waiting_longer_than_the_ttl_stays_listed_while_its_record_lives(clean_redis):
+    # A prune took every member older than the record TTL: a job scheduled (or retrying) two
+    # days ago for a week later left `pipeline jobs --state SCHEDULED` and its actor's list,
+    # though its record, which lives until it is due, still read SCHEDULED.
+    from pipeline.timestamps import iso_from_millis
+
+    store = get_store()
+    waiting = str(uuid.uuid4())
+    due = iso_from_millis((time.time() + 7 * 86_400) * 1000)
+    store.write(waiting, JobState.SCHEDULED, actor="ping", queue="default", eta=due)
+    long_ago = (time.time() - 10 * 86_400) * 1_000_000
+    stale = str(uuid.uuid4())
+    for key in (KEYS.state_index("SCHEDULED"), KEYS.actor_index("ping")):
+        clean_redis.zadd(key, {waiting: long_ago, stale: long_ago})
+    soon = iso_from_millis((time.time() + 60) * 1000)
+    # About one add in sixteen prunes: go on until both sets lost the member with no record.
+    for _ in range(300):
+        store.write(str(uuid.uuid4()), JobState.SCHEDULED, actor="ping", queue="default", eta=soon)
+        if not {stale} & (
+            members(clean_redis, KEYS.state_index("SCHEDULED")) | members(clean_redis, KEYS.actor_index("ping"))
+        ):
+            break
+    assert stale not in members(clean_redis, KEYS.actor_index("ping"))
+    assert stale not in members(clean_redis, KEYS.state_index("SCHEDULED"))
+    assert waiting in members(clean_redis, KEYS.state_index("SCHEDULED"))
+    assert waiting in members(clean_redis, KEYS.actor_index("ping"))
+    assert waiting in [r["message_id"] for r in store.recent(state=JobState.SCHEDULED, limit=1000)]
+
+
 def test_recent_lists_newest_first_by_state_and_actor_skipping_expired_records(clean_redis):
     first = job("ping", JobState.QUEUED, JobState.FAILURE)
     second = job("send_email", JobState.QUEUED, JobState.FAILURE)
