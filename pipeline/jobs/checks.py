@@ -136,8 +136,9 @@ FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
     ("message_timestamp", int, "a whole number of milliseconds"),
 )
 
-#: Dramatiq's callbacks: the actors sent the message and its result, or its error.
-CALLBACK_OPTIONS = ("on_success", "on_failure")
+#: Dramatiq's callbacks: the actors sent the message and its result, its error, or its retries
+#: once they ran out.
+CALLBACK_OPTIONS = ("on_success", "on_failure", "on_retry_exhausted")
 #: Dramatiq's pipelines: the message sent next with the result, and whether it takes it.
 PIPE_TARGET_OPTION = "pipe_target"
 PIPE_IGNORE_OPTION = "pipe_ignore"

@@ -461,6 +461,7 @@ NEXT = {"queue_name": DEFAULT_QUEUE, "actor_name": "ping", "args": [], "kwargs":
             "option on_success names actor 'no_such_actor', which no module this worker imports declares",
         ),
         ("options", {"on_failure": 5}, "option on_failure 5 is not an actor's name"),
+        ("options", {"on_retry_exhausted": ""}, "option on_retry_exhausted '' is not an actor's name"),
         ("options", {"on_success": "ping"}, "option on_success names actor 'ping', which cannot take the message"),
         ("options", {"pipe_ignore": "yes"}, "option pipe_ignore 'yes' is not true or false"),
         ("options", {"pipe_target": "garbage"}, "step 2 of the pipeline (pipe_target): 'garbage' is not a message"),
