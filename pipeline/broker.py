@@ -59,7 +59,7 @@ from pipeline.jobs.properties import connection_name, message_properties
 from pipeline.jobs.queue_types import QUORUM, QueueTypeReport, queue_type_arguments
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
-from pipeline.jobs.scheduled import ScheduledPublisher
+from pipeline.jobs.scheduled import DelayedToSchedule, ScheduledPublisher
 from pipeline.jobs.shutdown import GracefulShutdown, Quiet, QuietConsumer
 from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.records import get_store
@@ -225,6 +225,9 @@ class PipelineBroker(RabbitmqBroker):
         :mod:`pipeline.jobs.acks` and :mod:`pipeline.jobs.pika_adapter`), and takes no
         more deliveries once the worker is quiet (see :mod:`pipeline.jobs.shutdown`).
 
+        A delay queue's consumer moves what it receives into the schedule, unless it is due
+        within a second (see :class:`~pipeline.jobs.scheduled.DelayedToSchedule`).
+
         A consumer declares its queue (its ``.DQ`` and ``.XQ``) each time it starts, a restart
         too: a queue deleted on the server while the worker ran (from the management UI, say) is
         back, as at start, rather than consumed in vain until a sender declares it.
@@ -235,6 +238,8 @@ class PipelineBroker(RabbitmqBroker):
         consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
         if checks_finished(queue_name):
             consumer = FinishedCheck(consumer, self.received, self.actors)
+        else:
+            consumer = DelayedToSchedule(consumer, self.schedule, self.received.store)
         return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 
     def _blocked(self) -> str:

@@ -151,22 +151,10 @@ class FinishedCheck(WrappedConsumer):
         return message
 
     def _refuse_malformed(self, message: Any, problem: str) -> None:
-        """Dead-letter a decoded message whose fields no middleware can use, recording why."""
-        message_id = message.message_id
-        error = UndecodableMessage(f"message {shown(message_id)} cannot run: {problem}; dead-lettered")
-        logger.warning("A message on queue %r was dead-lettered: %s", self.inner.queue_name, error)
-        if is_job_id(message_id):
-            self._fail_unrun(message_id, message.actor_name, error)
-        self.inner.nack(message)
+        refuse_malformed(self.inner, self.store, message, problem)
 
     def _fail_unrun(self, message_id: str, actor: object, error: UndecodableMessage) -> None:
-        """Record ``FAILURE`` at attempt 1 for a delivery dead-lettered before it could run."""
-        fields: dict[str, Any] = {"queue": q_name(self.inner.queue_name), "finished_at": now_iso()}
-        if isinstance(actor, str):
-            fields["actor"] = actor
-        error_record = error_info(error)
-        error_record.pop("traceback", None)
-        self.store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
+        fail_unrun(self.store, self.inner.queue_name, message_id, actor, error)
 
     def _record_undecodable(self, properties: Any, body: bytes) -> None:
         message_id = properties.message_id
@@ -214,6 +202,28 @@ class _Deliveries:
     def __next__(self) -> Any:
         self.last = next(self.iterator)
         return self.last
+
+
+def refuse_malformed(consumer: Any, store: RecordStore, message: Any, problem: str) -> None:
+    """Dead-letter a decoded delivery of ``consumer`` whose fields no middleware can use (see
+    :func:`~pipeline.jobs.checks.malformed`), recording why.
+    """
+    message_id = message.message_id
+    error = UndecodableMessage(f"message {shown(message_id)} cannot run: {problem}; dead-lettered")
+    logger.warning("A message on queue %r was dead-lettered: %s", consumer.queue_name, error)
+    if is_job_id(message_id):
+        fail_unrun(store, consumer.queue_name, message_id, message.actor_name, error)
+    consumer.nack(message)
+
+
+def fail_unrun(store: RecordStore, queue_name: str, message_id: str, actor: object, error: UndecodableMessage) -> None:
+    """Record ``FAILURE`` at attempt 1 for a delivery dead-lettered before it could run."""
+    fields: dict[str, Any] = {"queue": q_name(queue_name), "finished_at": now_iso()}
+    if isinstance(actor, str):
+        fields["actor"] = actor
+    error_record = error_info(error)
+    error_record.pop("traceback", None)
+    store.begin_write(message_id, JobState.FAILURE, attempt=1, keep=True, error=error_record, **fields)
 
 
 def checks_finished(queue_name: str) -> bool:

@@ -5,6 +5,11 @@ queues it consumes that are due (see :mod:`pipeline.store.schedule`), publishes 
 queue in one AMQP transaction per batch and removes them from Redis. Several workers share the
 work: a take leases what it took, so two never publish the same message while both run. A
 publish that fails gives the messages back, due at their own times.
+
+A delayed message that reached a queue's ``.DQ`` instead (sent while Redis was away, or by
+another service as Dramatiq sends one) is moved into the schedule as it is delivered, unless
+it is due within a second: a worker does not hold it until its time, which RabbitMQ's
+``consumer_timeout`` would cut short, delivering it again, and again.
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware
 
 from pipeline.background import Background
-from pipeline.errors import PipelineError
-from pipeline.store.schedule import Taken
+from pipeline.errors import PipelineError, ResultBackendUnavailable
+from pipeline.jobs.checks import is_number, malformed
+from pipeline.jobs.consumers import WrappedConsumer
+from pipeline.jobs.finished import refuse_malformed
+from pipeline.jobs.options import ETA_OPTION
+from pipeline.store.records import RecordStore
+from pipeline.store.schedule import Schedule, Taken
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +38,50 @@ logger = logging.getLogger(__name__)
 MOST_PER_TAKE = 500
 #: Seconds between two looks when nothing is due sooner: a message runs this late at most.
 LOOK_EVERY = 0.2
+#: Milliseconds: a delivery of a delay queue due later than this goes to the schedule.
+HOLD_AT_MOST = 1_000
+
+
+class DelayedToSchedule(WrappedConsumer):
+    """A consumer of a delay queue (``.DQ``) that moves each delivery due later than
+    :data:`HOLD_AT_MOST` into the schedule, then acknowledges it; while Redis does not take it,
+    the worker holds it until its time, as Dramatiq does. A delivery no middleware could use
+    (an ``eta`` past the year 9999, say) is dead-lettered, its record saying why.
+
+    Parameters:
+      inner: The delay queue's consumer.
+      schedule: Where delayed messages wait for their time.
+      store: The records, for a refused delivery's failure.
+    """
+
+    def __init__(self, inner: Any, schedule: Schedule, store: RecordStore) -> None:
+        super().__init__(inner)
+        self.schedule = schedule
+        self.store = store
+
+    def __next__(self) -> Any:
+        """The next delivery the worker holds until its time, or None (none came, or it was
+        moved to the schedule, or refused).
+        """
+        message = next(self.inner)
+        if message is None:
+            return None
+        problem = malformed(message)
+        if problem is not None:
+            refuse_malformed(self.inner, self.store, message, problem)
+            return None
+        due = message.options.get(ETA_OPTION)
+        if not is_number(due) or due - current_millis() <= HOLD_AT_MOST:
+            return message
+        queue_name = q_name(message.queue_name)
+        kept = message.copy(queue_name=queue_name)
+        del kept.options[ETA_OPTION]
+        try:
+            self.schedule.add(queue_name, message.message_id, int(due), kept.encode().decode())
+        except ResultBackendUnavailable:
+            return message
+        self.inner.ack(message)
+        return None
 
 
 class ScheduledPublisher(Middleware):

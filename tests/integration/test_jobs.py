@@ -108,6 +108,30 @@ def test_dramatiq_callbacks_and_pipelines_run_with_a_record_for_every_step(worke
     assert [AsyncResult(m.message_id).state for m in steps.messages] == [JobState.SUCCESS] * 3
 
 
+def test_a_delayed_message_in_the_delay_queue_waits_in_the_schedule_not_in_a_worker(worker, amqp, clean_redis):
+    # Sent while Redis was away (or by another service, as Dramatiq sends one), a delayed
+    # message reached the .DQ and a worker held it unacknowledged until its time: past
+    # RabbitMQ's consumer_timeout the channel was closed and it came back, again and again; one
+    # due past the year 9999 was held for ever.
+    from dramatiq.common import current_millis
+
+    def delayed(payload: str, eta: int):
+        message = ping.message_with_options(args=(payload,))
+        message = message.copy(queue_name=DEFAULT_QUEUE + ".DQ", options={"eta": eta})
+        amqp.basic_publish("", DEFAULT_QUEUE + ".DQ", message.encode())
+        return AsyncResult(message.message_id)
+
+    now = current_millis()
+    soon, later, never = delayed("soon", now + 2_000), delayed("later", now + 3_600_000), delayed("never", 10**20)
+    assert soon.get(timeout=20) == {"pong": "soon"}
+    assert wait_until(lambda: broker.schedule.count(DEFAULT_QUEUE) == 1, what="the later message in the schedule")
+    assert later.state is JobState.PENDING
+    error = never.get(timeout=20, propagate=False)
+    assert "option eta 100000000000000000000 is larger than" in error["message"] and never.info()["attempt"] == 1
+    broker.schedule.remove(DEFAULT_QUEUE, [later.id])
+    assert "CRITICAL" not in worker.log
+
+
 def test_a_sent_message_is_queued_before_send_returns(purge):
     # No worker of this module consumes the slow queue: the record is the sender's.
     purge(SLOW_QUEUE)
