@@ -146,15 +146,9 @@ class FinishedCheck(WrappedConsumer):
         if message is not None:
             problem = malformed(message) or callback_problem(self.actors, message, worker=True)
             if problem is not None:
-                self._refuse_malformed(message, problem)
+                refuse_malformed(self.inner, self.store, message, problem)
                 return None
         return message
-
-    def _refuse_malformed(self, message: Any, problem: str) -> None:
-        refuse_malformed(self.inner, self.store, message, problem)
-
-    def _fail_unrun(self, message_id: str, actor: object, error: UndecodableMessage) -> None:
-        fail_unrun(self.store, self.inner.queue_name, message_id, actor, error)
 
     def _record_undecodable(self, properties: Any, body: bytes) -> None:
         message_id = properties.message_id
@@ -175,7 +169,7 @@ class FinishedCheck(WrappedConsumer):
             return
         error = UndecodableMessage(f"the body of message {message_id} is not a valid message: {reason}; dead-lettered")
         logger.warning("Job %s failed: %s", message_id, error)
-        self._fail_unrun(message_id, properties.type, error)
+        fail_unrun(self.store, self.inner.queue_name, message_id, properties.type, error)
 
     def _mark(self, batch: list[Any]) -> None:
         # Asked without waiting: each answer is read by the worker thread that takes the
