@@ -20,7 +20,7 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import dramatiq
@@ -178,13 +178,23 @@ def malformed(message: Any) -> str | None:
     publish it), or None. Its options are checked too, each as the middleware read it, and the
     callbacks and next messages they name (see :func:`composition_problem`).
     """
-    for field, kind, described in FIELD_TYPES:
-        value = getattr(message, field, None)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"{field} {shown(value)} is not {described}"
+    problem = _field_problem(lambda field: getattr(message, field, None))
+    if problem is not None:
+        return problem
     if message.message_timestamp > LATEST_DUE_MILLIS:
         return f"message_timestamp {shown(message.message_timestamp)} is past the year 9999"
     return numeric_option_problem(message.options, RECEIVED_OPTIONS) or composition_problem(message.options)
+
+
+def _field_problem(value_of: Callable[[str], Any]) -> str | None:
+    """What is wrong with the first field of :data:`FIELD_TYPES` whose value (``value_of(name)``)
+    is not of its type, or None.
+    """
+    for field, kind, described in FIELD_TYPES:
+        value = value_of(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field} {shown(value)} is not {described}"
+    return None
 
 
 def composition_problem(options: Mapping[str, Any]) -> str | None:
@@ -218,10 +228,10 @@ def _next_message_problem(target: object) -> str | None:
         return f"{shown(target)} is not a message (an object of {', '.join(sorted(MESSAGE_FIELDS))})"
     if not isinstance(target["queue_name"], str):
         return f"queue_name {shown(target['queue_name'])} is not text"
-    for field, kind, described in FIELD_TYPES:
-        value = target.get(field, 0)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"{field} {shown(value)} is not {described}"
+    # A next message without a timestamp gets one when it is built.
+    problem = _field_problem(lambda field: target.get(field, 0))
+    if problem is not None:
+        return problem
     if "message_id" in target and not is_job_id(target["message_id"]):
         return f"message_id {shown(target['message_id'])} is not a job id"
     return numeric_option_problem(target["options"], NEXT_MESSAGE_OPTIONS)
