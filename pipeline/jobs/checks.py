@@ -356,31 +356,29 @@ class MessageChecks(Middleware):
         Raises:
           Refusal: Carrying the :class:`~pipeline.errors.InvalidMessage` that names the problem.
         """
+        # None for another service's actor, sent by name (a pipeline's next step, say): its
+        # signature and its check are that service's, and only what any message must be is
+        # checked here.
         actor = broker.actors.get(message.actor_name)
-        if actor is None:
-            # Another service's actor, sent by name (a pipeline's next step, say): its signature
-            # and its check are that service's; what every message must be is checked here.
-            _check_json(message.actor_name, message.args, message.kwargs)
-            _check_options(broker, message.actor_name, q_name(message.queue_name), message.options)
-            _check_callbacks(broker, message)
-            return
-        signature = self._signatures.get(actor.actor_name)
-        if signature is None:
-            signature = self._signatures[actor.actor_name] = inspect.signature(actor.fn)
-        try:
-            signature.bind(*message.args, **message.kwargs)
-        except TypeError as exc:
-            raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
-        _check_json(actor.actor_name, message.args, message.kwargs)
-        _check_options(broker, actor.actor_name, actor.queue_name, message.options)
+        if actor is not None:
+            signature = self._signatures.get(actor.actor_name)
+            if signature is None:
+                signature = self._signatures[actor.actor_name] = inspect.signature(actor.fn)
+            try:
+                signature.bind(*message.args, **message.kwargs)
+            except TypeError as exc:
+                raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
+        _check_json(message.actor_name, message.args, message.kwargs)
+        queue_name = q_name(message.queue_name) if actor is None else actor.queue_name
+        _check_options(broker, message.actor_name, queue_name, message.options)
         _check_callbacks(broker, message)
-        check = actor.options.get(CHECK_OPTION)
+        check = None if actor is None else actor.options.get(CHECK_OPTION)
         if check is None:
             return
         try:
             check(*message.args, **message.kwargs)
         except PermanentError as exc:
-            refusal = InvalidMessage(f"{actor.actor_name}: {exc}")
+            refusal = InvalidMessage(f"{message.actor_name}: {exc}")
             refusal.__cause__ = exc
             raise Refusal(refusal) from exc
 
