@@ -130,8 +130,23 @@ def test_ten_thousand_random_delays_each_run_once_and_on_time(node, start_worker
     # One worker restarted mid-wait; the other goes on.
     restart = threading.Timer(10, lambda: (workers[0].stop(), start_worker([DEFAULT_QUEUE], 8, node.env)))
     restart.start()
+    # Jobs sent with no delay meanwhile, a few a second, measure what any job waits on this
+    # machine at that time: the schedule is held to a second beyond that.
+    undelayed: list[str] = []
+    done_waiting = threading.Event()
+
+    def send_undelayed() -> None:
+        n = 0
+        while not done_waiting.wait(0.025):
+            undelayed.append(broker.enqueue(sample_actors.count_runs.message(f"{prefix}now-{n}")).message_id)
+            n += 1
+
+    sender = threading.Thread(target=send_undelayed)
+    sender.start()
     keys = [f"{sample_actors.RUNS_PREFIX}{prefix}{n}" for n in range(len(delays))]
     wait_until(lambda: all(clean_redis.mget(keys)), 90, "every job run")
+    done_waiting.set()
+    sender.join()
     restart.join()
     time.sleep(2)
     counts = [int(c) for c in clean_redis.mget(keys)]
@@ -146,8 +161,12 @@ def test_ten_thousand_random_delays_each_run_once_and_on_time(node, start_worker
         assert lateness >= 0
         late.append(lateness)
     late.sort()
+    wait_until(lambda: all(AsyncResult(i).state is JobState.SUCCESS for i in undelayed), 30, "the undelayed jobs")
+    infos = [AsyncResult(message_id).info() for message_id in undelayed]
+    waits = sorted(seconds(info["started_at"]) - seconds(info["enqueued_at"]) for info in infos)
     print(
-        f"lateness: median {late[len(late) // 2]:.3f} s, p99 {late[int(len(late) * 0.99)]:.3f} s, max {late[-1]:.3f} s"
+        f"lateness: median {late[len(late) // 2]:.3f} s, p99 {late[int(len(late) * 0.99)]:.3f} s, max {late[-1]:.3f} s;"
+        f" {len(waits)} undelayed jobs waited at most {waits[-1]:.3f} s"
     )
-    assert late[-1] < LATE_AT_MOST
+    assert late[-1] < waits[-1] + LATE_AT_MOST
     broker.close()
