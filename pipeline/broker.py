@@ -47,6 +47,7 @@ from pipeline.jobs.acks import AcksTogether, UnsentWrites
 from pipeline.jobs.boot_checks import SettingsAtStart
 from pipeline.jobs.checks import MessageChecks, check_delay, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
+from pipeline.jobs.consumers import DeadLetterQueueKept
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
 from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.mail_rate import MailRateLimit
@@ -230,12 +231,18 @@ class PipelineBroker(RabbitmqBroker):
 
         A consumer declares its queue (its ``.DQ`` and ``.XQ``) each time it starts, a restart
         too: a queue deleted on the server while the worker ran (from the management UI, say) is
-        back, as at start, rather than consumed in vain until a sender declares it.
+        back, as at start, rather than consumed in vain until a sender declares it. It declares
+        the ``.XQ`` again before it rejects a message, which RabbitMQ would otherwise drop.
         """
         # Dramatiq's consume declares the queues still pending: every start of a consumer (a
         # restart too) makes them so.
         self.queues_pending.add(q_name(queue_name))
-        consumer = buffer_acks(super().consume(queue_name, prefetch, timeout))
+        # Dramatiq's RabbitMQ consumer, whose channel (a plain attribute) rejects and acks.
+        rabbitmq_consumer: Any = super().consume(queue_name, prefetch, timeout)
+        rabbitmq_consumer.channel = DeadLetterQueueKept(
+            rabbitmq_consumer.channel, xq_name(q_name(queue_name)), self.dead_letter_arguments()
+        )
+        consumer = buffer_acks(rabbitmq_consumer)
         if checks_finished(queue_name):
             consumer = FinishedCheck(consumer, self.received, self.actors)
         else:

@@ -44,3 +44,33 @@ class WrappedConsumer(dramatiq.Consumer):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class DeadLetterQueueKept:
+    """A consumer's channel that declares the queue's dead-letter queue before each rejection.
+
+    RabbitMQ drops, without a word, a rejected message whose dead-letter queue does not exist
+    (deleted from the management UI while the worker ran, say). Declared first, with the
+    arguments it is made with, it is there again: a round trip on the rare rejection, and
+    nothing lost. It runs on the connection's thread, where Dramatiq's consumer rejects (those
+    of the consumer's ``nack`` and of a body it cannot decode alike).
+
+    Parameters:
+      channel: The consumer's ``BlockingChannel``.
+      dead_letters: The queue's ``.XQ``.
+      arguments: The arguments the ``.XQ`` is declared with.
+    """
+
+    def __init__(self, channel: Any, dead_letters: str, arguments: dict[str, Any]) -> None:
+        self._channel = channel
+        self._dead_letters = dead_letters
+        self._arguments = arguments
+
+    def basic_nack(self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True) -> None:
+        """Reject ``delivery_tag``; without ``requeue``, once its dead-letter queue exists."""
+        if not requeue:
+            self._channel.queue_declare(queue=self._dead_letters, durable=True, arguments=self._arguments)
+        self._channel.basic_nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)

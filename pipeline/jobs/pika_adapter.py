@@ -2,11 +2,11 @@
 
 Dramatiq hands each ack to the consumer's thread, where pika's ``BlockingChannel.basic_ack``
 flushes it at once: a poll, a send and two changes of the poller's interest per job, on the
-thread that also feeds every worker thread. Here a consumer's ``basic_ack`` and
-``basic_nack`` go to the channel underneath (``BlockingChannel._impl``, a ``pika.channel.Channel``,
-whose ``basic_ack`` is public), which leaves the frame in pika's output buffer; the consumer's own
-loop flushes it before it waits again, so the acks of the jobs that finished meanwhile go out in
-one write. The frames are the same.
+thread that also feeds every worker thread. Here a consumer's ``basic_ack`` goes to the channel
+underneath (``BlockingChannel._impl``, a ``pika.channel.Channel``, whose ``basic_ack`` is
+public), which leaves the frame in pika's output buffer; the consumer's own loop flushes it
+before it waits again, so the acks of the jobs that finished meanwhile go out in one write. The
+frames are the same. A rejection, rare, goes through the channel it wraps.
 
 What earns it: a worker of 8 threads drains a backlog about a fifth faster with it (measured with
 ``benchmarks/throughput.py``'s drain). It holds for pika 1.4 (``setup.cfg`` pins the range), and
@@ -22,8 +22,9 @@ import pika.channel
 
 
 class BufferedAcks:
-    """A consumer's channel whose ``basic_ack`` and ``basic_nack`` leave the frame in pika's
-    output buffer, for the consumer's own loop to flush (it flushes before it waits again).
+    """A consumer's channel whose ``basic_ack`` leaves the frame in pika's output buffer, for
+    the consumer's own loop to flush (it flushes before it waits again); the rest, rejections
+    included, goes to ``channel``.
 
     Only for a channel whose acks run on its connection's thread, as Dramatiq's consumer's do
     (through ``add_callback_threadsafe``).
@@ -39,10 +40,6 @@ class BufferedAcks:
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
         """Acknowledge ``delivery_tag``; the frame goes with the connection's next flush."""
         self._impl.basic_ack(delivery_tag=delivery_tag, multiple=multiple)
-
-    def basic_nack(self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True) -> None:
-        """Reject ``delivery_tag``; the frame goes with the connection's next flush."""
-        self._impl.basic_nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._channel, name)

@@ -104,3 +104,33 @@ def test_a_worker_whose_queue_an_operator_deleted_declares_it_again_and_goes_on(
     result = AsyncResult(send_invoice.send(1004).message_id)
     assert result.get(timeout=20) == {"invoice": 1004, "runs": 1}
     assert "CRITICAL" not in invoice_worker.log
+
+
+def test_a_job_failing_after_an_operator_deleted_its_dead_letter_queue_is_dead_lettered(invoice_worker):
+    # RabbitMQ drops a rejected message whose dead-letter queue does not exist, without a word:
+    # the worker declares the .XQ again as it rejects.
+    import pika
+    import testenv
+
+    dead_letters = INVOICE_QUEUE + ".XQ"
+    connection = pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL))
+
+    def depth() -> int | None:
+        """Messages in the dead-letter queue, None when it does not exist."""
+        try:
+            return connection.channel().queue_declare(dead_letters, passive=True).method.message_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+
+    try:
+        assert AsyncResult(send_invoice.send(1005).message_id).get(timeout=20)["runs"] == 1
+        connection.channel().queue_delete(dead_letters)
+        assert depth() is None
+        for invoice in (1006, 1007):
+            bad = AsyncResult(send_invoice.send(invoice, fail="bad-number").message_id)
+            with pytest.raises(ValueError, match=f"invoice {invoice} does not exist"):
+                bad.get(timeout=20)
+        wait_until(lambda: depth() == 2, timeout=10, what="both failed jobs in the dead-letter queue")
+    finally:
+        connection.close()
+    assert "CRITICAL" not in invoice_worker.log
