@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from typing import Any
-from wsgiref.simple_server import make_server
 
 from dramatiq.middleware import Middleware
 
@@ -31,6 +30,9 @@ def serve_metrics() -> None:
     port is read from the settings there. Each scrape reads the worker processes' metric files
     (prometheus_client's multiprocess mode, in the folder Dramatiq's middleware keeps them in).
     """
+    # Imported here: the HTTP server (and what it loads) only in the process that serves.
+    from wsgiref.simple_server import make_server
+
     from dramatiq.middleware import prometheus
 
     # Set before prometheus_client is imported: it picks its multiprocess mode then.
