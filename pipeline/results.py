@@ -61,11 +61,12 @@ class AsyncResult:
         """The whole record as a dict, or None while there is none (``PENDING``).
 
         Parameters:
-          timeout: Seconds Redis's answer is awaited at most; None: as long as Redis may take
-            (``PIPELINE_REDIS_SOCKET_TIMEOUT``).
+          timeout: Seconds Redis's answer is awaited at most; None (or infinity): as long as
+            Redis may take (``PIPELINE_REDIS_SOCKET_TIMEOUT``).
 
         Raises:
           ResultBackendUnavailable: Redis failed, or did not answer in time.
+          InvalidTimeout: ``timeout`` is not a number of seconds (also a ``ValueError``).
         """
         return self._store.read(self.id, timeout)
 

@@ -360,9 +360,11 @@ class RecordStore:
 
         Raises:
           ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
+          InvalidTimeout: ``timeout`` is not a number of seconds (see :func:`checked_timeout`).
         """
-        future = self.writer.submit("HGETALL", self.keys.record(message_id), when=_sent_by(timeout))
-        raw = cast("dict[str, str]", self._answer(future, f"the read of job {message_id}", timeout))
+        seconds = checked_timeout(timeout)
+        future = self.writer.submit("HGETALL", self.keys.record(message_id), when=_sent_by(seconds))
+        raw = cast("dict[str, str]", self._answer(future, f"the read of job {message_id}", seconds))
         return _decode(raw) if raw else None
 
     def state(self, message_id: str, timeout: float | None = None) -> JobState:
@@ -371,9 +373,11 @@ class RecordStore:
 
         Raises:
           ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
+          InvalidTimeout: ``timeout`` is not a number of seconds (see :func:`checked_timeout`).
         """
-        future = self.state_soon(message_id, _sent_by(timeout))
-        return self._answer(future, f"the state of job {message_id}", timeout)
+        seconds = checked_timeout(timeout)
+        future = self.state_soon(message_id, _sent_by(seconds))
+        return self._answer(future, f"the state of job {message_id}", seconds)
 
     def count_duplicate(self) -> int:
         """Count one more message that was not run because its job had finished; the count so far.
@@ -561,20 +565,12 @@ class RecordStore:
 
         Raises:
           JobTimeout: ``timeout`` seconds passed first.
-          InvalidTimeout: ``timeout`` is not a number of seconds (NaN, which no time passes).
+          InvalidTimeout: ``timeout`` is not a number of seconds (see :func:`checked_timeout`).
           ResultBackendUnavailable: Redis failed or did not answer in time.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or (isinstance(timeout, float) and math.isnan(timeout))
-        ):
-            raise InvalidTimeout(
-                f"timeout {shown(timeout)} is not a number of seconds (None waits as long as it takes)"
-            )
+        seconds = checked_timeout(timeout)
         done = self.keys.done(message_id)
-        # Infinity, or an int past a float's range (10**400), waits as long as it takes.
-        deadline = None if timeout is None or timeout > FOREVER else time.monotonic() + timeout
+        deadline = None if seconds is None else time.monotonic() + seconds
         with self.translated():
             while True:
                 left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
@@ -628,6 +624,28 @@ class RecordStore:
 
 #: The states of a job that waits for a time, and the field that says until when.
 _WAITING = {JobState.SCHEDULED: "eta", JobState.RETRY: "next_attempt_at"}
+
+
+def checked_timeout(timeout: object) -> float | None:
+    """A caller's ``timeout`` as the seconds to wait: None (as long as it takes) for None,
+    infinity or a number past a float's range (``10**400``); 0 for no time at all, however
+    negative.
+
+    Raises:
+      InvalidTimeout: ``timeout`` is not a number of seconds: text, a bool, or NaN (which no
+        time passes, so a wait for it never ended).
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or (isinstance(timeout, float) and math.isnan(timeout))
+    ):
+        raise InvalidTimeout(f"timeout {shown(timeout)} is not a number of seconds (None waits as long as it takes)")
+    if timeout > FOREVER:
+        return None
+    return max(0.0, float(timeout)) if timeout > -FOREVER else 0.0
 
 
 def _sent_by(timeout: float | None) -> When:

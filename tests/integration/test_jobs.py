@@ -257,6 +257,24 @@ def test_get_refuses_a_timeout_that_is_not_a_number_of_seconds_at_once(timeout, 
     assert time.monotonic() - started < 1
 
 
+@pytest.mark.parametrize("timeout", [math.nan, "5", True])
+def test_a_record_read_refuses_a_timeout_that_is_not_a_number_of_seconds(timeout, clean_redis):
+    # "5" and True failed with a bare TypeError, NaN with ResultBackendUnavailable ("did not
+    # answer within nan s"): the caller's mistake read as Redis failing.
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.SUCCESS, actor="ping", result={"pong": 1})
+    with pytest.raises(InvalidTimeout, match="is not a number of seconds"):
+        AsyncResult(message_id).info(timeout=timeout)
+
+
+def test_a_record_read_with_an_infinite_timeout_waits_as_long_as_redis_may_take(clean_redis):
+    # Infinity and 10**400 raised OverflowError from the wait for the answer.
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.SUCCESS, actor="ping", result={"pong": 1})
+    for timeout in (math.inf, 10**400):
+        assert AsyncResult(message_id).info(timeout=timeout)["result"] == {"pong": 1}
+
+
 def test_get_with_an_infinite_timeout_waits_as_long_as_it_takes(clean_redis):
     message_id = str(uuid.uuid4())
     get_store().write(message_id, JobState.SUCCESS, actor="ping", result={"pong": 1})
@@ -265,6 +283,9 @@ def test_get_with_an_infinite_timeout_waits_as_long_as_it_takes(clean_redis):
     assert AsyncResult(message_id).get(timeout=10**400) == {"pong": 1}
     with pytest.raises(JobTimeout):
         AsyncResult(str(uuid.uuid4())).get(timeout=-math.inf)
+    # Past a float's range below zero: no time to wait, not an OverflowError.
+    with pytest.raises(JobTimeout):
+        AsyncResult(str(uuid.uuid4())).get(timeout=-(10**400))
 
 
 def test_get_with_no_time_to_wait_looks_once(worker, clean_redis):
