@@ -5,6 +5,7 @@ and the start-up checks of its long time limit."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from cli_runner import run_cli
@@ -78,59 +79,61 @@ def test_its_queue_and_dead_letters_are_seen_by_the_operator_s_commands(invoice_
     assert queue_depth(amqp, dead_letters) == 0
 
 
-def test_a_worker_whose_queue_an_operator_deleted_declares_it_again_and_goes_on(invoice_worker):
-    # The consumer, cancelled as its queue went, found none when it started again and logged a
-    # CRITICAL traceback; only its next start, three seconds on, declared the queue. A worker
-    # that serves a queue declares it each time it starts to consume, as it did at boot.
+@pytest.fixture
+def on_server():
+    """What RabbitMQ says of a queue: its passive declare's answer, None when it does not exist
+    (asked without the management API's lag); and a channel to change it with.
+    """
     import pika
     import testenv
 
     connection = pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL))
 
-    def consumers() -> int | None:
-        """The queue's consumers, None when it does not exist (asked without the API's lag)."""
+    def queue(name: str) -> Any:
         try:
-            return connection.channel().queue_declare(INVOICE_QUEUE, passive=True).method.consumer_count
+            return connection.channel().queue_declare(name, passive=True).method
         except pika.exceptions.ChannelClosedByBroker:
             return None
 
-    try:
-        wait_until(consumers, what="the worker consuming")
-        connection.channel().queue_delete(INVOICE_QUEUE)
-        assert consumers() is None
-        wait_until(consumers, timeout=15, what="the deleted queue declared again and consumed by its worker")
-    finally:
-        connection.close()
+    queue.channel = connection.channel  # type: ignore[attr-defined]
+    yield queue
+    connection.close()
+
+
+def test_a_worker_whose_queue_an_operator_deleted_declares_it_again_and_goes_on(invoice_worker, on_server):
+    # The consumer, cancelled as its queue went, found none when it started again and logged a
+    # CRITICAL traceback; only its next start, three seconds on, declared the queue. A worker
+    # that serves a queue declares it each time it starts to consume, as it did at boot.
+    def consumers() -> int | None:
+        """The queue's consumers, None when it does not exist."""
+        found = on_server(INVOICE_QUEUE)
+        return None if found is None else found.consumer_count
+
+    wait_until(consumers, what="the worker consuming")
+    on_server.channel().queue_delete(INVOICE_QUEUE)
+    assert consumers() is None
+    wait_until(consumers, timeout=15, what="the deleted queue declared again and consumed by its worker")
     result = AsyncResult(send_invoice.send(1004).message_id)
     assert result.get(timeout=20) == {"invoice": 1004, "runs": 1}
     assert "CRITICAL" not in invoice_worker.log
 
 
-def test_a_job_failing_after_an_operator_deleted_its_dead_letter_queue_is_dead_lettered(invoice_worker):
+def test_a_job_failing_after_an_operator_deleted_its_dead_letter_queue_is_dead_lettered(invoice_worker, on_server):
     # RabbitMQ drops a rejected message whose dead-letter queue does not exist, without a word:
     # the worker declares the .XQ again as it rejects.
-    import pika
-    import testenv
-
     dead_letters = INVOICE_QUEUE + ".XQ"
-    connection = pika.BlockingConnection(pika.URLParameters(testenv.BROKER_URL))
 
     def depth() -> int | None:
         """Messages in the dead-letter queue, None when it does not exist."""
-        try:
-            return connection.channel().queue_declare(dead_letters, passive=True).method.message_count
-        except pika.exceptions.ChannelClosedByBroker:
-            return None
+        found = on_server(dead_letters)
+        return None if found is None else found.message_count
 
-    try:
-        assert AsyncResult(send_invoice.send(1005).message_id).get(timeout=20)["runs"] == 1
-        connection.channel().queue_delete(dead_letters)
-        assert depth() is None
-        for invoice in (1006, 1007):
-            bad = AsyncResult(send_invoice.send(invoice, fail="bad-number").message_id)
-            with pytest.raises(ValueError, match=f"invoice {invoice} does not exist"):
-                bad.get(timeout=20)
-        wait_until(lambda: depth() == 2, timeout=10, what="both failed jobs in the dead-letter queue")
-    finally:
-        connection.close()
+    assert AsyncResult(send_invoice.send(1005).message_id).get(timeout=20)["runs"] == 1
+    on_server.channel().queue_delete(dead_letters)
+    assert depth() is None
+    for invoice in (1006, 1007):
+        bad = AsyncResult(send_invoice.send(invoice, fail="bad-number").message_id)
+        with pytest.raises(ValueError, match=f"invoice {invoice} does not exist"):
+            bad.get(timeout=20)
+    wait_until(lambda: depth() == 2, timeout=10, what="both failed jobs in the dead-letter queue")
     assert "CRITICAL" not in invoice_worker.log
