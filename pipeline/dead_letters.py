@@ -26,6 +26,7 @@ from pipeline.errors import BrokerUnavailable, ManagementUnavailable, PipelineEr
 from pipeline.jobs.options import ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.properties import message_properties
 from pipeline.management import ManagementApi, broker_vhost, dramatiq_queues
+from pipeline.printable import printable
 from pipeline.queues import QUEUES
 from pipeline.settings import get_settings, mask_url
 from pipeline.states import JobState
@@ -134,6 +135,24 @@ class DeadLetters:
     def __exit__(self, *exc: object) -> None:
         if self.channel.is_open:
             self.channel.close()
+
+    def queue_problem(self, queue: str) -> str | None:
+        """Why ``queue`` names no queue of Dramatiq's on the virtual host, or None. An operator
+        names a queue (``default``) or its dead-letter queue (``default.XQ``); a delay queue
+        keeps no dead letters of its own. The one rule of ``pipeline dlq`` and the dashboard.
+        """
+        shown = repr(printable(queue, 60))
+        if not queue:
+            return "no queue was named"
+        if queue.endswith(".DQ"):
+            return f"{shown} is a delay queue, which keeps no dead letters: name its queue, {q_name(queue)!r}"
+        if not self.has_queue(queue):
+            (dead,) = dead_letter_queues(queue)
+            return (
+                f"RabbitMQ has no queue {printable(dead, 200)}: {shown} is not a queue of Dramatiq's on this "
+                "virtual host (see `pipeline queues`)"
+            )
+        return None
 
     def has_queue(self, queue: str) -> bool:
         """Whether RabbitMQ has ``queue``'s dead-letter queue: Dramatiq declares it with the

@@ -37,15 +37,11 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _unknown_queue(letters: DeadLetters, queue: str | None) -> bool:
-    """Whether ``queue`` (None: every queue) names a queue RabbitMQ does not have; says so."""
-    if queue is None or letters.has_queue(queue):
-        return False
-    (dead,) = dead_letter_queues(queue)
-    print(
-        f"pipeline: RabbitMQ has no queue {printable(dead, 200)}: {printable(queue, 200)} is not a queue "
-        "of Dramatiq's on this virtual host (see `pipeline queues`)"
-    )
-    return True
+    """Whether ``queue`` (None: every queue) names no queue of Dramatiq's; says why."""
+    problem = None if queue is None else letters.queue_problem(queue)
+    if problem is not None:
+        print(f"pipeline: {problem}")
+    return problem is not None
 
 
 def run_list(args: argparse.Namespace) -> int:

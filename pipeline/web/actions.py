@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dramatiq.common import xq_name
-
 from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.results import AsyncResult
@@ -93,16 +91,19 @@ class Actions:
             raise ActionRefused(f"type the queue's name, {queue[:60]!r}, to purge its dead letters")
         with DeadLetters() as letters:
             _check_queue(letters, queue)
-            purged = int(letters.channel.queue_purge(xq_name(queue)).method.message_count)
-        self.audit.add(self.who, "purge", [], f"{xq_name(queue)}: {purged} messages")
+            (dead,) = dead_letter_queues(queue)
+            purged = int(letters.channel.queue_purge(dead).method.message_count)
+        self.audit.add(self.who, "purge", [], f"{dead}: {purged} messages")
         return purged
 
 
 def _check_queue(letters: DeadLetters, queue: str) -> None:
-    """Refuse a queue that is not one of Dramatiq's on the virtual host (it has no ``.XQ``).
+    """Refuse a name that is not one of a queue of Dramatiq's on the virtual host (see
+    :meth:`~pipeline.dead_letters.DeadLetters.queue_problem`).
 
     Raises:
-      ActionRefused: Naming the queue.
+      ActionRefused: Saying why.
     """
-    if not queue or queue.endswith((".DQ", ".XQ")) or not letters.has_queue(queue):
-        raise ActionRefused(f"queue {queue[:60]!r} is not a queue of Dramatiq's on this virtual host")
+    problem = letters.queue_problem(queue)
+    if problem is not None:
+        raise ActionRefused(problem)

@@ -233,6 +233,14 @@ def test_dlq_naming_a_queue_rabbitmq_does_not_have_exits_4_naming_it(operated, c
     assert "RabbitMQ has no queue defualt.XQ" in out.stdout
 
 
+def test_dlq_naming_a_delay_queue_exits_4_saying_what_it_is(operated):
+    # It was read as its queue's name: `dlq purge default.DQ` purged default's dead letters.
+    env, _, _ = operated
+    out = run_cli("dlq", "purge", DEFAULT_QUEUE + ".DQ", **env)
+    assert out.returncode == RET_UNKNOWN, out.stderr
+    assert f"is a delay queue, which keeps no dead letters: name its queue, '{DEFAULT_QUEUE}'" in out.stdout
+
+
 @pytest.mark.lasts(13)
 def test_dlq_requeue_of_an_unknown_id_exits_4_and_purge_empties_the_queue(operated, amqp):
     env, _, _ = operated

@@ -270,6 +270,18 @@ def test_purging_the_dead_letters_of_a_queue_rabbitmq_does_not_have_is_refused_n
     assert refused.status_code == 400 and "&#39;defualt&#39; is not a queue of Dramatiq" in refused.text
 
 
+def test_a_queue_is_named_for_its_dead_letters_as_the_command_line_takes_it(client, amqp, sms_queue):
+    # The dashboard refused a queue named by its .XQ, which `pipeline dlq` takes; both now
+    # follow one rule, and a delay queue is refused saying what it is.
+    token = csrf(client)
+    refused = post(client, "/dead-letters/purge", token, queue=sms_queue + ".DQ", confirm=sms_queue + ".DQ")
+    assert refused.status_code == 400 and "is a delay queue, which keeps no dead letters" in refused.text
+    dead_letter(amqp, sms_queue, 2)
+    purged = post(client, "/dead-letters/purge", token, queue=sms_queue + ".XQ", confirm=sms_queue + ".XQ")
+    assert purged.status_code == 303, purged.text
+    assert queue_depth(amqp, sms_queue + ".XQ") == 0
+
+
 JOB = "0b7a3c3e-1111-4222-8333-444455556666"
 PAGES = ["/", "/jobs", f"/jobs/{JOB}", "/dead-letters", "/workers", "/live/overview", "/live/jobs", "/live/workers"]
 ACTIONS = {
