@@ -258,7 +258,10 @@ def callback_problem(
             if worker:
                 return f"option {name} names actor {shown(callback_name)}, which no module this worker imports declares"
             continue
-        refused = _refuses_message_and_result(callback.fn)
+        try:
+            refused = _signature_refusal(callback.fn)
+        except TypeError:  # a callable that cannot be a cache's key is asked each time
+            refused = _signature_refusal.__wrapped__(callback.fn)
         if refused is not None:
             return (
                 f"option {name} names actor {callback_name!r}, which cannot take the message and its result ({refused})"
@@ -266,27 +269,16 @@ def callback_problem(
     return None
 
 
-def _refuses_message_and_result(fn: Callable[..., Any]) -> str | None:
-    """Why ``fn`` cannot be called with a message and a result, or None; asked once per
-    function (a signature costs more than the rest of a delivery's checks), each time for a
-    callable that cannot be a cache's key.
-    """
-    try:
-        return _signature_refusal_once(fn)
-    except TypeError:  # unhashable
-        return _signature_refusal(fn)
-
-
+@functools.lru_cache(maxsize=256)
 def _signature_refusal(fn: Callable[..., Any]) -> str | None:
+    """Why ``fn`` cannot be called with a message and a result, or None; asked once per
+    function (a signature costs more than the rest of a delivery's checks).
+    """
     try:
         inspect.signature(fn).bind({}, None)
     except TypeError as exc:
         return str(exc)
     return None
-
-
-#: :func:`_signature_refusal` asked once per function: actors are few and live as long as the process.
-_signature_refusal_once = functools.lru_cache(maxsize=256)(_signature_refusal)
 
 
 def check_delay(delay: object, now_millis: int) -> None:

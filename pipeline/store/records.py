@@ -645,7 +645,7 @@ def checked_timeout(timeout: object) -> float | None:
         raise InvalidTimeout(f"timeout {shown(timeout)} is not a number of seconds (None waits as long as it takes)")
     if timeout > FOREVER:
         return None
-    return max(0.0, float(timeout)) if timeout > -FOREVER else 0.0
+    return float(timeout) if timeout > 0 else 0.0
 
 
 def _sent_by(timeout: float | None) -> When:

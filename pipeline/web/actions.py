@@ -98,7 +98,7 @@ class Actions:
 
 
 def _check_queue(letters: DeadLetters, queue: str) -> None:
-    """Refuse a name that is not one of a queue of Dramatiq's on the virtual host (see
+    """Refuse a name that names no queue of Dramatiq's on the virtual host (see
     :meth:`~pipeline.dead_letters.DeadLetters.queue_problem`).
 
     Raises:
