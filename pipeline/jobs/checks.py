@@ -106,6 +106,9 @@ NUMERIC_OPTIONS: dict[str, NumberRule] = {
     "max_age": NumberRule(1, False),
 }
 
+#: An AMQP priority is one octet: a retry publishes the message with it again.
+PRIORITY_RULE = NumberRule(0, True, 255)
+
 #: The options the middleware read from a delivered message, as :func:`numeric_option_problem`
 #: checks them: the counts (whole, 0 or more), the times (Unix milliseconds) and the AMQP
 #: priority, and those a sender may set.
@@ -115,8 +118,7 @@ RECEIVED_OPTIONS: dict[str, NumberRule] = {
     ETA_OPTION: NumberRule(None, False),
     RETRY_DUE_OPTION: NumberRule(None, False),
     RATE_WAIT_OPTION: NumberRule(None, False),
-    # An AMQP priority is one octet: a retry publishes the message with it again.
-    BROKER_PRIORITY_OPTION: NumberRule(0, True, 255),
+    BROKER_PRIORITY_OPTION: PRIORITY_RULE,
     **NUMERIC_OPTIONS,
 }
 
@@ -124,7 +126,7 @@ RECEIVED_OPTIONS: dict[str, NumberRule] = {
 #: delay Dramatiq's Pipelines middleware sends it with.
 NEXT_MESSAGE_OPTIONS: dict[str, NumberRule] = {
     **NUMERIC_OPTIONS,
-    BROKER_PRIORITY_OPTION: NumberRule(0, True, 255),
+    BROKER_PRIORITY_OPTION: PRIORITY_RULE,
     "delay": NumberRule(None, False),
 }
 
@@ -259,26 +261,23 @@ def callback_problem(
                 return f"option {name} names actor {shown(callback_name)}, which no module this worker imports declares"
             continue
         try:
-            refused = _signature_refusal(callback.fn)
-        except TypeError:  # a callable that cannot be a cache's key is asked each time
-            refused = _signature_refusal.__wrapped__(callback.fn)
-        if refused is not None:
-            return (
-                f"option {name} names actor {callback_name!r}, which cannot take the message and its result ({refused})"
-            )
+            signature_of(callback.fn).bind({}, None)
+        except TypeError as exc:
+            return f"option {name} names actor {callback_name!r}, which cannot take the message and its result ({exc})"
     return None
 
 
-@functools.lru_cache(maxsize=256)
-def _signature_refusal(fn: Callable[..., Any]) -> str | None:
-    """Why ``fn`` cannot be called with a message and a result, or None; asked once per
-    function (a signature costs more than the rest of a delivery's checks).
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature, read once per function (reading one costs more than the rest of a
+    message's checks); each time for a callable that cannot be a cache's key.
     """
     try:
-        inspect.signature(fn).bind({}, None)
-    except TypeError as exc:
-        return str(exc)
-    return None
+        return _signature_once(fn)
+    except TypeError:  # unhashable
+        return inspect.signature(fn)
+
+
+_signature_once = functools.lru_cache(maxsize=256)(inspect.signature)
 
 
 def check_delay(delay: object, now_millis: int) -> None:
@@ -338,9 +337,6 @@ class MessageChecks(Middleware):
     arguments and options checked alone.
     """
 
-    def __init__(self) -> None:
-        self._signatures: dict[str, inspect.Signature] = {}
-
     @property
     def actor_options(self) -> set[str]:
         """Declares ``check``, and ``shown_arguments`` (the keyword arguments whose values the
@@ -378,11 +374,8 @@ class MessageChecks(Middleware):
         # checked here.
         actor = broker.actors.get(message.actor_name)
         if actor is not None:
-            signature = self._signatures.get(actor.actor_name)
-            if signature is None:
-                signature = self._signatures[actor.actor_name] = inspect.signature(actor.fn)
             try:
-                signature.bind(*message.args, **message.kwargs)
+                signature_of(actor.fn).bind(*message.args, **message.kwargs)
             except TypeError as exc:
                 raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
         _check_json(message.actor_name, message.args, message.kwargs)
