@@ -45,7 +45,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs.acks import AcksTogether, UnsentWrites
 from pipeline.jobs.boot_checks import SettingsAtStart
-from pipeline.jobs.checks import MessageChecks, check_delay, is_retry, refusals_raised
+from pipeline.jobs.checks import MessageChecks, check_delay, eta_delay, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.consumers import DeadLetterQueueKept
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
@@ -226,8 +226,9 @@ class PipelineBroker(RabbitmqBroker):
         :mod:`pipeline.jobs.acks` and :mod:`pipeline.jobs.pika_adapter`), and takes no
         more deliveries once the worker is quiet (see :mod:`pipeline.jobs.shutdown`).
 
-        A delay queue's consumer moves what it receives into the schedule, unless it is due
-        within a second (see :class:`~pipeline.jobs.scheduled.DelayedToSchedule`).
+        A delivery due later (every one of a delay queue, and one of the queue itself with an
+        ``eta``) goes into the schedule, unless it is due within a second (see
+        :class:`~pipeline.jobs.scheduled.DelayedToSchedule`).
 
         A consumer declares its queue (its ``.DQ`` and ``.XQ``) each time it starts, a restart
         too: a queue deleted on the server while the worker ran (from the management UI, say) is
@@ -243,10 +244,10 @@ class PipelineBroker(RabbitmqBroker):
             rabbitmq_consumer.channel, xq_name(q_name(queue_name)), self.dead_letter_arguments()
         )
         consumer = buffer_acks(rabbitmq_consumer)
+        received = None
         if checks_finished(queue_name):
-            consumer = FinishedCheck(consumer, self.received, self.actors)
-        else:
-            consumer = DelayedToSchedule(consumer, self.schedule, self.received.store)
+            consumer, received = FinishedCheck(consumer, self.received, self.actors), self.received
+        consumer = DelayedToSchedule(consumer, self.schedule, self.received.store, received)
         return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 
     def _blocked(self) -> str:
@@ -289,7 +290,8 @@ class PipelineBroker(RabbitmqBroker):
 
         A delayed message (a retry's too) is kept in Redis until it is due, then published by a
         worker of its queue (see :mod:`pipeline.store.schedule`); when Redis does not take it,
-        it goes to the queue's ``.DQ`` with its due time (``eta``), as Dramatiq sends it.
+        it goes to the queue's ``.DQ`` with its due time (``eta``), as Dramatiq sends it. A
+        message sent with an ``eta`` of its own and no delay is delayed until then.
         Middleware hear ``before_enqueue`` and ``after_enqueue`` as with Dramatiq's, and a
         publish that fails is tried again on a new connection. A retry's due time is also noted
         on the retried message (``retry_due``), where the job-records middleware reads it.
@@ -302,15 +304,19 @@ class PipelineBroker(RabbitmqBroker):
             than ``PIPELINE_BROKER_BLOCKED_TIMEOUT``: RabbitMQ may have it.
           InvalidPriority: The message's priority does not fit its queue.
           InvalidMessage: The message could never be published (too large for the server, or a
-            ``delay`` that is not a number of milliseconds).
+            ``delay`` or ``eta`` that is not a number of milliseconds).
         """
         # Read first, out of the middleware's hooks (which log what they raise): a bad setting
         # reaches the sender as the SettingsError that names it.
         self.settings.confirm_delivery  # noqa: B018
         canonical = q_name(message.queue_name)
         queue_name = canonical
+        now = current_millis()
+        if delay is None:
+            # A due time set as an option is a delay: held by a worker, it could outlive
+            # RabbitMQ's consumer_timeout.
+            delay = eta_delay(message, now)
         if delay is not None:
-            now = current_millis()
             check_delay(delay, now)
             queue_name = dq_name(canonical)
             due = now + delay

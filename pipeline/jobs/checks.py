@@ -293,6 +293,23 @@ def check_delay(delay: object, now_millis: int) -> None:
         raise InvalidMessage(f"delay {shown(delay)} ms makes the job due past the year 9999")
 
 
+def eta_delay(message: dramatiq.Message[Any], now_millis: int) -> int | None:
+    """The delay, from ``now_millis``, that a sent message's own ``eta`` asks for: Dramatiq's
+    option for a delayed message's due time (Unix milliseconds), which a caller may set instead
+    of a delay. None when the message has none.
+
+    Raises:
+      InvalidMessage: The ``eta`` is not a number, or is past the year 9999; the message names it.
+    """
+    eta = message.options.get(ETA_OPTION)
+    if eta is None:
+        return None
+    problem = numeric_option_problem({ETA_OPTION: eta}, {ETA_OPTION: RECEIVED_OPTIONS[ETA_OPTION]})
+    if problem is not None:
+        raise InvalidMessage(f"{message.actor_name}: {problem}")
+    return int(eta) - now_millis
+
+
 def _check_options(broker: dramatiq.Broker, actor_name: str, queue_name: str, options: dict[str, Any]) -> None:
     """Refuse options a message sets for itself that no worker could follow: a number that is
     not one, and a ``time_limit`` longer than any its queue's actors declare, which the workers'

@@ -7,8 +7,9 @@ work: a take leases what it took, so two never publish the same message while bo
 publish that fails gives the messages back, due at their own times.
 
 A delayed message that reached a queue's ``.DQ`` instead (sent while Redis was away, or by
-another service as Dramatiq sends one) is moved into the schedule as it is delivered, unless
-it is due within a second: a worker does not hold it until its time, which RabbitMQ's
+another service as Dramatiq sends one), or the queue itself with its due time (``eta``, which
+Dramatiq holds any delivery for), is moved into the schedule as it is delivered, unless it is
+due within a second: a worker does not hold it until its time, which RabbitMQ's
 ``consumer_timeout`` would cut short, delivering it again, and again.
 """
 
@@ -27,7 +28,7 @@ from pipeline.background import Background
 from pipeline.errors import PipelineError, ResultBackendUnavailable
 from pipeline.jobs.checks import is_number, malformed
 from pipeline.jobs.consumers import WrappedConsumer
-from pipeline.jobs.finished import refuse_malformed
+from pipeline.jobs.finished import ReceivedStates, refuse_malformed
 from pipeline.jobs.options import ETA_OPTION
 from pipeline.store.records import RecordStore
 from pipeline.store.schedule import Schedule, Taken
@@ -38,26 +39,32 @@ logger = logging.getLogger(__name__)
 MOST_PER_TAKE = 500
 #: Seconds between two looks when nothing is due sooner: a message runs this late at most.
 LOOK_EVERY = 0.2
-#: Milliseconds: a delivery of a delay queue due later than this goes to the schedule.
+#: Milliseconds: a delivery due later than this goes to the schedule.
 HOLD_AT_MOST = 1_000
 
 
 class DelayedToSchedule(WrappedConsumer):
-    """A consumer of a delay queue (``.DQ``) that moves each delivery due later than
-    :data:`HOLD_AT_MOST` into the schedule, then acknowledges it; while Redis does not take it,
-    the worker holds it until its time, as Dramatiq does. A delivery no middleware could use
-    (an ``eta`` past the year 9999, say) is dead-lettered, its record saying why.
+    """A consumer that moves each delivery due later than :data:`HOLD_AT_MOST` (its ``eta``)
+    into the schedule, then acknowledges it; while Redis does not take it, the worker holds it
+    until its time, as Dramatiq does. On a delay queue (``.DQ``) it also dead-letters a delivery
+    no middleware could use (an ``eta`` past the year 9999, say), its record saying why; a
+    queue's own consumer (:class:`~pipeline.jobs.finished.FinishedCheck`) has refused those.
 
     Parameters:
-      inner: The delay queue's consumer.
+      inner: The queue's consumer.
       schedule: Where delayed messages wait for their time.
       store: The records, for a refused delivery's failure.
+      received: The states the inner consumer asked about, when it asks (a queue's own): a
+        delivery moved away is not asked about any more.
     """
 
-    def __init__(self, inner: Any, schedule: Schedule, store: RecordStore) -> None:
+    def __init__(
+        self, inner: Any, schedule: Schedule, store: RecordStore, received: ReceivedStates | None = None
+    ) -> None:
         super().__init__(inner)
         self.schedule = schedule
         self.store = store
+        self.received = received
 
     def __next__(self) -> Any:
         """The next delivery the worker holds until its time, or None (none came, or it was
@@ -66,10 +73,12 @@ class DelayedToSchedule(WrappedConsumer):
         message = next(self.inner)
         if message is None:
             return None
-        problem = malformed(message)
-        if problem is not None:
-            refuse_malformed(self.inner, self.store, message, problem)
-            return None
+        if self.received is None:
+            # A delay queue's delivery: no consumer beneath looked at it.
+            problem = malformed(message)
+            if problem is not None:
+                refuse_malformed(self.inner, self.store, message, problem)
+                return None
         due = message.options.get(ETA_OPTION)
         if not is_number(due) or due - current_millis() <= HOLD_AT_MOST:
             return message
@@ -81,6 +90,8 @@ class DelayedToSchedule(WrappedConsumer):
         except ResultBackendUnavailable:
             return message
         self.inner.ack(message)
+        if self.received is not None:
+            self.received.forget(message.message_id)
         return None
 
 

@@ -306,6 +306,10 @@ REFUSED_OPTIONS = {
         {"on_success": "ping"},
         "option on_success names actor 'ping', which cannot take the message and its result",
     ),
+    # Dramatiq's option for a delayed message's due time: sent on, it failed the record's write
+    # with a CRITICAL traceback, and the message went anyway, unrecorded.
+    "eta as text": ({"eta": "tomorrow"}, "ping: option eta 'tomorrow' is not a number"),
+    "eta past the year 9999": ({"eta": 10**20}, "option eta 100000000000000000000 is larger than"),
     "pipe_ignore as text": ({"pipe_ignore": "yes"}, "option pipe_ignore 'yes' is not true or false"),
     "pipe_target as text": (
         {"pipe_target": "garbage"},

@@ -132,6 +132,38 @@ def test_a_delayed_message_in_the_delay_queue_waits_in_the_schedule_not_in_a_wor
     assert "CRITICAL" not in worker.log
 
 
+def test_a_message_in_its_queue_with_a_later_eta_waits_in_the_schedule_not_in_a_worker(worker, amqp, clean_redis):
+    # Dramatiq holds any delivery with an ``eta`` until its time, one in the queue itself too
+    # (published by another service, or sent again from a dead-letter queue): a worker held it
+    # unacknowledged past RabbitMQ's consumer_timeout, which delivered it again, for ever.
+    from dramatiq.common import current_millis
+
+    message = ping.message_with_options(args=("later",))
+    message = message.copy(options={"eta": current_millis() + 3_600_000})
+    amqp.basic_publish("", DEFAULT_QUEUE, message.encode())
+    assert wait_until(lambda: broker.schedule.count(DEFAULT_QUEUE) == 1, what="the later message in the schedule")
+    now = ping.send("now")
+    assert AsyncResult(now.message_id).get(timeout=20) == {"pong": "now"}
+    broker.schedule.remove(DEFAULT_QUEUE, [message.message_id])
+    assert "CRITICAL" not in worker.log
+
+
+def test_an_eta_sent_as_an_option_is_a_delay(purge):
+    # Dramatiq's own option for a delayed message's due time, set by a caller: the message went
+    # to the queue itself, recorded QUEUED, for a worker to hold until then.
+    from dramatiq.common import current_millis
+
+    purge(DEFAULT_QUEUE)
+    due = current_millis() + 60_000
+    sent = ping.send_with_options(args=("later",), eta=due)
+    record = AsyncResult(sent.message_id).info()
+    assert record["state"] == "SCHEDULED"
+    assert datetime.datetime.fromisoformat(record["eta"]) == datetime.datetime.fromtimestamp(due / 1000, datetime.UTC)
+    assert broker.schedule.count(DEFAULT_QUEUE) == 1
+    AsyncResult(sent.message_id).revoke()
+    purge(DEFAULT_QUEUE)
+
+
 def test_a_sent_message_is_queued_before_send_returns(purge):
     # No worker of this module consumes the slow queue: the record is the sender's.
     purge(SLOW_QUEUE)
