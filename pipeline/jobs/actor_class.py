@@ -46,6 +46,10 @@ class ActorOptions(dict[str, Any]):
         return self[key] if key in self else default  # noqa: SIM401 - self.get is this method
 
 
+#: The callbacks Dramatiq's ``message_with_options`` takes as actors, and turns into their names.
+ACTOR_CALLBACKS = ("on_failure", "on_success")
+
+
 class PipelineActor(dramatiq.Actor):
     """A Dramatiq actor whose ``send`` takes a ``priority`` and which can send in bulk.
 
@@ -57,6 +61,21 @@ class PipelineActor(dramatiq.Actor):
         with refusals_raised():
             super().__init__(fn, **arguments)
         self.options = ActorOptions(self.options)
+
+    def message_with_options(
+        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> dramatiq.Message[Any]:
+        """Dramatiq's ``message_with_options``, with a callback that is neither an actor nor an
+        actor's name refused as :class:`~pipeline.errors.InvalidMessage` naming it (Dramatiq
+        raises a bare ``TypeError``).
+        """
+        for name in ACTOR_CALLBACKS:
+            callback = options.get(name)
+            if callback is not None and not isinstance(callback, (str, dramatiq.Actor)):
+                raise InvalidMessage(
+                    f"{self.actor_name}: option {name} {shown(callback)} is not an actor or an actor's name"
+                )
+        return super().message_with_options(args=args, kwargs=kwargs, **options)
 
     def send(
         self, *args: Any, priority: int | None = None, idempotency_key: str | None = None, **kwargs: Any

@@ -306,6 +306,8 @@ REFUSED_OPTIONS = {
         {"on_success": "ping"},
         "option on_success names actor 'ping', which cannot take the message and its result",
     ),
+    # Dramatiq raised a bare TypeError for it.
+    "on_failure a number": ({"on_failure": 5}, "ping: option on_failure 5 is not an actor or an actor's name"),
     # Dramatiq's option for a delayed message's due time: sent on, it failed the record's write
     # with a CRITICAL traceback, and the message went anyway, unrecorded.
     "eta as text": ({"eta": "tomorrow"}, "ping: option eta 'tomorrow' is not a number"),
