@@ -176,14 +176,20 @@ def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, Numbe
     return None
 
 
-def malformed(message: Any) -> str | None:
-    """What makes a decoded message unusable (a field of the wrong type, as another service may
-    publish it), or None. Its options are checked too, each as the middleware read it, and the
-    callbacks and next messages they name (see :func:`composition_problem`).
+def malformed(message: Any, delivered_from: str) -> str | None:
+    """What makes a decoded message delivered from queue ``delivered_from`` unusable (a field
+    of the wrong type, as another service may publish it), or None. Its options are checked
+    too, each as the middleware read it, and the callbacks and next messages they name (see
+    :func:`composition_problem`).
+
+    Its ``queue_name`` must be that queue's: Dramatiq acknowledges a job on the consumer its
+    message names, which for another queue is not the one holding the delivery (or none).
     """
     problem = _field_problem(lambda field: getattr(message, field, None))
     if problem is not None:
         return problem
+    if message.queue_name != delivered_from:
+        return f"queue_name {shown(message.queue_name)} is not the queue it was delivered from, {delivered_from!r}"
     if message.message_timestamp > LATEST_DUE_MILLIS:
         return f"message_timestamp {shown(message.message_timestamp)} is past the year 9999"
     return numeric_option_problem(message.options, RECEIVED_OPTIONS) or composition_problem(message.options)

@@ -144,7 +144,7 @@ class FinishedCheck(WrappedConsumer):
             if method is not None:
                 self._record_undecodable(properties, body)
         if message is not None:
-            problem = malformed(message) or callback_problem(self.actors, message, worker=True)
+            problem = malformed(message, self.inner.queue_name) or callback_problem(self.actors, message, worker=True)
             if problem is not None:
                 refuse_malformed(self.inner, self.store, message, problem)
                 return None

@@ -75,7 +75,7 @@ class DelayedToSchedule(WrappedConsumer):
             return None
         if self.received is None:
             # A delay queue's delivery: no consumer beneath looked at it.
-            problem = malformed(message)
+            problem = malformed(message, self.inner.queue_name)
             if problem is not None:
                 refuse_malformed(self.inner, self.store, message, problem)
                 return None

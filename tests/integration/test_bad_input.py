@@ -443,6 +443,12 @@ NEXT = {"queue_name": DEFAULT_QUEUE, "actor_name": "ping", "args": [], "kwargs":
         ("message_timestamp", None, "message_timestamp None is not a whole number"),
         ("options", [], "options [] is not an object"),
         ("kwargs", "x", "kwargs 'x' is not an object"),
+        # Dramatiq acknowledges a job on the consumer its body names: one the worker does not
+        # run killed the worker thread (a KeyError), another was acknowledged on the wrong
+        # channel, and the delivery was held unacknowledged, then came back, for ever.
+        ("queue_name", "elsewhere", "queue_name 'elsewhere' is not the queue it was delivered from, 'default'"),
+        ("queue_name", SLOW_QUEUE, "queue_name 'slow' is not the queue it was delivered from, 'default'"),
+        ("queue_name", DEFAULT_QUEUE + ".DQ", "queue_name 'default.DQ' is not the queue it was delivered from"),
         # Options the middleware read: each of the wrong type ran the job half-wired.
         ("options", {"retries": "x"}, "option retries 'x' is not a whole number of 0 or more"),
         ("options", {"retries": -3}, "option retries -3 is not a whole number of 0 or more"),
