@@ -49,6 +49,7 @@ from pipeline.jobs.checks import MessageChecks, check_delay, eta_delay, is_retry
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.consumers import DeadLetterQueueKept
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
+from pipeline.jobs.holds import run_limit
 from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.mail_rate import MailRateLimit
 from pipeline.jobs.metrics import WorkerMetrics
@@ -246,7 +247,8 @@ class PipelineBroker(RabbitmqBroker):
         consumer = buffer_acks(rabbitmq_consumer)
         received = None
         if checks_finished(queue_name):
-            consumer, received = FinishedCheck(consumer, self.received, self.actors), self.received
+            limit = run_limit(self, queue_name)
+            consumer, received = FinishedCheck(consumer, self.received, self.actors, limit), self.received
         consumer = DelayedToSchedule(consumer, self.schedule, self.received.store, received)
         return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 

@@ -38,7 +38,7 @@ from pipeline.errors import (
     shown,
 )
 from pipeline.job_id import is_job_id
-from pipeline.jobs.holds import longest_run
+from pipeline.jobs.holds import run_limit
 from pipeline.jobs.options import (
     BROKER_PRIORITY_OPTION,
     CHECK_OPTION,
@@ -324,19 +324,12 @@ def _check_options(broker: dramatiq.Broker, actor_name: str, queue_name: str, op
     problem = numeric_option_problem(options) or composition_problem(options)
     if problem is not None:
         raise Refusal(InvalidMessage(f"{actor_name}: {problem}"))
-    limit = options.get("time_limit")
-    if limit is not None:
-        # 0: no time limit applies on this broker (or no actor of the queue is declared here),
-        # so none is checked either.
-        longest = longest_run(broker, queue_name)
-        if longest and limit > longest:
-            raise Refusal(
-                InvalidMessage(
-                    f"{actor_name}: time_limit {limit} ms is longer than any actor of queue "
-                    f"{queue_name!r} declares ({longest} ms), which the workers' consumer timeout is "
-                    "checked against: declare the longer limit on the actor"
-                )
-            )
+    if options.get("time_limit") is not None:
+        # No problem where no time limit applies on this broker (or no actor of the queue is
+        # declared here): none is checked either.
+        problem = run_limit(broker, queue_name).problem(options, actor_name, None)
+        if problem is not None:
+            raise Refusal(InvalidMessage(f"{actor_name}: {problem}: declare the longer limit on the actor"))
 
 
 def _check_callbacks(broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:

@@ -29,6 +29,7 @@ from pipeline.job_id import is_job_id
 from pipeline.job_record import error_info
 from pipeline.jobs.checks import callback_problem, malformed
 from pipeline.jobs.consumers import WrappedConsumer
+from pipeline.jobs.holds import RunLimit
 from pipeline.states import JobState
 from pipeline.store.records import RecordStore
 from pipeline.store.writer import Answer, When
@@ -100,12 +101,21 @@ class FinishedCheck(WrappedConsumer):
       inner: Dramatiq's consumer of the queue.
       received: Where the questions are noted, for the job-records middleware.
       actors: The actors the worker declares, which a delivery's callbacks must name.
+      limit: How long the queue's jobs may run, which a delivery must not raise (none checked
+        when omitted).
     """
 
-    def __init__(self, inner: Any, received: ReceivedStates, actors: Mapping[str, dramatiq.Actor[Any, Any]]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        received: ReceivedStates,
+        actors: Mapping[str, dramatiq.Actor[Any, Any]],
+        limit: RunLimit | None = None,
+    ) -> None:
         super().__init__(inner)
         self.received = received
         self.actors = actors
+        self.limit = limit
         self.store = received.store
         self._ready: collections.deque[Any] = collections.deque()
         self._deliveries = inner.iterator = _Deliveries(inner.iterator)
@@ -144,11 +154,21 @@ class FinishedCheck(WrappedConsumer):
             if method is not None:
                 self._record_undecodable(properties, body)
         if message is not None:
-            problem = malformed(message, self.inner.queue_name) or callback_problem(self.actors, message, worker=True)
+            problem = (
+                malformed(message, self.inner.queue_name)
+                or callback_problem(self.actors, message, worker=True)
+                or self._too_long(message)
+            )
             if problem is not None:
                 refuse_malformed(self.inner, self.store, message, problem)
                 return None
         return message
+
+    def _too_long(self, message: Any) -> str | None:
+        """What lets ``message`` run past what the workers' consumer-timeout check measured."""
+        if self.limit is None:
+            return None
+        return self.limit.problem(message.options, message.actor_name, self.actors.get(message.actor_name))
 
     def _record_undecodable(self, properties: Any, body: bytes) -> None:
         message_id = properties.message_id

@@ -348,6 +348,22 @@ def publish_raw(amqp, message: dramatiq.Message) -> None:
     amqp.basic_publish("", message.queue_name, message.encode())
 
 
+def test_a_raw_message_for_a_longer_actor_of_another_queue_fails_at_once(bad_input_worker, amqp):
+    # The workers' consumer-timeout check measures each queue by its own actors: an export (25
+    # minutes at most) published to the default queue could run past RabbitMQ's timeout there.
+    worker, _, _ = bad_input_worker
+    message = dramatiq.Message(
+        queue_name=DEFAULT_QUEUE, actor_name="export_orders", args=(), kwargs={"filter": {}}, options={}
+    )
+    publish_raw(amqp, message)
+    result = AsyncResult(message.message_id)
+    error = result.get(timeout=20, propagate=False)
+    assert result.info()["attempt"] == 1
+    assert "actor 'export_orders' runs up to 1500000 ms, longer than any actor of queue 'default'" in error["message"]
+    wait_dead_lettered(amqp, message.message_id)
+    assert "CRITICAL" not in worker.log
+
+
 def test_a_raw_message_for_an_unknown_actor_fails_at_once(bad_input_worker, amqp):
     message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="no_such_actor", args=(), kwargs={}, options={})
     publish_raw(amqp, message)
@@ -462,6 +478,9 @@ NEXT = {"queue_name": DEFAULT_QUEUE, "actor_name": "ping", "args": [], "kwargs":
         # Numbers past what the middleware's arithmetic or a record's dates hold: the job ran
         # without its time limit (a CRITICAL traceback), or was held in the worker forever.
         ("options", {"time_limit": 10**400}, "option time_limit 1000000"),
+        # Longer than the workers' consumer-timeout check measured: a job that ran past
+        # RabbitMQ's consumer_timeout was delivered again while it ran, and ran twice at once.
+        ("options", {"time_limit": 10**9}, "time_limit 1000000000 ms is longer than any actor of queue 'default'"),
         ("options", {"eta": 10**400}, "option eta 1000000"),
         ("options", {"max_age": 10**20}, "option max_age 100000000000000000000 is larger than 253,402,300,799,999"),
         ("options", {"broker_priority": 256}, "option broker_priority 256 is larger than 255"),
