@@ -9,12 +9,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pika
 import pika.exceptions
 import pytest
 import redis
 import testenv
+from waiting import wait_until
 
 from pipeline.store.keys import Keys
 
@@ -136,10 +138,15 @@ class WorkerProcess:
         return "".join(self.lines)
 
     def kill(self) -> None:
-        """SIGKILL the worker's whole process group: no shutdown, no acks."""
+        """SIGKILL the worker's whole process group: no shutdown, no acks. Returns once RabbitMQ
+        has closed its connections, so what it held is back in its queues (a purge that came
+        first would miss it, and the next test's worker would run it).
+        """
         if self.process.poll() is None:
+            pids = _process_group(self.process.pid)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+            _wait_connections_closed(pids)
 
     def discard(self) -> None:
         """Remove a worker whose test is over: its jobs have ended, so it is killed rather than
@@ -161,6 +168,36 @@ class WorkerProcess:
         self._reader.join(5)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def _process_group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.append(int(entry))
+    return pids
+
+
+def _wait_connections_closed(pids: list[int], timeout: float = 10) -> None:
+    """Wait until the tests' RabbitMQ lists no connection of the processes ``pids`` (pipeline
+    names each connection after its process id); nothing to wait for on a node of a test's own.
+    """
+    ends = tuple(f"(pid {pid})" for pid in pids)
+
+    def closed() -> bool:
+        connections = testenv.management("GET", f"vhosts/{quote(testenv.vhost(), safe='')}/connections") or []
+        names = (c.get("client_properties", {}).get("connection_name", "") for c in connections)
+        return not any(name.endswith(ends) for name in names)
+
+    wait_until(closed, timeout, "RabbitMQ closing the killed worker's connections")
 
 
 def flush_queue(queue: str) -> None:
