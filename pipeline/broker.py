@@ -245,11 +245,12 @@ class PipelineBroker(RabbitmqBroker):
             rabbitmq_consumer.channel, xq_name(q_name(queue_name)), self.dead_letter_arguments()
         )
         consumer = buffer_acks(rabbitmq_consumer)
-        received = None
+        store = self.received.store
         if checks_finished(queue_name):
-            limit = run_limit(self, queue_name)
-            consumer, received = FinishedCheck(consumer, self.received, self.actors, limit), self.received
-        consumer = DelayedToSchedule(consumer, self.schedule, self.received.store, received)
+            consumer = FinishedCheck(consumer, self.received, self.actors, run_limit(self, queue_name))
+            consumer = DelayedToSchedule(consumer, self.schedule, store, self.received)
+        else:
+            consumer = DelayedToSchedule(consumer, self.schedule, store)
         return QuietConsumer(AcksTogether(consumer, self.unsent), self.quiet, timeout)
 
     def _blocked(self) -> str:
