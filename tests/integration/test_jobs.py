@@ -134,8 +134,9 @@ def test_a_delayed_message_in_the_delay_queue_waits_in_the_schedule_not_in_a_wor
 
 def test_a_message_in_its_queue_with_a_later_eta_waits_in_the_schedule_not_in_a_worker(worker, amqp, clean_redis):
     # Dramatiq holds any delivery with an ``eta`` until its time, one in the queue itself too
-    # (published by another service, or sent again from a dead-letter queue): a worker held it
-    # unacknowledged past RabbitMQ's consumer_timeout, which delivered it again, for ever.
+    # (published by another service, or moved back from a dead-letter queue in the management
+    # UI): a worker held it unacknowledged past RabbitMQ's consumer_timeout, which delivered it
+    # again, for ever.
     from dramatiq.common import current_millis
 
     message = ping.message_with_options(args=("later",))
