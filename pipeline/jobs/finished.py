@@ -101,8 +101,7 @@ class FinishedCheck(WrappedConsumer):
       inner: Dramatiq's consumer of the queue.
       received: Where the questions are noted, for the job-records middleware.
       actors: The actors the worker declares, which a delivery's callbacks must name.
-      limit: How long the queue's jobs may run, which a delivery must not raise (none checked
-        when omitted).
+      limit: How long the queue's jobs may run, which a delivery must not raise.
     """
 
     def __init__(
@@ -110,7 +109,7 @@ class FinishedCheck(WrappedConsumer):
         inner: Any,
         received: ReceivedStates,
         actors: Mapping[str, dramatiq.Actor[Any, Any]],
-        limit: RunLimit | None = None,
+        limit: RunLimit,
     ) -> None:
         super().__init__(inner)
         self.received = received
@@ -157,18 +156,12 @@ class FinishedCheck(WrappedConsumer):
             problem = (
                 malformed(message, self.inner.queue_name)
                 or callback_problem(self.actors, message, worker=True)
-                or self._too_long(message)
+                or self.limit.problem(message.options, message.actor_name, self.actors.get(message.actor_name))
             )
             if problem is not None:
                 refuse_malformed(self.inner, self.store, message, problem)
                 return None
         return message
-
-    def _too_long(self, message: Any) -> str | None:
-        """What lets ``message`` run past what the workers' consumer-timeout check measured."""
-        if self.limit is None:
-            return None
-        return self.limit.problem(message.options, message.actor_name, self.actors.get(message.actor_name))
 
     def _record_undecodable(self, properties: Any, body: bytes) -> None:
         message_id = properties.message_id
