@@ -163,8 +163,9 @@ class SmtpSender:
                 smtp, used = idle
                 if time.monotonic() - used <= IDLE_CHECK_AFTER or _answers_noop(smtp):
                     return _Lease(smtp, reused=True)
-                # The others idled longer still: a new connection rather than another check.
-                _hang_up(smtp)
+                # It did not answer (a silent one would not answer a QUIT either); the others
+                # idled longer still: a new connection rather than another check.
+                smtp.close()
             smtp = self._connect()
             self.opened += 1
             return _Lease(smtp, reused=False)
@@ -174,7 +175,12 @@ class SmtpSender:
 
     def _give_back(self, lease: _Lease) -> None:
         """Return a connection to the pool, or close it when broken or not to be reused."""
-        if lease.broken or not self.settings.smtp_reuse_connection:
+        if lease.broken:
+            # Its state is unknown or a transaction is open (in DATA, a QUIT would be read as
+            # the mail's content and never answered): closed, with nothing said.
+            lease.smtp.close()
+            self._pool.put(None)
+        elif not self.settings.smtp_reuse_connection:
             _hang_up(lease.smtp)
             self._pool.put(None)
         else:
@@ -264,7 +270,7 @@ class SmtpSender:
                 if not lease.reused:
                     raise SmtpUnavailable(f"SMTP server {self.settings.smtp_host} failed: {exc.__cause__!r}") from exc
             # The server dropped a kept connection (an idle timeout): once more, on a new one.
-            _hang_up(lease.smtp)
+            lease.smtp.close()
             lease = _Lease(self._connect(), reused=False)
             self.opened += 1
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from ports import free_port
@@ -216,8 +217,12 @@ def test_a_failure_before_the_content_sends_nothing_and_closes_the_open_transact
     def stopped() -> None:
         raise TimeoutError("the job's time ran out while it waited for its slot")
 
+    began = time.monotonic()
     with pytest.raises(TimeoutError):
         sender.send(envelope(settings, job="stopped"), before_data=stopped)
+    # The open connection is closed, not asked to QUIT: in DATA, the server would read the QUIT
+    # as the mail's content and answer nothing, and the job would wait out the SMTP timeout.
+    assert time.monotonic() - began < settings.smtp_timeout / 2
     sender.send(envelope(settings, job="next"))
     # The connection whose transaction was left open is not reused: the next mail opened another.
     assert [m["Message-ID"] for m in inbox.wait_for(1)] == ["<next@example.com>"] and inbox.connections == 2
