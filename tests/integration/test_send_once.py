@@ -4,8 +4,10 @@ publishing is taken over."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,13 +87,16 @@ def test_fifty_processes_sending_one_key_at_once_publish_one_job(purge, start_wo
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])}
     command = [sys.executable, "-c", SENDERS, str(go), counter, f"key-{counter}", "50"]
-    senders = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    # A session of their own: the forked senders are killed with their parent, whatever happens.
+    senders = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert [senders.stdout.readline().strip() for _ in range(50)] == ["ready"] * 50
         go.touch()
         out = senders.communicate(timeout=60)[0].split()
     finally:
-        senders.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(senders.pid, signal.SIGKILL)
+        senders.wait()
     assert senders.returncode == 0 and len(out) == 50
     ids = set(out)
     assert len(ids) == 1
