@@ -12,7 +12,8 @@ from pipeline.cli.arguments import count
 from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
 from pipeline.cli.terminal import cell
 from pipeline.dead_letters import DEFAULT_LIMIT, MORE_REMAIN, DeadLetters, DeadMessage, dead_letter_queues
-from pipeline.errors import PipelineError
+from pipeline.errors import InvalidJobId, PipelineError
+from pipeline.job_id import check_job_id
 from pipeline.printable import printable
 
 
@@ -54,11 +55,22 @@ def run_list(args: argparse.Namespace) -> int:
     return RET_OK
 
 
+def _names(given: str) -> set[str]:
+    """The message ids ``given`` names: itself and, for a job id in capitals (as some databases
+    keep one), the job's id. Another service's dead letter may have an id of any form.
+    """
+    try:
+        return {given, check_job_id(given)}
+    except InvalidJobId:
+        return {given}
+
+
 def run_show(args: argparse.Namespace) -> int:
     """``pipeline dlq show ID``."""
+    names = _names(args.message_id)
     with DeadLetters() as letters:
         taken = letters.take(dead_letter_queues(None), DEFAULT_LIMIT)
-        found = [d for d in taken if d.message_id == args.message_id]
+        found = [d for d in taken if d.message_id in names]
         if not found:
             where = f" among the first {DEFAULT_LIMIT:,} (there are more)" if len(taken) == DEFAULT_LIMIT else ""
             print(f"pipeline: no dead-lettered message {args.message_id}{where}")
@@ -77,16 +89,17 @@ def run_requeue(args: argparse.Namespace) -> int:
     """``pipeline dlq requeue``."""
     if not (args.ids or args.all or args.actor):
         raise PipelineError("say which messages: job ids, --all, or --actor NAME")
-    wanted = set(args.ids)
+    wanted = {given: _names(given) for given in args.ids}
+    names = set().union(*wanted.values())
 
     def chosen(dead: DeadMessage) -> bool:
-        return dead.message_id in wanted or (args.actor is not None and dead.actor == args.actor)
+        return dead.message_id in names or (args.actor is not None and dead.actor == args.actor)
 
     with DeadLetters() as letters:
         if _unknown_queue(letters, args.queue):
             return RET_UNKNOWN
         done, more = letters.requeue_chosen(dead_letter_queues(args.queue), None if args.all else chosen, args.limit)
-    missing = sorted(wanted - set(done))
+    missing = sorted(given for given, named in wanted.items() if not named & set(done))
     if args.json:
         shown: dict[str, Any] = {"requeued": done, "not_found": missing}
         if more:

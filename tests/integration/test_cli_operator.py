@@ -160,6 +160,9 @@ def test_dlq_list_and_show_explain_a_dead_letter_without_moving_it_or_showing_ar
     assert "reset-token-123" not in out.stdout and "ann@example.com" not in out.stdout
     shown = run_cli("dlq", "show", message_id, "--json", **env)
     assert shown.returncode == RET_OK and json.loads(shown.stdout)["headers"]["actor"] == "send_email"
+    # A job id in capitals, as some databases keep it, names the same job (as `status` reads it).
+    shouted = run_cli("dlq", "show", message_id.upper(), "--json", **env)
+    assert shouted.returncode == RET_OK and json.loads(shouted.stdout)["message_id"] == message_id
     assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 1
     assert run_cli("dlq", "show", str(uuid.uuid4()), **env).returncode == RET_UNKNOWN
 
@@ -168,7 +171,7 @@ def test_dlq_requeue_runs_the_message_again_under_its_id_and_notes_it(operated, 
     env, _, _ = operated
     amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
     message_id = failed_mail(amqp)
-    out = run_cli("dlq", "requeue", message_id, "--json", **env)
+    out = run_cli("dlq", "requeue", message_id.upper(), "--json", **env)
     assert out.returncode == RET_OK, out.stderr
     assert json.loads(out.stdout) == {"requeued": [message_id], "not_found": []}
     # It runs again (and fails again, the template still missing): the record says so.
