@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,16 +51,14 @@ def cluster() -> Iterator[list[PrivateRabbitMQ]]:
     # The nodes run as the rabbitmq user, who must reach their folders.
     folder = Path(tempfile.mkdtemp(prefix="pipeline-cluster-"))
     shutil.chown(folder, "rabbitmq", "rabbitmq")
-    nodes: list[PrivateRabbitMQ] = []
+    nodes = [PrivateRabbitMQ(folder / name) for name in ("a", "b", "c")]
     try:
-        for name in ("a", "b", "c"):
-            node = PrivateRabbitMQ(folder / name)
-            nodes.append(node)
-            node.start()
+        # Started together, and the two that join made ready together; they join one by one.
+        with ThreadPoolExecutor(len(nodes)) as starting:
+            list(starting.map(PrivateRabbitMQ.start, nodes))
+            list(starting.map(lambda node: (node.ctl("stop_app"), node.ctl("reset")), nodes[1:]))
         first = nodes[0]
         for other in nodes[1:]:
-            other.ctl("stop_app")
-            other.ctl("reset")
             other.ctl("join_cluster", first.node)
             other.ctl("start_app")
             other.ctl("await_startup")
