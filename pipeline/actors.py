@@ -117,9 +117,10 @@ def _check_export(
         choose_columns(columns)
     if not isinstance(name, str) or not 0 < len(name) <= MAX_EXPORT_NAME or not name.isprintable():
         raise SourceError(f"name must be printable text of 1 to {MAX_EXPORT_NAME} characters, not {shown(name)}")
-    if notify is not None:
-        # The mail actor's own check: an address it would refuse is refused here, at send.
-        parse_addresses("notify", notify)
+    # The mail actor's own check: an address it would refuse is refused here, at send. None
+    # sends no mail; an empty address (a customer without one) is a mistake, not that.
+    if notify is not None and not parse_addresses("notify", notify):
+        raise SourceError(f"notify names no address in {shown(notify)}: leave it out (None) to send no mail")
 
 
 @actor(

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.cli.exit_codes import RET_OK
 from pipeline.cli.status import show_job
-from pipeline.errors import InvalidMessage
+from pipeline.errors import InvalidMessage, shown
 from pipeline.export.sources import FILE_FORMATS
 
 
@@ -27,11 +27,16 @@ def run_export(args: argparse.Namespace) -> int:
     from pipeline.actors import export_orders
 
     kwargs: dict[str, Any] = {"file": args.file}
-    if args.columns:
+    # An option given empty (an empty shell variable) is refused (here, or by the actor's
+    # check), not read as left out: that would export every column, name the file "orders",
+    # or mail no one, and exit 0.
+    if args.columns is not None:
         kwargs["columns"] = [name.strip() for given in args.columns for name in given.split(",") if name.strip()]
-    if args.notify:
+        if not kwargs["columns"]:
+            raise InvalidMessage(f"--columns names no column in {shown(' '.join(args.columns))}: leave it out for all")
+    if args.notify is not None:
         kwargs["notify"] = args.notify
-    if args.name:
+    if args.name is not None:
         kwargs["name"] = args.name
     message = export_orders.send(priority=args.priority, idempotency_key=args.idempotency_key, **kwargs)
     return _sent(message.message_id, args)

@@ -143,6 +143,15 @@ REFUSED_AT_SEND = {
         "file 'q3.json': unknown format; use .jsonl, .ndjson, .csv",
     ),
     "notify not an address": (export_orders, (), {"filter": {}, "notify": "boss"}, InvalidMessage, "notify"),
+    # An empty address (a customer record without one) was taken as no notify: no mail, no error.
+    "notify empty": (export_orders, (), {"filter": {}, "notify": ""}, InvalidMessage, "notify names no address"),
+    "notify an empty list": (
+        export_orders,
+        (),
+        {"filter": {}, "notify": []},
+        InvalidMessage,
+        "notify names no address",
+    ),
     "to a number": (
         send_email,
         (),

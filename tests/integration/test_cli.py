@@ -7,9 +7,11 @@ import uuid
 
 import pytest
 from cli_runner import run_cli
+from services import queue_depth
 
 from pipeline.actors import ping
 from pipeline.cli import RET_ERROR, RET_FAILED, RET_OK, RET_UNFINISHED, RET_UNKNOWN, RET_USAGE, main
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 from pipeline.store.records import get_store
@@ -125,6 +127,27 @@ def test_a_wrong_command_line_exits_2(args):
     out = run_cli(*args)
     assert out.returncode == RET_USAGE
     assert "usage: pipeline" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["export", "q3.jsonl", "--columns", ""], "--columns names no column"),
+        (["export", "q3.jsonl", "--columns", " , "], "--columns names no column"),
+        (["export", "q3.jsonl", "--name", ""], "name must be printable text of 1 to 200 characters, not ''"),
+        (["export", "q3.jsonl", "--notify", ""], "notify names no address in ''"),
+    ],
+    ids=["columns-empty", "columns-commas", "name-empty", "notify-empty"],
+)
+def test_an_empty_option_is_refused_not_read_as_left_out(purge, amqp, args, named):
+    # An option given as an empty shell variable ("--name $NAME") was read as not given: the
+    # export went out with every column, named "orders", or with no mail, and exit 0.
+    purge(DEFAULT_QUEUE)
+    purge(SLOW_QUEUE)
+    out = run_cli(*args)
+    assert out.returncode == RET_ERROR, out.stdout + out.stderr
+    assert named in out.stderr and "Traceback" not in out.stderr
+    assert queue_depth(amqp, SLOW_QUEUE) == 0 and queue_depth(amqp, DEFAULT_QUEUE) == 0
 
 
 def test_status_exits_5_naming_redis_when_it_cannot_be_reached():
