@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline.amqp_text import SHORT_TEXT, is_short_text
 from pipeline.errors import SettingsError, shown
 from pipeline.header_text import first_header_breaker
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
@@ -213,6 +214,8 @@ class Settings:
             raise SettingsError(
                 "PIPELINE_NAMESPACE", self.namespace, "expected letters, digits, '_', '-' or '.' (at most 64)"
             )
+        if not is_short_text(self.service_name):
+            raise SettingsError("PIPELINE_SERVICE_NAME", self.service_name, f"expected {SHORT_TEXT} (the AMQP app_id)")
         _check_positive("PIPELINE_BROKER_BLOCKED_TIMEOUT", self.broker_blocked_timeout)
         _check_positive("PIPELINE_REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout)
         _check_positive("PIPELINE_REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout)

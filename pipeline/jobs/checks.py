@@ -29,6 +29,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, MiddlewareError
 
+from pipeline.amqp_text import SHORT_TEXT, is_short_text
 from pipeline.errors import (
     InvalidActor,
     InvalidMessage,
@@ -367,7 +368,8 @@ class MessageChecks(Middleware):
         Raises:
           InvalidActor: Through :class:`Refusal`; the message names the actor and the option.
         """
-        problem = numeric_option_problem(actor.options)
+        problem = None if is_short_text(actor.actor_name) else f"the name is not {SHORT_TEXT}"
+        problem = problem or numeric_option_problem(actor.options)
         check = actor.options.get(CHECK_OPTION)
         if problem is None and check is not None and not callable(check):
             problem = f"option check {shown(check)} is not a function"
@@ -385,6 +387,9 @@ class MessageChecks(Middleware):
         Raises:
           Refusal: Carrying the :class:`~pipeline.errors.InvalidMessage` that names the problem.
         """
+        if not is_short_text(message.actor_name):
+            # It is the message's AMQP type, which pika refuses past 255 bytes at the publish.
+            raise Refusal(InvalidMessage(f"{shown(message.actor_name)} is not an actor's name: {SHORT_TEXT}"))
         # None for another service's actor, sent by name (a pipeline's next step, say): its
         # signature and its check are that service's, and only what any message must be is
         # checked here.

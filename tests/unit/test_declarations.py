@@ -55,6 +55,14 @@ def test_a_declaration_no_worker_could_follow_is_refused_naming_the_option(stub,
     assert "invoices" not in stub.actors
 
 
+@pytest.mark.parametrize("name", ["invoice_" * 32, "invoices\n"], ids=["256-bytes", "line-break"])
+def test_an_actor_whose_name_no_message_could_carry_is_refused(stub, name):
+    # The name is every message's AMQP type: each send failed at the publish, past 255 bytes.
+    with pytest.raises(InvalidActor, match="the name is not printable text of 1 to 255 bytes"):
+        declare(stub, actor_name=name)
+    assert name not in stub.actors
+
+
 def test_numbers_and_options_read_from_the_settings_are_taken(stub):
     declared = declare(
         stub,

@@ -53,6 +53,11 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_MAIL_SUBJECT_PREFIX", "[Shop]\u2028", "line break"),
         ("PIPELINE_NAMESPACE", "shop:eu", "expected letters, digits"),
         ("PIPELINE_NAMESPACE", "", "expected letters, digits"),
+        # The AMQP app_id of every message: past 255 bytes every send failed with pika's
+        # ShortStringTooLong, its QUEUED record left behind.
+        ("PIPELINE_SERVICE_NAME", "shop-" * 60, "printable text of 1 to 255 bytes"),
+        ("PIPELINE_SERVICE_NAME", "", "printable text of 1 to 255 bytes"),
+        ("PIPELINE_SERVICE_NAME", "shop\nBcc", "printable text of 1 to 255 bytes"),
         ("PIPELINE_REDIS_SOCKET_TIMEOUT", "0", "must be more than 0"),
         ("PIPELINE_REDIS_CONNECT_TIMEOUT", "-1", "must be more than 0"),
         ("PIPELINE_BROKER_BLOCKED_TIMEOUT", "0", "must be more than 0"),
