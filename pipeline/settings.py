@@ -375,10 +375,13 @@ def _parse_table(variable: str, raw: str) -> dict[str, int]:
     table: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, number = item.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise SettingsError(variable, raw, f"{item!r} is not of the form queue=number")
+        if name in table:
+            raise SettingsError(variable, raw, f"names queue {name!r} twice")
         try:
-            table[name.strip()] = int(number)
+            table[name] = int(number)
         except ValueError:
             raise SettingsError(variable, raw, f"{number.strip()!r} is not a whole number") from None
     return table

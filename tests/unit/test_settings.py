@@ -42,6 +42,8 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_QUEUE_PRIORITIES", "default:10", "is not of the form queue=number"),
         ("PIPELINE_QUEUE_PRIORITIES", "default=ten", "'ten' is not a whole number"),
         ("PIPELINE_QUEUE_PRIORITIES", "default=300", "between 0 and 255"),
+        # The later was taken, silently: a typo'd copy of a line decided the queue's declaration.
+        ("PIPELINE_QUEUE_PRIORITIES", "default=10,slow=5,default=3", "names queue 'default' twice"),
         ("PIPELINE_BROKER_URL", "http://rabbit", "amqp://"),
         ("PIPELINE_REDIS_URL", "127.0.0.1:6379", "redis://"),
         ("PIPELINE_RETRY_MAX_BACKOFF", "10", "must be at least 15000"),
