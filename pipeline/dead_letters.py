@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 import pika
@@ -22,7 +22,9 @@ from dramatiq.common import q_name, xq_name
 from dramatiq.errors import DecodeError
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from pipeline.errors import BrokerUnavailable, ManagementUnavailable, PipelineError
+from pipeline.errors import BrokerUnavailable, ManagementUnavailable, PipelineError, shown
+from pipeline.job_id import is_job_id
+from pipeline.jobs.checks import malformed
 from pipeline.jobs.options import ETA_OPTION, REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.properties import message_properties
 from pipeline.management import ManagementApi, broker_vhost, dramatiq_queues
@@ -39,6 +41,17 @@ _SPENT_OPTIONS = (RETRIES_OPTION, ETA_OPTION, REDELIVERIES_OPTION, "traceback")
 DEFAULT_LIMIT = 1000
 #: What a command says when dead letters lay past the window it looked at.
 MORE_REMAIN = f"only the first {DEFAULT_LIMIT:,} dead letters were looked at, more remain"
+
+
+class Requeued(NamedTuple):
+    """What a requeue of chosen dead letters did."""
+
+    #: The ids requeued.
+    done: list[str]
+    #: The ids passed over, each with why no requeue could help it (it stays a dead letter).
+    refused: dict[str, str]
+    #: Whether more dead letters lay past the window looked at.
+    more: bool
 
 
 @dataclasses.dataclass
@@ -60,6 +73,34 @@ class DeadMessage:
     def actor(self) -> str | None:
         """The actor the message was for."""
         return self.message.actor_name if self.message else self.properties.type
+
+    def fresh(self) -> dramatiq.Message[Any] | None:
+        """The message a requeue publishes: the same id and arguments, on the queue itself,
+        with a fresh retry budget; None when the body is not a message.
+        """
+        if self.message is None:
+            return None
+        options = {k: v for k, v in self.message.options.items() if k not in _SPENT_OPTIONS}
+        return dramatiq.Message(
+            queue_name=q_name(self.message.queue_name),
+            actor_name=self.message.actor_name,
+            args=self.message.args,
+            kwargs=self.message.kwargs,
+            options=options,
+            message_id=self.message.message_id,
+            message_timestamp=self.message.message_timestamp,
+        )
+
+    def requeue_problem(self) -> str | None:
+        """Why no requeue could help (a worker would dead-letter the message again, or it
+        cannot be published at all), or None. Another service's message may be any of these.
+        """
+        fresh = self.fresh()
+        if fresh is None:
+            return "its body is not a valid message"
+        if not is_job_id(fresh.message_id):
+            return f"message_id {shown(fresh.message_id)} is not a job id"
+        return malformed(fresh, fresh.queue_name)
 
     def summary(self, shown: Collection[str] = ()) -> dict[str, Any]:
         """What the message is and why it failed, its arguments redacted to their shapes but for
@@ -197,18 +238,10 @@ class DeadLetters:
           PipelineError: The body is not a message, so there is nothing a worker could run.
           BrokerUnavailable: RabbitMQ did not confirm the publish; the dead copy stays.
         """
-        if dead.message is None:
-            raise PipelineError(f"message {dead.message_id} in {dead.queue} is not a valid message: not requeued")
-        options = {k: v for k, v in dead.message.options.items() if k not in _SPENT_OPTIONS}
-        fresh: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=q_name(dead.message.queue_name),
-            actor_name=dead.message.actor_name,
-            args=dead.message.args,
-            kwargs=dead.message.kwargs,
-            options=options,
-            message_id=dead.message.message_id,
-            message_timestamp=dead.message.message_timestamp,
-        )
+        problem = dead.requeue_problem()
+        fresh = dead.fresh()
+        if problem is not None or fresh is None:
+            raise PipelineError(f"message {dead.message_id} in {dead.queue} was not requeued: {problem}")
         store = get_store()
         before = store.read(fresh.message_id)
         store.requeue(fresh.message_id, now_iso())
@@ -232,27 +265,33 @@ class DeadLetters:
         queues: list[str],
         chosen: Callable[[DeadMessage], bool] | None,
         limit: int | None = None,
-    ) -> tuple[list[str], bool]:
+    ) -> Requeued:
         """Requeue the dead letters of ``queues`` that ``chosen`` picks (every one: None),
-        ``limit`` at most, looking at :data:`DEFAULT_LIMIT` at a time.
+        ``limit`` at most, looking at :data:`DEFAULT_LIMIT` at a time. One that no requeue
+        could help (see :meth:`DeadMessage.requeue_problem`) is passed over, and stays.
 
         Every one: each window is requeued whole, so the next holds new messages, until the
         queues are empty. Else the one window is looked at: those passed over are still held
         here, and what lies past them is not looked at.
 
-        Returns:
-          The ids requeued, and whether more dead letters lay past the window looked at.
+        Raises:
+          BrokerUnavailable: RabbitMQ did not confirm a publish: the requeues before it are done.
         """
         done: list[str] = []
+        refused: dict[str, str] = {}
         while limit is None or len(done) < limit:
             taken = self.take(queues, DEFAULT_LIMIT)
             for dead in taken:
                 if limit is not None and len(done) >= limit:
                     break
                 if chosen is None or chosen(dead):
+                    problem = dead.requeue_problem()
+                    if problem is not None:
+                        refused[str(dead.message_id)] = problem
+                        continue
                     self.requeue(dead)
                     done.append(str(dead.message_id))
             full = len(taken) == DEFAULT_LIMIT
             if chosen is not None or not full:
-                return done, full and chosen is not None
-        return done, False
+                return Requeued(done, refused, full and chosen is not None)
+        return Requeued(done, refused, False)

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from pipeline.cli.arguments import count
-from pipeline.cli.exit_codes import RET_OK, RET_UNKNOWN
+from pipeline.cli.exit_codes import RET_ERROR, RET_OK, RET_UNKNOWN
 from pipeline.cli.terminal import cell
 from pipeline.dead_letters import DEFAULT_LIMIT, MORE_REMAIN, DeadLetters, DeadMessage, dead_letter_queues
 from pipeline.errors import InvalidJobId, PipelineError
@@ -98,16 +98,25 @@ def run_requeue(args: argparse.Namespace) -> int:
     with DeadLetters() as letters:
         if _unknown_queue(letters, args.queue):
             return RET_UNKNOWN
-        done, more = letters.requeue_chosen(dead_letter_queues(args.queue), None if args.all else chosen, args.limit)
-    missing = sorted(given for given, named in wanted.items() if not named & set(done))
+        done, refused, more = letters.requeue_chosen(
+            dead_letter_queues(args.queue), None if args.all else chosen, args.limit
+        )
+    missing = sorted(given for given, named in wanted.items() if not named & (set(done) | refused.keys()))
     if args.json:
-        shown: dict[str, Any] = {"requeued": done, "not_found": missing}
+        said: dict[str, Any] = {"requeued": done, "not_found": missing}
+        if refused:
+            said["refused"] = refused
         if more:
-            shown["more_not_looked_at"] = True
-        print(json.dumps(shown))
+            said["more_not_looked_at"] = True
+        print(json.dumps(said))
     else:
-        beyond = f"; {MORE_REMAIN}" if more else ""
-        print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else "") + beyond)
+        print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else ""))
+        for message_id, why in refused.items():
+            print(f"not requeued, as no worker could run it: {printable(message_id, 80)}: {printable(why, 400)}")
+        if more:
+            print(MORE_REMAIN)
+    if refused:
+        return RET_ERROR
     return RET_UNKNOWN if missing else RET_OK
 
 
@@ -142,7 +151,8 @@ def add_parser(commands: Any) -> None:
         "requeue",
         help="put dead-lettered messages back in their queue",
         description="Publish messages again under their ids (confirmed), records back to QUEUED. "
-        "Exit 0: all requeued; 4: an id given was not found, or no such queue.",
+        "Exit 0: all requeued; 4: an id given was not found, or no such queue; 5: a message no "
+        "worker could run (named, with why) was left a dead letter.",
     )
     requeue.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue")
     requeue.add_argument("--all", action="store_true", help="requeue every message (of --queue)")

@@ -189,6 +189,9 @@ def malformed(message: Any, delivered_from: str) -> str | None:
     problem = _field_problem(lambda field: getattr(message, field, None))
     if problem is not None:
         return problem
+    if not is_short_text(message.actor_name):
+        # No actor has such a name (see MessageChecks), and no message could be published with it.
+        return f"actor_name {shown(message.actor_name)} is not {SHORT_TEXT}"
     if message.queue_name != delivered_from:
         return f"queue_name {shown(message.queue_name)} is not the queue it was delivered from, {delivered_from!r}"
     if message.message_timestamp > LATEST_DUE_MILLIS:

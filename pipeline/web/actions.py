@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, dead_letter_queues
+from pipeline.dead_letters import DEFAULT_LIMIT, DeadLetters, DeadMessage, Requeued, dead_letter_queues
 from pipeline.errors import PipelineError
 from pipeline.results import AsyncResult
 from pipeline.settings import Settings
@@ -47,7 +47,9 @@ class Actions:
           ActionRefused: No dead letter holds it (it did not fail, or its message expired), or
             none among the first 1,000 looked at.
         """
-        requeued, more = self.requeue(ids={message_id})
+        requeued, refused, more = self.requeue(ids={message_id})
+        if refused:
+            raise ActionRefused(f"job {message_id}'s dead letter was not requeued: {', '.join(refused.values())}")
         if more and not requeued:
             raise ActionRefused(
                 f"job {message_id} has no dead-lettered message among the first {DEFAULT_LIMIT:,} looked at, and more "
@@ -56,14 +58,9 @@ class Actions:
         if not requeued:
             raise ActionRefused(f"job {message_id} has no dead-lettered message to retry")
 
-    def requeue(
-        self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None
-    ) -> tuple[list[str], bool]:
+    def requeue(self, *, ids: set[str] | None = None, actor: str | None = None, queue: str | None = None) -> Requeued:
         """Requeue the dead letters of ``ids``, or of ``actor``, or all of ``queue``'s (every
-        queue's when None).
-
-        Returns:
-          Their ids, and whether more dead letters lay past the 1,000 looked at.
+        queue's when None); one no worker could run is passed over, and said why.
 
         Raises:
           ActionRefused: ``queue`` is not a queue of Dramatiq's on the virtual host.
@@ -75,11 +72,13 @@ class Actions:
         with DeadLetters() as letters:
             if queue is not None:
                 _check_queue(letters, queue)
-            done, more = letters.requeue_chosen(
+            requeued = letters.requeue_chosen(
                 dead_letter_queues(queue), None if ids is None and actor is None else chosen
             )
-        self.audit.add(self.who, "requeue", done, f"actor={actor}" if actor else (f"queue={queue}" if queue else ""))
-        return done, more
+        self.audit.add(
+            self.who, "requeue", requeued.done, f"actor={actor}" if actor else (f"queue={queue}" if queue else "")
+        )
+        return requeued
 
     def purge(self, queue: str, confirmation: str) -> int:
         """Delete every dead letter of ``queue``; ``confirmation`` must be the queue's name.

@@ -340,10 +340,12 @@ class Dashboard:
         queue = request.form.get("queue") or None
         if not ids and actor is None:
             raise ActionRefused("say which dead letters to requeue: ids, or an actor")
-        done, more = self._actions(request).requeue(ids=ids or None, actor=actor, queue=queue)
+        done, refused, more = self._actions(request).requeue(ids=ids or None, actor=actor, queue=queue)
+        passed = f"; {len(refused)} left, as no worker could run them (see each one)" if refused else ""
         beyond = f"; {MORE_REMAIN}" if more else ""
         return redirect(
-            self.url(request, "dead_letters") + "?" + urlencode({"done": f"requeued {len(done)}{beyond}"}), 303
+            self.url(request, "dead_letters") + "?" + urlencode({"done": f"requeued {len(done)}{passed}{beyond}"}),
+            303,
         )
 
     def view_purge(self, request: Request) -> Response:

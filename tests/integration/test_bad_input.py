@@ -391,6 +391,16 @@ def test_a_raw_message_for_an_actor_named_with_a_lone_surrogate_fails_at_once(ar
     assert result.info()["attempt"] == 1 and "scan\\udcff" in error["message"], error
 
 
+def test_a_raw_message_for_an_actor_name_no_message_can_carry_fails_at_once_saying_so(bad_input_worker, amqp):
+    # No actor can be named so, nor a message be published so (its AMQP type): it was failed as
+    # an actor no module declares, and `dlq requeue` then failed on it.
+    message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="é" * 128, args=(), kwargs={}, options={})
+    publish_raw(amqp, message)
+    result = AsyncResult(message.message_id)
+    error = result.get(timeout=20, propagate=False)
+    assert result.info()["attempt"] == 1 and "is not printable text of 1 to 255 bytes" in error["message"], error
+
+
 def test_a_raw_message_whose_arguments_do_not_fit_fails_at_once(bad_input_worker, amqp):
     message = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(1, 2, 3), kwargs={}, options={})
     publish_raw(amqp, message)

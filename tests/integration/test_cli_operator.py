@@ -205,6 +205,34 @@ def test_dlq_past_its_window_of_dead_letters_says_so_and_requeue_all_takes_every
     assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 0
 
 
+def test_dlq_requeue_passes_over_a_dead_letter_no_worker_could_run_saying_why(operated, amqp):
+    # Another service's message that could never be published again (an actor's name longer
+    # than an AMQP type carries) stopped `requeue --all` at it with a BrokerUnavailable, every
+    # time, as it stayed first in the queue: the dead letters behind it were never requeued.
+    env, _, _ = operated
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    hostile = [
+        dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="x" * 300, args=(), kwargs={}, options={}),
+        dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(), kwargs={}, options={}, message_id="7"),
+    ]
+    for message in hostile:
+        amqp.basic_publish("", DEFAULT_QUEUE + ".XQ", message.encode(), pika.BasicProperties(message_id="x"))
+    amqp.basic_publish("", DEFAULT_QUEUE + ".XQ", b"not json", pika.BasicProperties(message_id=str(uuid.uuid4())))
+    message_id = failed_mail(amqp)
+    out = run_cli("dlq", "requeue", "--all", "--json", **env)
+    assert out.returncode == RET_ERROR, out.stderr
+    said = json.loads(out.stdout)
+    assert said["requeued"] == [message_id] and said["not_found"] == []
+    refused = list(said["refused"].values())
+    assert len(refused) == 3
+    assert "actor_name 'xxx" in refused[0] and "is not printable text of 1 to 255 bytes" in refused[0]
+    assert "message_id '7' is not a job id" in refused[1] and "not a valid message" in refused[2]
+    # They stay dead letters; the mail ran again.
+    assert queue_depth(amqp, DEFAULT_QUEUE + ".XQ") >= 3
+    wait_until(lambda: (AsyncResult(message_id).info() or {}).get("requeues") == 1, what="the requeue noted")
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+
+
 def test_dlq_shows_another_service_s_hostile_actor_name_and_reason_as_text(operated, amqp):
     from pipeline.states import JobState
     from pipeline.store.records import get_store

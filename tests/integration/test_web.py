@@ -298,6 +298,27 @@ def known_job(clean_redis):
     get_store().write(JOB, JobState.SUCCESS, attempt=1, actor="ping", queue="default", result={"pong": 1})
 
 
+def test_requeue_from_the_page_passes_over_a_dead_letter_no_worker_could_run(client, amqp, purge):
+    # It raised at the first such dead letter: the page answered 500, the rest stayed behind it.
+    purge(DEFAULT_QUEUE)
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    hostile = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="x" * 300, args=(), kwargs={}, options={})
+    runnable = dramatiq.Message(queue_name=DEFAULT_QUEUE, actor_name="ping", args=(1,), kwargs={}, options={})
+    for message in (hostile, runnable):
+        amqp.basic_publish("", DEFAULT_QUEUE + ".XQ", message.encode(), pika.BasicProperties())
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE + ".XQ") == 2, what="the dead letters")
+    requeued = post(client, "/dead-letters/requeue", csrf(client), actor="x" * 300, queue="default")
+    assert requeued.status_code == 303, requeued.text
+    assert "requeued+0%3B+1+left%2C+as+no+worker+could+run+them" in requeued.headers["Location"]
+    everything = post(client, "/dead-letters/requeue", csrf(client), actor="ping", queue="default")
+    assert everything.status_code == 303 and "requeued+1" in everything.headers["Location"]
+    wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 1, what="the runnable one requeued")
+    retried = post(client, f"/jobs/{hostile.message_id}/retry", csrf(client))
+    assert retried.status_code == 400 and "is not printable text of 1 to 255 bytes" in retried.text
+    amqp.queue_purge(DEFAULT_QUEUE + ".XQ")
+    purge(DEFAULT_QUEUE)
+
+
 def test_a_job_page_takes_its_id_in_capitals(client, known_job):
     page = client.get(f"/jobs/{JOB.upper()}", headers={"X-Test-User": "viewer"}, follow_redirects=True)
     assert page.status_code == 200 and "SUCCESS" in page.text and JOB.upper() not in page.text
