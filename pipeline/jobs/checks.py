@@ -29,7 +29,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from pipeline.amqp_text import SHORT_TEXT, is_short_text
+from pipeline.amqp_text import SHORT_TEXT, is_short_text, queue_name_problem
 from pipeline.errors import (
     InvalidActor,
     InvalidMessage,
@@ -372,7 +372,7 @@ class MessageChecks(Middleware):
           InvalidActor: Through :class:`Refusal`; the message names the actor and the option.
         """
         problem = None if is_short_text(actor.actor_name) else f"the name is not {SHORT_TEXT}"
-        problem = problem or numeric_option_problem(actor.options)
+        problem = problem or queue_name_problem(actor.queue_name) or numeric_option_problem(actor.options)
         check = actor.options.get(CHECK_OPTION)
         if problem is None and check is not None and not callable(check):
             problem = f"option check {shown(check)} is not a function"
@@ -403,6 +403,9 @@ class MessageChecks(Middleware):
             except TypeError as exc:
                 raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
         _check_json(message.actor_name, message.args, message.kwargs)
+        problem = queue_name_problem(message.queue_name)
+        if problem is not None:
+            raise Refusal(InvalidMessage(f"{message.actor_name}: {problem}"))
         queue_name = q_name(message.queue_name) if actor is None else actor.queue_name
         _check_options(broker, message.actor_name, queue_name, message.options)
         _check_callbacks(broker, message)

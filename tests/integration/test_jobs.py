@@ -96,7 +96,10 @@ def test_a_message_sent_by_name_to_an_actor_another_service_declares_is_checked_
     for message in unnamed:
         with pytest.raises(InvalidMessage, match="is not an actor's name: printable text of 1 to 255 bytes"):
             sender.enqueue(message)
-    checked = (nan, loud, long, *unnamed)
+    far = by_name.copy(message_id=str(uuid.uuid4()), queue_name="q" * 300)
+    with pytest.raises(InvalidMessage, match="queue name of 300 bytes is longer than 252"):
+        sender.enqueue(far)
+    checked = (nan, loud, long, far, *unnamed)
     assert [AsyncResult(m.message_id).state for m in checked] == [JobState.PENDING] * len(checked)
     sender.close()
 

@@ -63,6 +63,12 @@ def test_an_actor_whose_name_no_message_could_carry_is_refused(stub, name):
     assert name not in stub.actors
 
 
+def test_an_actor_whose_queue_name_leaves_no_room_for_its_delay_queue_is_refused(stub):
+    # The queue was declared, then its .DQ, past 255 bytes, failed every delayed send in pika.
+    with pytest.raises(InvalidActor, match="queue name of 253 bytes is longer than 252"):
+        dramatiq.actor(lambda: None, actor_class=PipelineActor, broker=stub, queue_name="q" * 253)
+
+
 def test_numbers_and_options_read_from_the_settings_are_taken(stub):
     declared = declare(
         stub,
