@@ -45,7 +45,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs.acks import AcksTogether, UnsentWrites
 from pipeline.jobs.boot_checks import SettingsAtStart
-from pipeline.jobs.checks import MessageChecks, check_delay, eta_delay, is_retry, refusals_raised
+from pipeline.jobs.checks import MessageChecks, check_delay, check_fields, eta_delay, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
 from pipeline.jobs.consumers import DeadLetterQueueKept
 from pipeline.jobs.finished import FinishedCheck, ReceivedStates, checks_finished
@@ -312,6 +312,7 @@ class PipelineBroker(RabbitmqBroker):
         # Read first, out of the middleware's hooks (which log what they raise): a bad setting
         # reaches the sender as the SettingsError that names it.
         self.settings.confirm_delivery  # noqa: B018
+        check_fields(message)
         canonical = q_name(message.queue_name)
         queue_name = canonical
         now = current_millis()
@@ -483,6 +484,8 @@ class PipelineBroker(RabbitmqBroker):
         if not messages:
             return []
         self.settings.confirm_delivery  # noqa: B018 - a bad setting is raised here, named
+        for message in messages:
+            check_fields(message)
         queue_names = {m.queue_name for m in messages}
         if len(queue_names) != 1:
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")

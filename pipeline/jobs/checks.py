@@ -199,6 +199,24 @@ def malformed(message: Any, delivered_from: str) -> str | None:
     return numeric_option_problem(message.options, RECEIVED_OPTIONS) or composition_problem(message.options)
 
 
+def check_fields(message: dramatiq.Message[Any]) -> None:
+    """Refuse a message built by hand (``dramatiq.Message(...)``, as another service's actor is
+    sent by name) with a field no worker could read: of the wrong type, a timestamp no record
+    or AMQP property holds, or an id that is not a job id, which every worker dead-letters.
+    Checked before anything else reads the message, as the sender's record does.
+
+    Raises:
+      InvalidMessage: Naming the field and its value.
+    """
+    problem = _field_problem(lambda field: getattr(message, field, None))
+    if problem is None and not 0 <= message.message_timestamp <= LATEST_DUE_MILLIS:
+        problem = f"message_timestamp {shown(message.message_timestamp)} is not a time between 1970 and the year 9999"
+    if problem is None and not is_job_id(message.message_id):
+        problem = f"message_id {shown(message.message_id)} is not a job id (leave it out: each message gets one)"
+    if problem is not None:
+        raise InvalidMessage(f"{shown(message.actor_name)}: {problem}")
+
+
 def _field_problem(value_of: Callable[[str], Any]) -> str | None:
     """What is wrong with the first field of :data:`FIELD_TYPES` whose value (``value_of(name)``)
     is not of its type, or None.

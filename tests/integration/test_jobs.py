@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -101,6 +102,40 @@ def test_a_message_sent_by_name_to_an_actor_another_service_declares_is_checked_
         sender.enqueue(far)
     checked = (nan, loud, long, far, *unnamed)
     assert [AsyncResult(m.message_id).state for m in checked] == [JobState.PENDING] * len(checked)
+    sender.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        # A QUEUED record was written, then pika's struct.error left the caller and the record.
+        ("message_timestamp", -1000, "message_timestamp -1000 is not a time between 1970 and the year 9999"),
+        ("message_timestamp", 1.5, "message_timestamp 1.5 is not a whole number of milliseconds"),
+        ("message_timestamp", "x", "message_timestamp 'x' is not a whole number of milliseconds"),
+        ("message_timestamp", 10**22, "is not a time between 1970 and the year 9999"),
+        # Sent, then dead-lettered by every worker as no job id of pipeline's form.
+        ("message_id", "order-17", "message_id 'order-17' is not a job id"),
+        ("message_id", "", "message_id '' is not a job id"),
+        ("options", None, "options None is not an object"),
+        ("kwargs", [1], "kwargs [1] is not an object"),
+    ],
+)
+def test_a_message_built_by_hand_with_a_field_no_worker_could_read_is_refused_at_send(purge, amqp, field, value, named):
+    import dramatiq
+
+    from pipeline.broker import build_broker
+    from pipeline.errors import InvalidMessage
+    from pipeline.settings import get_settings
+
+    purge(DEFAULT_QUEUE)
+    sender = build_broker(get_settings())
+    fields = {"queue_name": DEFAULT_QUEUE, "actor_name": "ping", "args": (1,), "kwargs": {}, "options": {}}
+    message = dramatiq.Message(**{**fields, field: value})
+    with pytest.raises(InvalidMessage, match=re.escape(named)):
+        sender.enqueue(message)
+    if field != "message_id":
+        assert AsyncResult(message.message_id).state is JobState.PENDING
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
     sender.close()
 
 
