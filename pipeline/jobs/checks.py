@@ -420,12 +420,13 @@ class MessageChecks(Middleware):
                 signature_of(actor.fn).bind(*message.args, **message.kwargs)
             except TypeError as exc:
                 raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
-        _check_json(message.actor_name, message.args, message.kwargs)
         problem = queue_name_problem(message.queue_name)
         if problem is not None:
             raise Refusal(InvalidMessage(f"{message.actor_name}: {problem}"))
         queue_name = q_name(message.queue_name) if actor is None else actor.queue_name
+        # The options the middleware read first, each refused with what it must be.
         _check_options(broker, message.actor_name, queue_name, message.options)
+        _check_json(message.actor_name, message.args, message.kwargs, message.options)
         _check_callbacks(broker, message)
         check = None if actor is None else actor.options.get(CHECK_OPTION)
         if check is None:
@@ -443,19 +444,21 @@ class MessageChecks(Middleware):
 _STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 
-def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse arguments that are not JSON values, naming the first such argument.
+def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> None:
+    """Refuse arguments, or options, that are not JSON values, naming the first such one: the
+    message's body could not be written (or read by another service's decoder, for a NaN).
 
     Text must be Unicode that UTF-8 can encode: a lone surrogate (what ``surrogateescape``
     leaves of undecodable bytes) passes JSON's escapes, but fails wherever a worker writes the
     text out (a mail, a workbook, a log), so it is refused here, at send.
     """
     try:
-        _STRICT_JSON.encode([args, kwargs]).encode("utf-8")
+        _STRICT_JSON.encode([args, kwargs, options]).encode("utf-8")
         return
     except (TypeError, ValueError, RecursionError):
         pass
     named = [(f"argument {n + 1}", value) for n, value in enumerate(args)] + [(repr(k), v) for k, v in kwargs.items()]
+    named += [(f"option {k}", v) for k, v in options.items()]
     for name, value in named:
         try:
             _STRICT_JSON.encode(value).encode("utf-8")
@@ -468,3 +471,5 @@ def _check_json(actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         except (TypeError, ValueError, RecursionError) as exc:
             # RecursionError: nested deeper than any encoder (or a worker's decoder) goes.
             raise Refusal(InvalidMessage(f"{actor_name}: {name} is not a JSON value ({exc})")) from None
+    # Every value is one: a key is not text (JSON's object keys are).
+    raise Refusal(InvalidMessage(f"{actor_name}: the keyword arguments or options have a key that is not text"))

@@ -330,6 +330,14 @@ REFUSED_OPTIONS = {
         {"pipe_target": {"x": 1}},
         "step 2 of the pipeline (pipe_target): {'x': 1} is not a message",
     ),
+    # An option of the caller's own that is not JSON: the QUEUED record was written, then the
+    # body's encoding raised a bare TypeError and nothing was published.
+    "an option of one's own, a datetime": (
+        {"order_placed": datetime.datetime(2026, 12, 7)},
+        "ping: option order_placed is not a JSON value",
+    ),
+    "an option of one's own, bytes": ({"trace": b"\x00"}, "ping: option trace is not a JSON value"),
+    "an option of one's own, NaN": ({"weight": math.nan}, "ping: option weight is not a JSON value"),
 }
 
 
