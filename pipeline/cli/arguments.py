@@ -21,3 +21,11 @@ def seconds(text: str) -> float:
     if math.isnan(value) or value < 0:
         raise ValueError(text)
     return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: the socket layer takes a larger one modulo 65536."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 from typing import Any
 
+from pipeline.cli.arguments import port
 from pipeline.cli.exit_codes import RET_ERROR, RET_OK
 from pipeline.settings import get_settings
 
@@ -37,5 +38,5 @@ def add_parser(commands: Any) -> None:
     """Add ``web`` to the command's subparsers."""
     web = commands.add_parser("web", help="serve the web dashboard (jobs, queues, workers, dead letters)")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    web.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    web.add_argument("--port", type=port, default=8080, help="port, 0 to 65535 (default 8080; 0 picks a free one)")
     web.set_defaults(handler=run)

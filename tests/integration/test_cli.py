@@ -120,6 +120,9 @@ def test_status_of_a_revoked_job_exits_1(clean_redis, capsys):
         ["dlq", "list", "--limit", "-1"],
         ["dlq", "requeue", "--all", "--limit", "0"],
         ["demo", "--orders", "-5"],
+        # 70000 was taken modulo 65536: the dashboard listened on port 4464, and said so.
+        ["web", "--port", "70000"],
+        ["web", "--port", "-1"],
         ["no-such-command"],
     ],
 )
