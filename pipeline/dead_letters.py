@@ -22,6 +22,7 @@ from dramatiq.common import q_name, xq_name
 from dramatiq.errors import DecodeError
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
+from pipeline.amqp_text import queue_name_problem
 from pipeline.errors import BrokerUnavailable, ManagementUnavailable, PipelineError, shown
 from pipeline.job_id import is_job_id
 from pipeline.jobs.checks import malformed
@@ -199,6 +200,8 @@ class DeadLetters:
         """Whether RabbitMQ has ``queue``'s dead-letter queue: Dramatiq declares it with the
         queue, so a name without one is not a queue of Dramatiq's (mistyped, most likely).
         """
+        if queue_name_problem(q_name(queue)) is not None:
+            return False  # no queue of Dramatiq's has a name AMQP could not carry
         (dead,) = dead_letter_queues(queue)
         asker = self.broker.connection.channel()
         try:

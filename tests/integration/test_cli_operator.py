@@ -264,6 +264,14 @@ def test_dlq_naming_a_queue_rabbitmq_does_not_have_exits_4_naming_it(operated, c
     assert "RabbitMQ has no queue defualt.XQ" in out.stdout
 
 
+def test_dlq_naming_a_queue_longer_than_amqp_names_exits_4_as_for_any_unknown_queue(operated):
+    # The passive declare of its .XQ failed in pika (ShortStringTooLong): a traceback.
+    env, _, _ = operated
+    out = run_cli("dlq", "list", "--queue", "q" * 300, **env)
+    assert out.returncode == RET_UNKNOWN, out.stderr
+    assert "is not a queue of Dramatiq's on this virtual host" in out.stdout and "Traceback" not in out.stderr
+
+
 def test_dlq_naming_a_delay_queue_exits_4_saying_what_it_is(operated):
     # It was read as its queue's name: `dlq purge default.DQ` purged default's dead letters.
     env, _, _ = operated
