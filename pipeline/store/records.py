@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -44,8 +43,9 @@ T = TypeVar("T")
 QUEUED_ANSWER_WAIT = 0.25
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
-#: Seconds of a wait that count as waiting as long as it takes: a float holds no more.
-FOREVER = sys.float_info.max
+#: Seconds of a wait that count as waiting as long as it takes: a thread waits no longer (some
+#: 292 years), and a longer wait raised OverflowError.
+FOREVER = threading.TIMEOUT_MAX
 #: Seconds past a blocking wait's own end that Redis may take to answer it.
 WAIT_MARGIN = 0.5
 #: Worker record writes kept while Redis is away, to be written when it is back; past this
@@ -628,8 +628,8 @@ _WAITING = {JobState.SCHEDULED: "eta", JobState.RETRY: "next_attempt_at"}
 
 def checked_timeout(timeout: object) -> float | None:
     """A caller's ``timeout`` as the seconds to wait: None (as long as it takes) for None,
-    infinity or a number past a float's range (``10**400``); 0 for no time at all, however
-    negative.
+    infinity, or any number past what a thread's wait takes (:data:`FOREVER`, ``1e308``,
+    ``10**400``); 0 for no time at all, however negative.
 
     Raises:
       InvalidTimeout: ``timeout`` is not a number of seconds: text, a bool, or NaN (which no

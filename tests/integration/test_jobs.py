@@ -352,7 +352,8 @@ def test_a_record_read_with_an_infinite_timeout_waits_as_long_as_redis_may_take(
     # Infinity and 10**400 raised OverflowError from the wait for the answer.
     message_id = str(uuid.uuid4())
     get_store().write(message_id, JobState.SUCCESS, actor="ping", result={"pong": 1})
-    for timeout in (math.inf, 10**400):
+    # And so did a finite number past what a thread's wait takes (some 292 years): 1e12, 1e308.
+    for timeout in (math.inf, 10**400, 1e308, 10**12):
         assert AsyncResult(message_id).info(timeout=timeout)["result"] == {"pong": 1}
 
 
@@ -362,6 +363,7 @@ def test_get_with_an_infinite_timeout_waits_as_long_as_it_takes(clean_redis):
     assert AsyncResult(message_id).get(timeout=math.inf) == {"pong": 1}
     # Past a float's range: the deadline's sum raised OverflowError.
     assert AsyncResult(message_id).get(timeout=10**400) == {"pong": 1}
+    assert AsyncResult(message_id).get(timeout=1e308) == {"pong": 1}
     with pytest.raises(JobTimeout):
         AsyncResult(str(uuid.uuid4())).get(timeout=-math.inf)
     # Past a float's range below zero: no time to wait, not an OverflowError.
