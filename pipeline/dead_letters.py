@@ -11,6 +11,7 @@ dlq`` command and the web dashboard both work through here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
@@ -75,6 +76,7 @@ class DeadMessage:
         """The actor the message was for."""
         return self.message.actor_name if self.message else self.properties.type
 
+    @functools.cached_property
     def fresh(self) -> dramatiq.Message[Any] | None:
         """The message a requeue publishes: the same id and arguments, on the queue itself,
         with a fresh retry budget; None when the body is not a message.
@@ -92,11 +94,12 @@ class DeadMessage:
             message_timestamp=self.message.message_timestamp,
         )
 
+    @functools.cached_property
     def requeue_problem(self) -> str | None:
         """Why no requeue could help (a worker would dead-letter the message again, or it
         cannot be published at all), or None. Another service's message may be any of these.
         """
-        fresh = self.fresh()
+        fresh = self.fresh
         if fresh is None:
             return "its body is not a valid message"
         if not is_job_id(fresh.message_id):
@@ -241,8 +244,7 @@ class DeadLetters:
           PipelineError: The body is not a message, so there is nothing a worker could run.
           BrokerUnavailable: RabbitMQ did not confirm the publish; the dead copy stays.
         """
-        problem = dead.requeue_problem()
-        fresh = dead.fresh()
+        problem, fresh = dead.requeue_problem, dead.fresh
         if problem is not None or fresh is None:
             raise PipelineError(f"message {dead.message_id} in {dead.queue} was not requeued: {problem}")
         store = get_store()
@@ -271,7 +273,7 @@ class DeadLetters:
     ) -> Requeued:
         """Requeue the dead letters of ``queues`` that ``chosen`` picks (every one: None),
         ``limit`` at most, looking at :data:`DEFAULT_LIMIT` at a time. One that no requeue
-        could help (see :meth:`DeadMessage.requeue_problem`) is passed over, and stays.
+        could help (see :attr:`DeadMessage.requeue_problem`) is passed over, and stays.
 
         Every one: each window is requeued whole, so the next holds new messages, until the
         queues are empty. Else the one window is looked at: those passed over are still held
@@ -288,9 +290,8 @@ class DeadLetters:
                 if limit is not None and len(done) >= limit:
                     break
                 if chosen is None or chosen(dead):
-                    problem = dead.requeue_problem()
-                    if problem is not None:
-                        refused[str(dead.message_id)] = problem
+                    if dead.requeue_problem is not None:
+                        refused[str(dead.message_id)] = dead.requeue_problem
                         continue
                     self.requeue(dead)
                     done.append(str(dead.message_id))

@@ -186,12 +186,9 @@ def malformed(message: Any, delivered_from: str) -> str | None:
     Its ``queue_name`` must be that queue's: Dramatiq acknowledges a job on the consumer its
     message names, which for another queue is not the one holding the delivery (or none).
     """
-    problem = _field_problem(lambda field: getattr(message, field, None))
+    problem = _any_message_problem(message)
     if problem is not None:
         return problem
-    if not is_short_text(message.actor_name):
-        # No actor has such a name (see MessageChecks), and no message could be published with it.
-        return f"actor_name {shown(message.actor_name)} is not {SHORT_TEXT}"
     if message.queue_name != delivered_from:
         return f"queue_name {shown(message.queue_name)} is not the queue it was delivered from, {delivered_from!r}"
     if message.message_timestamp > LATEST_DUE_MILLIS:
@@ -199,16 +196,27 @@ def malformed(message: Any, delivered_from: str) -> str | None:
     return numeric_option_problem(message.options, RECEIVED_OPTIONS) or composition_problem(message.options)
 
 
+def _any_message_problem(message: Any) -> str | None:
+    """What no message may be, sent or delivered: a field of the wrong type, or an actor's name
+    no AMQP message carries (its ``type``, a short string), which no actor can have either.
+    """
+    problem = _field_problem(lambda field: getattr(message, field, None))
+    if problem is None and not is_short_text(message.actor_name):
+        problem = f"actor_name {shown(message.actor_name)} is not {SHORT_TEXT}"
+    return problem
+
+
 def check_fields(message: dramatiq.Message[Any]) -> None:
     """Refuse a message built by hand (``dramatiq.Message(...)``, as another service's actor is
-    sent by name) with a field no worker could read: of the wrong type, a timestamp no record
-    or AMQP property holds, or an id that is not a job id, which every worker dead-letters.
-    Checked before anything else reads the message, as the sender's record does.
+    sent by name) with a field no worker could read or no AMQP message carry: of the wrong
+    type, an actor's or queue's name too long, a timestamp no record or AMQP property holds, or
+    an id that is not a job id, which every worker dead-letters. Checked before anything else
+    reads the message, as the sender's record does.
 
     Raises:
       InvalidMessage: Naming the field and its value.
     """
-    problem = _field_problem(lambda field: getattr(message, field, None))
+    problem = _any_message_problem(message) or queue_name_problem(message.queue_name)
     if problem is None and not 0 <= message.message_timestamp <= LATEST_DUE_MILLIS:
         problem = f"message_timestamp {shown(message.message_timestamp)} is not a time between 1970 and the year 9999"
     if problem is None and not is_job_id(message.message_id):
@@ -408,9 +416,6 @@ class MessageChecks(Middleware):
         Raises:
           Refusal: Carrying the :class:`~pipeline.errors.InvalidMessage` that names the problem.
         """
-        if not is_short_text(message.actor_name):
-            # It is the message's AMQP type, which pika refuses past 255 bytes at the publish.
-            raise Refusal(InvalidMessage(f"{shown(message.actor_name)} is not an actor's name: {SHORT_TEXT}"))
         # None for another service's actor, sent by name (a pipeline's next step, say): its
         # signature and its check are that service's, and only what any message must be is
         # checked here.
@@ -420,9 +425,6 @@ class MessageChecks(Middleware):
                 signature_of(actor.fn).bind(*message.args, **message.kwargs)
             except TypeError as exc:
                 raise Refusal(InvalidMessage(f"{actor.actor_name}: {exc}")) from None
-        problem = queue_name_problem(message.queue_name)
-        if problem is not None:
-            raise Refusal(InvalidMessage(f"{message.actor_name}: {problem}"))
         queue_name = q_name(message.queue_name) if actor is None else actor.queue_name
         # The options the middleware read first, each refused with what it must be.
         _check_options(broker, message.actor_name, queue_name, message.options)
