@@ -71,8 +71,10 @@ class MessagePriorities(Middleware):
 
     def _check(self, queue_name: str, priority: Any, owner: str) -> None:
         highest = self.settings.max_priority(queue_name)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= highest:
+        whole = isinstance(priority, int) and not isinstance(priority, bool)
+        if not whole or not 0 <= priority <= highest:
+            why = "is" if whole else "is not a whole number, so"
             raise InvalidPriority(
-                f"{owner}: priority {shown(priority)} is outside 0..{highest}, the range queue "
+                f"{owner}: priority {shown(priority)} {why} outside 0..{highest}, the range queue "
                 f"{queue_name!r} is declared with (PIPELINE_QUEUE_PRIORITIES)"
             )

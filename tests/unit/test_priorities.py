@@ -45,6 +45,13 @@ def test_a_priority_the_queue_cannot_hold_is_refused(stub, bad):
         declare(stub).send(priority=bad)
 
 
+@pytest.mark.parametrize("bad", ["high", 2.5, True], ids=["text", "fraction", "bool"])
+def test_a_priority_that_is_no_whole_number_is_refused_saying_so(stub, bad):
+    # "priority 'high' is outside 0..10" sent the reader looking for a number out of range.
+    with pytest.raises(InvalidPriority, match=r"is not a whole number, so outside 0\.\.10"):
+        declare(stub).send(priority=bad)
+
+
 def test_a_default_too_high_for_the_queue_is_refused_when_declared(stub):
     with pytest.raises(InvalidPriority, match=r"actor .*outside 0\.\.5"):
         declare(stub, queue_name="slow", broker_priority=9)
