@@ -55,7 +55,7 @@ from pipeline.jobs.mail_rate import MailRateLimit
 from pipeline.jobs.metrics import WorkerMetrics
 from pipeline.jobs.options import ETA_OPTION, RETRY_DUE_OPTION
 from pipeline.jobs.pika_adapter import buffer_acks
-from pipeline.jobs.prefetch import LongJobPrefetch
+from pipeline.jobs.prefetch import PrefetchFromHolds
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.properties import connection_name, message_properties
 from pipeline.jobs.queue_types import QUORUM, QueueTypeReport, queue_type_arguments
@@ -553,7 +553,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
 
     The middleware, in order: AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
     SettingsAtStart, MessageChecks, MessagePriorities, GracefulShutdown, MailRateLimit, JobRecords,
-    LongJobPrefetch, ConsumerTimeoutCheck, QueueTypeReport, ScheduledPublisher, WorkerLogs,
+    PrefetchFromHolds, ConsumerTimeoutCheck, QueueTypeReport, ScheduledPublisher, WorkerLogs,
     PipelineRetries (in place of Retries, with the retry count and backoff from the settings);
     and WorkerMetrics last (Dramatiq's Prometheus, when
     ``PIPELINE_METRICS_PORT`` is set). Nothing reads ``settings`` until a send or a worker needs it.
@@ -571,7 +571,7 @@ def build_broker(settings: Settings) -> PipelineBroker:
         GracefulShutdown(settings, quiet, get_store(settings)),
         MailRateLimit(settings, get_store(settings)),
         JobRecords(get_store(settings), received, unsent),
-        LongJobPrefetch(settings),
+        PrefetchFromHolds(settings),
         ConsumerTimeoutCheck(settings),
         QueueTypeReport(settings),
         ScheduledPublisher(),
