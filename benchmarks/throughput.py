@@ -26,7 +26,10 @@ How it differs from another run of the same kind (20,000 no-op jobs, alternating
 drain's clock starts once the worker says it is ready, on a backlog sent before it started, and
 stops when the last result is in (a run that counts the worker's start, or sends while it
 drains, measures those too); each mode runs in a fresh interpreter; the machine is let go
-quiet before each run, and a figure is the median of the rounds, not their mean. Expect a few
+quiet before each run, and a figure is the median of the rounds, not their mean. The no-op
+actor declares a one-minute time limit in both modes, so pipeline's worker prefetches four
+messages per thread (plain Dramatiq's, two): a run whose actor declares none measures pipeline
+at two, as a queue of jobs that declare no limit runs. Expect a few
 hundredths either way between runs of this machine, and more between machines.
 """
 
