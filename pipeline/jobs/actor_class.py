@@ -156,14 +156,29 @@ class PipelineActor(dramatiq.Actor):
 
         Raises:
           InvalidPriority: ``priority`` does not fit the queue.
-          InvalidIdempotencyKey: A key cannot be one.
-          InvalidMessage: A call is not of either form, or a check refused one (naming it).
+          InvalidIdempotencyKey: A key cannot be one, or ``idempotency_keys`` is not a list of keys
+            (a text is not).
+          InvalidMessage: ``calls`` is not a list of calls, a call is not of either form, or a
+            check refused one (naming it).
           BrokerUnavailable: RabbitMQ did not take a batch. When earlier batches were taken,
             the error's ``sent`` holds their messages (and its note says how many): those calls
             must not be sent again; the others were not sent.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number, 1 or more, not {shown(batch_size)}")
+        if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Iterable):
+            raise InvalidMessage(
+                f"{self.actor_name}: send_many takes a list of calls (keyword arguments, or (args, kwargs) "
+                f"pairs), not {shown(calls)}"
+            )
+        if idempotency_keys is not None and (
+            isinstance(idempotency_keys, str | bytes) or not isinstance(idempotency_keys, Iterable)
+        ):
+            # A text is a sequence too: each of its characters would be a call's key.
+            raise InvalidIdempotencyKey(
+                f"{self.actor_name}: idempotency_keys is not a list of keys, one per call, "
+                f"but {shown(idempotency_keys)}"
+            )
         if priority is None:
             priority = self.options.get(BULK_PRIORITY_OPTION)
         options = {} if priority is None else {PRIORITY_OPTION: priority}

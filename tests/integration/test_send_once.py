@@ -178,3 +178,20 @@ def test_send_many_publishes_only_the_calls_whose_keys_are_new(purge, amqp, clea
 def test_send_many_wants_one_key_per_call(clean_redis):
     with pytest.raises(ValueError, match="idempotency_keys holds 1 keys for 2 calls"):
         ping.send_many([{"payload": 1}, {"payload": 2}], idempotency_keys=["only-one"])
+
+
+@pytest.mark.parametrize("keys", ["ab", b"ab"], ids=["text", "bytes"])
+def test_send_many_refuses_keys_given_as_one_text_and_publishes_nothing(purge, amqp, clean_redis, keys):
+    # A text is a sequence: its characters were taken as one key per call.
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(InvalidIdempotencyKey, match="idempotency_keys is not a list of keys, one per call, but"):
+        ping.send_many([{"payload": 1}, {"payload": 2}], idempotency_keys=keys)
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
+
+
+@pytest.mark.parametrize("calls", [None, 7, "ab", {"payload": 1}], ids=["none", "number", "text", "mapping"])
+def test_send_many_refuses_what_is_not_a_list_of_calls_naming_it(purge, amqp, clean_redis, calls):
+    purge(DEFAULT_QUEUE)
+    with pytest.raises(InvalidMessage, match="ping: send_many takes a list of calls"):
+        ping.send_many(calls)
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
