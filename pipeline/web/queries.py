@@ -7,12 +7,14 @@ which the page answers with 400 and the reason.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import statistics
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
+from pipeline.amqp_text import SHORT_TEXT, is_short_text
 from pipeline.errors import InvalidJobId, ManagementUnavailable, PipelineError
 from pipeline.job_id import check_job_id
 from pipeline.job_record import JobRecord
@@ -30,8 +32,6 @@ WINDOWS = {"15m": 900, "1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
 SAMPLED = 1000
 #: What an id prefix may hold.
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
-#: What an actor name may hold.
-ACTOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}")
 
 
 class BadFilter(PipelineError):
@@ -59,8 +59,8 @@ def job_filters(args: dict[str, str]) -> dict[str, Any]:
         filters["state"] = JobState(state)
     actor = args.get("actor", "")
     if actor:
-        if not ACTOR_NAME.fullmatch(actor):
-            raise BadFilter(f"actor {actor[:60]!r} is not an actor name")
+        if not is_short_text(actor):
+            raise BadFilter(f"actor {actor[:60]!r} is not an actor name ({SHORT_TEXT})")
         filters["actor"] = actor
     window = args.get("window", "")
     if window:
@@ -119,6 +119,15 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": statistics.median(values), "p95": cuts[18]}
 
 
+def _stored_text(stored: str | None) -> str | None:
+    """A record field's stored JSON as the text it holds; None when missing or not text."""
+    try:
+        value = json.loads(stored) if stored is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def actor_figures(store: RecordStore, window: float = 3600) -> tuple[list[dict[str, Any]], bool]:
     """Per actor, its jobs by state over the last ``window`` seconds and the p50/p95 of queue wait
     (start minus send) and run time (end minus start); True when records were sampled (the
@@ -131,7 +140,7 @@ def actor_figures(store: RecordStore, window: float = 3600) -> tuple[list[dict[s
     runs: dict[str, list[float]] = defaultdict(list)
     for state, rows in found.items():
         for actor_json, enqueued, started, finished in rows:
-            actor = (actor_json or '"?"').strip('"')
+            actor = _stored_text(actor_json) or "?"
             counts[actor][state.value] += 1
             sent, began, ended = (_seconds((v or "").strip('"')) for v in (enqueued, started, finished))
             if state in (JobState.SUCCESS, JobState.FAILURE) and began is not None:

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import dramatiq
 import pika
@@ -26,7 +27,7 @@ from werkzeug.test import Client, TestResponse
 from pipeline.actors import ping
 from pipeline.broker import broker
 from pipeline.dead_letters import DEFAULT_LIMIT
-from pipeline.queues import DEFAULT_QUEUE
+from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
 from pipeline.results import AsyncResult
 from pipeline.states import JobState
 from pipeline.store.audit import AuditLog
@@ -296,6 +297,10 @@ ACTIONS = {
 @pytest.fixture
 def known_job(clean_redis):
     get_store().write(JOB, JobState.SUCCESS, attempt=1, actor="ping", queue="default", result={"pong": 1})
+    # The actions name pipeline's queues, which exist on the virtual host once any worker or send
+    # declared them: declared here, so that the test holds run alone too.
+    for queue in (DEFAULT_QUEUE, SLOW_QUEUE):
+        broker.declare_queue(queue, ensure=True)
 
 
 def test_requeue_from_the_page_passes_over_a_dead_letter_no_worker_could_run(client, amqp, purge):
@@ -464,7 +469,7 @@ def test_a_record_holding_lone_surrogates_is_shown_with_escapes(client, clean_re
         ("/jobs?window=2y", 400, "window"),
         ("/jobs?before=abc", 400, "cursor"),
         ("/jobs?before=%C2%B2", 400, "cursor"),  # a superscript two: a digit to str.isdigit, not to int
-        ("/jobs?actor=%3Cscript%3E", 400, "not an actor name"),
+        ("/jobs?actor=%3Cscript%3E%0A", 400, "not an actor name"),  # a line break: no AMQP type holds it
         ("/jobs?prefix=zz%00", 400, "id prefix"),
         ("/jobs/not-an-id", 404, "is not a job id"),
         ("/jobs/3f0c2a9e-5b7d-4e41-9c6a-1d8e2f4b7a60", 404, "no record"),  # an id no test makes
@@ -476,6 +481,27 @@ def test_a_record_holding_lone_surrogates_is_shown_with_escapes(client, clean_re
 def test_bad_input_answers_with_a_message_never_a_traceback(client, clean_redis, path, status, says):
     got = client.get(path, headers={"X-Test-User": "viewer"})
     assert got.status_code == status and says in got.text and "Traceback" not in got.text
+
+
+@pytest.mark.parametrize(
+    "actor", ["send-invoice", "billing:send invoice", "envoyer_la_facture_é", "a" * 255, '<script>"q"\\</script>']
+)
+def test_the_overview_links_to_the_jobs_of_any_actor_a_service_may_declare(client, clean_redis, actor):
+    # Any printable name of at most 255 bytes is an actor's name; the filter took only identifiers.
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.SUCCESS, attempt=1, actor=actor, queue="default", result=None)
+    overview = client.get("/", headers={"X-Test-User": "viewer"})
+    link = f'href="/jobs?actor={quote(actor)}"'
+    assert link in overview.text
+    jobs = client.get(f"/jobs?actor={quote(actor)}", headers={"X-Test-User": "viewer"})
+    assert jobs.status_code == 200 and message_id in jobs.text
+    assert "<script>" not in overview.text and "<script>" not in jobs.text
+
+
+def test_an_actor_filter_no_actor_could_have_is_refused(client, clean_redis):
+    for name in ("a" * 256, "tab%09in", "%C3%A9" * 128):
+        got = client.get(f"/jobs?actor={name}", headers={"X-Test-User": "viewer"})
+        assert got.status_code == 400 and "not an actor name" in got.text, name
 
 
 def test_a_page_past_the_end_and_pages_in_between_follow_the_cursor(client, clean_redis):
