@@ -4,7 +4,10 @@ the wrong kind is a usage error that names the option, before anything is done.
 
 from __future__ import annotations
 
+import argparse
 import math
+
+from pipeline.amqp_text import SHORT_TEXT, is_short_text
 
 
 def count(text: str) -> int:
@@ -29,3 +32,15 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(text)
     return value
+
+
+def actor_name(text: str) -> str:
+    """An actor's name, as an actor is declared with: printable text of 1 to 255 bytes (an empty
+    one, from an unset variable, named no actor and matched nothing).
+
+    Raises:
+      argparse.ArgumentTypeError: Naming the value and the rule.
+    """
+    if not is_short_text(text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not an actor name ({SHORT_TEXT})")
+    return text

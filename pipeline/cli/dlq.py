@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import Any
 
-from pipeline.cli.arguments import count
+from pipeline.cli.arguments import actor_name, count
 from pipeline.cli.exit_codes import RET_ERROR, RET_OK, RET_UNKNOWN
 from pipeline.cli.terminal import cell
 from pipeline.dead_letters import DEFAULT_LIMIT, MORE_REMAIN, DeadLetters, DeadMessage, dead_letter_queues
@@ -156,7 +156,7 @@ def add_parser(commands: Any) -> None:
     )
     requeue.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue")
     requeue.add_argument("--all", action="store_true", help="requeue every message (of --queue)")
-    requeue.add_argument("--actor", help="requeue the messages of this actor")
+    requeue.add_argument("--actor", type=actor_name, help="requeue the messages of this actor")
     requeue.add_argument("--queue", help="default, slow, or another service's queue (every queue when omitted)")
     requeue.add_argument("--limit", type=count, metavar="N", help="requeue N messages at most")
     requeue.add_argument("--json", action="store_true", help="print JSON")

@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from pipeline.cli.arguments import count
+from pipeline.cli.arguments import actor_name, count
 from pipeline.cli.exit_codes import RET_OK
 from pipeline.cli.terminal import cell
 from pipeline.errors import shown
@@ -82,7 +82,7 @@ def add_parser(commands: Any) -> None:
         "actor, pruned with the records' lifetime), newest first.",
     )
     jobs.add_argument("--state", type=state_name, help="only jobs in this state (QUEUED, STARTED, ... REVOKED)")
-    jobs.add_argument("--actor", help="only jobs of this actor")
+    jobs.add_argument("--actor", type=actor_name, help="only jobs of this actor")
     jobs.add_argument("--since", type=age, metavar="AGE", help="only jobs changed within AGE (90s, 15m, 1h, 2d)")
     jobs.add_argument("--limit", type=count, default=50, metavar="N", help="at most N jobs (default 50)")
     jobs.add_argument("--json", action="store_true", help="print the records as JSON")

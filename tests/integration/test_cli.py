@@ -123,6 +123,10 @@ def test_status_of_a_revoked_job_exits_1(clean_redis, capsys):
         # 70000 was taken modulo 65536: the dashboard listened on port 4464, and said so.
         ["web", "--port", "70000"],
         ["web", "--port", "-1"],
+        # An empty actor (an unset variable) listed no job, as if none had run.
+        ["jobs", "--actor", ""],
+        ["jobs", "--actor", "ping\n"],
+        ["dlq", "requeue", "--actor", ""],
         ["no-such-command"],
     ],
 )
