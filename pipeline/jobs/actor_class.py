@@ -166,7 +166,7 @@ class PipelineActor(dramatiq.Actor):
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number, 1 or more, not {shown(batch_size)}")
-        if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Iterable):
+        if isinstance(calls, Mapping) or not isinstance(calls, Iterable):
             raise InvalidMessage(
                 f"{self.actor_name}: send_many takes a list of calls (keyword arguments, or (args, kwargs) "
                 f"pairs), not {shown(calls)}"

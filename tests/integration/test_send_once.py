@@ -189,7 +189,8 @@ def test_send_many_refuses_keys_given_as_one_text_and_publishes_nothing(purge, a
     assert queue_depth(amqp, DEFAULT_QUEUE) == 0
 
 
-@pytest.mark.parametrize("calls", [None, 7, "ab", {"payload": 1}], ids=["none", "number", "text", "mapping"])
+# A text is refused call by call, naming its first character (see test_broker).
+@pytest.mark.parametrize("calls", [None, 7, {"payload": 1}], ids=["none", "number", "mapping"])
 def test_send_many_refuses_what_is_not_a_list_of_calls_naming_it(purge, amqp, clean_redis, calls):
     purge(DEFAULT_QUEUE)
     with pytest.raises(InvalidMessage, match="ping: send_many takes a list of calls"):
