@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+from dramatiq import worker as dramatiq_worker
 from dramatiq.middleware import Middleware
 
 from pipeline.jobs.holds import longest_hold, longest_run
@@ -67,7 +68,9 @@ class PrefetchFromHolds(Middleware):
         queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
         threads, prefetch = worker.worker_threads, worker.queue_prefetch
         timeout = self.settings.rabbitmq_consumer_timeout
-        if prefetch == min(threads * DRAMATIQ_PREFETCH_PER_THREAD, MAX_PREFETCH):
+        # Dramatiq's own, unless the operator set it (Dramatiq reads the variable at import),
+        # even to the value Dramatiq would have taken.
+        if not dramatiq_worker.QUEUE_PREFETCH and prefetch == min(threads * DRAMATIQ_PREFETCH_PER_THREAD, MAX_PREFETCH):
             per_thread = min(
                 (prefetch_per_thread(longest_run(broker, queue), timeout) for queue in queues),
                 default=DRAMATIQ_PREFETCH_PER_THREAD,
