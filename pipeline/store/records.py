@@ -528,7 +528,7 @@ class RecordStore:
             return found, int(newest[-1][1])
 
     def sample(self, since: float, per_state: int, names: list[str]) -> dict[JobState, list[list[Any]]]:
-        """For each state, the fields ``names`` (JSON text, None where missing) of the newest
+        """For each state, the values of the fields ``names`` (None where missing) of the newest
         ``per_state`` jobs that entered it at or after ``since`` (Unix seconds), in two round trips.
 
         Raises:
@@ -546,7 +546,10 @@ class RecordStore:
                 for member in found:
                     pipe.hmget(self.keys.record(member), names)
             fields = iter(pipe.execute())
-        return {state: [next(fields) for _ in found] for state, found in zip(states, members, strict=True)}
+        return {
+            state: [[None if text is None else _value(text) for text in next(fields)] for _ in found]
+            for state, found in zip(states, members, strict=True)
+        }
 
     def _records(self, message_ids: list[str]) -> list[JobRecord]:
         """The records of ``message_ids`` that still exist, in order, in one round trip."""

@@ -7,7 +7,6 @@ which the page answers with 400 and the reason.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import statistics
 import time
@@ -119,15 +118,6 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": statistics.median(values), "p95": cuts[18]}
 
 
-def _stored_text(stored: str | None) -> str | None:
-    """A record field's stored JSON as the text it holds; None when missing or not text."""
-    try:
-        value = json.loads(stored) if stored is not None else None
-    except ValueError:
-        return None
-    return value if isinstance(value, str) else None
-
-
 def actor_figures(store: RecordStore, window: float = 3600) -> tuple[list[dict[str, Any]], bool]:
     """Per actor, its jobs by state over the last ``window`` seconds and the p50/p95 of queue wait
     (start minus send) and run time (end minus start); True when records were sampled (the
@@ -139,10 +129,10 @@ def actor_figures(store: RecordStore, window: float = 3600) -> tuple[list[dict[s
     waits: dict[str, list[float]] = defaultdict(list)
     runs: dict[str, list[float]] = defaultdict(list)
     for state, rows in found.items():
-        for actor_json, enqueued, started, finished in rows:
-            actor = _stored_text(actor_json) or "?"
+        for named, enqueued, started, finished in rows:
+            actor = named if isinstance(named, str) and named else "?"
             counts[actor][state.value] += 1
-            sent, began, ended = (_seconds((v or "").strip('"')) for v in (enqueued, started, finished))
+            sent, began, ended = (_seconds(v) for v in (enqueued, started, finished))
             if state in (JobState.SUCCESS, JobState.FAILURE) and began is not None:
                 if sent is not None:
                     waits[actor].append(max(0.0, began - sent))
