@@ -54,7 +54,7 @@ from pipeline.jobs.logs import WorkerLogs
 from pipeline.jobs.mail_rate import MailRateLimit
 from pipeline.jobs.metrics import WorkerMetrics
 from pipeline.jobs.options import ETA_OPTION, RETRY_DUE_OPTION
-from pipeline.jobs.pika_adapter import buffer_acks
+from pipeline.jobs.pika_adapter import buffer_acks, publish_together
 from pipeline.jobs.prefetch import PrefetchFromHolds
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.properties import connection_name, message_properties
@@ -523,8 +523,7 @@ class PipelineBroker(RabbitmqBroker):
         channel = self.connection.channel()
         try:
             channel.tx_select()
-            for body, properties in bodies:
-                channel.basic_publish(exchange="", routing_key=queue_name, body=body, properties=properties)
+            publish_together(channel, queue_name, bodies)
             channel.tx_commit()
         finally:
             if channel.is_open:
