@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Seconds a sender waits, after RabbitMQ's confirm, for the answer to its ``QUEUED`` write.
+#: Seconds a sender waits, after RabbitMQ's confirm (or a batch's commit), for the answer to its
+#: ``QUEUED`` writes.
 QUEUED_ANSWER_WAIT = 0.25
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
@@ -321,19 +322,26 @@ class RecordStore:
                 return written
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Write ``QUEUED`` records for many messages, sent together.
+        """Write ``QUEUED`` records for many messages, sent together by the writer's thread and
+        awaited :data:`QUEUED_ANSWER_WAIT` seconds at most, as a send awaits its record after
+        the confirm: the messages are published, so a Redis that is away or slow only costs the
+        records, which the workers write.
 
         Parameters:
           records: Record fields, each with its ``message_id``.
 
         Raises:
-          ResultBackendUnavailable: Redis failed.
+          ResultBackendUnavailable: Redis failed, or did not answer in time.
         """
         calls = [self._write_call(fields["message_id"], JobState.QUEUED, 0, fields) for fields in records]
-        futures = [self._send(call, when=When.LATER) for call in calls]
-        self.writer.send_waiting()
+        if not calls:
+            return
+        # Held, but for the last, which has the writer's thread send them all at once.
+        futures = [self._send(call, when=When.LATER) for call in calls[:-1]]
+        futures.append(self._send(calls[-1], when=When.SOON))
+        deadline = time.monotonic() + QUEUED_ANSWER_WAIT
         for future in futures:
-            self._answer(future, "a QUEUED write")
+            self._answer(future, "a QUEUED write", max(0.0, deadline - time.monotonic()))
 
     def update(self, message_id: str, /, **fields: Any) -> bool:
         """Set ``fields`` on an unfinished record without changing its state.

@@ -40,10 +40,14 @@ def fault_env(private_redis) -> dict[str, str]:
 CONFIRMS = pytest.mark.parametrize("confirms", ["true", "false"], ids=["confirms on", "confirms off"])
 
 
-def send(env: dict[str, str], actor: str, count: int, confirms: str = "true") -> tuple[dict, str]:
-    """Send from a service process of its own; its outcome and what it printed on stderr."""
+def send(
+    env: dict[str, str], actor: str, count: int, confirms: str = "true", many: int | None = None
+) -> tuple[dict, str]:
+    """Send from a service process of its own (with ``many``, in one ``send_many`` of batches of
+    that size); its outcome and what it printed on stderr."""
+    batches = [] if many is None else ["--many", str(many)]
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "support" / "sender.py"), actor, str(count)],
+        [sys.executable, str(ROOT / "tests" / "support" / "sender.py"), actor, str(count), *batches],
         cwd=ROOT,
         env={
             **os.environ,
@@ -171,3 +175,19 @@ def test_a_frozen_redis_costs_a_send_no_socket_timeout_and_a_wait_no_more_than_i
         assert time.monotonic() - started < 2.5
     finally:
         private_redis.thaw()
+
+
+def test_a_frozen_redis_costs_send_many_a_moment_per_batch_not_its_timeouts(private_redis, purge, amqp):
+    # A batch's QUEUED records are written once RabbitMQ has committed it: like a send's after
+    # its confirm, they are awaited a moment, not the settings' timeouts (5 s) for every batch.
+    purge(DEFAULT_QUEUE)
+    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
+    private_redis.freeze()
+    try:
+        outcome, stderr = send(env, "ping", 6, many=2)
+    finally:
+        private_redis.thaw()
+    assert outcome["errors"] == {} and len(outcome["sent"]) == 6
+    assert outcome["seconds"][0] < 2.0, outcome["seconds"]
+    assert stderr.count("QUEUED records were not written") == 3 and "Traceback" not in stderr
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 6
