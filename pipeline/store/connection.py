@@ -19,6 +19,10 @@ from pipeline.store.redis_url import make_client
 
 #: Seconds allowed past the timeouts for an answer's own travel.
 ANSWER_MARGIN = 0.5
+#: Seconds a sender gives Redis, at most, for what its send can go on without: the answer to a
+#: record's ``QUEUED`` write once RabbitMQ has the message, a delayed message kept until due
+#: (else it goes to the queue's ``.DQ``).
+SENDER_WAIT = 0.25
 
 
 class RedisConnection:
@@ -47,6 +51,14 @@ class RedisConnection:
         it and try once more on a new connection.
         """
         return self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + ANSWER_MARGIN
+
+    @functools.cached_property
+    def sender_client(self) -> redis.Redis:
+        """A redis-py client of the same Redis whose connect and socket timeouts are
+        :data:`SENDER_WAIT` at most: for what a send does not wait for longer (a connection
+        pool of its own, created on first use).
+        """
+        return make_client(self.settings, timeout=SENDER_WAIT)
 
     def new_connection(self) -> redis.Connection:
         """A connection outside the pool, with the pool's options (the caller closes it)."""

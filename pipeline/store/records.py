@@ -29,7 +29,7 @@ from pipeline.errors import InvalidTimeout, JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
 from pipeline.settings import PROCESS_SETTINGS, Settings
 from pipeline.states import JobState, rank
-from pipeline.store.connection import RedisConnection, get_redis
+from pipeline.store.connection import SENDER_WAIT, RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
 from pipeline.store.writer import Answer, RedisWriter, When
@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 #: Seconds a sender waits, after RabbitMQ's confirm (or a batch's commit), for the answer to its
 #: ``QUEUED`` writes.
-QUEUED_ANSWER_WAIT = 0.25
+QUEUED_ANSWER_WAIT = SENDER_WAIT
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
 #: Seconds of a wait that count as waiting as long as it takes: a thread waits no longer (some

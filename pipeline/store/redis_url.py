@@ -66,12 +66,17 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     )
 
 
-def make_client(settings: Settings) -> redis.Redis:
-    """The redis-py client of ``settings.redis_url``, with the settings' timeouts and CA bundle."""
+def make_client(settings: Settings, timeout: float | None = None) -> redis.Redis:
+    """The redis-py client of ``settings.redis_url``, with the settings' timeouts (each
+    ``timeout`` at most, when given) and CA bundle.
+    """
+    connect_timeout, socket_timeout = settings.redis_connect_timeout, settings.redis_socket_timeout
+    if timeout is not None:
+        connect_timeout, socket_timeout = min(connect_timeout, timeout), min(socket_timeout, timeout)
     options: dict[str, Any] = {
         "decode_responses": True,
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
         # One more try on a new connection when Redis closed the old one; a Redis that does not
         # answer in time is not waited for again (redis-py's default retries three times, with
         # backoff: a frozen Redis would hold a caller for half a minute).
@@ -87,8 +92,8 @@ def make_client(settings: Settings) -> redis.Redis:
     if named.tls:
         tls = {"ssl": True, "ssl_ca_certs": str(settings.redis_ca_file) if settings.redis_ca_file else None}
     sentinel_options = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
         "password": settings.redis_sentinel_password,
         **tls,
     }

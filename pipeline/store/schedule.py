@@ -105,15 +105,20 @@ class Schedule:
     def __init__(self, redis: RedisConnection) -> None:
         self.redis = redis
 
-    def add(self, queue_name: str, message_id: str, due: int, body: str) -> None:
+    def add(self, queue_name: str, message_id: str, due: int, body: str, *, sender: bool = False) -> None:
         """Keep ``body`` until ``due`` (Unix milliseconds), in one transaction.
 
+        Parameters:
+          sender: Wait :data:`~pipeline.store.connection.SENDER_WAIT` seconds at most for Redis
+            (a send, which has the queue's ``.DQ`` to go to instead), not the settings' timeouts.
+
         Raises:
-          ResultBackendUnavailable: Redis did not take it.
+          ResultBackendUnavailable: Redis did not take it, or not in time; it may still.
         """
         keys = self.redis.keys
+        client = self.redis.sender_client if sender else self.redis.client
         with self.redis.translated():
-            pipe = self.redis.client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=True)
             pipe.hset(keys.scheduled_messages(queue_name), message_id, body)
             pipe.zadd(keys.scheduled(queue_name), {message_id: due})
             pipe.execute()

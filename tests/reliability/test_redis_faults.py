@@ -41,11 +41,18 @@ CONFIRMS = pytest.mark.parametrize("confirms", ["true", "false"], ids=["confirms
 
 
 def send(
-    env: dict[str, str], actor: str, count: int, confirms: str = "true", many: int | None = None
+    env: dict[str, str],
+    actor: str,
+    count: int,
+    confirms: str = "true",
+    many: int | None = None,
+    delay: int | None = None,
 ) -> tuple[dict, str]:
     """Send from a service process of its own (with ``many``, in one ``send_many`` of batches of
-    that size); its outcome and what it printed on stderr."""
+    that size; with ``delay``, each message delayed so many milliseconds); its outcome and what
+    it printed on stderr."""
     batches = [] if many is None else ["--many", str(many)]
+    batches += [] if delay is None else ["--delay", str(delay)]
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "support" / "sender.py"), actor, str(count), *batches],
         cwd=ROOT,
@@ -187,7 +194,29 @@ def test_a_frozen_redis_costs_send_many_a_moment_per_batch_not_its_timeouts(priv
         outcome, stderr = send(env, "ping", 6, many=2)
     finally:
         private_redis.thaw()
-    assert outcome["errors"] == {} and len(outcome["sent"]) == 6
-    assert outcome["seconds"][0] < 2.0, outcome["seconds"]
-    assert stderr.count("QUEUED records were not written") == 3 and "Traceback" not in stderr
-    assert queue_depth(amqp, DEFAULT_QUEUE) == 6
+    try:
+        assert outcome["errors"] == {} and len(outcome["sent"]) == 6
+        assert outcome["seconds"][0] < 2.0, outcome["seconds"]
+        assert stderr.count("QUEUED records were not written") == 3 and "Traceback" not in stderr
+        assert queue_depth(amqp, DEFAULT_QUEUE) == 6
+    finally:
+        purge(DEFAULT_QUEUE)
+
+
+def test_a_frozen_redis_costs_a_delayed_send_a_moment_and_its_message_waits_in_the_dq(private_redis, purge, amqp):
+    # A delayed message is kept in Redis until due; when Redis does not take it in a moment, it
+    # goes to the queue's .DQ (a worker moves it to the schedule once Redis is back), not after
+    # the settings' socket timeout (5 s) for every send.
+    purge(DEFAULT_QUEUE)
+    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
+    private_redis.freeze()
+    try:
+        outcome, stderr = send(env, "ping", 3, delay=60_000)
+    finally:
+        private_redis.thaw()
+    try:
+        assert outcome["errors"] == {} and max(outcome["seconds"]) < 1.0, outcome["seconds"]
+        assert stderr.count("goes to default.DQ") == 3 and "Traceback" not in stderr
+        assert queue_depth(amqp, f"{DEFAULT_QUEUE}.DQ") == 3
+    finally:
+        purge(DEFAULT_QUEUE)

@@ -1,12 +1,13 @@
 """A sending service in a process of its own: sends jobs and prints what became of each send.
 
     python tests/support/sender.py ACTOR COUNT [--prefix TEXT] [--pause SECONDS] [--many BATCH]
+                                                 [--delay MILLISECONDS]
 
 The n-th call sends ``n`` (or ``TEXT`` + n with ``--prefix``). Prints one JSON line: ``sent``
 (the message id of each send, None where it raised), ``seconds`` (how long each send took) and
 ``errors`` (the error type and message of each send that raised, by position). With ``--many``,
 the calls go in one ``send_many`` of batches of BATCH: ``seconds`` holds how long it took, and
-``errors`` its error at position 0. The settings come
+``errors`` its error at position 0. With ``--delay``, each message is sent with that delay. The settings come
 from the environment, so a test points it at the services it wants.
 """
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--prefix")
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--many", type=int)
+    parser.add_argument("--delay", type=int)
     args = parser.parse_args()
     actor = getattr(sample_actors, args.actor, None) or getattr(pipeline.actors, args.actor)
     sent: list[str | None] = []
@@ -47,7 +49,8 @@ def main() -> None:
     for n in range(args.count):
         started = time.monotonic()
         try:
-            sent.append(actor.send(n if args.prefix is None else f"{args.prefix}{n}").message_id)
+            argument = n if args.prefix is None else f"{args.prefix}{n}"
+            sent.append(actor.send_with_options(args=(argument,), delay=args.delay).message_id)
         except PublishOutcomeUnknown as exc:
             sent.append(exc.message_id)
             errors[n] = f"PublishOutcomeUnknown: {exc}"
