@@ -179,8 +179,10 @@ class JobRecords(Middleware):
             with contextlib.suppress(ResultBackendUnavailable):
                 self.store.answer(pending, wait=QUEUED_ANSWER_WAIT)
         try:
-            if self.store.state(message.message_id) in (JobState.QUEUED, JobState.SCHEDULED):
-                self.store.delete(message.message_id)
+            # A moment each, as for the record's write: the caller hears of the failure now.
+            state = self.store.state(message.message_id, timeout=QUEUED_ANSWER_WAIT)
+            if state in (JobState.QUEUED, JobState.SCHEDULED):
+                self.store.delete(message.message_id, timeout=QUEUED_ANSWER_WAIT)
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
 

@@ -442,13 +442,19 @@ class RecordStore:
             raw = cast("list[str]", self.client.lrange(self.keys.attempts(message_id), 0, -1))
         return [entry for entry in map(_value, raw) if isinstance(entry, dict)]
 
-    def delete(self, message_id: str) -> bool:
-        """Remove ``message_id``'s record (and its attempts); True if there was one."""
+    def delete(self, message_id: str, timeout: float | None = None) -> bool:
+        """Remove ``message_id``'s record (and its attempts); True if there was one.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, or did not answer within ``timeout`` seconds.
+          InvalidTimeout: ``timeout`` is not a number of seconds (see :func:`checked_timeout`).
+        """
+        seconds = checked_timeout(timeout)
         self.writer.submit("DEL", self.keys.attempts(message_id), when=When.LATER)
         # Answered with the removal below: the attempts are gone when it returns.
         keys = (self.keys.record(message_id), self.keys.done(message_id), self.keys.index)
-        future = self.writer.submit("EVAL", DELETE_SCRIPT, 3, *keys)
-        return bool(self._answer(future, f"the removal of job {message_id}"))
+        future = self.writer.submit("EVAL", DELETE_SCRIPT, 3, *keys, when=_sent_by(seconds))
+        return bool(self._answer(future, f"the removal of job {message_id}", seconds))
 
     def recent(
         self, *, state: JobState | None = None, actor: str | None = None, since: float = 0.0, limit: int = 50

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from cli_runner import run_cli
+from ports import free_port
 from services import ROOT, queue_depth
 from testenv import make_settings
 from waiting import wait_until
@@ -220,3 +221,22 @@ def test_a_frozen_redis_costs_a_delayed_send_a_moment_and_its_message_waits_in_t
         assert queue_depth(amqp, f"{DEFAULT_QUEUE}.DQ") == 3
     finally:
         purge(DEFAULT_QUEUE)
+
+
+def test_a_send_rabbitmq_refuses_with_redis_frozen_fails_in_a_moment(private_redis):
+    # RabbitMQ away and Redis frozen at once: the send raises BrokerUnavailable, and taking back
+    # its QUEUED record waits for Redis a moment, not the settings' timeouts.
+    env = {
+        **fault_env(private_redis),
+        "PIPELINE_REDIS_SOCKET_TIMEOUT": "5",
+        "PIPELINE_REDIS_CONNECT_TIMEOUT": "5",
+        "PIPELINE_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+    }
+    private_redis.freeze()
+    try:
+        outcome, stderr = send(env, "ping", 2)
+    finally:
+        private_redis.thaw()
+    assert all(error.startswith("BrokerUnavailable") for error in outcome["errors"].values()), outcome["errors"]
+    assert len(outcome["errors"]) == 2 and max(outcome["seconds"]) < 2.0, outcome["seconds"]
+    assert "Traceback" not in stderr
