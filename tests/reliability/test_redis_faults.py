@@ -240,3 +240,30 @@ def test_a_send_rabbitmq_refuses_with_redis_frozen_fails_in_a_moment(private_red
     assert all(error.startswith("BrokerUnavailable") for error in outcome["errors"].values()), outcome["errors"]
     assert len(outcome["errors"]) == 2 and max(outcome["seconds"]) < 2.0, outcome["seconds"]
     assert "Traceback" not in stderr
+
+
+def test_a_send_with_an_idempotency_key_needs_redis_first_and_publishes_nothing_without(private_redis, purge, amqp):
+    # The key is taken in Redis before the publish: with Redis frozen the send fails within the
+    # settings' timeouts, publishing nothing, and can be sent again once Redis answers.
+    from pipeline.broker import build_broker
+    from pipeline.jobs.actor_class import actor
+
+    purge(DEFAULT_QUEUE)
+    broker = build_broker(
+        make_settings(redis_url=private_redis.url, redis_socket_timeout=1.0, redis_connect_timeout=1.0)
+    )
+    echo = actor(lambda n: n, actor_name="echo_once", queue_name=DEFAULT_QUEUE, broker=broker)
+    private_redis.freeze()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ResultBackendUnavailable):
+            echo.send(1, idempotency_key="order-1")
+        assert time.monotonic() - started < 1.0 + SEND_BOUND
+    finally:
+        private_redis.thaw()
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 0
+    first = echo.send(1, idempotency_key="order-1")
+    assert echo.send(1, idempotency_key="order-1").message_id == first.message_id
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 1
+    purge(DEFAULT_QUEUE)
+    broker.close()
