@@ -18,9 +18,10 @@ message it writes.
 
 What earns it: a worker of 8 threads drains a backlog about a fifth faster with it (measured with
 ``benchmarks/throughput.py``'s drain), and ``send_many`` publishes 6 to 13% more messages a
-second, with a fifth less of the sender's CPU per message. It holds for pika 1.4 (``setup.cfg`` pins the range), and
-``tests/integration/test_pika_adapter.py`` checks it against the installed pika: a release that
-changes ``_impl`` makes the adapter step aside (pika's own acks and publishes), and that test fail.
+second, with a fifth less of the sender's CPU per message. It holds for pika 1.4 (``setup.cfg``
+pins the range), and ``tests/integration/test_pika_adapter.py`` checks it against the installed
+pika: a release that changes ``_impl`` makes the adapter step aside (pika's own acks and
+publishes), and that test fail.
 """
 
 from __future__ import annotations
