@@ -39,9 +39,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Seconds a sender waits, after RabbitMQ's confirm (or a batch's commit), for the answer to its
-#: ``QUEUED`` writes.
-QUEUED_ANSWER_WAIT = SENDER_WAIT
 #: Seconds one blocking wait for a result lasts at most before it is renewed.
 WAIT_SLICE = 30.0
 #: Seconds of a wait that count as waiting as long as it takes: a thread waits no longer (some
@@ -323,7 +320,7 @@ class RecordStore:
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Write ``QUEUED`` records for many messages, sent together by the writer's thread and
-        awaited :data:`QUEUED_ANSWER_WAIT` seconds at most, as a send awaits its record after
+        awaited :data:`~pipeline.store.connection.SENDER_WAIT` seconds at most, as a send awaits its record after
         the confirm: the messages are published, so a Redis that is away or slow only costs the
         records, which the workers write.
 
@@ -339,7 +336,7 @@ class RecordStore:
         # Held, but for the last, which has the writer's thread send them all at once.
         futures = [self._send(call, when=When.LATER) for call in calls[:-1]]
         futures.append(self._send(calls[-1], when=When.SOON))
-        deadline = time.monotonic() + QUEUED_ANSWER_WAIT
+        deadline = time.monotonic() + SENDER_WAIT
         for future in futures:
             self._answer(future, "a QUEUED write", max(0.0, deadline - time.monotonic()))
 
