@@ -406,14 +406,14 @@ class PipelineBroker(RabbitmqBroker):
 
     def _keep_until_due(self, message: dramatiq.Message[Any], queue_name: str, due: int) -> bool:
         """Keep a delayed message in Redis until ``due``; False when Redis did not take it within
-        a moment (``SENDER_WAIT``), and the message then goes to the queue's ``.DQ`` as Dramatiq
+        a moment (``BRIEF_WAIT``), and the message then goes to the queue's ``.DQ`` as Dramatiq
         sends it (held by a worker until its time, which only a delay shorter than RabbitMQ's
         ``consumer_timeout`` survives).
         """
         kept = message.copy(queue_name=queue_name)
         del kept.options[ETA_OPTION]
         try:
-            self.schedule.add(queue_name, message.message_id, due, kept.encode().decode(), sender=True)
+            self.schedule.add(queue_name, message.message_id, due, kept.encode().decode(), brief=True)
         except ResultBackendUnavailable as exc:
             self.logger.warning(
                 "Delayed message %s goes to %s, held by a worker until due: %s",

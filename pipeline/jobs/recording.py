@@ -42,7 +42,7 @@ from pipeline.jobs.options import (
 )
 from pipeline.jobs.starts import DelayedStarts
 from pipeline.states import JobState, state_named
-from pipeline.store.connection import SENDER_WAIT
+from pipeline.store.connection import BRIEF_WAIT
 from pipeline.store.records import RecordStore
 from pipeline.store.revocations import RevocationWatcher
 from pipeline.store.writer import Answer, When
@@ -152,7 +152,7 @@ class JobRecords(Middleware):
         pending = self._queued.pop(message.message_id, None)
         if pending is not None:
             try:
-                self.store.answer(pending, wait=SENDER_WAIT)
+                self.store.answer(pending, wait=BRIEF_WAIT)
             except ResultBackendUnavailable as exc:
                 _unwritten(message)(exc)
 
@@ -178,12 +178,12 @@ class JobRecords(Middleware):
         if pending is not None:
             # Answered first, so that the read below comes after the write.
             with contextlib.suppress(ResultBackendUnavailable):
-                self.store.answer(pending, wait=SENDER_WAIT)
+                self.store.answer(pending, wait=BRIEF_WAIT)
         try:
             # A moment each, as for the record's write: the caller hears of the failure now.
-            state = self.store.state(message.message_id, timeout=SENDER_WAIT)
+            state = self.store.state(message.message_id, timeout=BRIEF_WAIT)
             if state in (JobState.QUEUED, JobState.SCHEDULED):
-                self.store.delete(message.message_id, timeout=SENDER_WAIT)
+                self.store.delete(message.message_id, timeout=BRIEF_WAIT)
         except ResultBackendUnavailable as exc:
             logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
 

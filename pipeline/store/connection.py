@@ -19,10 +19,10 @@ from pipeline.store.redis_url import make_client
 
 #: Seconds allowed past the timeouts for an answer's own travel.
 ANSWER_MARGIN = 0.5
-#: Seconds a sender gives Redis, at most, for what its send can go on without: the answer to a
-#: record's ``QUEUED`` write once RabbitMQ has the message, a delayed message kept until due
-#: (else it goes to the queue's ``.DQ``).
-SENDER_WAIT = 0.25
+#: Seconds a caller gives Redis, at most, for what it can go on without: the answer to a send's
+#: ``QUEUED`` write once RabbitMQ has the message, a delayed message kept until due (else it
+#: goes to the queue's ``.DQ``), what a stopping worker still writes once its grace is over.
+BRIEF_WAIT = 0.25
 
 
 class RedisConnection:
@@ -53,12 +53,12 @@ class RedisConnection:
         return self.settings.redis_connect_timeout + 2 * self.settings.redis_socket_timeout + ANSWER_MARGIN
 
     @functools.cached_property
-    def sender_client(self) -> redis.Redis:
+    def brief_client(self) -> redis.Redis:
         """A redis-py client of the same Redis whose connect and socket timeouts are
-        :data:`SENDER_WAIT` at most: for what a send does not wait for longer (a connection
+        :data:`BRIEF_WAIT` at most: for what its caller does not wait for longer (a connection
         pool of its own, created on first use).
         """
-        return make_client(self.settings, timeout=SENDER_WAIT)
+        return make_client(self.settings, timeout=BRIEF_WAIT)
 
     def new_connection(self) -> redis.Connection:
         """A connection outside the pool, with the pool's options (the caller closes it)."""

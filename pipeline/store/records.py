@@ -29,7 +29,7 @@ from pipeline.errors import InvalidTimeout, JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
 from pipeline.settings import PROCESS_SETTINGS, Settings
 from pipeline.states import JobState, rank
-from pipeline.store.connection import SENDER_WAIT, RedisConnection, get_redis
+from pipeline.store.connection import BRIEF_WAIT, RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
 from pipeline.store.writer import Answer, RedisWriter, When
@@ -320,9 +320,9 @@ class RecordStore:
 
     def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Write ``QUEUED`` records for many messages, sent together by the writer's thread and
-        awaited :data:`~pipeline.store.connection.SENDER_WAIT` seconds at most, as a send awaits its record after
-        the confirm: the messages are published, so a Redis that is away or slow only costs the
-        records, which the workers write.
+        awaited :data:`~pipeline.store.connection.BRIEF_WAIT` seconds at most, as a send awaits
+        its record after the confirm: the messages are published, so a Redis that is away or
+        slow only costs the records, which the workers write.
 
         Parameters:
           records: Record fields, each with its ``message_id``.
@@ -336,7 +336,7 @@ class RecordStore:
         # Held, but for the last, which has the writer's thread send them all at once.
         futures = [self._send(call, when=When.LATER) for call in calls[:-1]]
         futures.append(self._send(calls[-1], when=When.SOON))
-        deadline = time.monotonic() + SENDER_WAIT
+        deadline = time.monotonic() + BRIEF_WAIT
         for future in futures:
             self._answer(future, "a QUEUED write", max(0.0, deadline - time.monotonic()))
 

@@ -105,18 +105,18 @@ class Schedule:
     def __init__(self, redis: RedisConnection) -> None:
         self.redis = redis
 
-    def add(self, queue_name: str, message_id: str, due: int, body: str, *, sender: bool = False) -> None:
+    def add(self, queue_name: str, message_id: str, due: int, body: str, *, brief: bool = False) -> None:
         """Keep ``body`` until ``due`` (Unix milliseconds), in one transaction.
 
         Parameters:
-          sender: Wait :data:`~pipeline.store.connection.SENDER_WAIT` seconds at most for Redis
+          brief: Wait :data:`~pipeline.store.connection.BRIEF_WAIT` seconds at most for Redis
             (a send, which has the queue's ``.DQ`` to go to instead), not the settings' timeouts.
 
         Raises:
           ResultBackendUnavailable: Redis did not take it, or not in time; it may still.
         """
         keys = self.redis.keys
-        client = self.redis.sender_client if sender else self.redis.client
+        client = self.redis.brief_client if brief else self.redis.client
         with self.redis.translated():
             pipe = client.pipeline(transaction=True)
             pipe.hset(keys.scheduled_messages(queue_name), message_id, body)
