@@ -36,11 +36,13 @@ class CatchUp:
         self._background.start()
 
     def stop(self) -> None:
-        """Stop the thread after a last try; log how many writes are lost if Redis is still away."""
+        """Stop the thread after a last, brief try; log how many writes are lost if Redis is
+        still away (or does not answer in a moment: the worker is stopping).
+        """
         self._background.stop(STOP_WAIT)
         if self.store.kept:
             try:
-                self.store.catch_up()
+                self.store.catch_up(brief=True)
             except ResultBackendUnavailable as exc:
                 logger.error("%d record writes are lost: Redis is still away (%s).", self.store.kept, exc)
 

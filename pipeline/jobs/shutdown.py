@@ -42,8 +42,10 @@ from pipeline.jobs.options import REDELIVERIES_OPTION, RETRIES_OPTION
 from pipeline.jobs.recording import attempt_of, interrupted_fields
 from pipeline.settings import Settings
 from pipeline.states import JobState
+from pipeline.store.connection import BRIEF_WAIT
 from pipeline.store.records import RecordStore
 from pipeline.store.workers import BEAT_EVERY, WorkerEntry, WorkerRegistry, this_worker_id
+from pipeline.store.writer import When
 
 logger = logging.getLogger(__name__)
 
@@ -292,8 +294,11 @@ class GracefulShutdown(Middleware):
         cut = list(self._running.values())
         for message in cut:
             fields = interrupted_fields(f"still running when the worker's {grace:g} s shutdown grace ended")
-            self.store.begin_write(message.message_id, JobState.INTERRUPTED, attempt=attempt_of(message), **fields)
-        self.store.flush(timeout=2)
+            # Sent by the writer's thread: this one waits no longer than the flush below, even
+            # on a Redis that does not answer.
+            attempt = attempt_of(message)
+            self.store.begin_write(message.message_id, JobState.INTERRUPTED, attempt=attempt, when=When.SOON, **fields)
+        self.store.flush(timeout=BRIEF_WAIT)
         logger.warning(
             "Shutdown grace over: %d jobs still running are handed back to RabbitMQ (%s)",
             len(cut),
@@ -304,7 +309,7 @@ class GracefulShutdown(Middleware):
         os._exit(0)
 
     def _leave(self) -> None:
-        self._beat.stop(wait=1)
+        self._beat.stop(wait=BRIEF_WAIT)
         try:
             self.registry.leave(this_worker_id())
         except PipelineError as exc:

@@ -276,8 +276,12 @@ class RecordStore:
         """How many writes wait for Redis to come back."""
         return len(self._kept)
 
-    def catch_up(self) -> int:
+    def catch_up(self, brief: bool = False) -> int:
         """Make the kept writes, in order, a batch per round trip, while Redis takes them.
+
+        Parameters:
+          brief: Give Redis :data:`~pipeline.store.connection.BRIEF_WAIT` seconds at most for
+            each round trip (a stopping worker's last try), not the settings' timeouts.
 
         Returns:
           How many were written.
@@ -291,10 +295,11 @@ class RecordStore:
                 batch = [self._kept.popleft() for _ in range(min(CATCH_UP_BATCH, len(self._kept)))]
             if not batch:
                 return written
+            client = self.redis.brief_client if brief else self.client
             try:
                 with self.translated():
-                    self.client.script_load(WRITE_SCRIPT)
-                    pipe = self.client.pipeline(transaction=False)
+                    client.script_load(WRITE_SCRIPT)
+                    pipe = client.pipeline(transaction=False)
                     for keys, args in batch:
                         pipe.evalsha(self._sha, len(keys), *keys, *args)
                     replies = pipe.execute(raise_on_error=False)

@@ -88,9 +88,12 @@ class WorkerRegistry:
         return requested is not None and float(requested) == entry.started_at
 
     def leave(self, worker_id: str) -> None:
-        """Remove a worker's entry (it stopped)."""
+        """Remove a worker's entry (it stopped), giving Redis
+        :data:`~pipeline.store.connection.BRIEF_WAIT` seconds at most: a stopping worker does
+        not wait on Redis past its grace, and an entry left behind shows as lost.
+        """
         with self.redis.translated():
-            self.redis.client.hdel(self.redis.keys.workers, worker_id)
+            self.redis.brief_client.hdel(self.redis.keys.workers, worker_id)
 
     def alive(self) -> list[WorkerEntry]:
         """Every worker with an entry, lost ones included, oldest first; entries silent for an

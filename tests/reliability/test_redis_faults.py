@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -267,3 +269,35 @@ def test_a_send_with_an_idempotency_key_needs_redis_first_and_publishes_nothing_
     assert queue_depth(amqp, DEFAULT_QUEUE) == 1
     purge(DEFAULT_QUEUE)
     broker.close()
+
+
+def test_a_worker_stopped_while_redis_is_frozen_exits_at_the_end_of_its_grace(private_redis, purge, start_worker, amqp):
+    # Jobs whose finished-job check waits on a frozen Redis are still running when the grace
+    # ends: the worker records them INTERRUPTED and leaves the worker list in a moment each, not
+    # with the settings' timeouts on top of its grace (a container's platform kills it at 30 s).
+    purge(DEFAULT_QUEUE)
+    grace = 2
+    env = {
+        **fault_env(private_redis),
+        "PIPELINE_REDIS_SOCKET_TIMEOUT": "5",
+        "PIPELINE_REDIS_CONNECT_TIMEOUT": "5",
+        "PIPELINE_SHUTDOWN_GRACE": str(grace),
+    }
+    worker = start_worker([DEFAULT_QUEUE], threads=2, env=env)
+    warm, _ = send(env, "ping", 3)
+    wait_until(lambda: all_pinged(private_redis, warm["sent"]), what="the warm-up jobs")
+    private_redis.freeze()
+    try:
+        send(env, "ping", 3)
+        # Held by the worker: those its threads took wait on their finished-job checks.
+        wait_until(lambda: queue_depth(amqp, DEFAULT_QUEUE) == 0, what="the worker holding the jobs")
+        started = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        worker.process.wait(60)
+        took = time.monotonic() - started
+    finally:
+        private_redis.thaw()
+    assert took < grace + 2, took
+    # What still ran (one or both threads' jobs, as the deliveries fell) was cut at the grace.
+    assert re.search(r"Shutdown grace over: [12] jobs still running are handed back", worker.log), worker.log
+    purge(DEFAULT_QUEUE)
