@@ -39,6 +39,26 @@ def fault_env(private_redis) -> dict[str, str]:
     }
 
 
+def five_second_timeouts(private_redis, **more: str) -> dict[str, str]:
+    """:func:`fault_env` with the settings' connect and socket timeouts at 5 s: waits a caller
+    must not sit through."""
+    return {
+        **fault_env(private_redis),
+        "PIPELINE_REDIS_SOCKET_TIMEOUT": "5",
+        "PIPELINE_REDIS_CONNECT_TIMEOUT": "5",
+        **more,
+    }
+
+
+def send_while_frozen(private_redis, env: dict[str, str], count: int, **options) -> tuple[dict, str]:
+    """:func:`send` ``count`` pings while the test's Redis is frozen."""
+    private_redis.freeze()
+    try:
+        return send(env, "ping", count, **options)
+    finally:
+        private_redis.thaw()
+
+
 #: Sending with publisher confirms (the default) and without: the record's promises hold in both.
 CONFIRMS = pytest.mark.parametrize("confirms", ["true", "false"], ids=["confirms on", "confirms off"])
 
@@ -191,12 +211,7 @@ def test_a_frozen_redis_costs_send_many_a_moment_per_batch_not_its_timeouts(priv
     # A batch's QUEUED records are written once RabbitMQ has committed it: like a send's after
     # its confirm, they are awaited a moment, not the settings' timeouts (5 s) for every batch.
     purge(DEFAULT_QUEUE)
-    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
-    private_redis.freeze()
-    try:
-        outcome, stderr = send(env, "ping", 6, many=2)
-    finally:
-        private_redis.thaw()
+    outcome, stderr = send_while_frozen(private_redis, five_second_timeouts(private_redis), 6, many=2)
     try:
         assert outcome["errors"] == {} and len(outcome["sent"]) == 6
         assert outcome["seconds"][0] < 2.0, outcome["seconds"]
@@ -211,12 +226,7 @@ def test_a_frozen_redis_costs_a_delayed_send_a_moment_and_its_message_waits_in_t
     # goes to the queue's .DQ (a worker moves it to the schedule once Redis is back), not after
     # the settings' socket timeout (5 s) for every send.
     purge(DEFAULT_QUEUE)
-    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
-    private_redis.freeze()
-    try:
-        outcome, stderr = send(env, "ping", 3, delay=60_000)
-    finally:
-        private_redis.thaw()
+    outcome, stderr = send_while_frozen(private_redis, five_second_timeouts(private_redis), 3, delay=60_000)
     try:
         assert outcome["errors"] == {} and max(outcome["seconds"]) < 1.0, outcome["seconds"]
         assert stderr.count("goes to default.DQ") == 3 and "Traceback" not in stderr
@@ -228,17 +238,8 @@ def test_a_frozen_redis_costs_a_delayed_send_a_moment_and_its_message_waits_in_t
 def test_a_send_rabbitmq_refuses_with_redis_frozen_fails_in_a_moment(private_redis):
     # RabbitMQ away and Redis frozen at once: the send raises BrokerUnavailable, and taking back
     # its QUEUED record waits for Redis a moment, not the settings' timeouts.
-    env = {
-        **fault_env(private_redis),
-        "PIPELINE_REDIS_SOCKET_TIMEOUT": "5",
-        "PIPELINE_REDIS_CONNECT_TIMEOUT": "5",
-        "PIPELINE_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-    }
-    private_redis.freeze()
-    try:
-        outcome, stderr = send(env, "ping", 2)
-    finally:
-        private_redis.thaw()
+    env = five_second_timeouts(private_redis, PIPELINE_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    outcome, stderr = send_while_frozen(private_redis, env, 2)
     assert all(error.startswith("BrokerUnavailable") for error in outcome["errors"].values()), outcome["errors"]
     assert len(outcome["errors"]) == 2 and max(outcome["seconds"]) < 2.0, outcome["seconds"]
     assert "Traceback" not in stderr
@@ -271,18 +272,14 @@ def test_a_send_with_an_idempotency_key_needs_redis_first_and_publishes_nothing_
     broker.close()
 
 
+@pytest.mark.lasts(9)
 def test_a_worker_stopped_while_redis_is_frozen_exits_at_the_end_of_its_grace(private_redis, purge, start_worker, amqp):
     # Jobs whose finished-job check waits on a frozen Redis are still running when the grace
     # ends: the worker records them INTERRUPTED and leaves the worker list in a moment each, not
     # with the settings' timeouts on top of its grace (a container's platform kills it at 30 s).
     purge(DEFAULT_QUEUE)
     grace = 2
-    env = {
-        **fault_env(private_redis),
-        "PIPELINE_REDIS_SOCKET_TIMEOUT": "5",
-        "PIPELINE_REDIS_CONNECT_TIMEOUT": "5",
-        "PIPELINE_SHUTDOWN_GRACE": str(grace),
-    }
+    env = five_second_timeouts(private_redis, PIPELINE_SHUTDOWN_GRACE=str(grace))
     worker = start_worker([DEFAULT_QUEUE], threads=2, env=env)
     warm, _ = send(env, "ping", 3)
     wait_until(lambda: all_pinged(private_redis, warm["sent"]), what="the warm-up jobs")
