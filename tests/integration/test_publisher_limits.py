@@ -17,7 +17,9 @@ from pipeline.broker import build_broker
 from pipeline.errors import InvalidMessage, MessageTooLarge
 from pipeline.queues import DEFAULT_QUEUE
 
-pytestmark = pytest.mark.integration
+# The module takes about 32 s (a node of its own, a frozen node, a resource alarm): it is
+# placed whole, with the long tests.
+pytestmark = [pytest.mark.integration, pytest.mark.lasts(8)]
 
 #: The node's limit, in bytes.
 LIMIT = 1_048_576
