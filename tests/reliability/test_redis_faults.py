@@ -175,7 +175,7 @@ def test_jobs_sent_and_run_while_redis_is_down_get_their_records_when_it_is_back
 def test_pipeline_status_wait_ends_within_a_second_of_its_wait_when_redis_is_frozen(private_redis, follow):
     # Its reads waited the socket timeout (5 s) each, and the process waited 2 s more at exit
     # for the answers of reads nobody would read: over 5 s for --wait 1.
-    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
+    env = five_second_timeouts(private_redis)
     private_redis.freeze()
     try:
         started = time.monotonic()
@@ -193,7 +193,7 @@ def test_a_frozen_redis_costs_a_send_no_socket_timeout_and_a_wait_no_more_than_i
     # The settings' socket timeout (5 s) is far above what a caller gives: a send must not wait
     # for it before or after its publish, and a wait must end within a second of its timeout,
     # a new connection's handshake included.
-    env = {**fault_env(private_redis), "PIPELINE_REDIS_SOCKET_TIMEOUT": "5", "PIPELINE_REDIS_CONNECT_TIMEOUT": "5"}
+    env = five_second_timeouts(private_redis)
     private_redis.freeze()
     try:
         outcome, _ = send(env, "ping", 4, confirms)
