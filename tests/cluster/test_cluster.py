@@ -21,6 +21,7 @@ import redis
 from netns import Host
 from ports import free_port
 from private_rabbitmq import PrivateRabbitMQ
+from private_redis import probe_client
 from private_services import ServerProcess, require
 from services import ROOT
 from smtp import running_smtp_server
@@ -79,7 +80,7 @@ def redis_for_hosts(servers) -> int:
     folder = Path(tempfile.mkdtemp(prefix="pipeline-cluster-redis-"))
     command = ["redis-server", "--port", str(port), "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "",
                "--appendonly", "no", "--dir", str(folder)]  # fmt: skip
-    servers.append(ServerProcess(command, redis.Redis(port=port).ping))
+    servers.append(ServerProcess(command, probe_client(port).ping))
     return port
 
 

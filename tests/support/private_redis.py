@@ -12,10 +12,20 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from ports import free_port
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+
+def probe_client(port: int, **options: Any) -> redis.Redis:
+    """A client of the Redis on ``port`` that asks once: redis-py's default retries a refused
+    connection, backing off for up to a second in all, while a server it waits for starts.
+    """
+    return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0), **options)
 
 
 class PrivateRedis:
@@ -50,7 +60,7 @@ class PrivateRedis:
         while True:
             # Closed at once: a client left to the collector keeps its connection in the
             # server's list, where tests count the connections they made.
-            client = self.client()
+            client = probe_client(self.port)
             try:
                 if client.ping():
                     return

@@ -17,6 +17,7 @@ import pytest
 import redis
 import trustme
 from ports import free_port
+from private_redis import probe_client
 
 
 def require(command: str) -> None:
@@ -90,8 +91,8 @@ def tls_redis(folder: Path, servers: list[ServerProcess], user: str, password: s
                             "--user", user, "on", f">{password}", "~*", "&*", "+@all")  # fmt: skip
 
     def ready() -> bool:
-        client = redis.Redis(host="localhost", port=port, ssl=True, ssl_ca_certs=str(ca_file),
-                             username=user, password=password, socket_timeout=1)  # fmt: skip
+        client = probe_client(port, host="localhost", ssl=True, ssl_ca_certs=str(ca_file),
+                              username=user, password=password)  # fmt: skip
         return bool(client.ping())
 
     servers.append(ServerProcess(command, ready))
@@ -104,11 +105,11 @@ def sentinel_setup(folder: Path, servers: list[ServerProcess], service: str) -> 
     """
     require("redis-server")
     primary, replica, sentinel = free_port(), free_port(), free_port()
-    servers.append(ServerProcess(redis_command(folder, primary), redis.Redis(port=primary).ping))
+    servers.append(ServerProcess(redis_command(folder, primary), probe_client(primary).ping))
     servers.append(
         ServerProcess(
             redis_command(folder, replica, "--replicaof", "127.0.0.1", str(primary)),
-            lambda: redis.Redis(port=replica).info("replication")["master_link_status"] == "up",
+            lambda: probe_client(replica).info("replication")["master_link_status"] == "up",
         )
     )
     config = folder / "sentinel.conf"
@@ -132,7 +133,7 @@ def _replica_eligible(sentinel: int, service: str, replica: int) -> bool:
     replica itself that its link to the primary is up (until then a ``SENTINEL FAILOVER`` is
     refused with ``NOGOODSLAVE``).
     """
-    entries = redis.Redis(port=sentinel, decode_responses=True).execute_command("SENTINEL", "REPLICAS", service)
+    entries = probe_client(sentinel, decode_responses=True).execute_command("SENTINEL", "REPLICAS", service)
     for entry in entries or []:
         fields = dict(zip(entry[::2], entry[1::2], strict=True)) if isinstance(entry, list) else entry
         if str(fields.get("port")) == str(replica):
