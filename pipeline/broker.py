@@ -43,7 +43,7 @@ from pipeline.errors import (
     QueueMismatch,
     ResultBackendUnavailable,
 )
-from pipeline.jobs.acks import AcksTogether, UnsentWrites
+from pipeline.jobs.acks import AcksTogether, LoopThreadCallbacks, UnsentWrites
 from pipeline.jobs.boot_checks import SettingsAtStart
 from pipeline.jobs.checks import MessageChecks, check_delay, check_fields, eta_delay, is_retry, refusals_raised
 from pipeline.jobs.consumer_timeout import ConsumerTimeoutCheck
@@ -239,8 +239,10 @@ class PipelineBroker(RabbitmqBroker):
         # Dramatiq's consume declares the queues still pending: every start of a consumer (a
         # restart too) makes them so.
         self.queues_pending.add(q_name(queue_name))
-        # Dramatiq's RabbitMQ consumer, whose channel (a plain attribute) rejects and acks.
+        # Dramatiq's RabbitMQ consumer, whose connection (which runs its acks and rejections on
+        # its thread) and channel (which makes them) are plain attributes.
         rabbitmq_consumer: Any = super().consume(queue_name, prefetch, timeout)
+        rabbitmq_consumer.connection = LoopThreadCallbacks(rabbitmq_consumer.connection)
         rabbitmq_consumer.channel = DeadLetterQueueKept(
             rabbitmq_consumer.channel, xq_name(q_name(queue_name)), self.dead_letter_arguments()
         )

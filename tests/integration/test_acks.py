@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pika
 import pytest
 
 from pipeline.jobs.acks import AcksTogether
@@ -54,6 +55,46 @@ def test_acks_from_many_threads_take_one_wake_up_and_all_reach_rabbitmq(purge):
     finally:
         consumer.close()
     # A message left unacknowledged would be back in the queue once the consumer closed.
+    assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0
+
+
+def test_a_batch_of_acks_wakes_the_consumers_thread_once_not_once_more_for_each_ack(purge):
+    from pipeline.actors import ping
+    from pipeline.broker import broker
+
+    purge(DEFAULT_QUEUE)
+    for n in range(5):
+        ping.send(n)
+    consumer = broker.consume(DEFAULT_QUEUE, prefetch=5, timeout=200)
+    # pika's own connection, under whatever pipeline wraps it in: each call wakes its thread.
+    connection = consumer.inner.connection
+    while not isinstance(connection, pika.BlockingConnection):
+        connection = connection.connection
+    wake_ups: list[object] = []
+    call_soon = connection.add_callback_threadsafe
+
+    def counted(callback):
+        wake_ups.append(callback)
+        call_soon(callback)
+
+    connection.add_callback_threadsafe = counted
+    try:
+        messages = received(consumer, 5)
+        threads = [threading.Thread(target=consumer.ack, args=(m,)) for m in messages]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        next(consumer)  # its loop runs the batch: every ack goes out
+        assert len(wake_ups) == 1
+        # Once the connection's thread is known, an ack made on it wakes nothing.
+        ping.send(5)
+        (last,) = received(consumer, 1)
+        consumer.ack(last)
+        next(consumer)
+        assert len(wake_ups) == 1
+    finally:
+        consumer.close()
     assert broker.channel.queue_declare(DEFAULT_QUEUE, passive=True).method.message_count == 0
 
 
