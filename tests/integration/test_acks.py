@@ -5,6 +5,7 @@ them, and every ack reaches RabbitMQ. It fails when a release changes the member
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pika
 import pytest
@@ -24,6 +25,26 @@ def received(consumer, count: int) -> list:
     return messages
 
 
+def counting(call: Callable[[object], object]) -> tuple[list[object], Callable[[object], None]]:
+    """``call``, noting each callback it is given; and the list of them."""
+    calls: list[object] = []
+
+    def counted(callback: object) -> None:
+        calls.append(callback)
+        call(callback)
+
+    return calls, counted
+
+
+def ack_from_threads(consumer, messages: list) -> None:
+    """Acknowledge each message from a thread of its own, as worker threads do."""
+    threads = [threading.Thread(target=consumer.ack, args=(m,)) for m in messages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+
+
 def test_acks_from_many_threads_take_one_wake_up_and_all_reach_rabbitmq(purge):
     from pipeline.actors import ping
     from pipeline.broker import broker
@@ -34,22 +55,11 @@ def test_acks_from_many_threads_take_one_wake_up_and_all_reach_rabbitmq(purge):
     consumer = broker.consume(DEFAULT_QUEUE, prefetch=20, timeout=200)
     together = consumer.inner
     assert isinstance(together, AcksTogether)
-    connection = together.connection
-    calls: list[object] = []
-    call_soon = connection.add_callback_threadsafe
-
-    def counted(callback):
-        calls.append(callback)
-        call_soon(callback)
-
+    calls, counted = counting(together.connection.add_callback_threadsafe)
     try:
         messages = received(consumer, 20)
         together._call_soon = counted
-        threads = [threading.Thread(target=consumer.ack, args=(m,)) for m in messages]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(5)
+        ack_from_threads(consumer, messages)
         assert len(calls) == 1  # the consumer's thread has not run since the first ack
         next(consumer)  # its loop runs the callback: every ack goes out
     finally:
@@ -70,21 +80,9 @@ def test_a_batch_of_acks_wakes_the_consumers_thread_once_not_once_more_for_each_
     connection = consumer.inner.connection
     while not isinstance(connection, pika.BlockingConnection):
         connection = connection.connection
-    wake_ups: list[object] = []
-    call_soon = connection.add_callback_threadsafe
-
-    def counted(callback):
-        wake_ups.append(callback)
-        call_soon(callback)
-
-    connection.add_callback_threadsafe = counted
+    wake_ups, connection.add_callback_threadsafe = counting(connection.add_callback_threadsafe)
     try:
-        messages = received(consumer, 5)
-        threads = [threading.Thread(target=consumer.ack, args=(m,)) for m in messages]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(5)
+        ack_from_threads(consumer, received(consumer, 5))
         next(consumer)  # its loop runs the batch: every ack goes out
         assert len(wake_ups) == 1
         # Once the connection's thread is known, an ack made on it wakes nothing.
