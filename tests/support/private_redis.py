@@ -23,7 +23,8 @@ from redis.retry import Retry
 
 def probe_client(port: int, **options: Any) -> redis.Redis:
     """A client of the Redis on ``port`` that asks once: redis-py's default retries a refused
-    connection, backing off for up to a second in all, while a server it waits for starts.
+    connection three times, sleeping a random time of up to 2, 4 and 8 s before each, so a
+    server still starting would be seen a second or more after it is up.
     """
     return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0), **options)
 
