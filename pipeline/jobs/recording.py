@@ -117,9 +117,10 @@ class JobRecords(Middleware):
         return fields
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
-        """With publisher confirms, hand a new message's ``QUEUED`` record to the writer's thread,
-        its answer read in ``after_enqueue`` once RabbitMQ has confirmed: the record costs no
-        waiting of its own. A retry's record is written by the worker that retries it.
+        """With publisher confirms, send a new message's ``QUEUED`` record ahead (on a connection
+        the store's writer keeps; with none free, its thread sends it), its answer read in
+        ``after_enqueue`` once RabbitMQ has confirmed: the record costs no waiting of its own. A
+        retry's record is written by the worker that retries it.
         """
         if is_retry(message):
             return
