@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -136,6 +137,16 @@ def wait_for_quiet(threshold: float = 0.05, longest: float = 60.0) -> float:
         load = busy_cores()
         if load < threshold or time.monotonic() > deadline:
             return load
+
+
+def run_child(script: str, arguments: list[str]) -> dict[str, float]:
+    """Run ``script`` with ``arguments`` in a fresh interpreter (a benchmark's modes set up
+    different global brokers) and return the figures it printed as JSON on its last line.
+    """
+    out = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} {' '.join(arguments)} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def delete_keys() -> None:

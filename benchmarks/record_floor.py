@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import REDIS_URL, delete_keys, machine_cpu_seconds, medians, process_cpu_seconds  # noqa: E402
+from common import (  # noqa: E402
+    REDIS_URL,
+    delete_keys,
+    machine_cpu_seconds,
+    medians,
+    process_cpu_seconds,
+    run_child,
+)
 
 #: The modes, in the order they run in each round.
 MODES = ("plain", "floor", "pipeline")
@@ -112,13 +118,9 @@ def measure(mode: str, messages: int) -> dict[str, float]:
     return figures
 
 
-def run_child(mode: str, messages: int) -> dict[str, float]:
-    """One mode's measurements in its own interpreter: the modes set up different global brokers."""
-    command = [sys.executable, __file__, "--child", mode, "--messages", str(messages)]
-    out = subprocess.run(command, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{mode} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_mode(mode: str, messages: int) -> dict[str, float]:
+    """One mode's measurements in its own interpreter."""
+    return run_child(__file__, ["--child", mode, "--messages", str(messages)])
 
 
 def main() -> None:
@@ -133,7 +135,7 @@ def main() -> None:
 
     loads: list[float] = []
     try:
-        results = medians(args.rounds, MODES, lambda mode: run_child(mode, args.messages), loads)
+        results = medians(args.rounds, MODES, lambda mode: run_mode(mode, args.messages), loads)
     finally:
         delete_keys()
 

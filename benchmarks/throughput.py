@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from common import (  # noqa: E402
     machine_cpu_seconds,
     medians,
     peak_rss_mib,
+    run_child,
     start_worker,
     stop_worker,
 )
@@ -201,13 +201,9 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     return figures
 
 
-def run_child(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
-    """One mode's measurements in its own interpreter: the modes set up different global brokers."""
-    command = [sys.executable, __file__, "--child", mode_name, "--messages", str(messages)]
-    out = subprocess.run([*command, "--round-trips", str(round_trips)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{mode_name} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_mode(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
+    """One mode's measurements in its own interpreter."""
+    return run_child(__file__, ["--child", mode_name, "--messages", str(messages), "--round-trips", str(round_trips)])
 
 
 def main() -> None:
@@ -223,7 +219,7 @@ def main() -> None:
 
     loads: list[float] = []
     try:
-        results = medians(args.rounds, MODES, lambda mode: run_child(mode, args.messages, args.round_trips), loads)
+        results = medians(args.rounds, MODES, lambda mode: run_mode(mode, args.messages, args.round_trips), loads)
     finally:
         delete_keys()
 
