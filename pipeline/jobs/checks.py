@@ -182,9 +182,10 @@ def numeric_option_problem(options: Mapping[str, Any], rules: Mapping[str, Numbe
     its rule says (see :data:`NUMERIC_OPTIONS`), or None; an option read from the settings is
     checked there.
     """
-    if options.keys().isdisjoint(rules):
-        return None
-    for name, (least, whole, most) in rules.items():
+    present = options.keys() & rules.keys()
+    # Looked at in the rules' order, which decides the problem named when there are several.
+    for name in present if len(present) < 2 else [name for name in rules if name in present]:
+        least, whole, most = rules[name]
         value = options.get(name)
         if value is None or isinstance(value, FromSettings):
             continue
