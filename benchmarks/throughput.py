@@ -13,7 +13,9 @@ default; pipeline's is on). For each it measures, against the real RabbitMQ and 
   the p50 of a Redis ``PING``'s round trip meanwhile (pipeline's p50 is held to plain's plus one);
 - cost: the CPU time of the whole machine (sender, workers, Redis and RabbitMQ together, from
   /proc/stat) per job, over the sends and the 1x8 drain of the same jobs (``machine CPU/job``),
-  and over each drain alone; and the worker processes' peak RSS (VmHWM);
+  with each of those four's part of it (from /proc/<pid>/stat, when Redis and RabbitMQ run on
+  this machine), over each drain alone, and per round trip of the latency runs, one job at a
+  time; and the worker processes' peak RSS (VmHWM);
 
 and for pipeline with confirms, ``send_many`` against one-by-one confirmed sends. Figures are
 ratios against plain Dramatiq with the same confirm mode, measured in the same run: the modes
@@ -52,15 +54,37 @@ from common import (  # noqa: E402
     machine_cpu_seconds,
     medians,
     peak_rss_mib,
+    process_cpu_seconds,
     run_child,
+    service_pids,
     start_worker,
     stop_worker,
+    worker_pids,
 )
 
 os.environ["PIPELINE_REDIS_URL"] = REDIS_URL
 
 #: The modes, as ``<system>/<confirms>``.
 MODES = ("plain/on", "pipeline/on", "plain/off", "pipeline/off")
+#: Where the machine's CPU goes: this process (the sender), the worker processes, Redis and
+#: RabbitMQ; what is left is the rest of the machine.
+PARTS = ("sender", "workers", "redis", "rabbitmq")
+
+
+def cpu_now(services: dict[str, list[int]], workers: list[int]) -> dict[str, float]:
+    """The CPU seconds spent so far by the whole machine and by each of :data:`PARTS`."""
+    return {
+        "machine": machine_cpu_seconds(),
+        "sender": process_cpu_seconds([os.getpid()]),
+        "workers": process_cpu_seconds(workers),
+        "redis": process_cpu_seconds(services["redis"]),
+        "rabbitmq": process_cpu_seconds(services["rabbitmq"]),
+    }
+
+
+def per_job(before: dict[str, float], after: dict[str, float], jobs: int) -> dict[str, float]:
+    """The CPU microseconds per job each part spent between two readings of :func:`cpu_now`."""
+    return {part: (after[part] - before[part]) / jobs * 1e6 for part in before}
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -135,21 +159,22 @@ class Mode:
             pipe.exists(backend.build_message_key(m))
         return all(pipe.execute())
 
-    def drain(self, messages, processes: int) -> tuple[float, float, float]:
+    def drain(self, messages, processes: int, services: dict[str, list[int]]) -> tuple[float, dict[str, float], float]:
         """A worker of ``processes`` processes of 8 threads finishing ``messages``: the seconds it
-        takes, the machine's CPU microseconds per job meanwhile, and the worker processes' peak
-        RSS in MiB. Checks every value.
+        takes, the CPU microseconds per job meanwhile (see :func:`cpu_now`), and the worker
+        processes' peak RSS in MiB. Checks every value.
         """
         worker = start_worker(["bench_actors"], ["bench"], threads=8, env=mode_env(self.name), processes=processes)
         try:
-            started, cpu = time.perf_counter(), machine_cpu_seconds()
+            pids = worker_pids(worker)
+            started, cpu = time.perf_counter(), cpu_now(services, pids)
             # Wait on the last message first: polling every result while the worker drains would
             # load Redis and this machine's two cores with the benchmark's own reads.
             self.wait(messages[-1], timeout=600)
             while not self.all_done(messages):
                 time.sleep(0.01)
             took = time.perf_counter() - started
-            cpu_per_job = (machine_cpu_seconds() - cpu) / len(messages) * 1e6
+            spent = per_job(cpu, cpu_now(services, pids), len(messages))
             peak = peak_rss_mib(worker)
         finally:
             stop_worker(worker)
@@ -157,7 +182,7 @@ class Mode:
         wrong = [(m.args[0], v) for m, v in zip(messages, values, strict=True) if v != m.args[0]]
         if wrong:
             raise AssertionError(f"{self.name}: {len(wrong)} results wrong, e.g. {wrong[:3]}")
-        return took, cpu_per_job, peak
+        return took, spent, peak
 
 
 def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
@@ -166,26 +191,34 @@ def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]
     mode.broker.declare_queue("bench", ensure=True)
     mode.broker.flush("bench")
     figures: dict[str, float] = {}
+    services = service_pids()
 
-    started, cpu = time.perf_counter(), machine_cpu_seconds()
+    started, cpu = time.perf_counter(), cpu_now(services, [])
     sent = [mode.actors.noop.send(i) for i in range(messages)]
     figures["enqueue_per_s"] = messages / (time.perf_counter() - started)
-    send_cpu_us = (machine_cpu_seconds() - cpu) / messages * 1e6
-    took, figures["cpu1_us"], figures["rss1_mib"] = mode.drain(sent, processes=1)
-    figures["cpu_job_us"] = send_cpu_us + figures["cpu1_us"]
+    sends = per_job(cpu, cpu_now(services, []), messages)
+    took, drained, figures["rss1_mib"] = mode.drain(sent, 1, services)
+    figures["cpu1_us"] = drained["machine"]
+    figures["cpu_job_us"] = sends["machine"] + drained["machine"]
+    for part in PARTS:
+        figures[f"cpu_{part}_us"] = sends[part] + drained[part]
     figures["drain1_per_s"] = messages / took
     sent = [mode.actors.noop.send(messages + i) for i in range(messages)]
-    took, figures["cpu2_us"], figures["rss2_mib"] = mode.drain(sent, processes=2)
+    took, drained, figures["rss2_mib"] = mode.drain(sent, 2, services)
+    figures["cpu2_us"] = drained["machine"]
     figures["drain2_per_s"] = messages / took
 
     worker = start_worker(["bench_actors"], ["bench"], threads=8, env=mode_env(mode_name))
     try:
         latencies = []
         for i in range(round_trips + 20):
+            if i == 20:  # the first round trips warm connections up
+                cpu = machine_cpu_seconds()
             started = time.perf_counter()
             mode.wait(mode.actors.noop.send(i), timeout=30)
-            if i >= 20:  # the first round trips warm connections up
+            if i >= 20:
                 latencies.append((time.perf_counter() - started) * 1000)
+        figures["cpu_trip_us"] = (machine_cpu_seconds() - cpu) / round_trips * 1e6
         for q in (50, 95, 99):
             figures[f"p{q}_ms"] = percentile(latencies, q)
         figures["ping_ms"] = ping_round_trip_ms()
@@ -236,8 +269,13 @@ def main() -> None:
         ("latency p95 (ms)", "p95_ms", False),
         ("latency p99 (ms)", "p99_ms", False),
         ("machine CPU/job (us)", "cpu_job_us", False),
+        ("  sender (us)", "cpu_sender_us", False),
+        ("  workers (us)", "cpu_workers_us", False),
+        ("  Redis (us)", "cpu_redis_us", False),
+        ("  RabbitMQ (us)", "cpu_rabbitmq_us", False),
         ("  of which drain 1x8 (us)", "cpu1_us", False),
         ("machine CPU/job 2x8 (us)", "cpu2_us", False),
+        ("machine CPU/round trip (us)", "cpu_trip_us", False),
         ("worker peak RSS 1x8 (MiB)", "rss1_mib", False),
         ("worker peak RSS 2x8 (MiB)", "rss2_mib", False),
     ]
@@ -246,7 +284,9 @@ def main() -> None:
         for confirm in ("on", "off"):
             base, ours = results[f"plain/{confirm}"][key], results[f"pipeline/{confirm}"][key]
             note = "x" if higher_is_better else "t"
-            cells.append(f"{base:>10.1f}{ours:>10.1f}{ours / base:>7.2f}{note}")
+            # A service on another machine (a container) leaves its part unmeasured: zero.
+            ratio = f"{ours / base:>7.2f}{note}" if base else f"{'n/a':>8}"
+            cells.append(f"{base:>10.1f}{ours:>10.1f}{ratio}")
         print(f"{label:<26}" + "   ".join(cells))
     print("(x: ratio of rates, higher is better; t: ratio of times, costs or sizes, lower is better)")
     for confirm in ("on", "off"):
