@@ -125,20 +125,18 @@ def process_cpu_seconds(pids: list[int]) -> float:
 def service_pids() -> dict[str, list[int]]:
     """The processes of the Redis and the RabbitMQ the benchmarks use, when they run on this
     machine (an empty list for one that does not): Redis names its own in ``INFO``, RabbitMQ's
-    management API its node's.
+    management API (``PIPELINE_MANAGEMENT_URL``) its nodes'.
     """
-    import urllib.request
-
     import redis
+
+    from pipeline.management import ManagementApi
+    from pipeline.settings import get_settings
 
     found: dict[str, list[int]] = {"redis": [], "rabbitmq": []}
     with contextlib.suppress(Exception):
         found["redis"].append(int(redis.Redis.from_url(REDIS_URL).info("server")["process_id"]))
-    request = urllib.request.Request(
-        "http://127.0.0.1:15672/api/nodes", headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="}
-    )
-    with contextlib.suppress(Exception), urllib.request.urlopen(request, timeout=5) as answer:
-        found["rabbitmq"] = [int(node["os_pid"]) for node in json.load(answer)]
+    with contextlib.suppress(Exception):
+        found["rabbitmq"] = [int(node["os_pid"]) for node in ManagementApi.from_settings(get_settings()).get("nodes")]
     # A pid another machine gave (a container, a remote host) names no process here.
     return {name: [pid for pid in pids if _runs_here(pid, name)] for name, pids in found.items()}
 
