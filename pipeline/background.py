@@ -30,11 +30,16 @@ class Background:
     Parameters:
       name: The thread's name, as logs and debuggers show it.
       loop: The work; it returns once the event it is given is set.
+      wake: For a loop that waits on something of its own rather than on ``stop``: what ends
+        that wait, called once ``stop`` is set.
     """
 
-    def __init__(self, name: str, loop: Callable[[threading.Event], None]) -> None:
+    def __init__(
+        self, name: str, loop: Callable[[threading.Event], None], wake: Callable[[], object] | None = None
+    ) -> None:
         self.name = name
         self.loop = loop
+        self.wake = wake
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._forks = -1
@@ -59,6 +64,8 @@ class Background:
     def stop(self, wait: float) -> None:
         """Tell the thread to stop and wait for it ``wait`` seconds at most (it is a daemon)."""
         self._stop.set()
+        if self.wake is not None:
+            self.wake()
         thread, self._thread = self._thread, None
         if thread is not None and self._forks == _forks and thread is not threading.current_thread():
             thread.join(wait)

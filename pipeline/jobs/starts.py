@@ -6,6 +6,9 @@ in memory, and a background thread writes ``STARTED`` for every job still runnin
 ``PIPELINE_STARTED_AFTER`` milliseconds; a job that ends sooner has its start (time and
 attempt) written with its final state in one write. (Celery, by default, never records a
 start at all.)
+
+The thread wakes when the oldest start it keeps comes due, and not at all while it keeps none:
+an idle worker spends no CPU on it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ class DelayedStarts:
         self.store = store
         self._pending: dict[str, tuple[float, int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
-        self._background = Background("pipeline-starts", self._run)
+        # Set to have the thread look again: a start noted while it kept none, or a stop.
+        self._wake = threading.Event()
+        # Whether the thread kept no start when it last looked, and waits for one.
+        self._idle = False
+        self._background = Background("pipeline-starts", self._run, wake=self._wake.set)
 
     @property
     def delay(self) -> float:
@@ -59,6 +66,9 @@ class DelayedStarts:
         """Note that attempt ``attempt`` of ``message_id`` started, with its ``STARTED`` fields."""
         with self._lock:
             self._pending[message_id] = (time.monotonic(), attempt, fields)
+            idle, self._idle = self._idle, False
+        if idle:
+            self._wake.set()
 
     def take(self, message_id: str) -> tuple[int, dict[str, Any]]:
         """The attempt and start fields of a job ending now whose start was not written yet.
@@ -82,5 +92,14 @@ class DelayedStarts:
             self.store.begin_write(message_id, JobState.STARTED, attempt=attempt, keep=True, when=When.SOON, **fields)
 
     def _run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.delay / 2):
+        while not stop.is_set():
             self.write_due()
+            with self._lock:
+                # Cleared before looking, under the lock a start is noted under: a start noted
+                # after the look sets it again, and the wait below ends at once.
+                self._wake.clear()
+                oldest = min((noted for noted, _, _ in self._pending.values()), default=None)
+                self._idle = oldest is None
+            if stop.is_set():
+                return
+            self._wake.wait(None if oldest is None else max(0.0, oldest + self.delay - time.monotonic()))
