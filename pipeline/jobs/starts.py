@@ -95,8 +95,9 @@ class DelayedStarts:
         while not stop.is_set():
             self.write_due()
             with self._lock:
-                # Cleared before looking, under the lock a start is noted under: a start noted
-                # after the look sets it again, and the wait below ends at once.
+                # Cleared under the lock add() takes: a start noted after this look found none
+                # sets it again, and the wait below ends at once; one noted beside older starts
+                # is due after them, and waits with them.
                 self._wake.clear()
                 oldest = min((noted for noted, _, _ in self._pending.values()), default=None)
                 self._idle = oldest is None
