@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     medians,
     process_cpu_seconds,
     run_child,
+    service_pids,
 )
 
 #: The modes, in the order they run in each round.
@@ -82,8 +83,6 @@ def add_floor_record(broker: Any, redis_url: str) -> None:
 
 def measure(mode: str, messages: int) -> dict[str, float]:
     """Send ``messages`` no-op messages one by one in ``mode``, in this interpreter."""
-    import redis
-
     os.environ.update({"BENCH_MODE": "plain" if mode == "floor" else mode, "BENCH_CONFIRM": "on"})
     os.environ.update({"PIPELINE_CONFIRM_DELIVERY": "true", "PIPELINE_REDIS_URL": REDIS_URL})
     import bench_actors
@@ -95,9 +94,9 @@ def measure(mode: str, messages: int) -> dict[str, float]:
     broker.flush("bench")
     for n in range(WARM_UP):
         bench_actors.noop.send(n)
-    redis_pid = int(redis.Redis.from_url(REDIS_URL).info("server")["process_id"])
+    redis_pids = service_pids()["redis"]
 
-    own, server, machine = process_cpu_seconds([os.getpid()]), process_cpu_seconds([redis_pid]), machine_cpu_seconds()
+    own, server, machine = process_cpu_seconds([os.getpid()]), process_cpu_seconds(redis_pids), machine_cpu_seconds()
     took = []
     started = time.perf_counter()
     for n in range(messages):
@@ -111,7 +110,7 @@ def measure(mode: str, messages: int) -> dict[str, float]:
         "p50_us": statistics.median(took) * 1e6,
         "p99_us": statistics.quantiles(took, n=100)[98] * 1e6,
         "sender_us": (process_cpu_seconds([os.getpid()]) - own) * per_send,
-        "redis_us": (process_cpu_seconds([redis_pid]) - server) * per_send,
+        "redis_us": (process_cpu_seconds(redis_pids) - server) * per_send,
         "machine_us": (machine_cpu_seconds() - machine) * per_send,
     }
     broker.flush("bench")
