@@ -7,8 +7,10 @@ in memory, and a background thread writes ``STARTED`` for every job still runnin
 attempt) written with its final state in one write. (Celery, by default, never records a
 start at all.)
 
-The thread wakes when the oldest start it keeps comes due, and not at all while it keeps none:
-an idle worker spends no CPU on it.
+The thread wakes when the oldest start it keeps comes due. While starts keep being noted, it
+also looks once a delay with none kept, so that a worker running one short job at a time does
+not wake it for each; a delay with none noted, and it sleeps until the next: an idle worker
+spends no CPU on it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class DelayedStarts:
         self._wake = threading.Event()
         # Whether the thread kept no start when it last looked, and waits for one.
         self._idle = False
+        # Whether a start was noted since the thread last looked.
+        self._noted = False
         self._background = Background("pipeline-starts", self._run, wake=self._wake.set)
 
     @property
@@ -66,6 +70,7 @@ class DelayedStarts:
         """Note that attempt ``attempt`` of ``message_id`` started, with its ``STARTED`` fields."""
         with self._lock:
             self._pending[message_id] = (time.monotonic(), attempt, fields)
+            self._noted = True
             idle, self._idle = self._idle, False
         if idle:
             self._wake.set()
@@ -100,7 +105,13 @@ class DelayedStarts:
                 # is due after them, and waits with them.
                 self._wake.clear()
                 oldest = min((noted for noted, _, _ in self._pending.values()), default=None)
-                self._idle = oldest is None
+                # None kept, but some noted since the last look: more are likely to come, and
+                # looking again in a delay costs less than being woken for each of them.
+                busy, self._noted = self._noted, False
+                idle = self._idle = oldest is None and not busy
             if stop.is_set():
                 return
-            self._wake.wait(None if oldest is None else max(0.0, oldest + self.delay - time.monotonic()))
+            if oldest is None:
+                self._wake.wait(None if idle else self.delay)
+            else:
+                self._wake.wait(max(0.0, oldest + self.delay - time.monotonic()))

@@ -91,3 +91,23 @@ def test_a_stop_ends_a_waiting_thread_at_once_and_writes_the_starts_kept():
     # The thread waited a minute for the start to come due; the stop does not wait for it.
     assert time.monotonic() - started < 1.0 and not delayed.running
     assert [(message_id, state) for message_id, state, _ in store.written] == [("running", JobState.STARTED)]
+
+
+def test_short_jobs_one_after_another_do_not_wake_the_thread_for_each(starts, monkeypatch):
+    delayed, store = starts
+    time.sleep(0.05)
+    looks = _looks(delayed, monkeypatch)
+    # 200 jobs, one at a time, each ending long before its start is due.
+    for n in range(200):
+        delayed.add(f"job-{n}", 1, {})
+        assert delayed.take(f"job-{n}") == (1, {})
+        time.sleep(0.0025)
+    burst = len(looks)
+    # Woken by the first, then about once a delay while they came (half a second or more):
+    # a thread woken by every start noted while it kept none would have looked 200 times.
+    assert 1 <= burst <= 12
+    # A delay with none noted, and it sleeps until the next.
+    time.sleep(3 * DELAY_MS / 1000)
+    settled = len(looks)
+    time.sleep(0.5)
+    assert len(looks) == settled and store.written == []
