@@ -60,6 +60,15 @@ class RedisConnection:
         """
         return make_client(self.settings, timeout=BRIEF_WAIT)
 
+    @functools.cached_property
+    def waiting_client(self) -> redis.Redis:
+        """A redis-py client of the same Redis for blocking waits shorter than the socket
+        timeout: its connections connect and shake hands within :data:`ANSWER_MARGIN` (a
+        connection pool of its own, created on first use, whose connections stay connected from
+        one wait to the next).
+        """
+        return make_client(self.settings, timeout=ANSWER_MARGIN)
+
     def new_connection(self) -> redis.Connection:
         """A connection outside the pool, with the pool's options (the caller closes it)."""
         pool = self.client.connection_pool

@@ -29,7 +29,7 @@ from pipeline.errors import InvalidTimeout, JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
 from pipeline.settings import PROCESS_SETTINGS, Settings
 from pipeline.states import JobState, rank
-from pipeline.store.connection import BRIEF_WAIT, RedisConnection, get_redis
+from pipeline.store.connection import ANSWER_MARGIN, BRIEF_WAIT, RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
 from pipeline.store.writer import Answer, RedisWriter, When
@@ -44,8 +44,9 @@ WAIT_SLICE = 30.0
 #: Seconds of a wait that count as waiting as long as it takes: a thread waits no longer (some
 #: 292 years), and a longer wait raised OverflowError.
 FOREVER = threading.TIMEOUT_MAX
-#: Seconds past a blocking wait's own end that Redis may take to answer it.
-WAIT_MARGIN = 0.5
+#: Seconds past a blocking wait's own end that Redis may take to answer it (a waiting
+#: connection's handshake takes as long at most).
+WAIT_MARGIN = ANSWER_MARGIN
 #: Worker record writes kept while Redis is away, to be written when it is back; past this
 #: many, the oldest are dropped (and the loss logged).
 MAX_KEPT_WRITES = 50_000
@@ -607,20 +608,15 @@ class RecordStore:
         """``BLMOVE key key RIGHT LEFT seconds`` (a look, ``LINDEX``, when no time is left), its
         answer awaited at most a moment past ``seconds``.
 
-        A wait shorter than the socket timeout runs on a connection of its own whose connect and
-        handshake are bounded by it too (a pooled connection's are bounded by the settings').
+        A wait shorter than the socket timeout takes its connection from the waiting client's
+        pool, whose connections connect and shake hands within that moment (a pooled
+        connection of the client's within the settings' timeouts); either stays connected for
+        the next wait, unless the wait failed.
         """
-        pool = self.client.connection_pool
         bound = max(seconds, 0.0) + min(WAIT_MARGIN, self.settings.redis_socket_timeout)
-        own = bound < self.settings.redis_socket_timeout
-        if own:
-            limits = {
-                "socket_timeout": bound,
-                "socket_connect_timeout": min(bound, self.settings.redis_connect_timeout),
-            }
-            connection = pool.connection_class(**{**pool.connection_kwargs, **limits})
-        else:
-            connection = pool.get_connection()
+        short = bound < self.settings.redis_socket_timeout
+        pool = (self.redis.waiting_client if short else self.client).connection_pool
+        connection = pool.get_connection()
         try:
             if seconds <= 0:
                 # BLMOVE reads a timeout of 0 as "forever"; no time left means look once.
@@ -632,13 +628,11 @@ class RecordStore:
                 raise redis.TimeoutError(f"no answer within {seconds:.1f} s")
             return cast("str | None", connection.read_response())
         except BaseException:
+            # Its answer may still come: it must never be read as the next wait's.
             connection.disconnect()
             raise
         finally:
-            if own:
-                connection.disconnect()
-            else:
-                pool.release(connection)
+            pool.release(connection)
 
 
 #: The states of a job that waits for a time, and the field that says until when.

@@ -12,9 +12,11 @@ import time
 import uuid
 
 import pytest
+import redis
 import sample_actors
 import testenv
 from services import ROOT, WorkerProcess, queue_depth
+from testenv import make_settings
 from waiting import settled, wait_until
 
 from pipeline.actors import ping
@@ -326,6 +328,31 @@ def test_get_times_out_with_a_timeout_error(clean_redis):
     with pytest.raises(JobTimeout, match="SCHEDULED"):
         AsyncResult(sent.message_id).get(timeout=0.1)
     AsyncResult(sent.message_id).revoke()
+
+
+@pytest.mark.parametrize("timeout", [0.2, 2, 30])
+def test_waits_with_a_short_timeout_reuse_connections_as_long_ones_do(timeout, clean_redis, monkeypatch):
+    # A wait shorter than the socket timeout opened a connection of its own and closed it after:
+    # a service polling with get(timeout=1) paid a connect and a handshake per call, and left a
+    # closed socket behind each (TIME_WAIT) until the machine ran out of ports.
+    handshakes = []
+    handshake = redis.connection.AbstractConnection.on_connect_check_health
+
+    def counted(self, *args, **kwargs):
+        handshakes.append(self)
+        return handshake(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "on_connect_check_health", counted)
+    message_id = str(uuid.uuid4())
+    get_store().write(message_id, JobState.SUCCESS, result=7, actor="ping", queue=DEFAULT_QUEUE)
+    # Settings of its own: a client (and connections) of its own, none connected yet.
+    result = AsyncResult(message_id, make_settings())
+    assert result.get(timeout=timeout) == 7
+    assert handshakes, "the first wait connects"
+    connected = len(handshakes)
+    for _ in range(50):
+        assert result.get(timeout=timeout) == 7
+    assert len(handshakes) == connected
 
 
 @pytest.mark.parametrize("timeout", [math.nan, "5", True])
