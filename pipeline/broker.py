@@ -12,6 +12,8 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 - publisher confirms are on by default, so a send that returns is a message RabbitMQ has taken;
 - :meth:`PipelineBroker.enqueue_many` publishes a batch in one AMQP transaction: one commit,
   one disk sync, for the whole batch;
+- the connection of a thread that sent is closed once the thread ended (see
+  :mod:`pipeline.jobs.thread_connections`), where Dramatiq keeps it until the broker closes;
 - pika's failures reach callers as :class:`~pipeline.errors.BrokerUnavailable` naming the URL
   (password masked), a queue that exists with other arguments as
   :class:`~pipeline.errors.QueueMismatch`, and a message over the server's size limit as
@@ -63,6 +65,7 @@ from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
 from pipeline.jobs.scheduled import DelayedToSchedule, ScheduledPublisher
 from pipeline.jobs.shutdown import GracefulShutdown, Quiet, QuietConsumer
+from pipeline.jobs.thread_connections import ThreadConnections
 from pipeline.settings import PROCESS_SETTINGS, Settings, mask_url
 from pipeline.store.records import get_store
 from pipeline.store.schedule import Schedule
@@ -109,6 +112,7 @@ class PipelineBroker(RabbitmqBroker):
         self._node_parameters: Any = None
         # The URL and the confirm mode are the settings', read when a connection first opens.
         super().__init__(middleware=middleware)
+        self.thread_connections = ThreadConnections(self)
 
     @property
     def confirm_delivery(self) -> bool:
@@ -398,6 +402,7 @@ class PipelineBroker(RabbitmqBroker):
                     ) from exc
                 self._emit_own("after_enqueue_failure", message)
                 raise self._unavailable(exc) from exc
+        self.thread_connections.hold(self.connection)
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -519,6 +524,7 @@ class PipelineBroker(RabbitmqBroker):
                     raise self._refused_as_too_large(largest, body, exc, in_batch=True) from exc
                 if attempt == MAX_ENQUEUE_ATTEMPTS or _unanswered(exc):
                     raise self._unavailable(exc) from exc
+        self.thread_connections.hold(self.connection)
         self._emit_batch("after", messages)
         return list(messages)
 

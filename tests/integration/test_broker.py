@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from urllib.parse import quote
@@ -18,7 +19,7 @@ from testenv import make_settings
 from waiting import wait_until
 
 from pipeline.actors import ping
-from pipeline.broker import PipelineBroker, build_broker
+from pipeline.broker import PipelineBroker, broker, build_broker
 from pipeline.errors import BrokerUnavailable, InvalidIdempotencyKey, InvalidMessage, InvalidPriority, QueueMismatch
 from pipeline.jobs.actor_class import PipelineActor, actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
@@ -63,6 +64,34 @@ def test_a_message_carries_properties_a_person_can_read_in_the_management_ui(pur
     assert properties.timestamp == message.message_timestamp // 1000
     assert properties.headers == {"actor": "ping", "attempt": 1, "priority": 7}
     assert properties.delivery_mode == 2 and properties.priority == 7
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_threads_that_sent_and_ended_leave_no_connection_open(many, purge, amqp):
+    # Dramatiq keeps each sending thread's connection until the broker closes: a web service
+    # that sends from a thread (or a greenlet) per request held one more AMQP connection, and
+    # three more open files, for every request.
+    purge(DEFAULT_QUEUE)
+    ping.send("warm")
+    connections, files = len(broker.connections), _open_files()
+    sent = []
+
+    def send() -> None:
+        sent.extend(ping.send_many([(("many",), {})]) if many else [ping.send("thread")])
+
+    for _ in range(30):
+        thread = threading.Thread(target=send)
+        thread.start()
+        thread.join()
+    # The next send closes what the ended threads left.
+    ping.send("after")
+    assert len(sent) == 30 and queue_depth(amqp, DEFAULT_QUEUE) == 32
+    assert len(broker.connections) <= connections + 1
+    assert _open_files() <= files + 6
 
 
 def test_a_batch_carries_the_same_properties(purge, amqp):
