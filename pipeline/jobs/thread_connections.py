@@ -64,11 +64,6 @@ class ThreadConnections:
             token.connection = None
         self._held.token = _Token(self._ended, connection)
 
-    @property
-    def ended(self) -> int:
-        """How many connections of ended threads wait to be closed."""
-        return len(self._ended)
-
     def _close(self, connection: Any) -> None:
         self.broker.connections.discard(connection)
         for channel in list(self.broker.channels):
