@@ -12,8 +12,9 @@ What it adds to Dramatiq's ``RabbitmqBroker``:
 - publisher confirms are on by default, so a send that returns is a message RabbitMQ has taken;
 - :meth:`PipelineBroker.enqueue_many` publishes a batch in one AMQP transaction: one commit,
   one disk sync, for the whole batch;
-- the connection of a thread that sent is closed once the thread ended (see
-  :mod:`pipeline.jobs.thread_connections`), where Dramatiq keeps it until the broker closes;
+- the connection of a thread that sent is closed once the thread ended, where Dramatiq keeps it
+  until the broker closes, and one idle for half a heartbeat is replaced before the next send,
+  where pika would meet it closed by RabbitMQ (see :mod:`pipeline.jobs.thread_connections`);
 - pika's failures reach callers as :class:`~pipeline.errors.BrokerUnavailable` naming the URL
   (password masked), a queue that exists with other arguments as
   :class:`~pipeline.errors.QueueMismatch`, and a message over the server's size limit as
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -75,6 +77,8 @@ from pipeline.store.schedule import Schedule
 #: the TCP connection and says nothing: frozen, or overloaded) through as a connector error,
 #: which is not one of its AMQP errors.
 AMQP_FAILURES = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, AMQPConnectorException)
+#: Seconds of RabbitMQ's heartbeat when the client proposes none (the server's default).
+RABBITMQ_HEARTBEAT = 60.0
 #: AMQP reply code RabbitMQ closes a channel with when a queue exists with other arguments.
 PRECONDITION_FAILED = 406
 
@@ -112,7 +116,7 @@ class PipelineBroker(RabbitmqBroker):
         self._node_parameters: Any = None
         # The URL and the confirm mode are the settings', read when a connection first opens.
         super().__init__(middleware=middleware)
-        self.thread_connections = ThreadConnections(self)
+        self.thread_connections = ThreadConnections(self, self._idle_limit)
 
     @property
     def confirm_delivery(self) -> bool:
@@ -138,6 +142,16 @@ class PipelineBroker(RabbitmqBroker):
                     node.ssl_options = pika.SSLOptions(ssl.create_default_context(cafile=cafile), node.host)
             self._node_parameters = nodes if len(nodes) > 1 else nodes[0]
         return self._node_parameters if isinstance(self._node_parameters, list) else [self._node_parameters]
+
+    def _idle_limit(self) -> float:
+        """Seconds a thread's publishing connection may sit idle and still be sent on: half the
+        heartbeat of the URL (of its shortest, for a cluster's), RabbitMQ's default where it
+        names none; without heartbeats, for ever.
+        """
+        beats = [node.heartbeat for node in self._nodes()]
+        seconds = [RABBITMQ_HEARTBEAT if beat is None or callable(beat) else float(beat) for beat in beats]
+        beating = [each for each in seconds if each > 0]
+        return min(beating) / 2 if beating else math.inf
 
     @property
     def parameters(self) -> Any:
@@ -340,6 +354,7 @@ class PipelineBroker(RabbitmqBroker):
             return message
         body = message.encode()
         properties = message_properties(message, self.settings.service_name)
+        self.thread_connections.refresh()
         broke = False
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:
@@ -501,6 +516,7 @@ class PipelineBroker(RabbitmqBroker):
         with refusals_raised():
             self._emit_batch("before", messages, skip=MessageChecks if checked else None)
         bodies = [(m.encode(), message_properties(m, self.settings.service_name)) for m in messages]
+        self.thread_connections.refresh()
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
             try:
                 # Declared again for every batch: a transaction has no mandatory-flag check,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -92,6 +93,39 @@ def test_threads_that_sent_and_ended_leave_no_connection_open(many, purge, amqp)
     assert len(sent) == 30 and queue_depth(amqp, DEFAULT_QUEUE) == 32
     assert len(broker.connections) <= connections + 1
     assert _open_files() <= files + 6
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_send_after_a_quiet_spell_past_rabbitmqs_heartbeat_logs_no_error(many, purge, amqp, caplog):
+    # A connection sends heartbeats only while its thread uses it: RabbitMQ closes one that was
+    # silent for about two heartbeats, and the next send met it dead, which pika reported with
+    # three errors and their tracebacks before the send went again on a new connection.
+    purge(DEFAULT_QUEUE)
+    assert "?" not in testenv.BROKER_URL
+    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
+
+    def send(text: str) -> None:
+        message = ping.message_with_options(args=(text,))
+        if many:
+            quick.enqueue_many([message])
+        else:
+            quick.enqueue(message)
+
+    try:
+        send("before")
+        connection = quick.connection
+        send("again")
+        assert quick.connection is connection
+        # Silent for four heartbeats: RabbitMQ closes it after two or three.
+        time.sleep(4.5)
+        with caplog.at_level(logging.WARNING):
+            send("after")
+        assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+        assert quick.connection is not connection and not connection.is_open
+        assert connection not in quick.connections and len(quick.connections) == 1
+        assert queue_depth(amqp, DEFAULT_QUEUE) == 3
+    finally:
+        quick.close()
 
 
 def test_a_batch_carries_the_same_properties(purge, amqp):
