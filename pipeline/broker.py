@@ -143,6 +143,16 @@ class PipelineBroker(RabbitmqBroker):
             self._node_parameters = nodes if len(nodes) > 1 else nodes[0]
         return self._node_parameters if isinstance(self._node_parameters, list) else [self._node_parameters]
 
+    def thread_connection(self) -> pika.BlockingConnection:
+        """The calling thread's connection (Dramatiq's ``connection``), for what is not a send
+        (dead letters), closed once the thread has ended, as a sending thread's is (see
+        :mod:`pipeline.jobs.thread_connections`). It is not replaced when it sat idle: a caller
+        may hold a channel of it open from one call to the next.
+        """
+        connection = self.connection
+        self.thread_connections.hold(connection)
+        return connection
+
     def _idle_limit(self) -> float:
         """Seconds a thread's publishing connection may sit idle and still be sent on: half the
         heartbeat of the URL (of its shortest, for a cluster's), RabbitMQ's default where it

@@ -170,7 +170,7 @@ class DeadLetters:
 
         self.broker = broker
         try:
-            self.channel = broker.connection.channel()
+            self.channel = broker.thread_connection().channel()
         except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             raise BrokerUnavailable(f"RabbitMQ at {mask_url(get_settings().broker_url)} did not answer: {exc}") from exc
 
@@ -206,7 +206,7 @@ class DeadLetters:
         if queue_name_problem(q_name(queue)) is not None:
             return False  # no queue of Dramatiq's has a name AMQP could not carry
         (dead,) = dead_letter_queues(queue)
-        asker = self.broker.connection.channel()
+        asker = self.broker.thread_connection().channel()
         try:
             asker.queue_declare(dead, passive=True)
         except pika.exceptions.ChannelClosedByBroker:
@@ -225,7 +225,7 @@ class DeadLetters:
                     method, properties, body = self.channel.basic_get(queue, auto_ack=False)
                 except pika.exceptions.ChannelClosedByBroker:
                     # The queue does not exist (nothing was ever dead-lettered there).
-                    self.channel = self.broker.connection.channel()
+                    self.channel = self.broker.thread_connection().channel()
                     break
                 if method is None:
                     break
@@ -250,7 +250,7 @@ class DeadLetters:
         store = get_store()
         before = store.read(fresh.message_id)
         store.requeue(fresh.message_id, now_iso())
-        publisher = self.broker.connection.channel()
+        publisher = self.broker.thread_connection().channel()
         try:
             self.broker.declare_queue(fresh.queue_name, ensure=True)
             publisher.confirm_delivery()

@@ -16,7 +16,8 @@ service:
 Here each sending thread holds a token of its connection in a thread-local, which notes when
 the thread last sent. When the thread ends, the token goes with it and hands the connection
 over to be closed; no I/O runs in that finalizer (under gevent it may run in the event loop,
-where nothing may block): the next send, on any thread, closes what ended threads left. A
+where nothing may block): the next send (or look at dead letters), on any thread, closes what
+ended threads left. A
 thread's connection is used by that thread alone, so once the thread ended, nothing else uses
 it. And a send that finds its thread's connection idle for half a heartbeat or more closes it
 first, and sends on a new one: RabbitMQ may have closed the old one, or be about to, and what
@@ -112,10 +113,8 @@ class ThreadConnections:
 
     def refresh(self) -> None:
         """Before a send: close the calling thread's connection when it sat idle too long (the
-        send then opens a new one), and the connections of the threads that ended.
+        send then opens a new one).
         """
-        while self._ended:
-            self._close(self._ended.popleft())
         token = getattr(self._held, "token", None)
         if token is None or token.connection is None:
             return
@@ -133,8 +132,10 @@ class ThreadConnections:
 
     def hold(self, connection: Any) -> None:
         """After a send: note ``connection`` as the calling thread's, used now, to be closed
-        when the thread ends.
+        when the thread ends; close the connections of the threads that ended.
         """
+        while self._ended:
+            self._close(self._ended.popleft())
         token = getattr(self._held, "token", None)
         if token is not None and token.connection is connection:
             token.used = time.monotonic()

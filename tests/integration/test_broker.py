@@ -21,6 +21,7 @@ from waiting import wait_until
 
 from pipeline.actors import ping
 from pipeline.broker import PipelineBroker, broker, build_broker
+from pipeline.dead_letters import DeadLetters
 from pipeline.errors import BrokerUnavailable, InvalidIdempotencyKey, InvalidMessage, InvalidPriority, QueueMismatch
 from pipeline.jobs.actor_class import PipelineActor, actor
 from pipeline.queues import DEFAULT_QUEUE, SLOW_QUEUE
@@ -71,18 +72,23 @@ def _open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.parametrize("many", [False, True])
-def test_threads_that_sent_and_ended_leave_no_connection_open(many, purge, amqp):
+@pytest.mark.parametrize("use", ["send", "send_many", "dead letters"])
+def test_threads_that_sent_and_ended_leave_no_connection_open(use, purge, amqp):
     # Dramatiq keeps each sending thread's connection until the broker closes: a web service
     # that sends from a thread (or a greenlet) per request held one more AMQP connection, and
-    # three more open files, for every request.
+    # three more open files, for every request (the dashboard, for every look at dead letters).
     purge(DEFAULT_QUEUE)
     ping.send("warm")
     connections, files = len(broker.connections), _open_files()
     sent = []
 
     def send() -> None:
-        sent.extend(ping.send_many([(("many",), {})]) if many else [ping.send("thread")])
+        if use == "dead letters":
+            with DeadLetters() as letters:
+                assert letters.has_queue(DEFAULT_QUEUE)
+            sent.append(ping.message())
+        else:
+            sent.extend(ping.send_many([(("many",), {})]) if use == "send_many" else [ping.send("thread")])
 
     for _ in range(30):
         thread = threading.Thread(target=send)
@@ -90,7 +96,7 @@ def test_threads_that_sent_and_ended_leave_no_connection_open(many, purge, amqp)
         thread.join()
     # The next send closes what the ended threads left.
     ping.send("after")
-    assert len(sent) == 30 and queue_depth(amqp, DEFAULT_QUEUE) == 32
+    assert len(sent) == 30 and queue_depth(amqp, DEFAULT_QUEUE) == (2 if use == "dead letters" else 32)
     assert len(broker.connections) <= connections + 1
     assert _open_files() <= files + 6
 
