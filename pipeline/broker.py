@@ -373,8 +373,11 @@ class PipelineBroker(RabbitmqBroker):
                 except QueueMismatch:
                     self._emit_own("after_enqueue_failure", message)
                     raise
+                # Opened (when the thread has none) before the publish: a connection that could
+                # not be opened sent nothing.
+                channel = self.channel
                 try:
-                    self.channel.basic_publish(
+                    channel.basic_publish(
                         exchange="",
                         routing_key=queue_name,
                         body=body,

@@ -127,7 +127,9 @@ class ThreadConnections:
             with _quiet.closing(), contextlib.suppress(Exception):
                 connection.close()
         # Closed, with its channel: the broker forgets them without another word to RabbitMQ.
-        if self.broker.connection is connection:
+        # Still among its connections, it is still this thread's (after a failed send the
+        # broker dropped it, and the thread may have none now: asking would open one).
+        if connection in self.broker.connections:
             del self.broker.connection
 
     def hold(self, connection: Any) -> None:

@@ -11,6 +11,8 @@ import uuid
 from urllib.parse import quote
 
 import dramatiq
+import pika
+import pika.exceptions
 import pytest
 import sample_actors
 import testenv
@@ -131,6 +133,28 @@ def test_a_send_after_a_quiet_spell_past_rabbitmqs_heartbeat_logs_no_error(many,
         assert connection not in quick.connections and len(quick.connections) == 1
         assert queue_depth(amqp, DEFAULT_QUEUE) == 3
     finally:
+        quick.close()
+
+
+def test_a_send_after_a_failed_one_and_a_quiet_spell_still_reports_rabbitmq_away(purge, monkeypatch):
+    # A failed send leaves its thread with no connection: the next send, past the idle limit,
+    # opened one while it looked at the idle one, and RabbitMQ's absence escaped as pika's error.
+    purge(DEFAULT_QUEUE)
+    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
+    try:
+        quick.enqueue(ping.message_with_options(args=("before",)))
+        # What a send that failed leaves: the broker dropped the thread's connection.
+        del quick.connection
+
+        def away(*args, **kwargs):
+            raise pika.exceptions.AMQPConnectionError("away")
+
+        monkeypatch.setattr(pika, "BlockingConnection", away)
+        time.sleep(1.0)
+        with pytest.raises(BrokerUnavailable):
+            quick.enqueue(ping.message_with_options(args=("after",)))
+    finally:
+        monkeypatch.undo()
         quick.close()
 
 
