@@ -17,12 +17,11 @@ Here each sending thread holds a token of its connection in a thread-local, whic
 the thread last sent. When the thread ends, the token goes with it and hands the connection
 over to be closed; no I/O runs in that finalizer (under gevent it may run in the event loop,
 where nothing may block): the next send (or look at dead letters), on any thread, closes what
-ended threads left. A
-thread's connection is used by that thread alone, so once the thread ended, nothing else uses
-it. And a send that finds its thread's connection idle for half a heartbeat or more closes it
-first, and sends on a new one: RabbitMQ may have closed the old one, or be about to, and what
-pika says while it closes such a connection, in that thread and at that moment alone, is not
-an error of anyone's.
+ended threads left. A thread's connection is used by that thread alone, so once the thread
+ended, nothing else uses it. And a send that finds its thread's connection idle for half a
+heartbeat or more closes it first, and sends on a new one. Either connection may have sat
+idle long enough for RabbitMQ to close it: what pika says while such a connection is closed,
+in the closing thread and at that moment alone, is not an error of anyone's.
 """
 
 from __future__ import annotations
@@ -34,8 +33,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: pika's modules whose loggers report the loss of a connection as an error, with a traceback.
 PIKA_LOGGERS = (
@@ -123,9 +120,7 @@ class ThreadConnections:
         if time.monotonic() - token.used < self._limit:
             return
         connection, token.connection = token.connection, None
-        if connection.is_open:
-            with _quiet.closing(), contextlib.suppress(Exception):
-                connection.close()
+        _close_quietly(connection)
         # Closed, with its channel: the broker forgets them without another word to RabbitMQ.
         # Still among its connections, it is still this thread's (after a failed send the
         # broker dropped it, and the thread may have none now: asking would open one).
@@ -152,9 +147,14 @@ class ThreadConnections:
         for channel in list(self.broker.channels):
             if channel.connection is connection:
                 self.broker.channels.discard(channel)
-        if not connection.is_open:
-            return
-        try:
-            connection.close()
-        except Exception as exc:  # noqa: BLE001 - a connection that broke is closed all the same
-            logger.debug("The connection of an ended thread did not close cleanly: %s", exc)
+        _close_quietly(connection)
+
+
+def _close_quietly(connection: Any) -> None:
+    """Close ``connection``, which may have sat idle long enough for RabbitMQ to close it: what
+    pika says of that, in this thread while it closes, is dropped, and so is the error it raises.
+    """
+    if not connection.is_open:
+        return
+    with _quiet.closing(), contextlib.suppress(Exception):
+        connection.close()

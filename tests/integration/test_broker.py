@@ -136,6 +136,25 @@ def test_a_send_after_a_quiet_spell_past_rabbitmqs_heartbeat_logs_no_error(many,
         quick.close()
 
 
+def test_the_connection_of_a_thread_that_ended_long_ago_closes_without_an_error(purge, caplog):
+    # RabbitMQ closes the connection of a thread that ended once it was silent for about two
+    # heartbeats: closing it at the next send met it dead, with pika's three errors.
+    purge(DEFAULT_QUEUE)
+    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
+    try:
+        thread = threading.Thread(target=lambda: quick.enqueue(ping.message_with_options(args=("thread",))))
+        thread.start()
+        thread.join()
+        (ended,) = quick.connections
+        time.sleep(4.5)
+        with caplog.at_level(logging.WARNING):
+            quick.enqueue(ping.message_with_options(args=("after",)))
+        assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+        assert ended not in quick.connections and not ended.is_open
+    finally:
+        quick.close()
+
+
 def test_a_send_after_a_failed_one_and_a_quiet_spell_still_reports_rabbitmq_away(purge, monkeypatch):
     # A failed send leaves its thread with no connection: the next send, past the idle limit,
     # opened one while it looked at the idle one, and RabbitMQ's absence escaped as pika's error.
