@@ -204,3 +204,31 @@ def medians(
     return {
         mode: {key: statistics.median(r[key] for r in results) for key in results[0]} for mode, results in runs.items()
     }
+
+
+def fresh_bench_queues(as_dramatiq: bool = False) -> None:
+    """Delete the ``bench`` queue, its ``.DQ`` and ``.XQ``, so that the next mode's broker
+    creates them as it creates its own (pipeline's classic queues in the second storage
+    version, plain Dramatiq's without one: the first, on RabbitMQ before 4.0); with
+    ``as_dramatiq``, create them again as Dramatiq does, which pipeline's broker then uses as
+    they are.
+    """
+    import pika
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    from pipeline.settings import get_settings
+
+    url = get_settings().broker_url
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for name in ("bench", "bench.DQ", "bench.XQ"):
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+    if as_dramatiq:
+        broker = RabbitmqBroker(url=url)
+        try:
+            broker.declare_queue("bench", ensure=True)
+        finally:
+            broker.close()

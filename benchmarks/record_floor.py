@@ -19,8 +19,10 @@ the real RabbitMQ and Redis here, with no worker running:
 It prints each mode's rate, its send time's p50 and p99, and the CPU per send of the sender,
 of Redis and of the whole machine (from /proc), with each rate as a ratio against plain's. The
 modes alternate for ``--rounds`` rounds, each in a fresh interpreter after the machine was let
-go quiet; a figure is the median of its rounds. It uses the ``bench`` queue and Redis database
-14, and removes what it created.
+go quiet; a figure is the median of its rounds. Every mode sends to the same ``bench`` queue,
+created as Dramatiq creates it (pipeline's broker uses it as it is, not in the storage version
+it creates its own queues in), so that only the record differs. It uses the ``bench`` queue and
+Redis database 14, and removes what it created.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from common import (  # noqa: E402
     REDIS_URL,
     delete_keys,
+    fresh_bench_queues,
     machine_cpu_seconds,
     medians,
     process_cpu_seconds,
@@ -90,6 +93,7 @@ def measure(mode: str, messages: int) -> dict[str, float]:
     broker = bench_actors.broker
     if mode == "floor":
         add_floor_record(broker, REDIS_URL)
+    fresh_bench_queues(as_dramatiq=True)
     broker.declare_queue("bench", ensure=True)
     broker.flush("bench")
     for n in range(WARM_UP):

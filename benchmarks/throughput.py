@@ -31,7 +31,11 @@ drains, measures those too); each mode runs in a fresh interpreter; the machine 
 quiet before each run, and a figure is the median of the rounds, not their mean. The no-op
 actor declares a one-minute time limit in both modes, so pipeline's worker prefetches four
 messages per thread (plain Dramatiq's, two): a run whose actor declares none measures pipeline
-at two, as a queue of jobs that declare no limit runs. Expect a few
+at two, as a queue of jobs that declare no limit runs. Each mode's broker creates the
+``bench`` queue as it creates its own: pipeline's in the second storage version of classic
+queues, plain Dramatiq's without one (the first, on the RabbitMQ here), which costs the server
+more per persistent message; a run on queues that both share measures pipeline without that
+(``record_floor.py`` does). Expect a few
 hundredths either way between runs of this machine, and more between machines.
 """
 
@@ -51,6 +55,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from common import (  # noqa: E402
     REDIS_URL,
     delete_keys,
+    fresh_bench_queues,
     machine_cpu_seconds,
     medians,
     peak_rss_mib,
@@ -188,6 +193,7 @@ class Mode:
 def measure(mode_name: str, messages: int, round_trips: int) -> dict[str, float]:
     """Run the measurements in a fresh interpreter state for ``mode_name``."""
     mode = Mode(mode_name)
+    fresh_bench_queues()
     mode.broker.declare_queue("bench", ensure=True)
     mode.broker.flush("bench")
     figures: dict[str, float] = {}

