@@ -234,29 +234,44 @@ class PipelineBroker(RabbitmqBroker):
           QueueMismatch: The queue exists with other arguments.
         """
         try:
+            answer = self._declare_as(name, arguments)
+        except QueueMismatch as mismatch:
+            existing = without_storage_version(arguments, mismatch.reply_text)
+            if existing is None:
+                raise
+            answer = self._declare_as(name, existing)
+            if self._declared.get(name) != existing:
+                self.logger.info(
+                    "Queue %r exists without the storage version pipeline creates (x-queue-version 2) and is "
+                    "used as it is; if it is stored in the first version, a policy with queue-version 2 converts "
+                    "it to the second (faster for persistent messages)",
+                    name,
+                )
+            self._declared[name] = existing
+            return answer
+        # Created anew, or found as pipeline creates it (after an operator deleted the one found).
+        self._declared.pop(name, None)
+        return answer
+
+    def _declare_as(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Declare queue ``name`` with ``arguments``; RabbitMQ's answer.
+
+        Raises:
+          QueueMismatch: The queue exists with other arguments.
+        """
+        try:
             return self.channel.queue_declare(queue=name, durable=True, arguments=arguments)
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise
             del self.channel
-            existing = without_storage_version(arguments, exc.reply_text)
-            if existing is None:
-                raise QueueMismatch(
-                    f"queue {name!r} already exists in RabbitMQ with other arguments than {arguments} "
-                    f"({exc.reply_text}); a queue's arguments are fixed when it is created: delete it (and "
-                    "its .DQ and .XQ) once it is drained, or set PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES "
-                    "and PIPELINE_DELIVERY_LIMIT to what it was declared with"
-                ) from exc
-        answer = self._declare_one(name, existing)
-        if name not in self._declared:
-            self.logger.info(
-                "Queue %r exists without the storage version pipeline creates (x-queue-version 2) and is used as "
-                "it is; if it is stored in the first version, a policy with queue-version 2 converts it to the "
-                "second (faster for persistent messages)",
-                name,
-            )
-        self._declared[name] = existing
-        return answer
+            raise QueueMismatch(
+                f"queue {name!r} already exists in RabbitMQ with other arguments than {arguments} "
+                f"({exc.reply_text}); a queue's arguments are fixed when it is created: delete it (and "
+                "its .DQ and .XQ) once it is drained, or set PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES "
+                "and PIPELINE_DELIVERY_LIMIT to what it was declared with",
+                reply_text=exc.reply_text,
+            ) from exc
 
     def declared_arguments(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The arguments queue ``name`` was last taken with by this broker: ``arguments`` (those

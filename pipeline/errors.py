@@ -108,7 +108,16 @@ class UndecodableMessage(PermanentError):
 
 
 class QueueMismatch(PermanentError):
-    """A queue already exists in RabbitMQ with other arguments than the settings ask for."""
+    """A queue already exists in RabbitMQ with other arguments than the settings ask for.
+
+    Parameters:
+      message: What differs, and what to do.
+      reply_text: RabbitMQ's refusal (``PRECONDITION_FAILED - inequivalent arg ...``).
+    """
+
+    def __init__(self, message: str, reply_text: str = "") -> None:
+        super().__init__(message)
+        self.reply_text = reply_text
 
 
 class BrokerUnavailable(TransientError):

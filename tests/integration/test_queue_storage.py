@@ -101,6 +101,26 @@ def test_a_queue_created_without_a_storage_version_is_used_as_it_is(queue, amqp,
         broker.close()
 
 
+def test_a_queue_found_without_a_storage_version_then_deleted_is_created_in_the_second(queue, amqp):
+    # The arguments the queue was found with are those a rejection declares its .XQ with: kept
+    # after the .XQ was created anew, they would close the consumer's channel at its next one.
+    old = _old_queues(amqp, queue)
+    dead_letters = queue + ".XQ"
+    broker = PipelineBroker(make_settings(queue_priorities={queue: PRIORITY}))
+    try:
+        broker.declare_queue(queue, ensure=True)
+        wanted = broker.dead_letter_arguments()
+        assert broker.declared_arguments(dead_letters, wanted) == old[dead_letters]
+        amqp.queue_delete(dead_letters)
+        broker.queues_pending.add(queue)
+        broker.declare_queue(queue, ensure=True)
+        assert broker.declared_arguments(dead_letters, wanted) == wanted
+        assert _on_server(dead_letters)["arguments"]["x-queue-version"] == 2
+        assert broker.declared_arguments(queue, {}) == old[queue]
+    finally:
+        broker.close()
+
+
 def test_a_queue_with_other_arguments_besides_the_storage_version_is_still_refused(queue, amqp):
     _old_queues(amqp, queue)
     broker = PipelineBroker(make_settings(queue_priorities={queue: PRIORITY + 1}))
