@@ -268,8 +268,8 @@ class PipelineBroker(RabbitmqBroker):
             raise QueueMismatch(
                 f"queue {name!r} already exists in RabbitMQ with other arguments than {arguments} "
                 f"({exc.reply_text}); a queue's arguments are fixed when it is created: delete it (and "
-                "its .DQ and .XQ) once it is drained, or set PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES "
-                "and PIPELINE_DELIVERY_LIMIT to what it was declared with",
+                "its .DQ and .XQ) once it is drained, or set PIPELINE_QUEUE_TYPE, PIPELINE_QUEUE_PRIORITIES, "
+                "PIPELINE_DELIVERY_LIMIT and PIPELINE_CLASSIC_QUEUE_VERSION to what it was declared with",
                 reply_text=exc.reply_text,
             ) from exc
 

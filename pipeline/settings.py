@@ -34,6 +34,9 @@ SMTP_SECURITY = ("none", "starttls", "ssl")
 
 #: The RabbitMQ queue types pipeline declares (``PIPELINE_QUEUE_TYPE``).
 QUEUE_TYPES = ("classic", "quorum")
+#: The storage of the classic queues pipeline creates (``PIPELINE_CLASSIC_QUEUE_VERSION``): the
+#: second version, or none named (the server's default, or a policy's ``queue-version``).
+CLASSIC_QUEUE_VERSIONS = ("2", "server")
 
 #: The highest ``x-max-priority`` RabbitMQ accepts (it advises 10 or less).
 MAX_QUEUE_PRIORITY = 255
@@ -104,6 +107,9 @@ class Settings:
     web_writes: bool = False
     #: ``classic`` queues (one node's) or ``quorum`` queues (replicated across a cluster).
     queue_type: str = "classic"
+    #: The storage of the classic queues pipeline creates: ``2`` (its second version, fastest
+    #: under a backlog) or ``server`` (none named: the server's default, or a policy's).
+    classic_queue_version: str = "2"
     #: Deliveries of one message a quorum queue makes before it dead-letters it (a job that
     #: kills its worker every time would otherwise be delivered forever).
     delivery_limit: int = 20
@@ -244,6 +250,12 @@ class Settings:
             )
         if self.queue_type not in QUEUE_TYPES:
             raise SettingsError("PIPELINE_QUEUE_TYPE", self.queue_type, f"expected one of {', '.join(QUEUE_TYPES)}")
+        if self.classic_queue_version not in CLASSIC_QUEUE_VERSIONS:
+            raise SettingsError(
+                "PIPELINE_CLASSIC_QUEUE_VERSION",
+                self.classic_queue_version,
+                f"expected one of {', '.join(CLASSIC_QUEUE_VERSIONS)}",
+            )
         _check_minimum("PIPELINE_DELIVERY_LIMIT", self.delivery_limit, 1)
         _check_minimum("PIPELINE_EXPORT_TIME_LIMIT", self.export_time_limit, 1)
         if self.metrics_port is not None and not 0 < self.metrics_port < 65_536:

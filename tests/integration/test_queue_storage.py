@@ -76,6 +76,17 @@ def test_new_classic_queues_are_created_in_the_second_storage_version(queue):
     assert status["version"] == 2
 
 
+def test_with_the_servers_storage_version_queues_are_created_without_one(queue):
+    broker = PipelineBroker(make_settings(queue_priorities={queue: PRIORITY}, classic_queue_version="server"))
+    try:
+        broker.declare_queue(queue, ensure=True)
+    finally:
+        broker.close()
+    for name in (queue, queue + ".DQ", queue + ".XQ"):
+        assert "x-queue-version" not in _on_server(name)["arguments"], name
+    assert _on_server(queue)["arguments"]["x-max-priority"] == PRIORITY
+
+
 def test_a_queue_created_without_a_storage_version_is_used_as_it_is(queue, amqp, caplog):
     # An earlier pipeline created its queues without the argument: a declare that names it is
     # refused (PRECONDITION_FAILED), and every send would fail after an upgrade.

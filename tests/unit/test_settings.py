@@ -44,6 +44,7 @@ def test_values_are_read_from_pipeline_variables():
         ("PIPELINE_QUEUE_PRIORITIES", "default=300", "between 0 and 255"),
         # The later was taken, silently: a typo'd copy of a line decided the queue's declaration.
         ("PIPELINE_QUEUE_PRIORITIES", "default=10,slow=5,default=3", "names queue 'default' twice"),
+        ("PIPELINE_CLASSIC_QUEUE_VERSION", "1", "expected one of 2, server"),
         ("PIPELINE_BROKER_URL", "http://rabbit", "amqp://"),
         ("PIPELINE_REDIS_URL", "127.0.0.1:6379", "redis://"),
         ("PIPELINE_RETRY_MAX_BACKOFF", "10", "must be at least 15000"),
