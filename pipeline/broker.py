@@ -572,8 +572,27 @@ class PipelineBroker(RabbitmqBroker):
         if len(queue_names) != 1:
             raise PipelineError(f"a batch goes to one queue, not to {sorted(queue_names)}")
         (queue_name,) = queue_names
-        with refusals_raised():
-            self._emit_batch("before", messages, skip=MessageChecks if checked else None)
+        try:
+            with refusals_raised():
+                self._emit_batch("before", messages, skip=MessageChecks if checked else None)
+            self._publish_batch(queue_name, messages)
+        except PublishOutcomeUnknown:
+            self._emit_own("after_enqueue_batch_outcome_unknown", messages)
+            raise
+        except BaseException:
+            self._emit_own("after_enqueue_batch_failure", messages)
+            raise
+        self.thread_connections.hold(self.connection)
+        self._emit_batch("after", messages)
+        return list(messages)
+
+    def _publish_batch(self, queue_name: str, messages: Sequence[dramatiq.Message[Any]]) -> None:
+        """Publish ``messages`` to ``queue_name`` in one transaction, the whole batch again on a
+        new connection when it fails.
+
+        Raises:
+          BrokerUnavailable, MessageTooLarge, PublishOutcomeUnknown: As :meth:`enqueue_many`.
+        """
         bodies = [(m.encode(), message_properties(m, self.settings.service_name)) for m in messages]
         self.thread_connections.refresh()
         for attempt in range(1, MAX_ENQUEUE_ATTEMPTS + 1):
@@ -599,9 +618,6 @@ class PipelineBroker(RabbitmqBroker):
                     raise self._refused_as_too_large(largest, body, exc, in_batch=True) from exc
                 if attempt == MAX_ENQUEUE_ATTEMPTS or _unanswered(exc):
                     raise self._unavailable(exc) from exc
-        self.thread_connections.hold(self.connection)
-        self._emit_batch("after", messages)
-        return list(messages)
 
     def _publish_transaction(self, queue_name: str, bodies: Sequence[tuple[bytes, pika.BasicProperties]]) -> None:
         channel = self.connection.channel()

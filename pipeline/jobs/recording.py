@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,14 +190,58 @@ class JobRecords(Middleware):
             logger.warning("Job %s was not sent; its QUEUED record may stay: %s", message.message_id, exc)
 
     def before_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]) -> None:
-        """Nothing to do before a batch: its records are written once RabbitMQ committed it."""
+        """Send a batch's ``QUEUED`` records ahead, together, on the writer's thread: Redis
+        writes them while the batch is published, and their answers are read once RabbitMQ
+        committed it (``after_enqueue_batch``), or the records taken back when it did not.
+        """
+        futures = self.store.begin_queued(self._describe(m) for m in messages)
+        self._queued.update(zip((m.message_id for m in messages), futures, strict=True))
+
+    def _pending(
+        self, messages: Sequence[dramatiq.Message[Any]]
+    ) -> list[tuple[dramatiq.Message[Any], Answer[tuple[bool, JobState]]]]:
+        """The messages whose writes were sent ahead, each with its write's future, taken from
+        those waiting for their answers.
+        """
+        found = ((m, self._queued.pop(m.message_id, None)) for m in messages)
+        return [(message, future) for message, future in found if future is not None]
 
     def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]) -> None:
-        """Record a batch of newly sent messages as ``QUEUED`` in one Redis round trip."""
+        """Read the answers to a committed batch's ``QUEUED`` writes, waiting a moment at most
+        in all: RabbitMQ has the messages, so a Redis that is away or slow only costs the
+        records, which the workers write.
+        """
         try:
-            self.store.write_queued(self._describe(m) for m in messages)
+            self.store.answer_all((future for _, future in self._pending(messages)), BRIEF_WAIT)
         except ResultBackendUnavailable as exc:
             logger.warning("%d jobs were sent; their QUEUED records were not written: %s", len(messages), exc)
+
+    def after_enqueue_batch_outcome_unknown(
+        self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]
+    ) -> None:
+        """RabbitMQ may yet take the batch (its commit went unanswered): its records stay."""
+        self.after_enqueue_batch(broker, messages)
+
+    def after_enqueue_batch_failure(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[Any]]) -> None:
+        """RabbitMQ did not take the batch: take back the ``QUEUED`` records sent ahead of it, a
+        moment at most for their answers and one more for the reads; a Redis that fails stops
+        the removals.
+        """
+        pending = self._pending(messages)
+        if not pending:
+            return
+        with contextlib.suppress(ResultBackendUnavailable):
+            # Answered first, so that the reads below come after the writes.
+            self.store.answer_all((future for _, future in pending), BRIEF_WAIT)
+        try:
+            states = [(message, self.store.state_soon(message.message_id)) for message, _ in pending]
+            deadline = time.monotonic() + BRIEF_WAIT
+            for message, state in states:
+                left = max(0.0, deadline - time.monotonic())
+                if self.store.answer(state, left) in (JobState.QUEUED, JobState.SCHEDULED):
+                    self.store.delete(message.message_id, timeout=BRIEF_WAIT)
+        except ResultBackendUnavailable as exc:
+            logger.warning("%d jobs were not sent; their QUEUED records may stay: %s", len(pending), exc)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Start watching revocations, so that checking one costs no Redis read, the thread

@@ -29,7 +29,7 @@ from pipeline.errors import InvalidTimeout, JobTimeout, ResultBackendUnavailable
 from pipeline.job_record import JobRecord
 from pipeline.settings import PROCESS_SETTINGS, Settings
 from pipeline.states import JobState, rank
-from pipeline.store.connection import ANSWER_MARGIN, BRIEF_WAIT, RedisConnection, get_redis
+from pipeline.store.connection import ANSWER_MARGIN, RedisConnection, get_redis
 from pipeline.store.keys import FAILURE_TTL, Keys
 from pipeline.store.write_script import WRITE_SCRIPT, WriteCall, json_value, passes, script_reply, stored_state
 from pipeline.store.writer import Answer, RedisWriter, When
@@ -324,25 +324,31 @@ class RecordStore:
                     raise self.redis.unavailable(refused)
                 return written
 
-    def write_queued(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Write ``QUEUED`` records for many messages, sent together by the writer's thread and
-        awaited :data:`~pipeline.store.connection.BRIEF_WAIT` seconds at most, as a send awaits
-        its record after the confirm: the messages are published, so a Redis that is away or
-        slow only costs the records, which the workers write.
+    def begin_queued(self, records: Iterable[Mapping[str, Any]]) -> list[Answer[tuple[bool, JobState]]]:
+        """Hand ``QUEUED`` records for many messages to the writer, whose thread sends them
+        together without the caller waiting (see :meth:`answer_all`).
 
         Parameters:
           records: Record fields, each with its ``message_id``.
 
-        Raises:
-          ResultBackendUnavailable: Redis failed, or did not answer in time.
+        Returns:
+          Each write's future, in the order of ``records``.
         """
         calls = [self._write_call(fields["message_id"], JobState.QUEUED, 0, fields) for fields in records]
         if not calls:
-            return
+            return []
         # Held, but for the last, which has the writer's thread send them all at once.
         futures = [self._send(call, when=When.LATER) for call in calls[:-1]]
         futures.append(self._send(calls[-1], when=When.SOON))
-        deadline = time.monotonic() + BRIEF_WAIT
+        return futures
+
+    def answer_all(self, futures: Iterable[Answer[T]], wait: float) -> None:
+        """Wait for the answers of writes handed to the writer, ``wait`` seconds at most in all.
+
+        Raises:
+          ResultBackendUnavailable: Redis failed, refused a write, or did not answer in time.
+        """
+        deadline = time.monotonic() + wait
         for future in futures:
             self._answer(future, "a QUEUED write", max(0.0, deadline - time.monotonic()))
 

@@ -366,3 +366,19 @@ def test_a_send_to_a_queue_declared_with_other_arguments_raises_and_leaves_no_re
     finally:
         mismatched.close()
         channel.queue_delete(queue)
+
+
+def test_a_send_many_to_a_queue_declared_with_other_arguments_raises_and_leaves_no_record(amqp, clean_redis):
+    # A batch's records are sent ahead of its publish: the refusal takes them back.
+    queue = f"pipeline_test_{uuid.uuid4().hex[:8]}"
+    channel = amqp.connection.channel()
+    channel.queue_declare(queue, arguments={"x-max-priority": 3}, auto_delete=True)
+    mismatched = build_broker(make_settings(queue_priorities={queue: 7}))
+    sender = actor(lambda n: None, actor_name=f"many_to_{queue}", broker=mismatched, queue_name=queue)
+    try:
+        with pytest.raises(QueueMismatch, match=queue):
+            sender.send_many([{"n": n} for n in range(20)])
+        assert list(clean_redis.scan_iter(testenv.NAMESPACE + ":job:*")) == []
+    finally:
+        mismatched.close()
+        channel.queue_delete(queue)
