@@ -88,13 +88,17 @@ def _queue_arguments(settings: Settings) -> str:
             for k, v in expected.items()
             if declared.get(k) != v and not (k == STORAGE_VERSION_ARGUMENT and k not in declared)
         }
-        differing |= {k: (v, None) for k, v in declared.items() if k not in expected and k.startswith("x-max")}
+        differing |= {
+            k: (v, None)
+            for k, v in declared.items()
+            if k not in expected and (k.startswith("x-max") or k == STORAGE_VERSION_ARGUMENT)
+        }
         if differing:
             shown = ", ".join(f"{k} is {have!r}, settings want {want!r}" for k, (have, want) in differing.items())
             raise CheckFailed(
                 f"queue {name!r} was declared with other arguments ({shown}): every declare will fail with "
                 "PRECONDITION_FAILED; drain and delete it (with its .DQ and .XQ), or set PIPELINE_QUEUE_PRIORITIES "
-                "to what it has"
+                "and PIPELINE_CLASSIC_QUEUE_VERSION to what it has"
             )
         if STORAGE_VERSION_ARGUMENT in expected and STORAGE_VERSION_ARGUMENT not in declared:
             found.append(

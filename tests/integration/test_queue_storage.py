@@ -143,24 +143,44 @@ def test_a_queue_with_other_arguments_besides_the_storage_version_is_still_refus
 
 
 @pytest.fixture
-def old_vhost() -> Iterator[str]:
-    """A vhost of its own whose default and slow queues an earlier pipeline created; its URL."""
+def own_vhost() -> Iterator[str]:
+    """A vhost of its own, deleted afterwards; its URL."""
     vhost = f"pipeline-test-storage-{uuid.uuid4().hex[:8]}"
     testenv.management("PUT", f"vhosts/{vhost}")
     testenv.management("PUT", f"permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
-    url = testenv.BROKER_URL.rsplit("/", 1)[0] + "/" + vhost
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        for name, priority in ((DEFAULT_QUEUE, 10), (SLOW_QUEUE, 5)):
-            _old_queues(connection.channel(), name, priority)
-        connection.close()
-        yield url
+        yield testenv.BROKER_URL.rsplit("/", 1)[0] + "/" + vhost
     finally:
         testenv.management("DELETE", f"vhosts/{vhost}")
 
 
-def test_doctor_passes_queues_created_without_a_storage_version_with_a_note(old_vhost):
-    out = run_cli("doctor", "--json", PIPELINE_BROKER_URL=old_vhost)
+def _queues_check(url: str, **env: str) -> dict:
+    """What ``pipeline doctor`` says of the queues of the vhost at ``url``."""
+    out = run_cli("doctor", "--json", PIPELINE_BROKER_URL=url, **env)
     (queues,) = [check for check in json.loads(out.stdout) if check["check"] == "queues"]
+    return queues
+
+
+def test_doctor_passes_queues_created_without_a_storage_version_with_a_note(own_vhost):
+    connection = pika.BlockingConnection(pika.URLParameters(own_vhost))
+    for name, priority in ((DEFAULT_QUEUE, 10), (SLOW_QUEUE, 5)):
+        _old_queues(connection.channel(), name, priority)
+    connection.close()
+    queues = _queues_check(own_vhost)
     assert queues["ok"], queues
     assert queues["detail"].count("created without x-queue-version") == 2, queues
+
+
+def test_doctor_fails_queues_of_a_storage_version_the_settings_leave_to_the_server(own_vhost):
+    # Every declare without the argument is refused by such a queue.
+    settings = make_settings(broker_url=own_vhost)
+    broker = PipelineBroker(settings)
+    try:
+        broker.declare_queue(DEFAULT_QUEUE, ensure=True)
+        broker.declare_queue(SLOW_QUEUE, ensure=True)
+    finally:
+        broker.close()
+    queues = _queues_check(own_vhost, PIPELINE_CLASSIC_QUEUE_VERSION="server")
+    assert not queues["ok"], queues
+    assert "x-queue-version is 2" in queues["detail"] and "PIPELINE_CLASSIC_QUEUE_VERSION" in queues["detail"]
+    assert _queues_check(own_vhost)["ok"]
