@@ -114,7 +114,7 @@ class PipelineBroker(RabbitmqBroker):
         self.quiet = quiet if quiet is not None else Quiet()
         self.unsent = unsent if unsent is not None else UnsentWrites()
         self._node_parameters: Any = None
-        # Queues found in another storage version than pipeline creates, and their arguments.
+        # Queues found without the storage version pipeline names, and the arguments they have.
         self._declared: dict[str, dict[str, Any]] = {}
         # The URL and the confirm mode are the settings', read when a connection first opens.
         super().__init__(middleware=middleware)
@@ -226,8 +226,8 @@ class PipelineBroker(RabbitmqBroker):
         ]
 
     def _declare_one(self, name: str, arguments: dict[str, Any]) -> Any:
-        """Declare queue ``name`` with ``arguments``; RabbitMQ's answer. A queue that exists in
-        another storage version than pipeline creates is used as it is, and the arguments it was
+        """Declare queue ``name`` with ``arguments``; RabbitMQ's answer. A queue that exists
+        without the storage version pipeline names is used as it is, and the arguments it was
         taken with are kept (see :meth:`declared_arguments`).
 
         Raises:
@@ -275,8 +275,8 @@ class PipelineBroker(RabbitmqBroker):
 
     def declared_arguments(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The arguments queue ``name`` was last taken with by this broker: ``arguments`` (those
-        it is created with), but those it was found with when it exists in another storage
-        version, which a declare must repeat.
+        it is created with), but those it was found with when it exists without the storage
+        version pipeline names, which a declare must repeat.
         """
         return self._declared.get(name, arguments)
 
