@@ -209,7 +209,7 @@ def medians(
 def fresh_bench_queues(as_dramatiq: bool = False) -> None:
     """Delete the ``bench`` queue, its ``.DQ`` and ``.XQ``, so that the next mode's broker
     creates them as it creates its own (pipeline's classic queues in the second storage
-    version, plain Dramatiq's without one: the first, on RabbitMQ before 4.0); with
+    version, plain Dramatiq's without one: the first, on the RabbitMQ here); with
     ``as_dramatiq``, create them again as Dramatiq does, which pipeline's broker then uses as
     they are.
     """

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import dramatiq
@@ -103,14 +104,29 @@ def test_threads_that_sent_and_ended_leave_no_connection_open(use, purge, amqp):
     assert _open_files() <= files + 6
 
 
+@pytest.fixture
+def beating() -> Iterator[PipelineBroker]:
+    """A broker whose connections ask for a heartbeat a second: RabbitMQ closes one that was
+    silent for about two. Closed afterwards.
+    """
+    assert "?" not in testenv.BROKER_URL
+    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
+    yield quick
+    quick.close()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What was logged at WARNING or above."""
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
 @pytest.mark.parametrize("many", [False, True])
-def test_a_send_after_a_quiet_spell_past_rabbitmqs_heartbeat_logs_no_error(many, purge, amqp, caplog):
+def test_a_send_after_a_quiet_spell_past_rabbitmqs_heartbeat_logs_no_error(many, beating, purge, amqp, caplog):
     # A connection sends heartbeats only while its thread uses it: RabbitMQ closes one that was
     # silent for about two heartbeats, and the next send met it dead, which pika reported with
     # three errors and their tracebacks before the send went again on a new connection.
     purge(DEFAULT_QUEUE)
-    assert "?" not in testenv.BROKER_URL
-    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
+    quick = beating
 
     def send(text: str) -> None:
         message = ping.message_with_options(args=(text,))
@@ -119,62 +135,51 @@ def test_a_send_after_a_quiet_spell_past_rabbitmqs_heartbeat_logs_no_error(many,
         else:
             quick.enqueue(message)
 
-    try:
-        send("before")
-        connection = quick.connection
-        send("again")
-        assert quick.connection is connection
-        # Silent for four heartbeats: RabbitMQ closes it after two or three.
-        time.sleep(4.5)
-        with caplog.at_level(logging.WARNING):
-            send("after")
-        assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
-        assert quick.connection is not connection and not connection.is_open
-        assert connection not in quick.connections and len(quick.connections) == 1
-        assert queue_depth(amqp, DEFAULT_QUEUE) == 3
-    finally:
-        quick.close()
+    send("before")
+    connection = quick.connection
+    send("again")
+    assert quick.connection is connection
+    # Silent for four heartbeats: RabbitMQ closes it after two or three.
+    time.sleep(4.5)
+    with caplog.at_level(logging.WARNING):
+        send("after")
+    assert _warnings(caplog) == []
+    assert quick.connection is not connection and not connection.is_open
+    assert connection not in quick.connections and len(quick.connections) == 1
+    assert queue_depth(amqp, DEFAULT_QUEUE) == 3
 
 
-def test_the_connection_of_a_thread_that_ended_long_ago_closes_without_an_error(purge, caplog):
+def test_the_connection_of_a_thread_that_ended_long_ago_closes_without_an_error(beating, purge, caplog):
     # RabbitMQ closes the connection of a thread that ended once it was silent for about two
     # heartbeats: closing it at the next send met it dead, with pika's three errors.
     purge(DEFAULT_QUEUE)
-    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
-    try:
-        thread = threading.Thread(target=lambda: quick.enqueue(ping.message_with_options(args=("thread",))))
-        thread.start()
-        thread.join()
-        (ended,) = quick.connections
-        time.sleep(4.5)
-        with caplog.at_level(logging.WARNING):
-            quick.enqueue(ping.message_with_options(args=("after",)))
-        assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
-        assert ended not in quick.connections and not ended.is_open
-    finally:
-        quick.close()
+    thread = threading.Thread(target=lambda: beating.enqueue(ping.message_with_options(args=("thread",))))
+    thread.start()
+    thread.join()
+    (ended,) = beating.connections
+    time.sleep(4.5)
+    with caplog.at_level(logging.WARNING):
+        beating.enqueue(ping.message_with_options(args=("after",)))
+    assert _warnings(caplog) == []
+    assert ended not in beating.connections and not ended.is_open
 
 
-def test_a_send_after_a_failed_one_and_a_quiet_spell_still_reports_rabbitmq_away(purge, monkeypatch):
+def test_a_send_after_a_failed_one_and_a_quiet_spell_still_reports_rabbitmq_away(beating, purge, monkeypatch):
     # A failed send leaves its thread with no connection: the next send, past the idle limit,
     # opened one while it looked at the idle one, and RabbitMQ's absence escaped as pika's error.
+    # (``beating`` comes before ``monkeypatch``: pika is itself again when the broker closes.)
     purge(DEFAULT_QUEUE)
-    quick = build_broker(make_settings(broker_url=testenv.BROKER_URL + "?heartbeat=1"))
-    try:
-        quick.enqueue(ping.message_with_options(args=("before",)))
-        # What a send that failed leaves: the broker dropped the thread's connection.
-        del quick.connection
+    beating.enqueue(ping.message_with_options(args=("before",)))
+    # What a send that failed leaves: the broker dropped the thread's connection.
+    del beating.connection
 
-        def away(*args, **kwargs):
-            raise pika.exceptions.AMQPConnectionError("away")
+    def away(*args, **kwargs):
+        raise pika.exceptions.AMQPConnectionError("away")
 
-        monkeypatch.setattr(pika, "BlockingConnection", away)
-        time.sleep(1.0)
-        with pytest.raises(BrokerUnavailable):
-            quick.enqueue(ping.message_with_options(args=("after",)))
-    finally:
-        monkeypatch.undo()
-        quick.close()
+    monkeypatch.setattr(pika, "BlockingConnection", away)
+    time.sleep(1.0)
+    with pytest.raises(BrokerUnavailable):
+        beating.enqueue(ping.message_with_options(args=("after",)))
 
 
 def test_a_batch_carries_the_same_properties(purge, amqp):
