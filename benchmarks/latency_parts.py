@@ -119,6 +119,7 @@ def main() -> None:
         results = medians(args.rounds, MODES, run, loads)
     finally:
         delete_keys()
+        fresh_bench_queues()  # gone, so that no run finds them as another system made them
     print(
         f"{args.round_trips} lone round trips, queues {args.queues}, median of {args.rounds} alternating rounds; "
         f"other load before each run: {min(loads):.2f} to {max(loads):.2f} cores"

@@ -141,6 +141,7 @@ def main() -> None:
         results = medians(args.rounds, MODES, lambda mode: run_mode(mode, args.messages), loads)
     finally:
         delete_keys()
+        fresh_bench_queues()  # gone, so that no run finds them as another system made them
 
     print(
         f"{args.messages} confirmed sends one by one, median of {args.rounds} alternating rounds; "

@@ -261,6 +261,7 @@ def main() -> None:
         results = medians(args.rounds, MODES, lambda mode: run_mode(mode, args.messages, args.round_trips), loads)
     finally:
         delete_keys()
+        fresh_bench_queues()  # gone, so that no run finds them as another system made them
 
     print(
         f"{args.messages} messages, {args.round_trips} round trips, median of {args.rounds} alternating rounds; "
