@@ -7,8 +7,11 @@ clock every process shares, for plain Dramatiq (with its ``Results`` on Redis) a
 confirms on and off, against the real RabbitMQ and Redis here:
 
 - ``send() returns``: from the call to its return (with confirms, RabbitMQ's confirm is in it);
-- ``to a worker thread``: from the call until a worker thread takes the message (the publish,
-  RabbitMQ, the worker's consumer and its hand-off to a thread);
+- ``to the worker``: from the call until Dramatiq's consumer in the worker receives the message
+  (the send's work before the publish, the publish, RabbitMQ);
+- ``to a worker thread``: from the call until a worker thread takes the message (the above, then
+  the worker's consumer, pipeline's checks of a delivery and its finished-job question among
+  it, and the hand-off to a thread);
 - ``hooks before the actor``: from then until the actor runs (the middleware's
   ``before_process_message``, pipeline's look at the job's state among them);
 - ``actor to result``: from the actor's start until the caller has its result (the result's
@@ -48,7 +51,14 @@ from throughput import Mode, mode_env, percentile  # noqa: E402
 
 MODES = ("plain/on", "pipeline/on", "plain/off", "pipeline/off")
 #: The parts, in the order of a round trip.
-PARTS = ("send() returns", "to a worker thread", "hooks before the actor", "actor to result", "round trip")
+PARTS = (
+    "send() returns",
+    "to the worker",
+    "to a worker thread",
+    "hooks before the actor",
+    "actor to result",
+    "round trip",
+)
 #: Round trips before those measured, which warm connections up.
 WARM_UP = 50
 
@@ -77,19 +87,20 @@ def measure(mode_name: str, round_trips: int, as_dramatiq: bool) -> dict[str, fl
                     sender[n] = (called, returned, time.monotonic())
         finally:
             stop_worker(worker)
-        worker_stamps: dict[str, dict[int, float]] = {"taken": {}, "ran": {}}
+        worker_stamps: dict[str, dict[int, float]] = {"received": {}, "taken": {}, "ran": {}}
         for path in Path(stamps).iterdir():
             for line in path.read_text().splitlines():
                 kind, n, at = line.split()
                 worker_stamps[kind][int(n)] = float(at)
-    taken, ran = worker_stamps["taken"], worker_stamps["ran"]
-    trips = [(sender[n], taken[n], ran[n]) for n in sender if n in taken and n in ran]
+    received, taken, ran = worker_stamps["received"], worker_stamps["taken"], worker_stamps["ran"]
+    trips = [(sender[n], received[n], taken[n], ran[n]) for n in sender if n in received and n in taken and n in ran]
     parts = {
-        "send() returns": [returned - called for (called, returned, _), _, _ in trips],
-        "to a worker thread": [took - called for (called, _, _), took, _ in trips],
-        "hooks before the actor": [run - took for _, took, run in trips],
-        "actor to result": [done - run for (_, _, done), _, run in trips],
-        "round trip": [done - called for (called, _, done), _, _ in trips],
+        "send() returns": [returned - called for (called, returned, _), _, _, _ in trips],
+        "to the worker": [got - called for (called, _, _), got, _, _ in trips],
+        "to a worker thread": [took - called for (called, _, _), _, took, _ in trips],
+        "hooks before the actor": [run - took for _, _, took, run in trips],
+        "actor to result": [done - run for (_, _, done), _, _, run in trips],
+        "round trip": [done - called for (called, _, done), _, _, _ in trips],
     }
     figures: dict[str, float] = {}
     for part, seconds in parts.items():
